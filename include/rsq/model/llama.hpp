@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// The weights of a Llama-architecture model, as the forward pass (model/forward.hpp) and the llama2c reader and
+/// writer (model/llama2c.hpp) see them: a config, the token embedding, one `decoder_layer` per layer (plain owned
+/// matrices that a quantization pipeline can swap for quantized ones), the final RMSNorm gains and the classifier.
+///
+/// Weights are (out_features, in_features), row-major, as everywhere in rsq. Linear names follow llama2c:
+/// w1 = gate, w3 = up, w2 = down.
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rsq/core/checks.hpp"
+#include "rsq/core/error.hpp"
+#include "rsq/core/tensor.hpp"
+#include "rsq/core/view.hpp"
+
+namespace rsq::model {
+
+/// Hyperparameters of a Llama-architecture model: the seven fields of a llama2c header plus the constants of the
+/// forward pass.
+struct llama_config {
+  int dim = 0;            ///< width of the residual stream
+  int hidden_dim = 0;     ///< width of the SwiGLU FFN (rows of w1 and w3)
+  int n_layers = 0;       ///< number of decoder layers
+  int n_heads = 0;        ///< query heads
+  int n_kv_heads = 0;     ///< key/value heads (GQA: n_heads is a multiple of it)
+  int vocab_size = 0;     ///< always positive here (the sign trick of the llama2c header is undone when reading)
+  int seq_len = 0;        ///< maximum sequence length (length of the RoPE tables in a llama2c file)
+  float norm_eps = 1e-5f;       ///< RMSNorm epsilon
+  double rope_theta = 10000.0;  ///< RoPE base: frequency of pair i is rope_theta^(-2i/head_size)
+
+  [[nodiscard]] int head_size() const noexcept { return n_heads > 0 ? dim / n_heads : 0; }
+  [[nodiscard]] int kv_dim() const noexcept { return n_kv_heads * head_size(); }
+  /// Query heads per KV head: query head h reads KV head h / kv_group().
+  [[nodiscard]] int kv_group() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
+
+  friend bool operator==(llama_config const&, llama_config const&) = default;
+};
+
+/// Throws rsq::invalid_argument unless @p c describes a well-formed model (positive sizes, dim divisible by
+/// n_heads, n_heads divisible by n_kv_heads, even head size for the RoPE pairs, finite positive eps and theta).
+inline void validate(llama_config const& c) {
+  RSQ_EXPECTS(c.dim > 0, "llama_config: dim must be positive, got ", c.dim);
+  RSQ_EXPECTS(c.hidden_dim > 0, "llama_config: hidden_dim must be positive, got ", c.hidden_dim);
+  RSQ_EXPECTS(c.n_layers > 0, "llama_config: n_layers must be positive, got ", c.n_layers);
+  RSQ_EXPECTS(c.n_heads > 0, "llama_config: n_heads must be positive, got ", c.n_heads);
+  RSQ_EXPECTS(c.n_kv_heads > 0, "llama_config: n_kv_heads must be positive, got ", c.n_kv_heads);
+  RSQ_EXPECTS(c.vocab_size > 0, "llama_config: vocab_size must be positive, got ", c.vocab_size);
+  RSQ_EXPECTS(c.seq_len > 0, "llama_config: seq_len must be positive, got ", c.seq_len);
+  RSQ_EXPECTS(c.dim % c.n_heads == 0, "llama_config: dim (", c.dim, ") is not divisible by n_heads (", c.n_heads,
+              ")");
+  RSQ_EXPECTS(c.n_heads % c.n_kv_heads == 0, "llama_config: n_heads (", c.n_heads,
+              ") is not divisible by n_kv_heads (", c.n_kv_heads, ")");
+  RSQ_EXPECTS(c.head_size() % 2 == 0, "llama_config: head size dim/n_heads must be even for RoPE pairs, got ",
+              c.head_size());
+  RSQ_EXPECTS(c.norm_eps > 0.f && c.norm_eps < 1.f, "llama_config: norm_eps must be in (0, 1), got ", c.norm_eps);
+  RSQ_EXPECTS(c.rope_theta > 1.0 && c.rope_theta < 1e12, "llama_config: rope_theta must be in (1, 1e12), got ",
+              c.rope_theta);
+}
+
+/// The seven linear layers of a decoder layer, in llama2c's file order.
+enum class linear_id { wq, wk, wv, wo, w1, w2, w3 };
+
+/// All linear ids, in file order.
+inline constexpr linear_id all_linears[] = {linear_id::wq, linear_id::wk, linear_id::wv, linear_id::wo,
+                                            linear_id::w1, linear_id::w2, linear_id::w3};
+
+/// llama2c name of a linear layer ("wq", ..., "w3").
+[[nodiscard]] constexpr std::string_view name(linear_id l) noexcept {
+  switch (l) {
+    case linear_id::wq: return "wq";
+    case linear_id::wk: return "wk";
+    case linear_id::wv: return "wv";
+    case linear_id::wo: return "wo";
+    case linear_id::w1: return "w1";
+    case linear_id::w2: return "w2";
+    case linear_id::w3: return "w3";
+  }
+  return "?";
+}
+
+/// Hugging Face name of a linear layer ("q_proj", ..., "gate_proj", "down_proj", "up_proj").
+[[nodiscard]] constexpr std::string_view hf_name(linear_id l) noexcept {
+  switch (l) {
+    case linear_id::wq: return "q_proj";
+    case linear_id::wk: return "k_proj";
+    case linear_id::wv: return "v_proj";
+    case linear_id::wo: return "o_proj";
+    case linear_id::w1: return "gate_proj";
+    case linear_id::w2: return "down_proj";
+    case linear_id::w3: return "up_proj";
+  }
+  return "?";
+}
+
+/// An in-place transform of a linear layer's input, (tokens, in_features), applied before the matmul: the online
+/// Hadamards of a rotated model (spec §2.3) on the inputs of wo (o_proj) and w2 (down_proj). It must not change
+/// the shape; the forward's linear-input hook sees the transformed input.
+using input_transform = std::function<void(rsq::matrix_view<float>)>;
+
+/// The weights of one decoder layer. A quantization pipeline swaps a weight by assigning a new matrix of the same
+/// shape (e.g. `layer.wq = dequantized;`). RMSNorm without gains (a rotated model) is expressed with gains of ones.
+struct decoder_layer {
+  rsq::vector<float> rms_att;  ///< (dim) gains of the attention RMSNorm
+  rsq::matrix<float> wq;       ///< (dim, dim) = (n_heads * head_size, dim)
+  rsq::matrix<float> wk;       ///< (kv_dim, dim)
+  rsq::matrix<float> wv;       ///< (kv_dim, dim)
+  rsq::matrix<float> wo;       ///< (dim, dim)
+  rsq::vector<float> rms_ffn;  ///< (dim) gains of the FFN RMSNorm
+  rsq::matrix<float> w1;       ///< (hidden_dim, dim) gate
+  rsq::matrix<float> w2;       ///< (dim, hidden_dim) down
+  rsq::matrix<float> w3;       ///< (hidden_dim, dim) up
+  input_transform wo_input_transform;  ///< optional, on the (tokens, dim) attention output before wo
+  input_transform w2_input_transform;  ///< optional, on the (tokens, hidden_dim) SwiGLU output before w2
+
+  /// The weight of linear @p l.
+  [[nodiscard]] rsq::matrix<float>& weight(linear_id l) noexcept {
+    switch (l) {
+      case linear_id::wq: return wq;
+      case linear_id::wk: return wk;
+      case linear_id::wv: return wv;
+      case linear_id::wo: return wo;
+      case linear_id::w1: return w1;
+      case linear_id::w2: return w2;
+      case linear_id::w3: return w3;
+    }
+    return wq;
+  }
+  [[nodiscard]] rsq::matrix<float> const& weight(linear_id l) const noexcept {
+    return const_cast<decoder_layer&>(*this).weight(l);
+  }
+};
+
+/// A whole Llama-architecture model. The classifier is always stored; when it is tied to the token embedding (a
+/// llama2c header with positive vocab_size) it is a copy of it.
+struct llama_model {
+  llama_config config;
+  rsq::matrix<float> token_embedding;  ///< (vocab_size, dim)
+  std::vector<decoder_layer> layers;   ///< n_layers of them
+  rsq::vector<float> rms_final;        ///< (dim) gains of the final RMSNorm
+  rsq::matrix<float> classifier;       ///< (vocab_size, dim)
+};
+
+/// (rows, cols) that linear @p l of a layer has under config @p c.
+[[nodiscard]] inline std::array<index_t, 2> weight_shape(llama_config const& c, linear_id l) noexcept {
+  index_t const d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+  switch (l) {
+    case linear_id::wq: return {d, d};
+    case linear_id::wk: return {kv, d};
+    case linear_id::wv: return {kv, d};
+    case linear_id::wo: return {d, d};
+    case linear_id::w1: return {h, d};
+    case linear_id::w2: return {d, h};
+    case linear_id::w3: return {h, d};
+  }
+  return {0, 0};
+}
+
+namespace detail {
+
+inline void expect_vector(rsq::vector<float> const& v, index_t n, int layer, std::string_view what) {
+  RSQ_EXPECTS(index_t(v.size()) == n, "llama_model: layer ", layer, " ", what, " must have ", n,
+              " elements, got ", v.size());
+}
+
+}  // namespace detail
+
+/// Throws rsq::invalid_argument unless @p layer has the shapes that config @p c asks for. @p index names the layer
+/// in messages.
+inline void validate(llama_config const& c, decoder_layer const& layer, int index) {
+  detail::expect_vector(layer.rms_att, c.dim, index, "rms_att");
+  detail::expect_vector(layer.rms_ffn, c.dim, index, "rms_ffn");
+  for (linear_id l : all_linears) {
+    auto const& w = layer.weight(l);
+    auto const want = weight_shape(c, l);
+    RSQ_EXPECTS(index_t(w.shape()[0]) == want[0] && index_t(w.shape()[1]) == want[1], "llama_model: layer ",
+                index, " ", name(l), " must be (", want[0], " x ", want[1], "), got ",
+                rsq::detail::shape_string(rsq::view(w)));
+  }
+}
+
+/// Throws rsq::invalid_argument unless every array of @p m has the shape its config asks for.
+/// With @p check_finite, also rejects NaN/Inf anywhere (naming the tensor and position).
+inline void validate(llama_model const& m, bool check_finite = false) {
+  auto const& c = m.config;
+  validate(c);
+  RSQ_EXPECTS(index_t(m.token_embedding.shape()[0]) == c.vocab_size && index_t(m.token_embedding.shape()[1]) == c.dim,
+              "llama_model: token_embedding must be (", c.vocab_size, " x ", c.dim, "), got ",
+              rsq::detail::shape_string(rsq::view(m.token_embedding)));
+  RSQ_EXPECTS(index_t(m.classifier.shape()[0]) == c.vocab_size && index_t(m.classifier.shape()[1]) == c.dim,
+              "llama_model: classifier must be (", c.vocab_size, " x ", c.dim, "), got ",
+              rsq::detail::shape_string(rsq::view(m.classifier)));
+  RSQ_EXPECTS(index_t(m.rms_final.size()) == c.dim, "llama_model: rms_final must have ", c.dim,
+              " elements, got ", m.rms_final.size());
+  RSQ_EXPECTS(m.layers.size() == std::size_t(c.n_layers), "llama_model: config has ", c.n_layers,
+              " layers, the model holds ", m.layers.size());
+  for (std::size_t i = 0; i < m.layers.size(); ++i) validate(c, m.layers[i], int(i));
+  if (!check_finite) return;
+  rsq::detail::check_finite(rsq::view(m.token_embedding), "llama_model: token_embedding");
+  rsq::detail::check_finite(rsq::view(m.classifier), "llama_model: classifier");
+  rsq::detail::check_finite(rsq::view(m.rms_final), "llama_model: rms_final");
+  for (std::size_t i = 0; i < m.layers.size(); ++i) {
+    auto const& L = m.layers[i];
+    std::string const prefix = "llama_model: layer " + std::to_string(i) + " ";
+    rsq::detail::check_finite(rsq::view(L.rms_att), prefix + "rms_att");
+    rsq::detail::check_finite(rsq::view(L.rms_ffn), prefix + "rms_ffn");
+    for (linear_id l : all_linears) rsq::detail::check_finite(rsq::view(L.weight(l)), prefix + std::string(name(l)));
+  }
+}
+
+}  // namespace rsq::model
