@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// A policy chosen at run time, e.g. from a command-line string: a std::variant of every importance policy.
+
+#include <concepts>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+
+#include "rsq/core/error.hpp"
+#include "rsq/core/tensor.hpp"
+#include "rsq/importance/actdiff.hpp"
+#include "rsq/importance/actnorm.hpp"
+#include "rsq/importance/attncon.hpp"
+#include "rsq/importance/context.hpp"
+#include "rsq/importance/first_n.hpp"
+#include "rsq/importance/normalize.hpp"
+#include "rsq/importance/tokenfreq.hpp"
+#include "rsq/importance/tokensim.hpp"
+#include "rsq/importance/uniform.hpp"
+
+namespace rsq::importance {
+
+/// Any of the importance policies, selected at run time. It is itself an importance_policy.
+class any_policy {
+ public:
+  using variant_type = std::variant<uniform, first_n, attncon, actnorm, actdiff, tokensim, tokenfreq>;
+
+  /// The uniform policy.
+  any_policy() = default;
+
+  /// Wraps one policy.
+  template <class P>
+    requires std::constructible_from<variant_type, P&&> && (!std::same_as<std::remove_cvref_t<P>, any_policy>)
+  any_policy(P&& p) : policy_(std::forward<P>(p)) {}  // NOLINT(google-explicit-constructor)
+
+  /// Parses a command-line policy string:
+  /// `uniform`, `first_n:P1,P2,.../P` (e.g. `first_n:0/8`, `first_n:0,31/32`), `attncon`, `actnorm`, `actdiff`,
+  /// `tokensim`, `tokenfreq`. The scored policies get [r_min, r_max] and otherwise their yaml defaults (reverse for
+  /// actdiff and tokenfreq); uniform and first_n ignore the range.
+  [[nodiscard]] static any_policy parse(std::string_view spec, double r_min = 0.005, double r_max = 1.0) {
+    normalize_options range{.r_min = r_min, .r_max = r_max};
+    validate(range, "policy");
+    auto const colon = spec.find(':');
+    std::string_view const kind = spec.substr(0, colon);
+    std::string_view const arg = colon == std::string_view::npos ? std::string_view{} : spec.substr(colon + 1);
+    if (kind == first_n::name) {
+      RSQ_EXPECTS(colon != std::string_view::npos, "policy: \"", spec,
+                  "\" needs its chunks, e.g. first_n:0/8 (First-N) or first_n:0,31/32 (First&Last-N)");
+      return first_n::from_list(arg);
+    }
+    RSQ_EXPECTS(colon == std::string_view::npos, "policy: \"", kind, "\" takes no argument, got \"", spec, "\"");
+    if (kind == uniform::name) return uniform{};
+    if (kind == attncon::name) return attncon{.normalization = range};
+    if (kind == actnorm::name) return actnorm{.normalization = range};
+    if (kind == tokensim::name) return tokensim{.normalization = range};
+    range.reverse = true;  // yaml defaults of MaxDiffWeighting and TokenFreqWeighting
+    if (kind == actdiff::name) return actdiff{.normalization = range};
+    if (kind == tokenfreq::name) return tokenfreq{.normalization = range};
+    rsq::detail::throw_invalid_argument("policy: unknown policy \"", spec,
+                                        "\"; expected uniform, first_n:P1,P2/P, attncon, actnorm, actdiff, tokensim "
+                                        "or tokenfreq");
+  }
+
+  /// The policy's name ("attncon", ...).
+  [[nodiscard]] std::string_view name() const {
+    return std::visit([](auto const& p) { return std::string_view(p.name); }, policy_);
+  }
+
+  /// What the policy reads from a context.
+  [[nodiscard]] needs requirements() const {
+    return std::visit([](auto const& p) { return needs(p.requirements()); }, policy_);
+  }
+
+  /// True for the policies with raw scores (all but uniform and first_n).
+  [[nodiscard]] bool has_scores() const {
+    return std::visit([](auto const& p) { return scored_importance_policy<std::remove_cvref_t<decltype(p)>>; },
+                      policy_);
+  }
+
+  /// @returns importances r // (tokens)
+  template <std::floating_point T>
+  [[nodiscard]] rsq::vector<T> weights(basic_sequence_context<T> const& ctx) const {
+    return std::visit([&](auto const& p) -> rsq::vector<T> { return p.weights(ctx); }, policy_);
+  }
+
+  /// Raw scores; throws rsq::invalid_argument for uniform and first_n, which have none.
+  /// @returns scores // (tokens)
+  template <std::floating_point T>
+  [[nodiscard]] rsq::vector<T> scores(basic_sequence_context<T> const& ctx) const {
+    return std::visit(
+        [&](auto const& p) -> rsq::vector<T> {
+          if constexpr (scored_importance_policy<std::remove_cvref_t<decltype(p)>, T>) {
+            return p.scores(ctx);
+          } else {
+            rsq::detail::throw_invalid_argument("policy: ", p.name, " has no raw scores, only weights");
+          }
+        },
+        policy_);
+  }
+
+  /// The wrapped policy.
+  [[nodiscard]] variant_type const& get() const noexcept { return policy_; }
+
+ private:
+  variant_type policy_{};
+};
+
+}  // namespace rsq::importance
