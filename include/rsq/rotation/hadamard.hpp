@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// The orthonormal Hadamard transform on the CPU: each row x of a matrix becomes H x with H = M_n / √n,
+/// M_n = hadK ⊗ H_{n/K} (spec §3). hadK acts on the slow index a = i div (n/K), the Sylvester matrix on the fast
+/// index b = i mod (n/K), exactly as the reference's `matmul_hadU`.
+///
+/// Work per row: an in-place fast Walsh–Hadamard transform of each of the K slices of length p = n/K (radix-8 base
+/// case, then radix-4 passes whose inner loops run over contiguous memory and vectorise), then, for K > 1, a K x K
+/// times K x p matrix product with hadK/√n (Eigen). Rows are independent and run in parallel (OpenMP). Views with
+/// any strides work: rows that are not contiguous are gathered in groups into a buffer, so columns of a row-major
+/// matrix (a transposed view) are transformed at nearly the speed of rows.
+///
+/// Values are not checked: the map is linear, and non-finite inputs only spread within their row.
+
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "rsq/core/checks.hpp"
+#include "rsq/core/error.hpp"
+#include "rsq/core/tensor.hpp"
+#include "rsq/core/view.hpp"
+#include "rsq/rotation/hadamard_matrices.hpp"
+#include "rsq/rotation/hadamard_plan.hpp"
+
+namespace rsq::rotation {
+
+namespace detail {
+
+/// In-place unnormalised Walsh–Hadamard transform (Sylvester, natural order) of x[0..p), p a power of two.
+/// Stages on different bits commute, so any grouping of them gives the same matrix H_p.
+template <class T>
+void fwht(T* x, index_t p) noexcept {
+  if (p < 8) {
+    for (index_t h = 1; h < p; h *= 2)
+      for (index_t i = 0; i < p; i += 2 * h)
+        for (index_t j = i; j < i + h; ++j) {
+          T const a = x[j], b = x[j + h];
+          x[j] = a + b;
+          x[j + h] = a - b;
+        }
+    return;
+  }
+  // Bits 0-2: an 8-point transform per chunk, in registers.
+  for (index_t i = 0; i < p; i += 8) {
+    T* v = x + i;
+    T const b0 = v[0] + v[1], b1 = v[0] - v[1], b2 = v[2] + v[3], b3 = v[2] - v[3];
+    T const b4 = v[4] + v[5], b5 = v[4] - v[5], b6 = v[6] + v[7], b7 = v[6] - v[7];
+    T const c0 = b0 + b2, c2 = b0 - b2, c1 = b1 + b3, c3 = b1 - b3;
+    T const c4 = b4 + b6, c6 = b4 - b6, c5 = b5 + b7, c7 = b5 - b7;
+    v[0] = c0 + c4;
+    v[4] = c0 - c4;
+    v[1] = c1 + c5;
+    v[5] = c1 - c5;
+    v[2] = c2 + c6;
+    v[6] = c2 - c6;
+    v[3] = c3 + c7;
+    v[7] = c3 - c7;
+  }
+  // Two bits per pass over contiguous runs of h >= 8 elements (vectorisable).
+  index_t h = 8;
+  for (; 4 * h <= p; h *= 4)
+    for (index_t i = 0; i < p; i += 4 * h) {
+      T* __restrict a = x + i;
+      T* __restrict b = a + h;
+      T* __restrict c = b + h;
+      T* __restrict d = c + h;
+      for (index_t j = 0; j < h; ++j) {
+        T const s0 = a[j] + b[j], d0 = a[j] - b[j], s1 = c[j] + d[j], d1 = c[j] - d[j];
+        a[j] = s0 + s1;
+        b[j] = d0 + d1;
+        c[j] = s0 - s1;
+        d[j] = d0 - d1;
+      }
+    }
+  if (2 * h <= p)
+    for (index_t i = 0; i < p; i += 2 * h) {
+      T* __restrict a = x + i;
+      T* __restrict b = a + h;
+      for (index_t j = 0; j < h; ++j) {
+        T const s = a[j] + b[j], t = a[j] - b[j];
+        a[j] = s;
+        b[j] = t;
+      }
+    }
+}
+
+template <class T>
+using row_major_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class T>
+using row_major = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace detail
+
+/// A planned orthonormal Hadamard transform H = M_n/√n of length n (or a block-diagonal of such transforms).
+/// Immutable after construction; apply() may be called concurrently.
+class hadamard {
+ public:
+  /// Plans the transform of length @p n (see plan_hadamard for the choice of construction).
+  /// @throws rsq::invalid_argument for n <= 0 or an unsupported n without the fallback.
+  explicit hadamard(index_t n, hadamard_options const& opt = {}) : hadamard(plan_hadamard(n, opt), opt.scaling) {}
+
+  /// The transform of a given plan (as returned by plan_hadamard).
+  explicit hadamard(hadamard_plan plan, hadamard_scaling scaling = hadamard_scaling::orthonormal)
+      : plan_(std::move(plan)), scaling_(scaling) {
+    RSQ_EXPECTS(plan_.n > 0, "hadamard: the plan has length ", plan_.n);
+    switch (plan_.kind) {
+      case hadamard_kind::sylvester: break;
+      case hadamard_kind::reference:
+        // The cached reference matrix lives for the whole program: alias it without ownership.
+        small_ = std::shared_ptr<sign_matrix const>(std::shared_ptr<void>(), &reference_hadamard(plan_.k));
+        break;
+      case hadamard_kind::paley1: small_ = std::make_shared<sign_matrix const>(paley1_hadamard(plan_.q)); break;
+      case hadamard_kind::paley2: small_ = std::make_shared<sign_matrix const>(paley2_hadamard(plan_.q)); break;
+      case hadamard_kind::block_diagonal: {
+        index_t offset = 0;
+        for (auto const& b : plan_.blocks) {
+          offsets_.push_back(offset);
+          // Equal neighbouring blocks (per-head) share one transform and its hadK.
+          if (!blocks_.empty() && blocks_.back().plan_.kind == b.kind && blocks_.back().plan_.n == b.n &&
+              blocks_.back().plan_.k == b.k && blocks_.back().plan_.q == b.q && b.blocks.empty())
+            blocks_.push_back(blocks_.back());
+          else
+            blocks_.emplace_back(b, scaling_);
+          offset += b.n;
+        }
+        RSQ_EXPECTS(offset == plan_.n, "hadamard: the blocks of the plan cover ", offset, " of ", plan_.n,
+                    " elements");
+        break;
+      }
+    }
+    if (small_) RSQ_EXPECTS(small_->k * (index_t(1) << plan_.m) == plan_.n, "hadamard: inconsistent plan ",
+                            plan_.to_string(), " for n = ", plan_.n);
+  }
+
+  /// Block-diagonal transform of @p n_blocks equal blocks of length @p block (e.g. one per attention head, spec §2.3
+  /// v_proj: H_{h_d}/√h_d on each chunk of h_d features).
+  [[nodiscard]] static hadamard block_diagonal(index_t n_blocks, index_t block, hadamard_options const& opt = {}) {
+    RSQ_EXPECTS(n_blocks > 0, "hadamard::block_diagonal: the number of blocks must be positive, got ", n_blocks);
+    RSQ_EXPECTS(block > 0, "hadamard::block_diagonal: the block length must be positive, got ", block);
+    auto const b = plan_hadamard(block, opt);
+    hadamard_plan plan{n_blocks * block, hadamard_kind::block_diagonal, 0, 0, 0,
+                       std::vector<hadamard_plan>(std::size_t(n_blocks), b)};
+    return hadamard(std::move(plan), opt.scaling);
+  }
+
+  /// Transform length n.
+  [[nodiscard]] index_t size() const noexcept { return plan_.n; }
+  /// The construction used (kind, K, m, q, blocks).
+  [[nodiscard]] hadamard_plan const& plan() const noexcept { return plan_; }
+  /// The normalisation (orthonormal unless reference_float32 was asked for).
+  [[nodiscard]] hadamard_scaling scaling() const noexcept { return scaling_; }
+  /// The factor applied after M_n: 1/√n, or 1/fl32(√n) for hadamard_scaling::reference_float32.
+  [[nodiscard]] double scale() const noexcept {
+    double const n = double(plan_.n);
+    return scaling_ == hadamard_scaling::orthonormal ? 1.0 / std::sqrt(n) : 1.0 / double(std::sqrt(float(n)));
+  }
+  /// The small factor hadK (nullptr for a pure Sylvester or a block-diagonal transform).
+  [[nodiscard]] sign_matrix const* small_factor() const noexcept { return small_.get(); }
+
+  /// Each row x of @p rows (rows, n) becomes H x, in place.
+  template <std::floating_point T>
+  void apply(matrix_view<T> rows) const {
+    check(rows, "hadamard::apply");
+    apply_impl(rows, false);
+  }
+  /// Each row x of @p rows (rows, n) becomes Hᵀ x = H⁻¹ x, in place.
+  template <std::floating_point T>
+  void apply_transpose(matrix_view<T> rows) const {
+    check(rows, "hadamard::apply_transpose");
+    apply_impl(rows, true);
+  }
+  /// x becomes H x, in place.
+  template <std::floating_point T>
+  void apply(vector_view<T> x) const {
+    apply(matrix_view<T>(x.data(), {1, x.extent(0)}, {x.extent(0) * x.stride(0), x.stride(0)}));
+  }
+  /// x becomes Hᵀ x, in place.
+  template <std::floating_point T>
+  void apply_transpose(vector_view<T> x) const {
+    apply_transpose(matrix_view<T>(x.data(), {1, x.extent(0)}, {x.extent(0) * x.stride(0), x.stride(0)}));
+  }
+
+  /// The matrix H (n, n) in float64 (orthonormal unless reference_float32 scaling), so that apply() maps x to H x.
+  [[nodiscard]] rsq::matrix<double> dense() const {
+    auto h = rsq::matrix<double>::from_shape({std::size_t(plan_.n), std::size_t(plan_.n)});  // (n, n)
+    std::fill(h.begin(), h.end(), 0.0);
+    for (index_t i = 0; i < plan_.n; ++i) h(std::size_t(i), std::size_t(i)) = 1.0;
+    // Row i of the result is (Hᵀ e_i)ᵀ = row i of H.
+    apply_impl(matrix_view<double>(h.data(), plan_.n, plan_.n), true);
+    return h;
+  }
+
+ private:
+  template <class T>
+  void check(matrix_view<T> rows, char const* what) const {
+    RSQ_EXPECTS(rows.cols() == plan_.n, what, ": rows have length ", rows.cols(), ", the transform has length ",
+                plan_.n, " (the matrix is ", ::rsq::detail::shape_string(rows), ")");
+    RSQ_EXPECTS(rows.rows() > 0, what, ": the matrix is empty ", ::rsq::detail::shape_string(rows));
+    RSQ_EXPECTS(rows.data() != nullptr, what, ": the view has no data");
+  }
+
+  template <class T>
+  void apply_impl(matrix_view<T> x, bool transpose) const {
+    if (plan_.kind == hadamard_kind::block_diagonal) {
+      apply_blocks(x, transpose);
+      return;
+    }
+    index_t const n = plan_.n, rows = x.rows();
+    index_t const k = small_ ? small_->k : 1, p = n / k;
+    T const scale = T(this->scale());
+    // hadK/√n (or its transpose) as T, shared by all rows.
+    detail::row_major<T> mix;
+    if (small_) {
+      mix.resize(k, k);
+      for (index_t i = 0; i < k; ++i)
+        for (index_t j = 0; j < k; ++j) mix(i, j) = scale * T(transpose ? (*small_)(j, i) : (*small_)(i, j));
+    }
+    bool const contiguous_rows = x.stride(1) == 1;
+    // Rows per group when rows must be gathered; 16 elements of a column span one 64-byte line (float).
+    index_t const group = contiguous_rows ? 1 : 16;
+    index_t const n_groups = (rows + group - 1) / group;
+    [[maybe_unused]] bool const parallel = rows > 1 && rows * n >= (index_t(1) << 15);
+#ifdef _OPENMP
+#pragma omp parallel if (parallel)
+#endif
+    {
+      std::vector<T> scratch(small_ ? std::size_t(n) : 0);
+      std::vector<T> gathered(contiguous_rows ? 0 : std::size_t(group * n));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t g = 0; g < n_groups; ++g) {
+        index_t const r0 = g * group, r1 = std::min(rows, r0 + group);
+        if (contiguous_rows) {
+          transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data());
+          continue;
+        }
+        gather(x, r0, r1, gathered.data());
+        for (index_t r = r0; r < r1; ++r)
+          transform_row(gathered.data() + (r - r0) * n, k, p, scale, mix, scratch.data());
+        scatter(x, r0, r1, gathered.data());
+      }
+    }
+  }
+
+  template <class T>
+  static void transform_row(T* row, index_t k, index_t p, T scale, detail::row_major<T> const& mix, T* scratch) {
+    for (index_t a = 0; a < k; ++a) detail::fwht(row + a * p, p);  // H_p on the fast index of each slice
+    if (k == 1) {
+      for (index_t i = 0; i < p; ++i) row[i] *= scale;
+      return;
+    }
+    // hadK on the slow index: (K, p) <- hadK/√n · (K, p).
+    detail::row_major_map<T> in(row, k, p), out(scratch, k, p);
+    out.noalias() = mix * in;
+    std::copy(scratch, scratch + k * p, row);
+  }
+
+  // Rows r0..r1 of x into a contiguous (r1-r0, n) buffer, in the loop order that walks memory best.
+  template <class T>
+  static void gather(matrix_view<T> x, index_t r0, index_t r1, T* buf) {
+    index_t const n = x.cols(), s0 = x.stride(0), s1 = x.stride(1);
+    T const* base = x.data();
+    if (std::abs(s0) < std::abs(s1)) {
+      for (index_t j = 0; j < n; ++j)
+        for (index_t r = r0; r < r1; ++r) buf[(r - r0) * n + j] = base[r * s0 + j * s1];
+    } else {
+      for (index_t r = r0; r < r1; ++r)
+        for (index_t j = 0; j < n; ++j) buf[(r - r0) * n + j] = base[r * s0 + j * s1];
+    }
+  }
+  template <class T>
+  static void scatter(matrix_view<T> x, index_t r0, index_t r1, T const* buf) {
+    index_t const n = x.cols(), s0 = x.stride(0), s1 = x.stride(1);
+    T* base = x.data();
+    if (std::abs(s0) < std::abs(s1)) {
+      for (index_t j = 0; j < n; ++j)
+        for (index_t r = r0; r < r1; ++r) base[r * s0 + j * s1] = buf[(r - r0) * n + j];
+    } else {
+      for (index_t r = r0; r < r1; ++r)
+        for (index_t j = 0; j < n; ++j) base[r * s0 + j * s1] = buf[(r - r0) * n + j];
+    }
+  }
+
+  template <class T>
+  void apply_blocks(matrix_view<T> x, bool transpose) const {
+    bool const uniform = std::all_of(blocks_.begin(), blocks_.end(),
+                                     [&](hadamard const& b) { return b.plan_.n == blocks_.front().plan_.n; });
+    index_t const b = blocks_.front().plan_.n, nb = index_t(blocks_.size());
+    if (uniform && x.stride(1) == 1 && x.stride(0) == plan_.n) {
+      // Contiguous rows of equal blocks: one batch of (rows * n_blocks, block) rows.
+      blocks_.front().apply_impl(matrix_view<T>(x.data(), x.rows() * nb, b), transpose);
+      return;
+    }
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      matrix_view<T> sub(x.data() + offsets_[i] * x.stride(1), {x.rows(), blocks_[i].plan_.n}, x.strides());
+      blocks_[i].apply_impl(sub, transpose);
+    }
+  }
+
+  hadamard_plan plan_;
+  hadamard_scaling scaling_ = hadamard_scaling::orthonormal;
+  std::shared_ptr<sign_matrix const> small_;  // hadK (null for K = 1 and for block-diagonal plans)
+  std::vector<hadamard> blocks_;              // block-diagonal: one transform per block
+  std::vector<index_t> offsets_;              // block-diagonal: first element of each block
+};
+
+/// Convenience: each row x of @p rows becomes M_n x/√n with n = rows.cols() (plans the transform on every call;
+/// keep a rsq::rotation::hadamard to reuse a plan).
+template <std::floating_point T>
+void hadamard_transform(matrix_view<T> rows, hadamard_options const& opt = {}) {
+  RSQ_EXPECTS(rows.cols() > 0, "hadamard_transform: the matrix is empty ", ::rsq::detail::shape_string(rows));
+  hadamard(rows.cols(), opt).apply(rows);
+}
+
+}  // namespace rsq::rotation
