@@ -19,6 +19,7 @@
 #include <concepts>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include <Eigen/Core>
@@ -188,6 +189,20 @@ class hadamard {
     apply_transpose(matrix_view<T>(x.data(), {1, x.extent(0)}, {x.extent(0) * x.stride(0), x.stride(0)}));
   }
 
+  /// Each row x of @p rows becomes diag(post) op(H) diag(pre) x, with op(H) = H or Hᵀ (@p transpose); an empty
+  /// span means no signs. The signs are applied inside the transform, without extra passes over memory; this is
+  /// how randomized Hadamard rotations apply their diagonal D.
+  template <std::floating_point T>
+  void apply_with_signs(matrix_view<T> rows, bool transpose, std::span<std::int8_t const> pre,
+                        std::span<std::int8_t const> post) const {
+    check(rows, "hadamard::apply_with_signs");
+    RSQ_EXPECTS(pre.empty() || index_t(pre.size()) == plan_.n, "hadamard::apply_with_signs: ", pre.size(),
+                " signs before the transform, expected ", plan_.n);
+    RSQ_EXPECTS(post.empty() || index_t(post.size()) == plan_.n, "hadamard::apply_with_signs: ", post.size(),
+                " signs after the transform, expected ", plan_.n);
+    apply_impl(rows, transpose, pre.empty() ? nullptr : pre.data(), post.empty() ? nullptr : post.data());
+  }
+
   /// The matrix H (n, n) in float64 (orthonormal unless reference_float32 scaling), so that apply() maps x to H x.
   [[nodiscard]] rsq::matrix<double> dense() const {
     auto h = rsq::matrix<double>::from_shape({std::size_t(plan_.n), std::size_t(plan_.n)});  // (n, n)
@@ -208,9 +223,10 @@ class hadamard {
   }
 
   template <class T>
-  void apply_impl(matrix_view<T> x, bool transpose) const {
+  void apply_impl(matrix_view<T> x, bool transpose, std::int8_t const* pre = nullptr,
+                  std::int8_t const* post = nullptr) const {
     if (plan_.kind == hadamard_kind::block_diagonal) {
-      apply_blocks(x, transpose);
+      apply_blocks(x, transpose, pre, post);
       return;
     }
     index_t const n = plan_.n, rows = x.rows();
@@ -240,28 +256,38 @@ class hadamard {
       for (index_t g = 0; g < n_groups; ++g) {
         index_t const r0 = g * group, r1 = std::min(rows, r0 + group);
         if (contiguous_rows) {
-          transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data());
+          transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data(), pre, post);
           continue;
         }
         gather(x, r0, r1, gathered.data());
         for (index_t r = r0; r < r1; ++r)
-          transform_row(gathered.data() + (r - r0) * n, k, p, scale, mix, scratch.data());
+          transform_row(gathered.data() + (r - r0) * n, k, p, scale, mix, scratch.data(), pre, post);
         scatter(x, r0, r1, gathered.data());
       }
     }
   }
 
   template <class T>
-  static void transform_row(T* row, index_t k, index_t p, T scale, detail::row_major<T> const& mix, T* scratch) {
+  static void transform_row(T* row, index_t k, index_t p, T scale, detail::row_major<T> const& mix, T* scratch,
+                            std::int8_t const* pre, std::int8_t const* post) {
+    index_t const n = k * p;
+    if (pre)
+      for (index_t i = 0; i < n; ++i) row[i] *= T(pre[i]);
     for (index_t a = 0; a < k; ++a) detail::fwht(row + a * p, p);  // H_p on the fast index of each slice
     if (k == 1) {
-      for (index_t i = 0; i < p; ++i) row[i] *= scale;
+      if (post)
+        for (index_t i = 0; i < n; ++i) row[i] *= scale * T(post[i]);
+      else
+        for (index_t i = 0; i < n; ++i) row[i] *= scale;
       return;
     }
     // hadK on the slow index: (K, p) <- hadK/√n · (K, p).
     detail::row_major_map<T> in(row, k, p), out(scratch, k, p);
     out.noalias() = mix * in;
-    std::copy(scratch, scratch + k * p, row);
+    if (post)
+      for (index_t i = 0; i < n; ++i) row[i] = scratch[i] * T(post[i]);
+    else
+      std::copy(scratch, scratch + n, row);
   }
 
   // Rows r0..r1 of x into a contiguous (r1-r0, n) buffer, in the loop order that walks memory best.
@@ -291,18 +317,18 @@ class hadamard {
   }
 
   template <class T>
-  void apply_blocks(matrix_view<T> x, bool transpose) const {
+  void apply_blocks(matrix_view<T> x, bool transpose, std::int8_t const* pre, std::int8_t const* post) const {
     bool const uniform = std::all_of(blocks_.begin(), blocks_.end(),
                                      [&](hadamard const& b) { return b.plan_.n == blocks_.front().plan_.n; });
     index_t const b = blocks_.front().plan_.n, nb = index_t(blocks_.size());
-    if (uniform && x.stride(1) == 1 && x.stride(0) == plan_.n) {
+    if (uniform && !pre && !post && x.stride(1) == 1 && x.stride(0) == plan_.n) {
       // Contiguous rows of equal blocks: one batch of (rows * n_blocks, block) rows.
       blocks_.front().apply_impl(matrix_view<T>(x.data(), x.rows() * nb, b), transpose);
       return;
     }
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       matrix_view<T> sub(x.data() + offsets_[i] * x.stride(1), {x.rows(), blocks_[i].plan_.n}, x.strides());
-      blocks_[i].apply_impl(sub, transpose);
+      blocks_[i].apply_impl(sub, transpose, pre ? pre + offsets_[i] : nullptr, post ? post + offsets_[i] : nullptr);
     }
   }
 

@@ -58,6 +58,8 @@ struct hadamard_options {
   hadamard_fallback fallback = hadamard_fallback::none;  ///< for an n without any construction
   index_t max_order = 1024;  ///< largest Paley factor K' accepted (the K-mix costs K' multiply-adds per element)
   hadamard_scaling scaling = hadamard_scaling::orthonormal;  ///< normalisation of the transform (not of the plan)
+
+  bool operator==(hadamard_options const&) const = default;
 };
 
 /// A planned construction: M_n = hadK ⊗ H_{2^m} with n = k 2^m (one 1/√n normalises it), or a block-diagonal.
@@ -72,21 +74,31 @@ struct hadamard_plan {
   /// A one-word description, e.g. "reference(K=28)xH512", "paley2(q=461,K=924)xH32",
   /// "block_diagonal[paley1(q=499,K=500)xH2,H1]".
   [[nodiscard]] std::string to_string() const {
+    // Built by appending (GCC 12 warns falsely on `"literal" + std::string`, -Wrestrict).
+    std::string s;
     switch (kind) {
-      case hadamard_kind::sylvester: return "H" + std::to_string(n);
-      case hadamard_kind::reference: return "reference(K=" + std::to_string(k) + ")xH" + std::to_string(n / k);
+      case hadamard_kind::sylvester:
+        s.append("H").append(std::to_string(n));
+        return s;
+      case hadamard_kind::reference:
       case hadamard_kind::paley1:
       case hadamard_kind::paley2:
-        return std::string(kind == hadamard_kind::paley1 ? "paley1" : "paley2") + "(q=" + std::to_string(q) +
-               ",K=" + std::to_string(k) + ")xH" + std::to_string(n / k);
-      case hadamard_kind::block_diagonal: {
-        std::string s = "block_diagonal[";
-        for (std::size_t i = 0; i < blocks.size(); ++i) {
-          if (i) s += ',';
-          s += blocks[i].to_string();
+        if (kind == hadamard_kind::reference) {
+          s.append("reference(K=");
+        } else {
+          s.append(kind == hadamard_kind::paley1 ? "paley1" : "paley2").append("(q=").append(std::to_string(q));
+          s.append(",K=");
         }
-        return s + "]";
-      }
+        s.append(std::to_string(k)).append(")xH").append(std::to_string(n / k));
+        return s;
+      case hadamard_kind::block_diagonal:
+        s.append("block_diagonal[");
+        for (std::size_t i = 0; i < blocks.size(); ++i) {
+          if (i) s.push_back(',');
+          s.append(blocks[i].to_string());
+        }
+        s.push_back(']');
+        return s;
     }
     return "?";
   }
