@@ -143,18 +143,12 @@ inline void head_attention(const_row_map q, const_row_map k, const_row_map v, in
   P.noalias() = Q * K.transpose();
   float const scale = 1.f / std::sqrt(float(hs));
   for (index_t i = 0; i < L; ++i) {
-    auto row = P.row(i);
-    float mx = -std::numeric_limits<float>::infinity();
-    for (index_t j = 0; j <= i; ++j) mx = std::max(mx, row(j) * scale);
-    float sum = 0.f;
-    for (index_t j = 0; j <= i; ++j) {
-      float const e = std::exp(row(j) * scale - mx);
-      row(j) = e;
-      sum += e;
-    }
-    float const inv = 1.f / sum;
-    for (index_t j = 0; j <= i; ++j) row(j) *= inv;
-    for (index_t j = i + 1; j < L; ++j) row(j) = 0.f;
+    // Causal softmax of row i over keys 0..i (Eigen's vectorised exp); scale > 0, so the max commutes with it.
+    auto seg = P.row(i).head(i + 1).array();
+    float const mx = seg.maxCoeff();
+    seg = ((seg - mx) * scale).exp();
+    seg *= 1.f / seg.sum();
+    P.row(i).tail(L - i - 1).setZero();
   }
   out.block(row0, qcol, L, hs).noalias() = P * V;
 }
@@ -325,12 +319,11 @@ inline void call_transform(input_transform const& f, row_map x, char const* whic
       std::int32_t const target = tokens(s, t + 1);
       RSQ_EXPECTS(target >= 0 && target < V, "hidden_loss: token id ", target, " at (", s, ", ", t + 1,
                   ") is outside the vocabulary [0, ", V, ")");
-      float const* z = logits.data() + t * V;
-      double mx = -std::numeric_limits<double>::infinity();
-      for (index_t j = 0; j < V; ++j) mx = std::max(mx, double(z[j]));
-      double sum = 0;
-      for (index_t j = 0; j < V; ++j) sum += std::exp(double(z[j]) - mx);
-      r.sum += mx + std::log(sum) - double(z[target]);
+      // log-sum-exp with the max subtracted (float, vectorised), accumulated in double.
+      Eigen::Map<const Eigen::ArrayXf> z(logits.data() + t * V, V);
+      float const mx = z.maxCoeff();
+      double const sum = double((z - mx).exp().sum());
+      r.sum += double(mx) + std::log(sum) - double(z(target));
       ++r.count;
     }
   }
