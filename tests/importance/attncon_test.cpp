@@ -271,48 +271,48 @@ TEST_SUITE("importance.attncon") {
     auto a = random_attention(2, 8, 1);
     SUBCASE("not square") {
       auto const b = xt::xtensor<double, 3>::from_shape({2, 8, 7});
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(b), doctest::Contains("heads x tokens x tokens"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(b), doctest::Contains("heads x tokens x tokens"),
                            rsq::invalid_argument);
     }
     SUBCASE("empty") {
       auto const b = xt::xtensor<double, 3>::from_shape({0, 8, 8});
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(b), doctest::Contains("heads x tokens x tokens"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(b), doctest::Contains("heads x tokens x tokens"),
                            rsq::invalid_argument);
     }
     SUBCASE("a row that does not sum to 1") {
       a(1, 5, 2) += 0.5;
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a), doctest::Contains("attention row [1, 5] sums to"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a), doctest::Contains("attention row [1, 5] sums to"),
                            rsq::invalid_argument);
     }
     SUBCASE("logits instead of probabilities") {
       auto const logits = random_tensor<double>(2, 8, 8, 3);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(logits), doctest::Contains("attncon: attention"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(logits), doctest::Contains("attncon: attention"),
                            rsq::invalid_argument);
     }
     SUBCASE("non-causal softmax (rows normalised over all keys)") {
       auto full = xt::xtensor<double, 3>::from_shape({1, 8, 8});
       full.fill(1.0 / 8);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(full), doctest::Contains("causal part"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(full), doctest::Contains("causal part"), rsq::invalid_argument);
     }
     SUBCASE("NaN, Inf and negative entries") {
       a(0, 3, 1) = std::numeric_limits<double>::quiet_NaN();
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a), doctest::Contains("finite and >= 0"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a), doctest::Contains("finite and >= 0"), rsq::invalid_argument);
       a(0, 3, 1) = std::numeric_limits<double>::infinity();
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a), doctest::Contains("finite and >= 0"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a), doctest::Contains("finite and >= 0"), rsq::invalid_argument);
       a(0, 3, 1) = -0.1;
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a), doctest::Contains("at [0, 3, 1]"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a), doctest::Contains("at [0, 3, 1]"), rsq::invalid_argument);
     }
     SUBCASE("tolerance") {
       for (std::size_t j = 0; j <= 4; ++j) a(0, 4, j) *= 1.004;  // bf16-sized error: accepted by default
       CHECK_NOTHROW((void)imp::attncon_scores(a));
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a, {.row_sum_tolerance = 1e-3}), doctest::Contains("sums to"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a, {.row_sum_tolerance = 1e-3}), doctest::Contains("sums to"),
                            rsq::invalid_argument);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(a, {.row_sum_tolerance = -1}),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(a, {.row_sum_tolerance = -1}),
                            doctest::Contains("row_sum_tolerance must be >= 0"), rsq::invalid_argument);
     }
     SUBCASE("empty batch") {
       auto const b = xt::xtensor<double, 4>::from_shape({0, 2, 8, 8});
-      CHECK_THROWS_WITH_AS(imp::attncon_scores(b), doctest::Contains("batch >= 1"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores(b), doctest::Contains("batch >= 1"), rsq::invalid_argument);
     }
   }
 
@@ -321,55 +321,55 @@ TEST_SUITE("importance.attncon") {
     auto k = random_tensor<float>(2, 10, 8, 2);
     SUBCASE("token counts differ") {
       auto const k9 = random_tensor<float>(2, 9, 8, 2);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k9), doctest::Contains("kv_heads x tokens x head_dim"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k9), doctest::Contains("kv_heads x tokens x head_dim"),
                            rsq::invalid_argument);
     }
     SUBCASE("head_dim differs") {
       auto const k4 = random_tensor<float>(2, 10, 4, 2);
-      CHECK_THROWS_WITH_AS(imp::causal_attention(q, k4), doctest::Contains("(2 x 10 x 4)"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::causal_attention(q, k4), doctest::Contains("(2 x 10 x 4)"), rsq::invalid_argument);
     }
     SUBCASE("query heads not a multiple of the KV heads") {
       auto const k3 = random_tensor<float>(3, 10, 8, 2);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k3), doctest::Contains("not a multiple of the 3 key heads"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k3), doctest::Contains("not a multiple of the 3 key heads"),
                            rsq::invalid_argument);
     }
     SUBCASE("empty axes") {
       auto const q0 = xt::xtensor<float, 3>::from_shape({4, 10, 0});
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q0, k), doctest::Contains("no empty axis"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q0, k), doctest::Contains("no empty axis"), rsq::invalid_argument);
       auto const k0 = xt::xtensor<float, 3>::from_shape({0, 10, 8});
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k0), doctest::Contains("at least one head"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k0), doctest::Contains("at least one head"),
                            rsq::invalid_argument);
     }
     SUBCASE("NaN and Inf") {
       q(3, 9, 7) = std::numeric_limits<float>::quiet_NaN();
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k), doctest::Contains("queries has a non-finite value"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k), doctest::Contains("queries has a non-finite value"),
                            rsq::invalid_argument);
       q(3, 9, 7) = 0;
       k(0, 0, 0) = -std::numeric_limits<float>::infinity();
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k), doctest::Contains("keys has a non-finite value"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k), doctest::Contains("keys has a non-finite value"),
                            rsq::invalid_argument);
     }
     SUBCASE("options") {
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k, {.query_block = 0}),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.query_block = 0}),
                            doctest::Contains("query_block must be >= 1"), rsq::invalid_argument);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k, {.softmax_scale = -1}), doctest::Contains("softmax_scale"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.softmax_scale = -1}), doctest::Contains("softmax_scale"),
                            rsq::invalid_argument);
-      CHECK_THROWS_WITH_AS(imp::attncon_scores_qk(q, k, {.softmax_scale = std::nan("")}),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.softmax_scale = std::nan("")}),
                            doctest::Contains("softmax_scale"), rsq::invalid_argument);
     }
     SUBCASE("the policy without attention or queries/keys") {
       imp::sequence_context ctx{.tokens = 10};
-      CHECK_THROWS_WITH_AS(imp::attncon{}.weights(ctx), doctest::Contains("neither attention probabilities"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon{}.weights(ctx), doctest::Contains("neither attention probabilities"),
                            rsq::invalid_argument);
       imp::sequence_context only_q{.queries = q};
-      CHECK_THROWS_WITH_AS(imp::attncon{}.weights(only_q), doctest::Contains("nor queries and keys"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon{}.weights(only_q), doctest::Contains("nor queries and keys"),
                            rsq::invalid_argument);
     }
     SUBCASE("the policy with attention of another length than the queries") {
       auto const a = random_attention(4, 9, 1);
       auto const af = cast_to<float>(a);
       imp::sequence_context ctx{.attention = af, .queries = q, .keys = k};
-      CHECK_THROWS_WITH_AS(imp::attncon{}.weights(ctx), doctest::Contains("queries has 10 tokens, but the context has 9"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon{}.weights(ctx), doctest::Contains("queries has 10 tokens, but the context has 9"),
                            rsq::invalid_argument);
     }
   }

@@ -180,38 +180,38 @@ TEST_SUITE("importance.normalize") {
   TEST_CASE("bad options and scores") {
     auto const s = make(std::vector<double>{1, 2, 3});
     using imp::normalize;
-    CHECK_THROWS_WITH_AS(normalize(s, {.r_min = 2, .r_max = 1}), doctest::Contains("r_min must be <= r_max"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.r_min = 2, .r_max = 1}), doctest::Contains("r_min must be <= r_max"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.r_min = -0.1}), doctest::Contains("r_min must be >= 0, got -0.1"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.r_min = -0.1}), doctest::Contains("r_min must be >= 0, got -0.1"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.r_min = 0, .r_max = 0}), doctest::Contains("r_max must be > 0"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.r_min = 0, .r_max = 0}), doctest::Contains("r_max must be > 0"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.r_min = std::nan("")}), doctest::Contains("must be finite"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.r_min = std::nan("")}), doctest::Contains("must be finite"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.r_max = std::numeric_limits<double>::infinity()}),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.r_max = std::numeric_limits<double>::infinity()}),
                          doctest::Contains("must be finite"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.quantile = 1.5}), doctest::Contains("quantile must be a fraction in [0, 1]"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.quantile = 1.5}), doctest::Contains("quantile must be a fraction in [0, 1]"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.masking = -0.1}), doctest::Contains("masking must be a fraction"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.masking = -0.1}), doctest::Contains("masking must be a fraction"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.masking = 1.01}), doctest::Contains("masking must be a fraction"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.masking = 1.01}), doctest::Contains("masking must be a fraction"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.truncate = std::nan("")}), doctest::Contains("truncate must be a fraction"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.truncate = std::nan("")}), doctest::Contains("truncate must be a fraction"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.num_bins = 1}), doctest::Contains("num_bins must be 0 (off) or >= 2"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.num_bins = 1}), doctest::Contains("num_bins must be 0 (off) or >= 2"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.num_bins = -3}), doctest::Contains("num_bins"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.masking = 0.1, .truncate = 0.1}), doctest::Contains("at most one of"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.num_bins = -3}), doctest::Contains("num_bins"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.masking = 0.1, .truncate = 0.1}), doctest::Contains("at most one of"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(s, {.masking = 0.1, .num_bins = 3}), doctest::Contains("at most one of"),
+    CHECK_THROWS_WITH_AS((void)normalize(s, {.masking = 0.1, .num_bins = 3}), doctest::Contains("at most one of"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(make(std::vector<double>{1, std::nan(""), 3})),
+    CHECK_THROWS_WITH_AS((void)normalize(make(std::vector<double>{1, std::nan(""), 3})),
                          doctest::Contains("scores has a non-finite value (nan) at index 1"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(make<float>(std::vector<double>{1, 2, std::numeric_limits<double>::infinity()})),
+    CHECK_THROWS_WITH_AS((void)normalize(make<float>(std::vector<double>{1, 2, std::numeric_limits<double>::infinity()})),
                          doctest::Contains("at index 2"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(make(std::vector<double>{})), doctest::Contains("scores are empty"),
+    CHECK_THROWS_WITH_AS((void)normalize(make(std::vector<double>{})), doctest::Contains("scores are empty"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(normalize(make(std::vector<double>{1, -2}), {.scale = imp::score_scale::sqrt}),
+    CHECK_THROWS_WITH_AS((void)normalize(make(std::vector<double>{1, -2}), {.scale = imp::score_scale::sqrt}),
                          doctest::Contains("scale sqrt needs scores >= 0, got -2 at index 1"), rsq::invalid_argument);
   }
 }

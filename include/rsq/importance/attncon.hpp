@@ -121,6 +121,7 @@ struct softmax_workspace {
   cpu::eigen_row_matrix<T> e;    // (query_block, tokens): logits, then exp(S − rowmax), 0 above the diagonal
   cpu::eigen_vector<T> inv_sum;  // (query_block): 1 / Σ_k exp(S − rowmax) = exp(rowmax − lse)
   cpu::eigen_vector<T> col;      // (tokens): column sums of one block
+  cpu::eigen_row_matrix<T> q, k;  // (tokens, head_dim): contiguous copies, so that the GEMM reads them directly
 };
 
 /// Causal softmax of queries [i0, i0 + b) of one head against keys [0, i0 + b) (the only keys they see):
@@ -203,12 +204,12 @@ template <class T>
     ws.e.resize(block, L);
     ws.inv_sum.resize(block);
     ws.col.resize(L);
-    auto const qh = head_map(q, h);          // (tokens, head_dim)
-    auto const kh = head_map(k, h / group);  // (tokens, head_dim): query head h uses KV head h div (n_h / n_kv)
+    ws.q = head_map(q, h);          // (tokens, head_dim)
+    ws.k = head_map(k, h / group);  // (tokens, head_dim): query head h uses KV head h div (n_h / n_kv)
     double* acc = partial.data() + h * L;
     for (index_t i0 = 0; i0 < L; i0 += block) {
       index_t const b = std::min(block, L - i0), n = i0 + b;
-      causal_softmax_block(qh, kh, i0, b, scale, ws);
+      causal_softmax_block(ws.q, ws.k, i0, b, scale, ws);
       // pass 2: column sums Σ_i exp(S_it − lse_i) of this block, a GEMV; accumulated across blocks in double
       ws.col.head(n).noalias() = ws.e.topLeftCorner(b, n).transpose() * ws.inv_sum.head(b);
       for (index_t t = 0; t < n; ++t) acc[t] += double(ws.col(t));
@@ -237,12 +238,12 @@ template <class T>
     auto& ws = work[std::size_t(thread_id())];
     ws.e.resize(block, L);
     ws.inv_sum.resize(block);
-    auto const qh = head_map(q, h);
-    auto const kh = head_map(k, h / group);
+    ws.q = head_map(q, h);
+    ws.k = head_map(k, h / group);
     Eigen::Map<cpu::eigen_row_matrix<T>> out(probs.data() + h * L * L, L, L);  // (tokens, tokens)
     for (index_t i0 = 0; i0 < L; i0 += block) {
       index_t const b = std::min(block, L - i0), n = i0 + b;
-      causal_softmax_block(qh, kh, i0, b, scale, ws);
+      causal_softmax_block(ws.q, ws.k, i0, b, scale, ws);
       out.block(i0, 0, b, n) = ws.inv_sum.head(b).asDiagonal() * ws.e.topLeftCorner(b, n);
       out.block(i0, n, b, L - n).setZero();
     }
