@@ -61,7 +61,7 @@ namespace detail {
 using rsq::detail::shape_string;
 using rsq::detail::throw_invalid_argument;
 
-inline constexpr index_t row_tile = 64;  // output rows per tile: keeps the codes' cache lines and the qweight rows hot
+inline constexpr index_t row_tile = 16;  // output rows per tile: 16 int32 = one cache line of each qweight row per block
 
 inline void check_bits(int bits, char const* fn) {
   RSQ_EXPECTS(supported_bits(bits), fn, ": bits must be 2, 3, 4 or 8 (the GPTQ int32 layout), got ", bits);
@@ -220,7 +220,7 @@ template <class S>
         }
         index_t const r = b + j;
         S const z = zeros(r, g);
-        RSQ_EXPECTS(z == std::floor(z) && z >= 0 && z <= maxq, "pack_gptq: zeros(row ", r, ", group ", g, ") = ", z,
+        RSQ_EXPECTS(z == std::floor(z) && z >= 0 && z <= S(maxq), "pack_gptq: zeros(row ", r, ", group ", g, ") = ", z,
                     " is not an integer in [0, ", maxq, "] for ", bits, "-bit codes");
         if (fmt == zero_format::v1)
           RSQ_EXPECTS(z >= 1, "pack_gptq: zeros(row ", r, ", group ", g,
@@ -337,15 +337,32 @@ template <class S>
   int const maxq = (1 << u.bits) - 1;
   rsq::matrix<float> w = rsq::matrix<float>::from_shape({std::size_t(rows), std::size_t(cols)});  // (out, in)
   std::int32_t const* gi = u.g_idx.data();
+  // Runs of columns with one group (whole groups without act-order, or with act-order + static groups): the inner
+  // loop then has a constant scale and zero and vectorizes. A permuted g_idx has runs of about one column.
+  std::vector<index_t> run_start{0};
+  for (index_t c = 1; c < cols; ++c)
+    if (gi[c] != gi[c - 1]) run_start.push_back(c);
+  run_start.push_back(cols);
+  bool const use_runs = index_t(run_start.size()) * 8 <= cols;
   for (index_t r = 0; r < rows; ++r) {
     std::uint8_t const* q = u.codes.data() + r * cols;
     float const* s = u.scales.data() + r * groups;
     float const* z = u.zeros.data() + r * groups;
     float* out = w.data() + r * cols;
     std::uint8_t m = 0;
-    for (index_t c = 0; c < cols; ++c) {
-      m = std::max(m, q[c]);
-      out[c] = s[gi[c]] * (float(q[c]) - z[gi[c]]);
+    if (use_runs) {
+      for (std::size_t k = 0; k + 1 < run_start.size(); ++k) {
+        float const sg = s[gi[run_start[k]]], zg = z[gi[run_start[k]]];
+        for (index_t c = run_start[k]; c < run_start[k + 1]; ++c) {
+          m = std::max(m, q[c]);
+          out[c] = sg * (float(q[c]) - zg);
+        }
+      }
+    } else {
+      for (index_t c = 0; c < cols; ++c) {
+        m = std::max(m, q[c]);
+        out[c] = s[gi[c]] * (float(q[c]) - z[gi[c]]);
+      }
     }
     if (m > maxq)
       for (index_t c = 0; c < cols; ++c)
