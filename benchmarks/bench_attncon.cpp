@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
     std::snprintf(name, sizeof name, "streamed: query_block = %ld", long(block));
     std::printf("%-34s %10.4f %12.2f %14.2f   (max rel. diff %.1e)\n", name, t, t_mat / t, mib(mem), err);
   }
-  std::printf("memory: probabilities = heads*L*L*4 B; streamed = threads*(block*L + L + 2*L*head_dim)*4 B + heads*L*8 B + L*4 B\n");
+  std::printf("memory: probabilities = heads*L*L*4 B; streamed = threads*(block*L + L + 2*L*head_dim)*4 B"
+              " + heads*L*8 B + L*4 B\n");
   return 0;
 }

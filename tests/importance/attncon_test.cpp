@@ -326,7 +326,8 @@ TEST_SUITE("importance.attncon") {
     }
     SUBCASE("head_dim differs") {
       auto const k4 = random_tensor<float>(2, 10, 4, 2);
-      CHECK_THROWS_WITH_AS((void)imp::causal_attention(q, k4), doctest::Contains("(2 x 10 x 4)"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::causal_attention(q, k4),
+                           doctest::Contains("(2 x 10 x 4)"), rsq::invalid_argument);
     }
     SUBCASE("query heads not a multiple of the KV heads") {
       auto const k3 = random_tensor<float>(3, 10, 8, 2);
@@ -335,7 +336,8 @@ TEST_SUITE("importance.attncon") {
     }
     SUBCASE("empty axes") {
       auto const q0 = xt::xtensor<float, 3>::from_shape({4, 10, 0});
-      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q0, k), doctest::Contains("no empty axis"), rsq::invalid_argument);
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q0, k),
+                           doctest::Contains("no empty axis"), rsq::invalid_argument);
       auto const k0 = xt::xtensor<float, 3>::from_shape({0, 10, 8});
       CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k0), doctest::Contains("at least one head"),
                            rsq::invalid_argument);
@@ -352,7 +354,8 @@ TEST_SUITE("importance.attncon") {
     SUBCASE("options") {
       CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.query_block = 0}),
                            doctest::Contains("query_block must be >= 1"), rsq::invalid_argument);
-      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.softmax_scale = -1}), doctest::Contains("softmax_scale"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.softmax_scale = -1}),
+                           doctest::Contains("softmax_scale"),
                            rsq::invalid_argument);
       CHECK_THROWS_WITH_AS((void)imp::attncon_scores_qk(q, k, {.softmax_scale = std::nan("")}),
                            doctest::Contains("softmax_scale"), rsq::invalid_argument);
@@ -369,7 +372,8 @@ TEST_SUITE("importance.attncon") {
       auto const a = random_attention(4, 9, 1);
       auto const af = cast_to<float>(a);
       imp::sequence_context ctx{.attention = af, .queries = q, .keys = k};
-      CHECK_THROWS_WITH_AS((void)imp::attncon{}.weights(ctx), doctest::Contains("queries has 10 tokens, but the context has 9"),
+      CHECK_THROWS_WITH_AS((void)imp::attncon{}.weights(ctx),
+                           doctest::Contains("queries has 10 tokens, but the context has 9"),
                            rsq::invalid_argument);
     }
   }

@@ -114,6 +114,7 @@ TEST_SUITE("importance.policies") {
   }
 
   TEST_CASE("first_n: bad chunk strings and lengths") {
+    imp::sequence_context const eight{.tokens = 8};
     for (char const* bad : {"", "8", "0_", "_8", "a_8", "0_8x", "0__8", "8_8", "-1_8", "0_0", "0_0_8", "0_+8"}) {
       CAPTURE(bad);
       CHECK_THROWS_WITH_AS((void)imp::first_n::from_method(bad), doctest::Contains("first_n: bad chunk string"),
@@ -124,18 +125,20 @@ TEST_SUITE("importance.policies") {
       CHECK_THROWS_WITH_AS((void)imp::first_n::from_list(bad), doctest::Contains("first_n: bad chunk string"),
                            rsq::invalid_argument);
     }
-    CHECK_THROWS_WITH_AS((void)imp::first_n::from_list("0,0/4"), doctest::Contains("listed twice"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)imp::first_n::from_list("0,0/4"),
+                         doctest::Contains("listed twice"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)imp::first_n{}.weights(imp::sequence_context{.tokens = 7}),
                          doctest::Contains("7 tokens, fewer than the 8 chunks"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {}, .num_chunks = 4}.weights(imp::sequence_context{.tokens = 8})),
+    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {}, .num_chunks = 4}.weights(eight)),
                          doctest::Contains("chunk list is empty"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {0}, .num_chunks = 0}.weights(imp::sequence_context{.tokens = 8})),
+    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {0}, .num_chunks = 0}.weights(eight)),
                          doctest::Contains("num_chunks must be >= 1"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {5}, .num_chunks = 4}.weights(imp::sequence_context{.tokens = 8})),
+    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {5}, .num_chunks = 4}.weights(eight)),
                          doctest::Contains("chunk 5 is outside [0, 4)"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {1, 1}, .num_chunks = 4}.weights(imp::sequence_context{.tokens = 8})),
+    CHECK_THROWS_WITH_AS((void)(imp::first_n{.chunks = {1, 1}, .num_chunks = 4}.weights(eight)),
                          doctest::Contains("chunk 1 is listed twice"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)imp::first_n{}.weights(imp::sequence_context{}), doctest::Contains("the context has no tokens"),
+    CHECK_THROWS_WITH_AS((void)imp::first_n{}.weights(imp::sequence_context{}),
+                         doctest::Contains("the context has no tokens"),
                          rsq::invalid_argument);
   }
 
@@ -252,14 +255,16 @@ TEST_SUITE("importance.policies") {
     auto const x9 = random_matrix<float>(9, 8, 8);
     auto const x_wide = random_matrix<float>(10, 9, 9);
     imp::sequence_context const only_len{.tokens = 10};
-    CHECK_THROWS_WITH_AS((void)imp::actnorm{}.weights(only_len), doctest::Contains("actnorm: the context has no layer input"),
+    CHECK_THROWS_WITH_AS((void)imp::actnorm{}.weights(only_len),
+                         doctest::Contains("actnorm: the context has no layer input"),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)imp::actdiff{}.weights(imp::sequence_context{.x_in = x}),
                          doctest::Contains("actdiff: the context has no FP layer output"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)imp::tokensim{.source = imp::activation_source::output}.weights(
                              imp::sequence_context{.x_in = x}),
                          doctest::Contains("no FP layer output"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)imp::tokenfreq{}.weights(only_len), doctest::Contains("tokenfreq: the context has no token ids"),
+    CHECK_THROWS_WITH_AS((void)imp::tokenfreq{}.weights(only_len),
+                         doctest::Contains("tokenfreq: the context has no token ids"),
                          rsq::invalid_argument);
     std::vector<std::int64_t> ids(10, 1);
     CHECK_THROWS_WITH_AS((void)imp::tokenfreq{}.weights(imp::sequence_context{
@@ -282,7 +287,8 @@ TEST_SUITE("importance.policies") {
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)imp::actdiff{}.weights(imp::sequence_context{.x_in = x, .x_out = bad}),
                          doctest::Contains("x_out has a non-finite value"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)(imp::actnorm{.normalization = {.r_min = 2, .r_max = 1}}.weights(imp::sequence_context{.x_in = x})),
+    imp::actnorm const inverted{.normalization = {.r_min = 2, .r_max = 1}};
+    CHECK_THROWS_WITH_AS((void)inverted.weights(imp::sequence_context{.x_in = x}),
                          doctest::Contains("actnorm: r_min must be <= r_max"), rsq::invalid_argument);
     // satisfies() agrees with require().
     CHECK(imp::sequence_context{.x_in = x}.satisfies(imp::actnorm{}.requirements()));
@@ -313,10 +319,12 @@ TEST_SUITE("importance.policies") {
     CHECK_THROWS_WITH_AS((void)any_policy::parse("attn"), doctest::Contains("unknown policy \"attn\""),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse(""), doctest::Contains("unknown policy"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)any_policy::parse("first_n"), doctest::Contains("needs its chunks"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)any_policy::parse("first_n"),
+                         doctest::Contains("needs its chunks"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("first_n:0_8"), doctest::Contains("bad chunk string \"0_8\""),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)any_policy::parse("attncon:3"), doctest::Contains("takes no argument"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)any_policy::parse("attncon:3"),
+                         doctest::Contains("takes no argument"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("attncon", 1.0, 0.5), doctest::Contains("r_min must be <= r_max"),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("actnorm", -1.0), doctest::Contains("r_min must be >= 0"),
@@ -327,14 +335,17 @@ TEST_SUITE("importance.policies") {
     auto const x = random_matrix<double>(20, 6, 10);
     auto y = random_matrix<double>(20, 6, 11);
     imp::basic_sequence_context<double> const ctx{.x_in = x, .x_out = y};
-    auto same = [](auto const& a, auto const& b) { return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin()); };
+    auto same = [](auto const& a, auto const& b) {
+      return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+    };
     CHECK(same(imp::any_policy::parse("actnorm").weights(ctx), imp::actnorm{}.weights(ctx)));
     CHECK(same(imp::any_policy::parse("actdiff").weights(ctx), imp::actdiff{}.weights(ctx)));
     CHECK(same(imp::any_policy::parse("tokensim").scores(ctx), imp::tokensim{}.scores(ctx)));
     CHECK(same(imp::any_policy::parse("uniform").weights(ctx), imp::uniform{}.weights(ctx)));
     CHECK(same(imp::any_policy(imp::first_n::from_method("1_4")).weights(ctx),
                imp::first_n::from_method("1_4").weights(ctx)));
-    CHECK_THROWS_WITH_AS((void)imp::any_policy::parse("uniform").scores(ctx), doctest::Contains("uniform has no raw scores"),
+    CHECK_THROWS_WITH_AS((void)imp::any_policy::parse("uniform").scores(ctx),
+                         doctest::Contains("uniform has no raw scores"),
                          rsq::invalid_argument);
     CHECK(imp::any_policy{}.name() == "uniform");
   }
@@ -351,14 +362,16 @@ TEST_SUITE("importance.policies") {
       auto const r = imp::actnorm{}.weights(ctxs[j]);
       for (std::size_t t = 0; t < 12; ++t) CHECK(w(j, t) == r(t));
     }
-    auto const w2 = imp::batch_weights(imp::any_policy::parse("actnorm"), 4, [&](rsq::index_t j) { return ctxs[std::size_t(j)]; });
+    auto const w2 =
+        imp::batch_weights(imp::any_policy::parse("actnorm"), 4, [&](rsq::index_t j) { return ctxs[std::size_t(j)]; });
     CHECK(std::equal(w.begin(), w.end(), w2.begin()));
 
     auto const short_x = random_matrix<float>(11, 5, 30);
     ctxs.push_back({.x_in = short_x});
     CHECK_THROWS_WITH_AS((void)imp::batch_weights(imp::actnorm{}, ctxs),
                          doctest::Contains("sequence 4 has 11 tokens, sequence 0 has 12"), rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS((void)imp::batch_weights(imp::uniform{}, 0, [](rsq::index_t) { return imp::sequence_context{}; }),
+    auto const no_context = [](rsq::index_t) { return imp::sequence_context{}; };
+    CHECK_THROWS_WITH_AS((void)imp::batch_weights(imp::uniform{}, 0, no_context),
                          doctest::Contains("at least one sequence"), rsq::invalid_argument);
   }
 }

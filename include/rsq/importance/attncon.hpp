@@ -97,17 +97,19 @@ void check_finite3(tensor_view<const T, 3> a, std::string_view what) {
     for (index_t i = 0; i < a.extent(1); ++i)
       for (index_t k = 0; k < a.extent(2); ++k)
         if (!std::isfinite(a(h, i, k)))
-          rsq::detail::throw_invalid_argument(what, " has a non-finite value (", a(h, i, k), ") at [", h, ", ", i, ", ", k, "]");
+          rsq::detail::throw_invalid_argument(what, " has a non-finite value (", a(h, i, k), ") at [", h, ", ", i,
+                                              ", ", k, "]");
 }
 
 /// Shapes and values of queries (heads, L, head_dim) and keys (kv_heads, L, head_dim).
 template <class T>
 void check_queries_keys(tensor_view<const T, 3> q, tensor_view<const T, 3> k) {
+  using rsq::detail::shape_string;
   RSQ_EXPECTS(q.extent(0) >= 1 && q.extent(1) >= 1 && q.extent(2) >= 1,
-              "attncon: queries must be (heads x tokens x head_dim) with no empty axis, got ", rsq::detail::shape_string(q));
-  RSQ_EXPECTS(k.extent(0) >= 1, "attncon: keys must have at least one head, got ", rsq::detail::shape_string(k));
-  RSQ_EXPECTS(k.extent(1) == q.extent(1) && k.extent(2) == q.extent(2), "attncon: keys ", rsq::detail::shape_string(k),
-              " must be (kv_heads x tokens x head_dim) with the tokens and head_dim of queries ", rsq::detail::shape_string(q));
+              "attncon: queries must be (heads x tokens x head_dim) with no empty axis, got ", shape_string(q));
+  RSQ_EXPECTS(k.extent(0) >= 1, "attncon: keys must have at least one head, got ", shape_string(k));
+  RSQ_EXPECTS(k.extent(1) == q.extent(1) && k.extent(2) == q.extent(2), "attncon: keys ", shape_string(k),
+              " must be (kv_heads x tokens x head_dim) with the tokens and head_dim of queries ", shape_string(q));
   RSQ_EXPECTS(q.extent(0) % k.extent(0) == 0, "attncon: the ", q.extent(0),
               " query heads are not a multiple of the ", k.extent(0), " key heads (GQA)");
   RSQ_EXPECTS(q.data() != nullptr && k.data() != nullptr, "attncon: queries and keys must both be given");
@@ -157,7 +159,8 @@ template <class T>
 [[nodiscard]] rsq::vector<T> attncon_scores_probs(tensor_view<const T, 3> a, attncon_options const& opt) {
   validate(opt);
   RSQ_EXPECTS(a.data() != nullptr && a.extent(0) >= 1 && a.extent(1) >= 1 && a.extent(1) == a.extent(2),
-              "attncon: attention must be (heads x tokens x tokens) with heads, tokens >= 1, got ", rsq::detail::shape_string(a));
+              "attncon: attention must be (heads x tokens x tokens) with heads, tokens >= 1, got ",
+              rsq::detail::shape_string(a));
   index_t const heads = a.extent(0), L = a.extent(1);
   std::vector<double> partial(std::size_t(heads * L), 0.0);  // (heads, tokens)
   for_each_head(heads, [&](index_t h) {
@@ -169,15 +172,15 @@ template <class T>
       for (index_t k = 0; k <= i; ++k) {  // causal part only; entries above the diagonal are not read
         T const v = row[k * s2];
         if (!(std::isfinite(v) && v >= 0))
-          rsq::detail::throw_invalid_argument("attncon: attention probabilities must be finite and >= 0, got ", v, " at [", h,
-                                 ", ", i, ", ", k, "]");
+          rsq::detail::throw_invalid_argument("attncon: attention probabilities must be finite and >= 0, got ", v,
+                                              " at [", h, ", ", i, ", ", k, "]");
         row_sum += double(v);
         acc[k] += double(v);
       }
       if (!(std::abs(row_sum - 1.0) <= opt.row_sum_tolerance))
         rsq::detail::throw_invalid_argument("attncon: attention row [", h, ", ", i, "] sums to ", row_sum,
-                               " over keys 0..", i, " (causal part), not 1 within ", opt.row_sum_tolerance,
-                               ": expected causal softmax probabilities");
+                                            " over keys 0..", i, " (causal part), not 1 within ",
+                                            opt.row_sum_tolerance, ": expected causal softmax probabilities");
     }
   });
   auto s = rsq::vector<T>::from_shape({std::size_t(L)});  // (tokens)

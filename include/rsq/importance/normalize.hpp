@@ -55,8 +55,8 @@ struct normalize_options {
 
 /// Checks @p opt and throws rsq::invalid_argument naming @p who and the bad field.
 inline void validate(normalize_options const& opt, std::string_view who = "normalize") {
-  RSQ_EXPECTS(std::isfinite(opt.r_min) && std::isfinite(opt.r_max), who, ": r_min and r_max must be finite, got r_min = ",
-              opt.r_min, ", r_max = ", opt.r_max);
+  RSQ_EXPECTS(std::isfinite(opt.r_min) && std::isfinite(opt.r_max), who,
+              ": r_min and r_max must be finite, got r_min = ", opt.r_min, ", r_max = ", opt.r_max);
   RSQ_EXPECTS(opt.r_min >= 0, who, ": r_min must be >= 0, got ", opt.r_min);
   RSQ_EXPECTS(opt.r_max > 0, who, ": r_max must be > 0, got ", opt.r_max);
   RSQ_EXPECTS(opt.r_min <= opt.r_max, who, ": r_min must be <= r_max, got r_min = ", opt.r_min, ", r_max = ",
