@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: MIT
+// Tests of rsq::cpu::syrk_lower_update and symmetrize_from_lower against a float64 brute-force X^T X.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in Eigen's AVX-512 GEMM kernels
+#endif
+#include <doctest/doctest.h>
+
+#include <rsq/backend/cpu/linalg.hpp>
+
+#include "linalg/linalg_support.hpp"
+
+using namespace linalg_test;
+
+namespace {
+/// Brute-force float64 reference of c0_lower + alpha x^T x, entry by entry (no Eigen product).
+matd brute_force(matd const& c0, matd const& x, double alpha) {
+  matd r = c0;
+  for (Eigen::Index j = 0; j < x.cols(); ++j)
+    for (Eigen::Index i = j; i < x.cols(); ++i) {
+      double s = 0;
+      for (Eigen::Index t = 0; t < x.rows(); ++t) s += x(t, i) * x(t, j);
+      r(i, j) += alpha * s;
+    }
+  return r;
+}
+
+/// Checks lower(c) against lower(ref) relative to the size of the update, and that the strict upper is as before.
+template <class T>
+void check_update(mat<T> const& c, matd const& ref, mat<T> const& before, matd const& x, double tol) {
+  matd const lower = c.template cast<double>().template triangularView<Eigen::Lower>();
+  matd const ref_lower = ref.triangularView<Eigen::Lower>();
+  // Each entry is a sum of `tokens` products: its error is about tokens * eps * sum |x_ti x_tj|.
+  double const scale = (x.transpose().cwiseAbs() * x.cwiseAbs()).norm() + 1.0;
+  CHECK((lower - ref_lower).norm() / scale < tol);
+  mat<T> const up = c.template triangularView<Eigen::StrictlyUpper>();
+  mat<T> const up0 = before.template triangularView<Eigen::StrictlyUpper>();
+  CHECK((up.array() == up0.array()).all());
+}
+}  // namespace
+
+TEST_SUITE("linalg.syrk") {
+  TEST_CASE_TEMPLATE("syrk_lower_update adds alpha x^T x to the lower triangle, for x of either storage order", T, float,
+                     double) {
+    for (Eigen::Index n : {1, 7, 64, 129, 300, 1000}) {
+      for (Eigen::Index tokens : {1, 50, 257}) {
+        if (n == 1000 && tokens != 50) continue;  // keep the brute force short
+        CAPTURE(n);
+        CAPTURE(tokens);
+        // Inputs representable in T, so that the reference sees exactly what the routine sees.
+        matd const xd = random_matrix(tokens, n, std::uint64_t(n * 1000 + tokens)).cast<T>().template cast<double>();
+        matd const c0 = random_matrix(n, n, 5).cast<T>().template cast<double>();
+        double const alpha = 0.75;
+        matd const ref = brute_force(c0, xd, alpha);
+        double const tol = 4 * eps<T>() * std::sqrt(double(tokens)) + 2 * eps<T>();
+        mat<T> const before = c0.cast<T>();
+        SUBCASE("row-major x (tokens, n), as activations are stored") {
+          row_mat<T> const x = xd.cast<T>();
+          mat<T> c = before;
+          rsq::cpu::syrk_lower_update(c, x, T(alpha));
+          check_update(c, ref, before, xd, tol);
+        }
+        SUBCASE("column-major x") {
+          mat<T> const x = xd.cast<T>();
+          mat<T> c = before;
+          rsq::cpu::syrk_lower_update<T>(c, x, T(alpha));
+          check_update(c, ref, before, xd, tol);
+        }
+      }
+    }
+  }
+
+  TEST_CASE("syrk_lower_update takes blocks, maps, expressions, and float x into a double c") {
+    Eigen::Index const n = 200, tokens = 90;
+    matd const xd = random_matrix(tokens + 10, n + 7, 41);
+    matd const c0 = random_matrix(n, n, 43);
+    matd const ref = brute_force(c0, xd.block(3, 2, tokens, n), -1.0);
+    SUBCASE("block of a larger matrix") {
+      matd c = c0;
+      rsq::cpu::syrk_lower_update(c, xd.block(3, 2, tokens, n), -1.0);
+      check_update<double>(c, ref, c0, xd.block(3, 2, tokens, n), 1e-14);
+    }
+    SUBCASE("an expression is evaluated once: (2 x) with alpha / 4") {
+      matd c = c0;
+      rsq::cpu::syrk_lower_update(c, 2.0 * xd.block(3, 2, tokens, n), -0.25);
+      check_update<double>(c, ref, c0, xd.block(3, 2, tokens, n), 1e-14);
+    }
+    SUBCASE("float x accumulated into a double c") {
+      row_mat<float> const xf = xd.block(3, 2, tokens, n).cast<float>();
+      matd c = c0;
+      rsq::cpu::syrk_lower_update(c, xf, -1.0);
+      check_update<double>(c, brute_force(c0, xf.cast<double>(), -1.0), c0, xd.block(3, 2, tokens, n), 1e-14);
+    }
+    SUBCASE("a block of c (column-major map with outer stride)") {
+      matd big = matd::Constant(n + 4, n + 4, 3.0);
+      big.block(2, 1, n, n) = c0;
+      rsq::cpu::syrk_lower_update<double>(big.block(2, 1, n, n), xd.block(3, 2, tokens, n), -1.0);
+      check_update<double>(big.block(2, 1, n, n), ref, c0, xd.block(3, 2, tokens, n), 1e-14);
+      CHECK(big.topRows(2).isConstant(3.0));
+      CHECK(big.col(0).isConstant(3.0));
+    }
+  }
+
+  TEST_CASE("two batches add up to one batch of all tokens, and zero tokens change nothing") {
+    Eigen::Index const n = 160;
+    Eigen::MatrixXf const x = random_matrix(300, n, 47).cast<float>();
+    Eigen::MatrixXf one = Eigen::MatrixXf::Zero(n, n), two = one;
+    rsq::cpu::syrk_lower_update(one, x, 1.0f);
+    rsq::cpu::syrk_lower_update(two, x.topRows(120), 1.0f);
+    rsq::cpu::syrk_lower_update(two, x.bottomRows(180), 1.0f);
+    Eigen::MatrixXf const lo1 = one.triangularView<Eigen::Lower>(), lo2 = two.triangularView<Eigen::Lower>();
+    CHECK(rel_diff(lo2, lo1) < 1e-5);
+    Eigen::MatrixXf const before = two;
+    rsq::cpu::syrk_lower_update(two, x.topRows(0), 1.0f);
+    CHECK(two == before);
+  }
+
+  TEST_CASE("symmetrize_from_lower copies the lower triangle onto the upper one exactly") {
+    for (Eigen::Index n : {1, 2, 63, 64, 65, 200}) {
+      CAPTURE(n);
+      Eigen::MatrixXf c = random_matrix(n, n, 53).cast<float>();
+      Eigen::MatrixXf const lower = c.triangularView<Eigen::Lower>();
+      rsq::cpu::symmetrize_from_lower(c);
+      CHECK(c == c.transpose());
+      Eigen::MatrixXf const lower_after = c.triangularView<Eigen::Lower>();
+      CHECK(lower_after == lower);
+    }
+  }
+
+  TEST_CASE("argument checks of syrk_lower_update and symmetrize_from_lower") {
+    Eigen::MatrixXd rect(4, 5), c = Eigen::MatrixXd::Zero(4, 4), empty(0, 0);
+    Eigen::MatrixXd const x = Eigen::MatrixXd::Ones(10, 3);
+    CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update(rect, x, 1.0), doctest::Contains("c must be square, got (4 x 5)"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update(c, x, 1.0),
+                         doctest::Contains("x must have as many columns as c has rows, got x (10 x 3) and c (4 x 4)"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update(empty, Eigen::MatrixXd(3, 0), 1.0), doctest::Contains("empty"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::cpu::symmetrize_from_lower(rect), doctest::Contains("c must be square, got (4 x 5)"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::cpu::symmetrize_from_lower(empty), doctest::Contains("empty"), rsq::invalid_argument);
+  }
+}
