@@ -58,12 +58,12 @@ int main(int argc, char** argv) {
   for (auto& t : tokens) t = std::int32_t((state = state * 1664525u + 1013904223u) >> 8) % c.vocab_size;
   rsq::matrix_view<const std::int32_t> tv(tokens.data(), S, L);
 
-  // Work per forward: 2·params·tokens for the linears and classifier, 4·L²·dim per sequence and layer for the
-  // square (causally masked, computed in full) QKᵀ and PV products.
+  // Work per forward: 2·params·tokens for the linears and classifier, and for the causal QKᵀ and PV products
+  // 2·2·dim·L(L+1)/2 per sequence and layer (the keys each query needs; the masked half is not counted).
   double const T = double(S * L);
   double const linear_params = double(c.n_layers) * (2.0 * c.dim * c.dim + 2.0 * c.kv_dim() * c.dim +
                                                      3.0 * c.hidden_dim * c.dim) + double(c.vocab_size) * c.dim;
-  double const flops = 2.0 * linear_params * T + 4.0 * double(L) * double(L) * c.dim * double(S) * c.n_layers;
+  double const flops = 2.0 * linear_params * T + 2.0 * double(L) * double(L + 1) * c.dim * double(S) * c.n_layers;
 
   double sink = 0;
   double const t_fwd = median_seconds(reps, [&] { sink += forward(m, tv).data()[0]; });

@@ -134,23 +134,28 @@ inline void apply_rope(row_map x, rope_tables const& t, index_t L, index_t head_
 }
 
 /// Causal softmax attention of one (sequence, query head): writes probs (L, L) and out (L, head_size).
+/// Query rows go in blocks of 64 that only see keys up to the block's last row, which skips about half of the
+/// masked score and PV products.
 inline void head_attention(const_row_map q, const_row_map k, const_row_map v, index_t row0, index_t qcol,
                            index_t kcol, index_t L, index_t hs, float* probs, row_map out) {
+  constexpr index_t block = 64;
   Eigen::Map<row_matrix> P(probs, L, L);
-  auto Q = q.block(row0, qcol, L, hs);
-  auto K = k.block(row0, kcol, L, hs);
-  auto V = v.block(row0, kcol, L, hs);
-  P.noalias() = Q * K.transpose();
   float const scale = 1.f / std::sqrt(float(hs));
-  for (index_t i = 0; i < L; ++i) {
-    // Causal softmax of row i over keys 0..i (Eigen's vectorised exp); scale > 0, so the max commutes with it.
-    auto seg = P.row(i).head(i + 1).array();
-    float const mx = seg.maxCoeff();
-    seg = ((seg - mx) * scale).exp();
-    seg *= 1.f / seg.sum();
-    P.row(i).tail(L - i - 1).setZero();
+  for (index_t i0 = 0; i0 < L; i0 += block) {
+    index_t const rows = std::min(block, L - i0), keys = i0 + rows;
+    auto Pb = P.block(i0, 0, rows, keys);
+    Pb.noalias() = q.block(row0 + i0, qcol, rows, hs) * k.block(row0, kcol, keys, hs).transpose();
+    for (index_t r = 0; r < rows; ++r) {
+      index_t const i = i0 + r;
+      // Causal softmax of row i over keys 0..i (Eigen's vectorised exp); scale > 0, so the max commutes with it.
+      auto seg = P.row(i).head(i + 1).array();
+      float const mx = seg.maxCoeff();
+      seg = ((seg - mx) * scale).exp();
+      seg *= 1.f / seg.sum();
+      P.row(i).tail(L - i - 1).setZero();
+    }
+    out.block(row0 + i0, qcol, rows, hs).noalias() = Pb * v.block(row0, kcol, keys, hs);
   }
-  out.block(row0, qcol, L, hs).noalias() = P * V;
 }
 
 inline void call_linear(forward_hooks const& hooks, int layer, linear_id l, index_t S, index_t L, row_map x) {
