@@ -18,6 +18,20 @@ using matrix = xt::xtensor<T, 2>;  ///< owned (rows, cols), row-major
 template <class T>
 using vector = xt::xtensor<T, 1>;  ///< owned (size)
 
+/// A zero-filled (rows, cols) matrix. Prefer this to `rsq::matrix<T>({rows, cols})`: braces are ambiguous between
+/// a shape and element values in xtensor (for rank 1, `vector<T>({n})` is a one-element vector holding n).
+template <class T>
+[[nodiscard]] rsq::matrix<T> make_matrix(index_t rows, index_t cols) {
+  using shape = typename rsq::matrix<T>::shape_type;
+  return rsq::matrix<T>(shape{std::size_t(rows), std::size_t(cols)}, T(0));
+}
+/// A zero-filled vector of @p n elements.
+template <class T>
+[[nodiscard]] rsq::vector<T> make_vector(index_t n) {
+  using shape = typename rsq::vector<T>::shape_type;
+  return rsq::vector<T>(shape{std::size_t(n)}, T(0));
+}
+
 /// Read-only view of an owned array.
 template <class T, std::size_t N>
 [[nodiscard]] tensor_view<const T, N> view(xt::xtensor<T, N> const& a) {

@@ -39,6 +39,11 @@ concept xtensor_strided = requires(M& m) {
   { m.dimension() } -> std::convertible_to<std::size_t>;
 };
 
+/// xtensor's containers carry `rank` (N for xtensor, SIZE_MAX for dynamic-rank arrays and views).
+template <class M, std::size_t N>
+concept static_rank_matches = !requires { std::remove_cvref_t<M>::rank + 0; } ||
+                              std::remove_cvref_t<M>::rank == N || std::remove_cvref_t<M>::rank == std::size_t(-1);
+
 }  // namespace detail
 
 /// Non-owning view of an N-dimensional strided array of T (T may be const).
@@ -97,8 +102,9 @@ class tensor_view {
   }
 
   /// Any xtensor container or strided view of dimension N (xtensor strides are in elements).
+  /// (A static rank other than N is a compile-time mismatch; dynamic-rank arrays are checked at run time.)
   template <detail::xtensor_strided M>
-    requires(!detail::eigen_direct_access<M> &&
+    requires(!detail::eigen_direct_access<M> && detail::static_rank_matches<M, N> &&
              std::is_convertible_v<decltype(std::declval<M&>().data()), T*>)
   tensor_view(M& m)  // NOLINT(google-explicit-constructor)
       : data_(m.data() + m.data_offset()) {
@@ -173,6 +179,40 @@ template <class T>
 using vector_view = tensor_view<T, 1>;  ///< (size)
 template <class T>
 using batch_view = tensor_view<T, 3>;  ///< (batch, rows, cols), e.g. (sequences, tokens, features)
+
+namespace detail {
+/// Element type of an array-like M: its `element_type` for tensor_views, else what its data() points to.
+template <class M>
+struct element_of {
+  using type = std::remove_pointer_t<decltype(std::declval<M&>().data())>;
+};
+template <class M>
+  requires requires { typename M::element_type; M::rank(); }
+struct element_of<M> {
+  using type = typename M::element_type;
+};
+template <class M>
+using element_of_t = typename element_of<M>::type;
+}  // namespace detail
+
+/// View of @p m (an Eigen dense object, an xtensor array, or a tensor_view) with the element type deduced,
+/// e.g. `make_view<2>(eigen_matrix)` is a `matrix_view<float>` (or `<const float>` for a const matrix).
+template <std::size_t N, class M>
+  requires std::constructible_from<tensor_view<detail::element_of_t<M>, N>, M&>
+[[nodiscard]] tensor_view<detail::element_of_t<M>, N> make_view(M& m) {
+  return tensor_view<detail::element_of_t<M>, N>(m);
+}
+
+/// Read-only view of @p m with the element type deduced (see make_view).
+template <std::size_t N, class M>
+  requires std::constructible_from<tensor_view<detail::element_of_t<M const>, N>, M const&>
+[[nodiscard]] tensor_view<std::add_const_t<detail::element_of_t<M const>>, N> make_const_view(M const& m) {
+  return tensor_view<std::add_const_t<detail::element_of_t<M const>>, N>(make_view<N>(m));
+}
+
+/// Types make_const_view<N> accepts: Eigen dense objects, xtensor arrays of rank N, tensor_views.
+template <class M, std::size_t N>
+concept viewable = requires(M const& m) { make_const_view<N>(m); };
 
 }  // namespace rsq
 

@@ -104,8 +104,13 @@ inline std::string_view trim(std::string_view s) {
 /// Value text of key @p key in the header dict, or empty if absent. The dict is a Python literal written by
 /// numpy: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }.
 inline std::string_view dict_value(std::string_view dict, std::string_view key, std::string const& path) {
-  std::string const quoted1 = "'" + std::string(key) + "'";
-  std::string const quoted2 = "\"" + std::string(key) + "\"";
+  auto quote = [&](char q) {  // (appending avoids a GCC 12 -Wrestrict false positive on operator+)
+    std::string s(1, q);
+    s.append(key);
+    s.push_back(q);
+    return s;
+  };
+  std::string const quoted1 = quote('\''), quoted2 = quote('"');
   auto pos = dict.find(quoted1);
   std::size_t klen = quoted1.size();
   if (pos == std::string_view::npos) {
@@ -273,11 +278,10 @@ template <class T, std::size_t N>
   std::error_code ec;
   auto const file_size = std::filesystem::file_size(path, ec);
   if (ec) detail::throw_io_error(name, ": cannot stat file: ", ec.message());
-  if (file_size < h.data_offset + bytes)
-    detail::throw_io_error(name, ": .npy file is truncated: shape needs ", bytes, " data bytes, the file has ",
-                           file_size - std::min<std::uintmax_t>(file_size, h.data_offset));
-  if (file_size > h.data_offset + bytes)
-    detail::throw_io_error(name, ": .npy file has ", file_size - h.data_offset - bytes, " unexpected trailing bytes");
+  auto const avail = file_size - std::min<std::uintmax_t>(file_size, h.data_offset);  // data bytes present
+  if (avail < bytes)
+    detail::throw_io_error(name, ": .npy file is truncated: shape needs ", bytes, " data bytes, the file has ", avail);
+  if (avail > bytes) detail::throw_io_error(name, ": .npy file has ", avail - bytes, " unexpected trailing bytes");
 
   std::vector<unsigned char> raw(bytes);
   std::ifstream f(path, std::ios::binary);
@@ -345,19 +349,20 @@ void save_npy(std::filesystem::path const& path, tensor_view<const T, N> a) {
     f.write(dict.data(), std::streamsize(dict.size()));
     std::array<index_t, N> idx{};
     index_t const count = a.size();
-    std::vector<T> buf;
+    using stored_t = std::conditional_t<std::is_same_v<T, bool>, std::uint8_t, T>;  // vector<bool> has no data()
+    std::vector<stored_t> buf;
     buf.reserve(std::size_t(count));
     for (index_t i = 0; i < count; ++i) {
       index_t off = 0;
       for (std::size_t d = 0; d < N; ++d) off += idx[d] * a.stride(d);
-      buf.push_back(a.data()[off]);
+      buf.push_back(stored_t(a.data()[off]));
       for (std::size_t d = N; d-- > 0;) {
         if (++idx[d] < a.extent(d)) break;
         idx[d] = 0;
       }
     }
     static_assert(std::endian::native == std::endian::little, "rsq::io::save_npy writes little-endian data only");
-    f.write(reinterpret_cast<char const*>(buf.data()), std::streamsize(buf.size() * sizeof(T)));
+    f.write(reinterpret_cast<char const*>(buf.data()), std::streamsize(buf.size() * sizeof(stored_t)));
     f.flush();
     if (!f) rsq::detail::throw_io_error(tmp.string(), ": write failed");
   }

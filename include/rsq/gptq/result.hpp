@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// What gptq::solve() returns: the quantized weight, its dequantized form, the permutation, per-column losses, and a
+/// status that says whether the Hessian could be factored (and with how much damping).
+
+#include <cstdint>
+#include <string_view>
+
+#include "rsq/core/tensor.hpp"
+#include "rsq/quant/quantized_weight.hpp"
+
+namespace rsq::gptq {
+
+/// Numerical outcome of a solve. Bad arguments are exceptions instead (rsq::invalid_argument).
+enum class status {
+  ok,                     ///< solved; `damp_attempts` says whether the damping had to grow
+  not_positive_definite,  ///< H + k·damp·I was not positive definite for every k ≤ max_damp_attempts
+};
+
+[[nodiscard]] constexpr std::string_view to_string(status s) noexcept {
+  return s == status::ok ? "ok" : "not_positive_definite";
+}
+
+/// Result of gptq::solve() for a (rows, cols) weight.
+template <class T>
+struct result {
+  status info = status::not_positive_definite;
+  /// Codes (rows, cols) in original column order, scales and zeros (rows, groups), g_idx (cols).
+  /// Empty when `info != status::ok`.
+  quant::quantized_weight<T> weight;
+  /// The dequantized weight Q (rows, cols), original column order (what the reference writes into the layer).
+  rsq::matrix<T> dequantized;
+  /// Column order of the solve: perm(j) is the original column quantized j-th (identity without act-order).
+  rsq::vector<std::int32_t> perm;
+  /// Σ_rows (w − q)² / (2 d²) per column (the reference's `Losses` summed over rows), original column order.
+  rsq::vector<T> column_loss;
+  /// Absolute damping added to diag(H) in the successful (or last) attempt.
+  double damp_used = 0;
+  /// damp_used relative to mean(diag H), i.e. k · damp_percent.
+  double damp_percent_used = 0;
+  /// Number of factorization attempts made (1 when the first damping sufficed).
+  int damp_attempts = 0;
+  /// On failure: the original column index of the pivot that failed in the last attempt; −1 otherwise.
+  index_t failed_column = -1;
+
+  [[nodiscard]] bool ok() const noexcept { return info == status::ok; }
+  /// Σ column_loss: the reference's printed "error".
+  [[nodiscard]] double total_loss() const noexcept {
+    double s = 0;
+    for (auto v : column_loss) s += double(v);
+    return s;
+  }
+};
+
+}  // namespace rsq::gptq

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// Uniform affine quantization grids (method spec §7): 2–8 bits, symmetric or asymmetric, per output row or per
+/// group of input columns, in the two conventions of the reference code, with the MSE clip search.
+///
+/// Every grid is stored the same way: an integer code u in [0, 2^bits − 1] per weight, and per row (or row and group)
+/// a scale s and an integer-valued zero z, so that the dequantized weight is s·(u − z). Both conventions fit this:
+///  - `ist` (IST-DASLab `quant.py`): asym z = round(−xmin/s); sym z = 2^(bits−1) and s = 2·amax/(2^bits − 1);
+///  - `rsq` (RSQ/QuaRot `WeightQuantizer`): asym as ist with the range clamped ≥ 1e-5; sym s = max(amax, 1e-5) /
+///    (2^(bits−1) − 1) with signed levels q ∈ [−2^(bits−1), 2^(bits−1) − 1], i.e. u = q + 2^(bits−1), z = 2^(bits−1).
+/// Codes are computed as clamp(round(x/s) + z, 0, 2^bits − 1) with round-half-to-even, in the precision T, which is
+/// exactly what both references compute.
+
+#include <algorithm>
+#include <cfenv>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "rsq/core/error.hpp"
+#include "rsq/core/view.hpp"
+
+namespace rsq::quant {
+
+/// Which reference the grid reproduces (spec §7).
+enum class convention {
+  ist,  ///< IST-DASLab gptq `quant.py` Quantizer (GPTQ paper code)
+  rsq,  ///< RSQ / QuaRot `WeightQuantizer` (used by RSQ, QuaRot and their GPTQ baselines)
+};
+
+/// The MSE clip search of spec §7 (`mse=True`, RSQ/QuaRot `--w_clip`): shrink the range by p = 1 − i/grid for
+/// i < max_shrink·grid and keep, per row, the parameters with the smallest Σ|x̂ − x|^norm.
+struct clip_search {
+  bool enabled = false;
+  double norm = 2.4;
+  int grid = 100;
+  double max_shrink = 0.8;
+};
+
+/// A quantization grid: bits, symmetry, convention and optional clip search.
+struct grid_spec {
+  int bits = 4;
+  bool symmetric = false;
+  convention conv = convention::ist;
+  clip_search clip = {};
+
+  /// Throws rsq::invalid_argument unless 2 ≤ bits ≤ 8 and the clip parameters are usable.
+  void validate() const {
+    RSQ_EXPECTS(bits >= 2 && bits <= 8, "quantizer bits must be between 2 and 8, got ", bits);
+    if (clip.enabled) {
+      RSQ_EXPECTS(clip.grid > 0, "clip search grid must be positive, got ", clip.grid);
+      RSQ_EXPECTS(clip.max_shrink > 0 && clip.max_shrink <= 1, "clip search max_shrink must be in (0, 1], got ",
+                  clip.max_shrink);
+      RSQ_EXPECTS(std::isfinite(clip.norm) && clip.norm > 0, "clip search norm must be positive, got ", clip.norm);
+    }
+  }
+
+  /// Largest code, 2^bits − 1.
+  [[nodiscard]] constexpr int max_code() const noexcept { return (1 << bits) - 1; }
+};
+
+/// Scale and zero of one row (or one row of one group).
+template <class T>
+struct affine_params {
+  T scale = T(0);
+  T zero = T(0);
+};
+
+/// Code of @p x on the grid (scale @p s, zero @p z): clamp(round(x/s) + z, 0, max_code), round half to even.
+template <class T>
+[[nodiscard]] inline std::uint8_t encode(T x, T s, T z, int max_code) noexcept {
+  // std::nearbyint honours the current rounding mode; rsq requires the default FE_TONEAREST (checked in solve()).
+  T q = std::nearbyint(x / s) + z;
+  q = q < T(0) ? T(0) : (q > T(max_code) ? T(max_code) : q);
+  return static_cast<std::uint8_t>(q);
+}
+
+/// Dequantized value of a code: s·(u − z).
+template <class T>
+[[nodiscard]] inline T decode(std::uint8_t u, T s, T z) noexcept {
+  return s * (T(u) - z);
+}
+
+/// Quantize-dequantize of @p x (what the reference's `quantize()` returns).
+template <class T>
+[[nodiscard]] inline T quantize_dequantize(T x, T s, T z, int max_code) noexcept {
+  return decode(encode(x, s, z, max_code), s, z);
+}
+
+namespace detail {
+
+/// Parameters from a (possibly shrunk) range, following the reference formulas of each convention exactly.
+/// @p xmin ≤ 0 ≤ @p xmax are the row's range (already adjusted as each convention does before the search).
+template <class T>
+[[nodiscard]] affine_params<T> params_from_range(grid_spec const& g, T xmin, T xmax) noexcept {
+  affine_params<T> p;
+  if (g.conv == convention::ist) {
+    T const maxq = T(g.max_code());
+    p.scale = (xmax - xmin) / maxq;
+    p.zero = g.symmetric ? T((g.max_code() + 1) / 2) : std::nearbyint(-xmin / p.scale);
+  } else if (g.symmetric) {
+    p.scale = xmax / T((1 << (g.bits - 1)) - 1);
+    p.zero = T(1 << (g.bits - 1));
+  } else {
+    p.scale = (xmax - xmin) / T(g.max_code());
+    p.zero = std::nearbyint(-xmin / p.scale);
+  }
+  return p;
+}
+
+}  // namespace detail
+
+/// Fits the grid to the @p n values x[0], x[stride], ... (one row, or one row of a group), as the reference's
+/// `find_params` does for that row (spec §7), including the clip search when enabled.
+template <class T>
+[[nodiscard]] affine_params<T> fit(grid_spec const& g, T const* x, index_t n, index_t stride = 1) {
+  T xmin = T(0), xmax = T(0);  // the range always contains 0
+  for (index_t k = 0; k < n; ++k) {
+    T const v = x[k * stride];
+    xmin = v < xmin ? v : xmin;
+    xmax = v > xmax ? v : xmax;
+  }
+  if (g.conv == convention::ist) {
+    if (g.symmetric) {
+      xmax = std::max(std::abs(xmin), xmax);
+      if (xmin < T(0)) xmin = -xmax;
+    }
+    if (xmin == T(0) && xmax == T(0)) {
+      xmin = T(-1);
+      xmax = T(1);
+    }
+  } else if (g.symmetric) {
+    xmax = std::max(std::max(std::abs(xmin), xmax), T(1e-5));
+  } else {
+    if (xmin == T(0) && xmax == T(0)) {
+      xmin = T(-1);
+      xmax = T(1);
+    }
+  }
+
+  affine_params<T> best;
+  if (g.conv == convention::rsq && !g.symmetric) {
+    // The rsq asym scale clamps the range at 1e-5 (not done inside the clip search, as in the reference).
+    best.scale = std::max(xmax - xmin, T(1e-5)) / T(g.max_code());
+    best.zero = std::nearbyint(-xmin / best.scale);
+  } else {
+    best = detail::params_from_range(g, xmin, xmax);
+  }
+  if (!g.clip.enabled) return best;
+
+  int const max_code = g.max_code();
+  int const steps = int(g.clip.max_shrink * g.clip.grid);
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < steps; ++i) {
+    // p is a Python float (double) multiplied into a tensor of precision T.
+    T const p = T(1.0 - double(i) / double(g.clip.grid));
+    affine_params<T> cand = detail::params_from_range(g, p * xmin, p * xmax);
+    double err = 0;
+    for (index_t k = 0; k < n; ++k) {
+      T const v = x[k * stride];
+      T const d = std::abs(quantize_dequantize(v, cand.scale, cand.zero, max_code) - v);
+      err += double(std::pow(d, T(g.clip.norm)));
+    }
+    if (err < best_err) {  // strictly better, as in the reference
+      best_err = err;
+      best = cand;
+    }
+  }
+  return best;
+}
+
+}  // namespace rsq::quant

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// A quantized weight: integer codes plus per-(row, group) scales and zeros, and the group of every input column.
+/// This is what round-to-nearest and the GPTQ solver return, and what the GPTQ checkpoint packer consumes.
+
+#include <cstdint>
+
+#include "rsq/core/checks.hpp"
+#include "rsq/core/error.hpp"
+#include "rsq/core/tensor.hpp"
+
+namespace rsq::quant {
+
+/// Codes, scales, zeros and group indices of a (rows, cols) = (out_features, in_features) weight.
+/// Dequantized weight: W[r, c] = scales(r, g) · (codes(r, c) − zeros(r, g)) with g = g_idx(c).
+template <class T>
+struct quantized_weight {
+  int bits = 0;
+  rsq::matrix<std::uint8_t> codes;  ///< (rows, cols), original column order, values in [0, 2^bits − 1]
+  rsq::matrix<T> scales;            ///< (rows, groups)
+  rsq::matrix<T> zeros;             ///< (rows, groups), integer-valued
+  rsq::vector<std::int32_t> g_idx;  ///< (cols): group of each input column (AutoGPTQ convention)
+
+  [[nodiscard]] index_t rows() const noexcept { return index_t(codes.shape()[0]); }
+  [[nodiscard]] index_t cols() const noexcept { return index_t(codes.shape()[1]); }
+  [[nodiscard]] index_t groups() const noexcept { return index_t(scales.shape()[1]); }
+};
+
+/// The dequantized weight (rows, cols) of @p q.
+template <class T>
+[[nodiscard]] rsq::matrix<T> dequantize(quantized_weight<T> const& q) {
+  index_t const rows = q.rows(), cols = q.cols();
+  RSQ_EXPECTS(index_t(q.g_idx.size()) == cols, "dequantize: g_idx has ", q.g_idx.size(), " entries for ", cols,
+              " columns");
+  auto w = rsq::make_matrix<T>(rows, cols);
+  for (index_t c = 0; c < cols; ++c) {
+    auto const g = q.g_idx(c);
+    RSQ_EXPECTS(g >= 0 && g < q.groups(), "dequantize: g_idx(", c, ") = ", g, " is not a group index below ",
+                q.groups());
+  }
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) {
+      auto const g = q.g_idx(c);
+      w(r, c) = q.scales(r, g) * (T(q.codes(r, c)) - q.zeros(r, g));
+    }
+  return w;
+}
+
+}  // namespace rsq::quant
