@@ -35,21 +35,48 @@ namespace rsq::rotation {
 
 namespace detail {
 
+// Radix-4 butterfly over four disjoint runs of h elements (two Sylvester stages at once). The runs never overlap;
+// `restrict` on the parameters lets the compiler vectorise without run-time alias checks.
+template <class T>
+inline void butterfly4(T* __restrict a, T* __restrict b, T* __restrict c, T* __restrict d, index_t h) noexcept {
+  for (index_t j = 0; j < h; ++j) {
+    T const s0 = a[j] + b[j], d0 = a[j] - b[j], s1 = c[j] + d[j], d1 = c[j] - d[j];
+    a[j] = s0 + s1;
+    b[j] = d0 + d1;
+    c[j] = s0 - s1;
+    d[j] = d0 - d1;
+  }
+}
+// The same with a compile-time run length, for short runs (8: one half-width vector per run).
+template <class T, index_t H>
+inline void butterfly4_fixed(T* __restrict a, T* __restrict b, T* __restrict c, T* __restrict d) noexcept {
+  for (index_t j = 0; j < H; ++j) {
+    T const s0 = a[j] + b[j], d0 = a[j] - b[j], s1 = c[j] + d[j], d1 = c[j] - d[j];
+    a[j] = s0 + s1;
+    b[j] = d0 + d1;
+    c[j] = s0 - s1;
+    d[j] = d0 - d1;
+  }
+}
+template <class T>
+inline void butterfly2(T* __restrict a, T* __restrict b, index_t h) noexcept {
+  for (index_t j = 0; j < h; ++j) {
+    T const s = a[j] + b[j], t = a[j] - b[j];
+    a[j] = s;
+    b[j] = t;
+  }
+}
+
 /// In-place unnormalised Walsh–Hadamard transform (Sylvester, natural order) of x[0..p), p a power of two.
-/// Stages on different bits commute, so any grouping of them gives the same matrix H_p.
+/// Stages on different bits commute, so any grouping of them gives the same matrix H_p: bits 0-2 per chunk of 8 in
+/// registers, then two bits per pass over contiguous runs (vectorised), then one last bit if the count is odd.
 template <class T>
 void fwht(T* x, index_t p) noexcept {
   if (p < 8) {
     for (index_t h = 1; h < p; h *= 2)
-      for (index_t i = 0; i < p; i += 2 * h)
-        for (index_t j = i; j < i + h; ++j) {
-          T const a = x[j], b = x[j + h];
-          x[j] = a + b;
-          x[j + h] = a - b;
-        }
+      for (index_t i = 0; i < p; i += 2 * h) butterfly2(x + i, x + i + h, h);
     return;
   }
-  // Bits 0-2: an 8-point transform per chunk, in registers.
   for (index_t i = 0; i < p; i += 8) {
     T* v = x + i;
     T const b0 = v[0] + v[1], b1 = v[0] - v[1], b2 = v[2] + v[3], b3 = v[2] - v[3];
@@ -65,32 +92,28 @@ void fwht(T* x, index_t p) noexcept {
     v[3] = c3 + c7;
     v[7] = c3 - c7;
   }
-  // Two bits per pass over contiguous runs of h >= 8 elements (vectorisable).
   index_t h = 8;
+  if (4 * h <= p) {
+    for (index_t i = 0; i < p; i += 32) butterfly4_fixed<T, 8>(x + i, x + i + 8, x + i + 16, x + i + 24);
+    h = 32;
+  }
   for (; 4 * h <= p; h *= 4)
-    for (index_t i = 0; i < p; i += 4 * h) {
-      T* __restrict a = x + i;
-      T* __restrict b = a + h;
-      T* __restrict c = b + h;
-      T* __restrict d = c + h;
-      for (index_t j = 0; j < h; ++j) {
-        T const s0 = a[j] + b[j], d0 = a[j] - b[j], s1 = c[j] + d[j], d1 = c[j] - d[j];
-        a[j] = s0 + s1;
-        b[j] = d0 + d1;
-        c[j] = s0 - s1;
-        d[j] = d0 - d1;
-      }
-    }
+    for (index_t i = 0; i < p; i += 4 * h) butterfly4(x + i, x + i + h, x + i + 2 * h, x + i + 3 * h, h);
   if (2 * h <= p)
-    for (index_t i = 0; i < p; i += 2 * h) {
-      T* __restrict a = x + i;
-      T* __restrict b = a + h;
-      for (index_t j = 0; j < h; ++j) {
-        T const s = a[j] + b[j], t = a[j] - b[j];
-        a[j] = s;
-        b[j] = t;
-      }
-    }
+    for (index_t i = 0; i < p; i += 2 * h) butterfly2(x + i, x + i + h, h);
+}
+
+/// The same transform on p "elements" that are each a run of g contiguous values (x is (p, g) row-major, one
+/// transform per column): every butterfly works on runs of h*g contiguous values, so all stages vectorise. Used
+/// for columns of row-major matrices (transposed views).
+template <class T>
+void fwht_lanes(T* x, index_t p, index_t g) noexcept {
+  index_t h = 1;
+  for (; 4 * h <= p; h *= 4)
+    for (index_t i = 0; i < p; i += 4 * h)
+      butterfly4(x + i * g, x + (i + h) * g, x + (i + 2 * h) * g, x + (i + 3 * h) * g, h * g);
+  if (2 * h <= p)
+    for (index_t i = 0; i < p; i += 2 * h) butterfly2(x + i * g, x + (i + h) * g, h * g);
 }
 
 template <class T>
@@ -239,30 +262,99 @@ class hadamard {
       for (index_t i = 0; i < k; ++i)
         for (index_t j = 0; j < k; ++j) mix(i, j) = scale * T(transpose ? (*small_)(j, i) : (*small_)(i, j));
     }
-    bool const contiguous_rows = x.stride(1) == 1;
-    // Rows per group when rows must be gathered; 16 elements of a column span one 64-byte line (float).
-    index_t const group = contiguous_rows ? 1 : 16;
+    // Three layouts: contiguous rows (transformed in place one by one); "columns", i.e. rows whose elements are
+    // further apart than the rows themselves (a transposed view: columns of a row-major matrix), copied g at a
+    // time into a (n, g) buffer and transformed together; anything else gathered row by row into a buffer.
+    enum class layout { rows, columns, gather };
+    layout const how = x.stride(1) == 1                              ? layout::rows
+                       : std::abs(x.stride(0)) < std::abs(x.stride(1)) ? layout::columns
+                                                                       : layout::gather;
+    index_t group = 1;
+    if (how == layout::columns) {
+      // As many columns as keep the (n, g) buffer near 512 KiB (L2), between 16 and 64.
+      group = 16;
+      while (group < 64 && 2 * group * n * index_t(sizeof(T)) <= (index_t(512) << 10)) group *= 2;
+    } else if (how == layout::gather) {
+      group = 16;
+    }
     index_t const n_groups = (rows + group - 1) / group;
-    [[maybe_unused]] bool const parallel = rows > 1 && rows * n >= (index_t(1) << 15);
+    [[maybe_unused]] bool const parallel = n_groups > 1 && rows * n >= (index_t(1) << 15);
 #ifdef _OPENMP
 #pragma omp parallel if (parallel)
 #endif
     {
-      std::vector<T> scratch(small_ ? std::size_t(n) : 0);
-      std::vector<T> gathered(contiguous_rows ? 0 : std::size_t(group * n));
+      std::vector<T> scratch(small_ ? std::size_t(n * (how == layout::columns ? group : 1)) : 0);
+      index_t const ld = n + 16;  // padded leading dimension of the gather buffer
+      std::vector<T> buffer(how == layout::rows ? 0 : std::size_t(group * ld));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
       for (index_t g = 0; g < n_groups; ++g) {
         index_t const r0 = g * group, r1 = std::min(rows, r0 + group);
-        if (contiguous_rows) {
-          transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data(), pre, post);
-          continue;
+        switch (how) {
+          case layout::rows:
+            transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data(), pre, post);
+            break;
+          case layout::columns:
+            copy_columns<T, true>(x, r0, r1, buffer.data());
+            transform_columns(buffer.data(), k, p, r1 - r0, scale, mix, scratch.data(), pre, post);
+            copy_columns<T, false>(x, r0, r1, buffer.data());
+            break;
+          case layout::gather:
+            copy_rows<T, true>(x, r0, r1, buffer.data(), ld);
+            for (index_t r = r0; r < r1; ++r)
+              transform_row(buffer.data() + (r - r0) * ld, k, p, scale, mix, scratch.data(), pre, post);
+            copy_rows<T, false>(x, r0, r1, buffer.data(), ld);
+            break;
         }
-        gather(x, r0, r1, gathered.data());
-        for (index_t r = r0; r < r1; ++r)
-          transform_row(gathered.data() + (r - r0) * n, k, p, scale, mix, scratch.data(), pre, post);
-        scatter(x, r0, r1, gathered.data());
+      }
+    }
+  }
+
+  // Transform of g interleaved rows: buf is (n, g), element j of row r at buf[j*g + r].
+  template <class T>
+  static void transform_columns(T* buf, index_t k, index_t p, index_t g, T scale, detail::row_major<T> const& mix,
+                                T* scratch, std::int8_t const* pre, std::int8_t const* post) {
+    index_t const n = k * p;
+    if (pre)
+      for (index_t j = 0; j < n; ++j) {
+        T const s = T(pre[j]);
+        for (index_t r = 0; r < g; ++r) buf[j * g + r] *= s;
+      }
+    for (index_t a = 0; a < k; ++a) detail::fwht_lanes(buf + a * p * g, p, g);
+    T* out = buf;
+    if (k > 1) {
+      // (K, p*g) <- hadK/√n · (K, p*g): one product for all g rows.
+      detail::row_major_map<T> in(buf, k, p * g), res(scratch, k, p * g);
+      res.noalias() = mix * in;
+      out = scratch;
+      scale = T(1);
+    }
+    for (index_t j = 0; j < n; ++j) {
+      T const s = post ? scale * T(post[j]) : scale;
+      for (index_t r = 0; r < g; ++r) buf[j * g + r] = out[j * g + r] * s;
+    }
+  }
+
+  // Rows r0..r1 of a column-like view to/from the interleaved (n, r1-r0) buffer.
+  template <class T, bool ToBuffer>
+  static void copy_columns(matrix_view<T> x, index_t r0, index_t r1, T* buf) {
+    index_t const n = x.cols(), g = r1 - r0, s0 = x.stride(0), s1 = x.stride(1);
+    for (index_t j = 0; j < n; ++j) {
+      T* line = x.data() + r0 * s0 + j * s1;
+      T* b = buf + j * g;
+      if (s0 == 1) {  // the common case (transposed row-major matrix): a contiguous run
+        if constexpr (ToBuffer)
+          std::copy(line, line + g, b);
+        else
+          std::copy(b, b + g, line);
+      } else {
+        for (index_t r = 0; r < g; ++r) {
+          if constexpr (ToBuffer)
+            b[r] = line[r * s0];
+          else
+            line[r * s0] = b[r];
+        }
       }
     }
   }
@@ -290,29 +382,26 @@ class hadamard {
       std::copy(scratch, scratch + n, row);
   }
 
-  // Rows r0..r1 of x into a contiguous (r1-r0, n) buffer, in the loop order that walks memory best.
-  template <class T>
-  static void gather(matrix_view<T> x, index_t r0, index_t r1, T* buf) {
-    index_t const n = x.cols(), s0 = x.stride(0), s1 = x.stride(1);
-    T const* base = x.data();
-    if (std::abs(s0) < std::abs(s1)) {
-      for (index_t j = 0; j < n; ++j)
-        for (index_t r = r0; r < r1; ++r) buf[(r - r0) * n + j] = base[r * s0 + j * s1];
-    } else {
-      for (index_t r = r0; r < r1; ++r)
-        for (index_t j = 0; j < n; ++j) buf[(r - r0) * n + j] = base[r * s0 + j * s1];
-    }
-  }
-  template <class T>
-  static void scatter(matrix_view<T> x, index_t r0, index_t r1, T const* buf) {
+  // Rows r0..r1 of x to/from a buffer of rows with leading dimension ld. When the columns are closer in memory
+  // than the rows (e.g. a transposed view), walk the group's rows in the inner loop, so that each step reads or
+  // writes one run of neighbouring elements of x; ld is padded so the buffer rows do not all map to the same
+  // cache sets.
+  template <class T, bool ToBuffer>
+  static void copy_rows(matrix_view<T> x, index_t r0, index_t r1, T* buf, index_t ld) {
     index_t const n = x.cols(), s0 = x.stride(0), s1 = x.stride(1);
     T* base = x.data();
+    auto move = [&](index_t r, index_t j) {
+      if constexpr (ToBuffer)
+        buf[(r - r0) * ld + j] = base[r * s0 + j * s1];
+      else
+        base[r * s0 + j * s1] = buf[(r - r0) * ld + j];
+    };
     if (std::abs(s0) < std::abs(s1)) {
       for (index_t j = 0; j < n; ++j)
-        for (index_t r = r0; r < r1; ++r) base[r * s0 + j * s1] = buf[(r - r0) * n + j];
+        for (index_t r = r0; r < r1; ++r) move(r, j);
     } else {
       for (index_t r = r0; r < r1; ++r)
-        for (index_t j = 0; j < n; ++j) base[r * s0 + j * s1] = buf[(r - r0) * n + j];
+        for (index_t j = 0; j < n; ++j) move(r, j);
     }
   }
 
