@@ -233,7 +233,12 @@ TEST_SUITE("importance.attncon") {
     auto const k = random_tensor<float>(2, 70, 16, 4, 8.0);
     auto const ref = brute_force(q, k);
     auto const s = imp::attncon_scores_qk(q, k);
-    CHECK(max_rel_err(s, ref.scores) <= 1e-3);  // logits ~ ±500 in float: S − max keeps ~1e-4 absolute accuracy
+    // Logits of ~±500 carry ~1e-4 absolute error in float, so the attention each token receives is accurate to
+    // ~1e-4 relative; tokens that receive ~exp(−100) attention (float underflow) are compared absolutely.
+    double worst = 0;
+    for (std::size_t t = 0; t < s.size(); ++t)
+      worst = std::max(worst, std::abs(double(s(t)) - ref.scores[t]) / std::max(1.0, ref.scores[t]));
+    CHECK(worst <= 1e-4);
     for (auto v : s) CHECK(std::isfinite(v));
 
     auto const qd = random_tensor<double>(2, 40, 8, 5);
