@@ -7,6 +7,9 @@
 // Flop counts: GEMM 2 m n k; Cholesky n^3/3; upper_cholesky_of_inverse 2/3 n^3 (chol + triangular inverse);
 // the reference trio (LLT, inverse via LLT solve, LLT again) 4/3 n^3 at its own time; SYRK N n^2.
 #include <algorithm>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in Eigen's AVX-512 GEMM kernels
+#endif
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -61,6 +64,40 @@ M random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed) {
   return m;
 }
 
+/// Alternative schedule for comparison: blocked right-looking Cholesky with a fixed panel width (LAPACK potrf
+/// style), built from the same parallel TRSM/SYRK pieces as the recursive one.
+template <class T>
+rsq::index_t cholesky_blocked_right(Eigen::Ref<mat<T>> a, Eigen::Index nb) {
+  namespace d = rsq::cpu::detail::linalg;
+  Eigen::Index const n = a.rows();
+  for (Eigen::Index k = 0; k < n; k += nb) {
+    Eigen::Index const kb = std::min(nb, n - k), m = n - k - kb;
+    if (auto info = d::cholesky_recursive<T>(a.block(k, k, kb, kb)); info >= 0) return k + info;
+    if (m == 0) break;
+    d::trsm_right_lower_trans<T>(a.block(k, k, kb, kb), a.block(k + kb, k, m, kb));
+    d::syrk_lower<T, mat<T>>(a.block(k + kb, k + kb, m, m), a.block(k + kb, k, m, kb), T(-1));
+  }
+  return -1;
+}
+
+/// Alternative schedule: blocked left-looking Cholesky (one GEMM per panel brings it up to date, then the panel is
+/// factored); the GEMM's rows are split over the threads like the other steps.
+template <class T>
+rsq::index_t cholesky_blocked_left(Eigen::Ref<mat<T>> a, Eigen::Index nb) {
+  namespace d = rsq::cpu::detail::linalg;
+  Eigen::Index const n = a.rows();
+  for (Eigen::Index k = 0; k < n; k += nb) {
+    Eigen::Index const kb = std::min(nb, n - k), m = n - k - kb;
+    if (k > 0)
+      d::parallel_ranges(n - k, [&](Eigen::Index r0, Eigen::Index r1) {
+        a.block(k + r0, k, r1 - r0, kb).noalias() -= a.block(k + r0, 0, r1 - r0, k) * a.block(k, 0, kb, k).transpose();
+      });
+    if (auto info = d::cholesky_recursive<T>(a.block(k, k, kb, kb)); info >= 0) return k + info;
+    if (m > 0) d::trsm_right_lower_trans<T>(a.block(k, k, kb, kb), a.block(k + kb, k, m, kb));
+  }
+  return -1;
+}
+
 double gemm_rate = 0;  // GFLOP/s of the GEMM of this precision, 4096^3
 
 void row(char const* op, Eigen::Index n, double seconds, double flops) {
@@ -99,6 +136,14 @@ void run(int reps) {
     {
       double const s = median_seconds(reps, setup, [&] { sink = sink + double(rsq::cpu::cholesky_lower_inplace(a)); });
       row("rsq cholesky_lower_inplace", n, s, chol_flops);
+    }
+    for (Eigen::Index nb : {128, 256}) {
+      std::string const label = "  blocked right-looking, panel " + std::to_string(nb);
+      double const s = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_right<T>(a, nb)); });
+      row(label.c_str(), n, s, chol_flops);
+      std::string const label2 = "  blocked left-looking, panel " + std::to_string(nb);
+      double const s2 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_left<T>(a, nb)); });
+      row(label2.c_str(), n, s2, chol_flops);
     }
     {
       mat<T> l = a0;

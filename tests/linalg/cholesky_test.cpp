@@ -37,10 +37,10 @@ TEST_SUITE("linalg.cholesky") {
       matd const l = a.template cast<double>();
       // Backward error ||L L^T - A|| / ||A|| of a stable Cholesky is a small multiple of n eps; the float input
       // itself is rounded by eps_f.
-      CHECK(rel_diff(matd(l * l.transpose()), a0) < 4 * eps<T>() * std::sqrt(double(n)) + 2 * eps<T>());
+      CHECK(rel_diff(matd(l * l.transpose()), a0) < 2 * eps<T>() * (1 + std::sqrt(double(n)) / 8));
       matd const ref = Eigen::LLT<matd>(a0).matrixL();
       // cond(A) < 15 here, so L is determined to a few eps.
-      CHECK(rel_diff(l, ref) < 50 * eps<T>());
+      CHECK(rel_diff(l, ref) < 10 * eps<T>());
     }
   }
 
@@ -148,8 +148,8 @@ TEST_SUITE("linalg.upper_cholesky_of_inverse") {
       CHECK((h.diagonal().array() > T(0)).all());
       matd const u = h.template cast<double>();
       matd const i = matd::Identity(n, n);
-      CHECK((u.transpose() * u * h0 - i).norm() / std::sqrt(double(n)) < 200 * eps<T>());
-      CHECK(rel_diff(u, reference_upper_cholesky_of_inverse(h0)) < 50 * eps<T>());
+      CHECK((u.transpose() * u * h0 - i).norm() / std::sqrt(double(n)) < 40 * eps<T>());
+      CHECK(rel_diff(u, reference_upper_cholesky_of_inverse(h0)) < 20 * eps<T>());
     }
   }
 
@@ -162,7 +162,7 @@ TEST_SUITE("linalg.upper_cholesky_of_inverse") {
         matd h = h0;
         REQUIRE(rsq::cpu::upper_cholesky_of_inverse_inplace(h) == -1);
         // Both computations are backward stable; their difference is bounded by about cond * eps.
-        CHECK(rel_diff(h, reference_upper_cholesky_of_inverse(h0)) < 1e-10 * cond / 1e4);
+        CHECK(rel_diff(h, reference_upper_cholesky_of_inverse(h0)) < 1e-10);
       }
     }
   }

@@ -28,9 +28,9 @@ TEST_SUITE("linalg.triangular_inverse") {
                 .all());
       matd const xi = x.template cast<double>().template triangularView<Eigen::Lower>();
       matd const id = matd::Identity(n, n);
-      CHECK((l0 * xi - id).norm() / std::sqrt(double(n)) < 50 * eps<T>());
+      CHECK((l0 * xi - id).norm() / std::sqrt(double(n)) < 10 * eps<T>());
       matd const ref = l0.triangularView<Eigen::Lower>().solve(id);
-      CHECK(rel_diff(xi, ref) < 50 * eps<T>());
+      CHECK(rel_diff(xi, ref) < 10 * eps<T>());
     }
   }
 
