@@ -67,20 +67,25 @@ inline void butterfly2(T* __restrict a, T* __restrict b, index_t h) noexcept {
   }
 }
 
-/// In-place unnormalised Walsh–Hadamard transform (Sylvester, natural order) of x[0..p), p a power of two.
-/// Stages on different bits commute, so any grouping of them gives the same matrix H_p: bits 0-2 per chunk of 8 in
-/// registers, then two bits per pass over contiguous runs (vectorised), then one last bit if the count is odd.
+/// In-place Walsh–Hadamard transform (Sylvester, natural order) of x[0..p), p a power of two, of the input scaled
+/// elementwise by @p factors (if not null) or by @p scale: x <- H_p diag(f) x. Scaling the input instead of the
+/// output costs nothing: it rides on the first pass. Stages on different bits commute, so any grouping of them
+/// gives the same matrix H_p: bits 0-2 per chunk of 8 in registers, then two bits per pass over contiguous runs
+/// (vectorised), then one last bit if the count is odd.
 template <class T>
-void fwht(T* x, index_t p) noexcept {
+void fwht(T* x, index_t p, T const* factors = nullptr, T scale = T(1)) noexcept {
   if (p < 8) {
+    for (index_t i = 0; i < p; ++i) x[i] *= factors ? factors[i] : scale;
     for (index_t h = 1; h < p; h *= 2)
       for (index_t i = 0; i < p; i += 2 * h) butterfly2(x + i, x + i + h, h);
     return;
   }
-  for (index_t i = 0; i < p; i += 8) {
+  auto base8 = [x](index_t i, auto const& f) {
     T* v = x + i;
-    T const b0 = v[0] + v[1], b1 = v[0] - v[1], b2 = v[2] + v[3], b3 = v[2] - v[3];
-    T const b4 = v[4] + v[5], b5 = v[4] - v[5], b6 = v[6] + v[7], b7 = v[6] - v[7];
+    T const v0 = f(v[0], i), v1 = f(v[1], i + 1), v2 = f(v[2], i + 2), v3 = f(v[3], i + 3);
+    T const v4 = f(v[4], i + 4), v5 = f(v[5], i + 5), v6 = f(v[6], i + 6), v7 = f(v[7], i + 7);
+    T const b0 = v0 + v1, b1 = v0 - v1, b2 = v2 + v3, b3 = v2 - v3;
+    T const b4 = v4 + v5, b5 = v4 - v5, b6 = v6 + v7, b7 = v6 - v7;
     T const c0 = b0 + b2, c2 = b0 - b2, c1 = b1 + b3, c3 = b1 - b3;
     T const c4 = b4 + b6, c6 = b4 - b6, c5 = b5 + b7, c7 = b5 - b7;
     v[0] = c0 + c4;
@@ -91,7 +96,13 @@ void fwht(T* x, index_t p) noexcept {
     v[6] = c2 - c6;
     v[3] = c3 + c7;
     v[7] = c3 - c7;
-  }
+  };
+  if (factors)
+    for (index_t i = 0; i < p; i += 8) base8(i, [factors](T v, index_t k) { return v * factors[k]; });
+  else if (scale != T(1))
+    for (index_t i = 0; i < p; i += 8) base8(i, [scale](T v, index_t) { return v * scale; });
+  else
+    for (index_t i = 0; i < p; i += 8) base8(i, [](T v, index_t) { return v; });
   index_t h = 8;
   if (4 * h <= p) {
     for (index_t i = 0; i < p; i += 32) butterfly4_fixed<T, 8>(x + i, x + i + 8, x + i + 16, x + i + 24);
@@ -262,6 +273,13 @@ class hadamard {
       for (index_t i = 0; i < k; ++i)
         for (index_t j = 0; j < k; ++j) mix(i, j) = scale * T(transpose ? (*small_)(j, i) : (*small_)(i, j));
     }
+    // Pre-signs as factors of the first FWHT pass; for K = 1 they also carry 1/√n.
+    std::vector<T> pre_factors;
+    if (pre) {
+      pre_factors.resize(std::size_t(n));
+      for (index_t i = 0; i < n; ++i) pre_factors[std::size_t(i)] = T(pre[i]) * (k == 1 ? scale : T(1));
+    }
+    T const* const pre_f = pre ? pre_factors.data() : nullptr;
     // Three layouts: contiguous rows (transformed in place one by one); "columns", i.e. rows whose elements are
     // further apart than the rows themselves (a transposed view: columns of a row-major matrix), copied g at a
     // time into a (n, g) buffer and transformed together; anything else gathered row by row into a buffer.
@@ -293,7 +311,7 @@ class hadamard {
         index_t const r0 = g * group, r1 = std::min(rows, r0 + group);
         switch (how) {
           case layout::rows:
-            transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data(), pre, post);
+            transform_row(x.data() + r0 * x.stride(0), k, p, scale, mix, scratch.data(), pre_f, post);
             break;
           case layout::columns:
             copy_columns<T, true>(x, r0, r1, buffer.data());
@@ -303,7 +321,7 @@ class hadamard {
           case layout::gather:
             copy_rows<T, true>(x, r0, r1, buffer.data(), ld);
             for (index_t r = r0; r < r1; ++r)
-              transform_row(buffer.data() + (r - r0) * ld, k, p, scale, mix, scratch.data(), pre, post);
+              transform_row(buffer.data() + (r - r0) * ld, k, p, scale, mix, scratch.data(), pre_f, post);
             copy_rows<T, false>(x, r0, r1, buffer.data(), ld);
             break;
         }
@@ -359,18 +377,18 @@ class hadamard {
     }
   }
 
+  // One contiguous row: H_p on the fast index of each of the K slices (the input scaled by the pre-sign factors
+  // and, for K = 1, by 1/√n inside the first pass), then hadK/√n on the slow index, then post-signs.
   template <class T>
   static void transform_row(T* row, index_t k, index_t p, T scale, detail::row_major<T> const& mix, T* scratch,
-                            std::int8_t const* pre, std::int8_t const* post) {
+                            T const* pre_factors, std::int8_t const* post) {
     index_t const n = k * p;
-    if (pre)
-      for (index_t i = 0; i < n; ++i) row[i] *= T(pre[i]);
-    for (index_t a = 0; a < k; ++a) detail::fwht(row + a * p, p);  // H_p on the fast index of each slice
+    T const first_scale = k == 1 ? scale : T(1);
+    for (index_t a = 0; a < k; ++a)
+      detail::fwht(row + a * p, p, pre_factors ? pre_factors + a * p : nullptr, first_scale);
     if (k == 1) {
       if (post)
-        for (index_t i = 0; i < n; ++i) row[i] *= scale * T(post[i]);
-      else
-        for (index_t i = 0; i < n; ++i) row[i] *= scale;
+        for (index_t i = 0; i < n; ++i) row[i] *= T(post[i]);
       return;
     }
     // hadK on the slow index: (K, p) <- hadK/√n · (K, p).
