@@ -25,3 +25,4 @@
 #include "rsq/model/llama2c.hpp"
 #include "rsq/model/tokenizer.hpp"
 #include "rsq/model/forward.hpp"
+#include "rsq/importance/all.hpp"

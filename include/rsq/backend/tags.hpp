@@ -21,6 +21,30 @@ inline constexpr bool is_backend_v<cpu_eigen> = true;
 
 }  // namespace rsq::backend
 
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+struct CUstream_st;  // = cudaStream_t's pointee; declared here so that this header needs no CUDA header
+
+namespace rsq::backend {
+/// The CUDA backend (cuBLAS, cuSOLVER and rsq's kernels) on @p stream (nullptr: the legacy default stream).
+/// Its implementations come with <rsq/cuda.hpp>; builds must link rsq::cuda.
+struct cuda {
+  CUstream_st* stream = nullptr;
+};
+template <>
+inline constexpr bool is_backend_v<cuda> = true;
+}  // namespace rsq::backend
+#endif
+
+namespace rsq::backend {
+/// The backend used by the overloads without a backend argument: rsq::backend::cpu_eigen, or rsq::backend::cuda
+/// when RSQ_DEFAULT_BACKEND_CUDA is defined in a build that links rsq::cuda.
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA && defined(RSQ_DEFAULT_BACKEND_CUDA)
+using default_backend = cuda;
+#else
+using default_backend = cpu_eigen;
+#endif
+}  // namespace rsq::backend
+
 namespace rsq {
 /// A type that names a backend (rsq::backend::cpu_eigen, rsq::backend::cuda).
 template <class B>

@@ -183,11 +183,17 @@ using batch_view = tensor_view<T, 3>;  ///< (batch, rows, cols), e.g. (sequences
 namespace detail {
 /// Element type of an array-like M: its `element_type` for tensor_views, else what its data() points to.
 template <class M>
-struct element_of {
+concept has_data = requires(M& m) { m.data(); };
+template <class M>
+concept is_tensor_view = has_data<M> && requires { typename M::element_type; M::rank(); };
+
+template <class M>
+struct element_of {};  // not array-like: no `type`, so make_view's constraint fails softly
+template <has_data M>
+struct element_of<M> {
   using type = std::remove_pointer_t<decltype(std::declval<M&>().data())>;
 };
-template <class M>
-  requires requires { typename M::element_type; M::rank(); }
+template <is_tensor_view M>
 struct element_of<M> {
   using type = typename M::element_type;
 };
@@ -198,14 +204,16 @@ using element_of_t = typename element_of<M>::type;
 /// View of @p m (an Eigen dense object, an xtensor array, or a tensor_view) with the element type deduced,
 /// e.g. `make_view<2>(eigen_matrix)` is a `matrix_view<float>` (or `<const float>` for a const matrix).
 template <std::size_t N, class M>
-  requires std::constructible_from<tensor_view<detail::element_of_t<M>, N>, M&>
+  requires requires { typename detail::element_of_t<M>; } &&
+           std::constructible_from<tensor_view<detail::element_of_t<M>, N>, M&>
 [[nodiscard]] tensor_view<detail::element_of_t<M>, N> make_view(M& m) {
   return tensor_view<detail::element_of_t<M>, N>(m);
 }
 
 /// Read-only view of @p m with the element type deduced (see make_view).
 template <std::size_t N, class M>
-  requires std::constructible_from<tensor_view<detail::element_of_t<M const>, N>, M const&>
+  requires requires { typename detail::element_of_t<M const>; } &&
+           std::constructible_from<tensor_view<detail::element_of_t<M const>, N>, M const&>
 [[nodiscard]] tensor_view<std::add_const_t<detail::element_of_t<M const>>, N> make_const_view(M const& m) {
   return tensor_view<std::add_const_t<detail::element_of_t<M const>>, N>(make_view<N>(m));
 }

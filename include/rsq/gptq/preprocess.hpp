@@ -15,28 +15,34 @@
 
 #include "rsq/core/checks.hpp"
 #include "rsq/core/tensor.hpp"
+#include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/options.hpp"
+#include "rsq/gptq/result.hpp"
 #include "rsq/quant/grid.hpp"
 
 namespace rsq::gptq::detail {
 
-/// Throws rsq::invalid_argument for anything solve() cannot work with: empty or non-finite W, an H that is not
-/// (cols, cols), non-finite or not symmetric, bad grid or options, a non-default rounding mode.
+/// Throws rsq::invalid_argument for a weight solve() cannot work with (empty, non-finite, too large), a bad grid or
+/// options, or a non-default rounding mode.
 template <class T>
-void validate_arguments(matrix_view<const T> w, matrix_view<const T> h, quant::grid_spec const& grid,
-                        options const& opt) {
+void validate_weight(matrix_view<const T> w, quant::grid_spec const& grid, options const& opt) {
   grid.validate();
   opt.validate();
   RSQ_EXPECTS(w.rows() > 0 && w.cols() > 0, "gptq::solve: weight is empty ", rsq::detail::shape_string(w));
-  RSQ_EXPECTS(h.rows() == w.cols() && h.cols() == w.cols(), "gptq::solve: Hessian must be (cols x cols) = (",
-              w.cols(), " x ", w.cols(), ") for a weight ", rsq::detail::shape_string(w), ", got ",
-              rsq::detail::shape_string(h));
   RSQ_EXPECTS(w.cols() < (index_t(1) << 31) && w.rows() < (index_t(1) << 31), "gptq::solve: weight too large");
   RSQ_EXPECTS(std::fegetround() == FE_TONEAREST,
               "gptq::solve: the floating-point rounding mode must be FE_TONEAREST (round half to even)");
   rsq::detail::check_finite(w, "gptq::solve: weight");
+}
+
+/// Throws rsq::invalid_argument for a Hessian that is empty, not square, not finite or not symmetric. Only the lower
+/// triangle is factored, so an asymmetric H means the caller passed something else than a Hessian.
+template <class T>
+void validate_hessian(matrix_view<const T> h) {
+  RSQ_EXPECTS(h.rows() > 0 && h.rows() == h.cols(), "gptq: Hessian must be square and non-empty, got ",
+              rsq::detail::shape_string(h));
+  RSQ_EXPECTS(h.cols() < (index_t(1) << 31), "gptq: Hessian too large");
   rsq::detail::check_finite(h, "gptq::solve: Hessian");
-  // Only the lower triangle is factored; an asymmetric H means the caller passed something else than a Hessian.
   double max_diag = 0, max_asym = 0;
   index_t ai = 0, aj = 0;
   for (index_t j = 0; j < h.cols(); ++j) {
@@ -50,8 +56,8 @@ void validate_arguments(matrix_view<const T> w, matrix_view<const T> h, quant::g
       }
     }
   }
-  RSQ_EXPECTS(max_asym <= 1e-3 * max_diag, "gptq::solve: Hessian is not symmetric: H(", ai, ", ", aj, ") = ", h(ai, aj),
-              " but H(", aj, ", ", ai, ") = ", h(aj, ai));
+  RSQ_EXPECTS(max_asym <= 1e-3 * max_diag, "gptq::solve: Hessian is not symmetric: H(", ai, ", ", aj, ") = ",
+              h(ai, aj), " but H(", aj, ", ", ai, ") = ", h(aj, ai));
 }
 
 /// diag(H) with dead entries (H_ii == 0) replaced by 1, and the dead flags (spec §6 step 2).
@@ -109,6 +115,61 @@ template <class T>
   double s = 0;
   for (auto v : diag) s += double(v);
   return T(damp_percent) * T(s / double(diag.size()));
+}
+
+/// The backend-independent steps of factor(): dead columns, the solve order and the base damping. The diagonal
+/// returned has dead entries replaced by 1.
+template <class T>
+struct factor_plan {
+  factorization_info info;
+  std::vector<T> diag;
+  T damp = T(0);
+};
+
+template <class T>
+[[nodiscard]] factor_plan<T> plan_factorization(matrix_view<const T> h, options const& opt) {
+  factor_plan<T> p;
+  auto d = diagonal_with_dead_columns(h);
+  p.info.cols = h.cols();
+  p.info.act_order = opt.act_order;
+  p.info.perm = column_order(d.diag, opt.act_order);
+  p.info.dead = std::move(d.dead);
+  p.diag = std::move(d.diag);
+  p.damp = base_damping(p.diag, opt.damp_percent);
+  return p;
+}
+
+/// The escalation ladder (options::max_damp_attempts): attempt k calls @p try_factor(k·damp), which factors a fresh
+/// copy of the permuted H with that damping and returns −1 or the failing pivot (in solve order). Records the outcome
+/// in @p p.info.
+template <class T, class TryFactor>
+void escalate(factor_plan<T>& p, options const& opt, TryFactor&& try_factor) {
+  for (int k = 1; k <= opt.max_damp_attempts; ++k) {
+    T const damp = T(k) * p.damp;
+    index_t const pivot = try_factor(damp);
+    p.info.damp_attempts = k;
+    p.info.damp_used = double(damp);
+    p.info.damp_percent_used = double(k) * opt.damp_percent;
+    if (pivot < 0) {
+      p.info.info = status::ok;
+      p.info.failed_column = -1;
+      return;
+    }
+    p.info.failed_column = p.info.perm[std::size_t(pivot)];
+  }
+  p.info.info = status::not_positive_definite;
+}
+
+/// Copies the outcome of a factorization into a result (for every outcome, including failure).
+template <class T>
+void copy_factorization_info(factorization_info const& f, result<T>& r) {
+  r.info = f.info;
+  r.damp_used = f.damp_used;
+  r.damp_percent_used = f.damp_percent_used;
+  r.damp_attempts = f.damp_attempts;
+  r.failed_column = f.failed_column;
+  r.perm = rsq::make_vector<std::int32_t>(f.cols);
+  std::copy(f.perm.begin(), f.perm.end(), r.perm.begin());
 }
 
 }  // namespace rsq::gptq::detail

@@ -20,8 +20,10 @@
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/preprocess.hpp"
 #include "rsq/gptq/result.hpp"
+#include "rsq/gptq/solve_api.hpp"
 #include "rsq/quant/grid.hpp"
 
 #if defined(_OPENMP)
@@ -45,17 +47,55 @@ void scatter_columns(S const& src, std::vector<std::int32_t> const& perm, D& dst
         for (index_t r = r0; r < std::min(r0 + tile, rows); ++r) dst(r, perm[j]) = src(r, j);
 }
 
+}  // namespace rsq::cpu::detail
+
+namespace rsq::gptq {
+
+/// CPU factorization: U in a column-major Eigen matrix (cols, cols), solve order.
 template <class T>
-gptq::result<T> gptq_solve(matrix_view<const T> w, matrix_view<const T> h, quant::grid_spec const& grid,
-                           gptq::options const& opt) {
+class factorization<T, backend::cpu_eigen> : public factorization_info {
+ public:
+  cpu::eigen_col_matrix<T> u;
+};
+
+}  // namespace rsq::gptq
+
+namespace rsq::cpu::detail {
+
+template <class T>
+gptq::factorization<T, backend::cpu_eigen> gptq_factor(matrix_view<const T> h, gptq::options const& opt) {
+  auto plan = gptq::detail::plan_factorization(h, opt);
+  index_t const cols = h.cols();
+  auto const& perm = plan.info.perm;
+  gptq::factorization<T, backend::cpu_eigen> f;
+  f.u.resize(cols, cols);
+  // Attempt k factors a fresh copy of the permuted H with damping k·damp; only the lower triangle is read.
+  gptq::detail::escalate(plan, opt, [&](T damp) {
+    for (index_t j = 0; j < cols; ++j)
+      for (index_t i = j; i < cols; ++i) f.u(i, j) = h(perm[i], perm[j]);
+    for (index_t i = 0; i < cols; ++i) f.u(i, i) = plan.diag[perm[i]] + damp;
+    return upper_cholesky_of_inverse_inplace<T>(f.u);
+  });
+  static_cast<gptq::factorization_info&>(f) = std::move(plan.info);
+  if (!f.ok()) f.u.resize(0, 0);
+  return f;
+}
+
+template <class T>
+gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backend::cpu_eigen> const& f,
+                           quant::grid_spec const& grid, gptq::options const& opt) {
   using col_matrix = eigen_col_matrix<T>;
   index_t const rows = w.rows(), cols = w.cols();
   index_t const group = opt.group_size > 0 ? opt.group_size : cols;
   index_t const groups = gptq::detail::group_count(cols, opt.group_size);
   bool const dynamic_groups = opt.group_size > 0 && !opt.static_groups;
   int const max_code = grid.max_code();
+  auto const& perm = f.perm;
+  auto const& u = f.u;
 
   gptq::result<T> res;
+  gptq::detail::copy_factorization_info(f, res);
+  if (!f.ok()) return res;
 
   // Per-row grids come from the original W: the reference fits them before zeroing dead columns.
   std::vector<quant::affine_params<T>> row_params;
@@ -64,10 +104,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, matrix_view<const T> h, quant
     for (index_t r = 0; r < rows; ++r) row_params[r] = quant::fit(grid, &w(r, 0), cols, w.stride(1));
   }
 
-  auto const diag = gptq::detail::diagonal_with_dead_columns(h);
   col_matrix wd = as_eigen(w);  // (rows, cols) working copy, original column order
   for (index_t c = 0; c < cols; ++c)
-    if (diag.dead[c]) wd.col(c).setZero();
+    if (f.dead[c]) wd.col(c).setZero();
 
   // Static groups: one grid per (group, row), fitted on W after the dead-column step, original column order.
   std::vector<quant::affine_params<T>> static_params;
@@ -81,33 +120,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, matrix_view<const T> h, quant
     }
   }
 
-  std::vector<std::int32_t> const perm = gptq::detail::column_order(diag.diag, opt.act_order);
   col_matrix wp(rows, cols);  // (rows, cols) in solve order
   for (index_t j = 0; j < cols; ++j) wp.col(j) = wd.col(perm[j]);
   wd.resize(0, 0);
-
-  // Factorization with the escalation ladder: attempt k adds k·damp to a fresh copy of the permuted H.
-  T const damp = gptq::detail::base_damping(diag.diag, opt.damp_percent);
-  col_matrix u(cols, cols);
-  bool factored = false;
-  for (int k = 1; k <= opt.max_damp_attempts && !factored; ++k) {
-    for (index_t j = 0; j < cols; ++j)
-      for (index_t i = j; i < cols; ++i) u(i, j) = h(perm[i], perm[j]);  // lower triangle is all that is read
-    for (index_t i = 0; i < cols; ++i) u(i, i) = diag.diag[perm[i]] + T(k) * damp;
-    index_t const pivot = upper_cholesky_of_inverse_inplace<T>(u);
-    res.damp_attempts = k;
-    res.damp_used = double(T(k) * damp);
-    res.damp_percent_used = double(k) * opt.damp_percent;
-    if (pivot < 0) factored = true;
-    else res.failed_column = perm[std::size_t(pivot)];
-  }
-  res.perm = rsq::make_vector<std::int32_t>(cols);
-  std::copy(perm.begin(), perm.end(), res.perm.begin());
-  if (!factored) {
-    res.info = gptq::status::not_positive_definite;
-    return res;
-  }
-  res.failed_column = -1;
 
   quant::quantized_weight<T>& qw = res.weight;
   qw.bits = grid.bits;
@@ -214,8 +229,27 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, matrix_view<const T> h, quant
   qw.codes = rsq::make_matrix<std::uint8_t>(rows, cols);
   scatter_columns(qp, perm, res.dequantized);
   scatter_columns(cp, perm, qw.codes);
-  res.info = gptq::status::ok;
   return res;
 }
 
 }  // namespace rsq::cpu::detail
+
+namespace rsq::gptq::detail {
+
+/// The CPU backend of gptq::factor() and gptq::solve().
+template <>
+struct solver<backend::cpu_eigen> {
+  template <class T>
+  static factorization<T, backend::cpu_eigen> factor(backend::cpu_eigen const&, matrix_view<const T> h,
+                                                     options const& opt) {
+    return cpu::detail::gptq_factor(h, opt);
+  }
+  template <class T>
+  static result<T> solve(backend::cpu_eigen const&, matrix_view<const T> w,
+                         factorization<T, backend::cpu_eigen> const& f, quant::grid_spec const& grid,
+                         options const& opt) {
+    return cpu::detail::gptq_solve(w, f, grid, opt);
+  }
+};
+
+}  // namespace rsq::gptq::detail
