@@ -10,9 +10,12 @@
 /// order n·eps, so Q agrees across platforms to ~1e-13, not bit for bit (the Hadamard rotations are bit-exact).
 /// Q is dense: applying it costs a GEMM (2 rows n² flops), building it O(n³) (a few seconds at n = 4096).
 
+#include <concepts>
+#include <cstdint>
+#include <type_traits>
+
 #include <Eigen/Core>
 #include <Eigen/QR>
-#include <cstdint>
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/core/error.hpp"

@@ -12,8 +12,11 @@
 /// §3); Qᵀ W does the same along columns. The signs are applied inside the transform, so each product reads and
 /// writes W once.
 
+#include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <utility>
 
 #include "rsq/core/error.hpp"

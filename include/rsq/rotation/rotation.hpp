@@ -13,9 +13,11 @@
 ///  - the inverses:                                       W <- W Qᵀ, W <- Q W        apply_right_transpose, apply_left
 /// so that (W Q)(Qᵀ x) = W x.
 
+#include <algorithm>
 #include <charconv>
 #include <concepts>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
