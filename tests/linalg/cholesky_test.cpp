@@ -212,3 +212,32 @@ TEST_SUITE("linalg.upper_cholesky_of_inverse") {
                          rsq::invalid_argument);
   }
 }
+
+TEST_SUITE("linalg.threads") {
+  TEST_CASE("the task-parallel and the sequential paths agree, and both find the same failing pivot") {
+    int const saved = Eigen::nbThreads();
+    for (Eigen::Index n : {300, 1000}) {
+      CAPTURE(n);
+      matd const a0 = random_spd(n, 400 + std::uint64_t(n));
+      matd const l0 = Eigen::LLT<matd>(a0).matrixL();
+      matd chol[2], inv[2], u[2];
+      for (int threads : {1, 3}) {
+        Eigen::setNbThreads(threads);
+        int const s = threads == 1 ? 0 : 1;
+        chol[s] = a0;
+        REQUIRE(rsq::cpu::cholesky_lower_inplace(chol[s]) == -1);
+        inv[s] = l0;
+        rsq::cpu::invert_lower_triangular_inplace(inv[s]);
+        u[s] = a0;
+        REQUIRE(rsq::cpu::upper_cholesky_of_inverse_inplace(u[s]) == -1);
+        matd bad = a0;
+        bad(n / 2 + 1, n / 2 + 1) -= l0(n / 2 + 1, n / 2 + 1) * l0(n / 2 + 1, n / 2 + 1) + 0.5;
+        CHECK(rsq::cpu::cholesky_lower_inplace(bad) == n / 2 + 1);
+      }
+      CHECK(rel_diff(chol[1], chol[0]) < 1e-14);
+      CHECK(rel_diff(inv[1], inv[0]) < 1e-14);
+      CHECK(rel_diff(u[1], u[0]) < 1e-14);
+    }
+    Eigen::setNbThreads(saved);
+  }
+}

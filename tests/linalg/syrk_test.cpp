@@ -141,3 +141,18 @@ TEST_SUITE("linalg.syrk") {
     CHECK_THROWS_WITH_AS(rsq::cpu::symmetrize_from_lower(empty), doctest::Contains("empty"), rsq::invalid_argument);
   }
 }
+
+TEST_SUITE("linalg.threads") {
+  TEST_CASE("syrk_lower_update gives the same result on one thread and on several") {
+    int const saved = Eigen::nbThreads();
+    Eigen::MatrixXd const x = random_matrix(200, 700, 59);
+    Eigen::MatrixXd c[2];
+    for (int s : {0, 1}) {
+      Eigen::setNbThreads(s == 0 ? 1 : 3);
+      c[s] = Eigen::MatrixXd::Zero(700, 700);
+      rsq::cpu::syrk_lower_update(c[s], x, 1.0);
+    }
+    Eigen::setNbThreads(saved);
+    CHECK(rel_diff(c[1], c[0]) < 1e-14);
+  }
+}

@@ -2,17 +2,21 @@
 #pragma once
 
 /// @file
-/// Dense linear algebra of the CPU backend, built on Eigen's (OpenMP-parallel) GEMM: Cholesky, triangular inverse,
-/// the upper Cholesky factor of H^-1 that GPTQ needs (spec §6 step 6), and a lower-triangle SYRK for Hessians (§5).
+/// Dense linear algebra of the CPU backend, built on Eigen's GEMM: Cholesky, triangular inverse, the upper Cholesky
+/// factor of H^-1 that GPTQ needs (spec §6 step 6), and a lower-triangle SYRK for Hessians (spec §5).
 ///
-/// Eigen 3.4's LLT and `rankUpdate` run on one thread; these routines are recursive (Gustavson-style) so that
-/// nearly all flops are matrix products, and each step is split over `Eigen::nbThreads()` OpenMP threads along a
-/// dimension whose parts are independent. Only small diagonal leaves (64..128 wide) use Eigen's other kernels.
+/// Eigen 3.4's LLT and `rankUpdate` run on one thread. Here nearly all flops are matrix products:
+///  - on one thread, recursive (Gustavson-style) algorithms split each matrix in halves, so that most of the work
+///    is a few large GEMMs;
+///  - on several threads (`Eigen::nbThreads()`, OpenMP), the matrix is cut into tiles and every tile operation
+///    (tile Cholesky, tile solve, tile GEMM) is an OpenMP task with its dependences, run by one thread with the
+///    sequential recursion. The whole factorization is one parallel region with one barrier at its end.
 ///
 /// All matrices are column-major `Eigen::Ref`s (plain matrices, maps and blocks bind without a copy). Square
 /// matrices work in place; only the lower triangle is read.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <type_traits>
@@ -37,20 +41,23 @@ using col_ref = Eigen::Ref<eigen_col_matrix<T>>;
 
 namespace detail::linalg {
 
-// How the work is spread over threads. Eigen's own parallel GEMM synchronises its threads with spin-waits at every
-// depth step of a product; on 2 cores shared with other processes that costs whole scheduler time slices, and the
-// recursive algorithms below issue many products. So the parallelism here is one level up: every step splits its
-// *independent* dimension (rows of a right-hand side, column panels of a SYRK) into one contiguous part per thread,
-// and each thread runs the sequential recursion on its part with single-threaded Eigen kernels (Eigen runs a
-// product sequentially inside a parallel region). One barrier per step, no synchronisation inside a product.
+// Why tasks rather than Eigen's parallel GEMM: Eigen's parallel product synchronises its threads with spin-waits
+// at every depth step, and a fork-join step per recursion level waits for every thread at every step. On the 2-core
+// machines shared with other processes, a thread that is not scheduled then stalls everyone for a scheduler time
+// slice, many times per factorization (measured: 30x slower at n = 1024). With tasks, a thread that is not running
+// simply takes no tasks; the others run them.
 
-// Leaf sizes of the recursions (docs/linalg.md has the measurements): below them Eigen's single-threaded kernels
-// beat further splitting.
+// Leaf sizes of the sequential recursions: below them Eigen's other kernels beat further splitting.
 inline constexpr index_t cholesky_leaf = 64;  // unblocked left-looking Cholesky (a GEMV per column)
 inline constexpr index_t trsm_leaf = 64;      // Eigen's blocked triangular solve
 inline constexpr index_t inverse_leaf = 64;   // Eigen's triangular solve against the identity
 inline constexpr index_t syrk_leaf = 128;     // Eigen's triangular-destination product (no wasted upper half)
-inline constexpr index_t min_rows_per_thread = 64;  // smaller parts are not worth a parallel region
+
+/// Tile size of the task-parallel factorizations: large enough for efficient single-threaded GEMMs, small enough
+/// to give every thread several tiles per step (docs/linalg.md has the measurements).
+[[nodiscard]] inline index_t factor_tile(index_t n) { return n >= 3072 ? 256 : n >= 1536 ? 192 : 128; }
+/// Tile size of the task-parallel SYRK (its tiles are independent and deep: tokens x tile).
+inline constexpr index_t syrk_tile = 256;
 
 /// Rounds up to a multiple of 16, so that split points keep column segments aligned to SIMD packets.
 [[nodiscard]] inline constexpr index_t round16(index_t i) { return (i + 15) / 16 * 16; }
@@ -62,46 +69,22 @@ inline constexpr index_t min_rows_per_thread = 64;  // smaller parts are not wor
   return h < n ? h : n / 2;
 }
 
-/// Threads that a parallel loop started here may use: none extra inside somebody else's parallel region.
+/// Threads available to a parallel region started here: one inside somebody else's parallel region.
 [[nodiscard]] inline int available_threads() {
 #if defined(_OPENMP)
   if (omp_in_parallel()) return 1;
-#endif
   return std::max(1, Eigen::nbThreads());
-}
-
-/// Runs f(t, parts) for t in [0, parts) on `parts` threads (one part each); parts == 1 runs f(0, 1) here.
-template <class F>
-void run_parts(int parts, F const& f) {
-  if (parts <= 1) {
-    f(0, 1);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-  for (int t = 0; t < parts; ++t) f(t, parts);
 #else
-  for (int t = 0; t < parts; ++t) f(t, parts);
+  return 1;
 #endif
 }
 
-/// Calls f(begin, end) on one contiguous, 16-aligned part of [0, count) per available thread (parts of at least
-/// min_rows_per_thread).
-template <class F>
-void parallel_ranges(index_t count, F const& f) {
-  int const parts = int(std::clamp<index_t>(count / min_rows_per_thread, 1, available_threads()));
-  run_parts(parts, [&](int t, int p) {
-    index_t const b = t == 0 ? 0 : std::min(count, round16(count * t / p));
-    index_t const e = t + 1 == p ? count : std::min(count, round16(count * (t + 1) / p));
-    if (e > b) f(b, e);
-  });
-}
-
-// ---- triangular solves (TRSM): sequential recursions (two half-size solves around one GEMM) and parallel drivers
+// ---- sequential kernels: recursions of two half-size calls around one GEMM ---------------------------------------
+// Inside a parallel region Eigen runs every product on the calling thread, so these are what one task runs.
 
 /// B <- B L^{-T}: solves X L^T = B for L (k x k) lower, B (m x k). The Cholesky panel step.
 template <class T>
-void trsm_right_lower_trans_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
+void trsm_right_lower_trans(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
   index_t const k = l.rows();
   if (k <= trsm_leaf) {
     l.transpose().template triangularView<Eigen::Upper>().template solveInPlace<Eigen::OnTheRight>(b);
@@ -109,14 +92,14 @@ void trsm_right_lower_trans_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref
   }
   index_t const k1 = split(k), k2 = k - k1;
   // X L^T = [X1 L11^T, X1 L21^T + X2 L22^T]
-  trsm_right_lower_trans_seq<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
+  trsm_right_lower_trans<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
   b.rightCols(k2).noalias() -= b.leftCols(k1) * l.bottomLeftCorner(k2, k1).transpose();
-  trsm_right_lower_trans_seq<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
+  trsm_right_lower_trans<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
 }
 
 /// B <- B L^{-1}: solves X L = B for L (k x k) lower, B (m x k).
 template <class T>
-void trsm_right_lower_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
+void trsm_right_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
   index_t const k = l.rows();
   if (k <= trsm_leaf) {
     l.template triangularView<Eigen::Lower>().template solveInPlace<Eigen::OnTheRight>(b);
@@ -124,14 +107,14 @@ void trsm_right_lower_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b)
   }
   index_t const k1 = split(k), k2 = k - k1;
   // X L = [X1 L11 + X2 L21, X2 L22]: the right half first.
-  trsm_right_lower_seq<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
+  trsm_right_lower<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
   b.leftCols(k1).noalias() -= b.rightCols(k2) * l.bottomLeftCorner(k2, k1);
-  trsm_right_lower_seq<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
+  trsm_right_lower<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
 }
 
 /// B <- L^{-1} B: solves L X = B for L (k x k) lower, B (k x m).
 template <class T>
-void trsm_left_lower_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
+void trsm_left_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
   index_t const k = l.rows();
   if (k <= trsm_leaf) {
     l.template triangularView<Eigen::Lower>().solveInPlace(b);
@@ -139,36 +122,19 @@ void trsm_left_lower_seq(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) 
   }
   index_t const k1 = split(k), k2 = k - k1;
   // L X = [L11 X1; L21 X1 + L22 X2]
-  trsm_left_lower_seq<T>(l.topLeftCorner(k1, k1), b.topRows(k1));
+  trsm_left_lower<T>(l.topLeftCorner(k1, k1), b.topRows(k1));
   b.bottomRows(k2).noalias() -= l.bottomLeftCorner(k2, k1) * b.topRows(k1);
-  trsm_left_lower_seq<T>(l.bottomRightCorner(k2, k2), b.bottomRows(k2));
+  trsm_left_lower<T>(l.bottomRightCorner(k2, k2), b.bottomRows(k2));
 }
-
-/// Parallel drivers: the rows (right solves) or columns (left solve) of B are independent.
-template <class T>
-void trsm_right_lower_trans(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
-  parallel_ranges(b.rows(), [&](index_t r0, index_t r1) { trsm_right_lower_trans_seq<T>(l, b.middleRows(r0, r1 - r0)); });
-}
-template <class T>
-void trsm_right_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
-  parallel_ranges(b.rows(), [&](index_t r0, index_t r1) { trsm_right_lower_seq<T>(l, b.middleRows(r0, r1 - r0)); });
-}
-template <class T>
-void trsm_left_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
-  parallel_ranges(b.cols(), [&](index_t c0, index_t c1) { trsm_left_lower_seq<T>(l, b.middleCols(c0, c1 - c0)); });
-}
-
-// ---- SYRK ----------------------------------------------------------------------------------------------------------
 
 /// Read-only view of the SYRK factor A (n x k) in its own storage order (Plain: a column- or row-major matrix
 /// type); blocks of it bind without a copy, and the recursion instantiates only this one type.
 template <class Plain>
 using factor_ref = Eigen::Ref<const Plain, 0, Eigen::OuterStride<>>;
 
-/// C_lower += alpha A A^T, sequential recursion: C11 (rec), C21 += alpha A2 A1^T (GEMM), C22 (rec).
-/// C's strict upper triangle is not touched.
+/// C_lower += alpha A A^T: C11 (rec), C21 += alpha A2 A1^T (GEMM), C22 (rec). C's strict upper part is kept.
 template <class T, class Plain>
-void syrk_lower_seq(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
+void syrk_lower(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   index_t const n = c.rows();
   if (n <= syrk_leaf) {
     // Eigen's triangular-destination product computes only the lower half.
@@ -176,35 +142,10 @@ void syrk_lower_seq(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
     return;
   }
   index_t const n1 = split(n), n2 = n - n1;
-  syrk_lower_seq<T, Plain>(c.topLeftCorner(n1, n1), a.topRows(n1), alpha);
+  syrk_lower<T, Plain>(c.topLeftCorner(n1, n1), a.topRows(n1), alpha);
   c.bottomLeftCorner(n2, n1).noalias() += (alpha * a.bottomRows(n2)) * a.topRows(n1).transpose();
-  syrk_lower_seq<T, Plain>(c.bottomRightCorner(n2, n2), a.bottomRows(n2), alpha);
+  syrk_lower<T, Plain>(c.bottomRightCorner(n2, n2), a.bottomRows(n2), alpha);
 }
-
-/// Parallel SYRK: thread t owns the column panel [j_t, j_{t+1}) of C's lower triangle (its diagonal triangle by the
-/// sequential recursion, the rectangle below it by one GEMM); the panel borders give every thread the same area.
-template <class T, class Plain>
-void syrk_lower(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
-  index_t const n = c.rows();
-  int const parts = int(std::clamp<index_t>(n / min_rows_per_thread, 1, available_threads()));
-  run_parts(parts, [&](int t, int p) {
-    // Area of columns [0, j) of the lower triangle is (n^2 - (n - j)^2) / 2: a fraction t/p of it ends at
-    // j = n (1 - sqrt(1 - t/p)).
-    auto border = [&](int i) {
-      if (i == 0) return index_t(0);
-      if (i == p) return n;
-      return std::min(n, round16(index_t(double(n) * (1.0 - std::sqrt(1.0 - double(i) / p)))));
-    };
-    index_t const j0 = border(t), j1 = border(t + 1);
-    if (j1 <= j0) return;
-    syrk_lower_seq<T, Plain>(c.block(j0, j0, j1 - j0, j1 - j0), a.middleRows(j0, j1 - j0), alpha);
-    if (j1 < n)
-      c.block(j1, j0, n - j1, j1 - j0).noalias() +=
-          (alpha * a.middleRows(j1, n - j1)) * a.middleRows(j0, j1 - j0).transpose();
-  });
-}
-
-// ---- Cholesky ----------------------------------------------------------------------------------------------------
 
 /// Unblocked left-looking Cholesky of a small matrix (lower triangle); -1 or the first bad pivot.
 template <class T>
@@ -223,8 +164,8 @@ index_t cholesky_unblocked(col_ref<T> a) {
   return -1;
 }
 
-/// Recursive Cholesky: chol(A11), panel A21 <- A21 L11^{-T} (TRSM), A22 -= A21 A21^T (SYRK), chol(A22).
-/// Pivots are taken in order, so the first failing one is reported. Leaves the strict upper triangle unspecified.
+/// Recursive Cholesky: chol(A11), A21 <- A21 L11^{-T} (TRSM), A22 -= A21 A21^T (SYRK), chol(A22).
+/// Pivots are taken in order, so the first failing one is reported. The strict upper triangle is not written.
 template <class T>
 index_t cholesky_recursive(col_ref<T> a) {
   index_t const n = a.rows();
@@ -237,11 +178,8 @@ index_t cholesky_recursive(col_ref<T> a) {
   return -1;
 }
 
-// ---- triangular inverse ------------------------------------------------------------------------------------------
-
 /// Recursive in-place inverse of a lower-triangular matrix (lower triangle only):
-/// inv([L11 0; L21 L22]) = [L11^-1 0; -L22^-1 L21 L11^-1, L22^-1]. The two solves are GEMM-rich TRSMs, and the
-/// two half-size inverses are independent (one per thread).
+/// inv([L11 0; L21 L22]) = [L11^-1 0; -L22^-1 L21 L11^-1, L22^-1], the off-diagonal block by two TRSMs.
 template <class T>
 void invert_lower_recursive(col_ref<T> l) {
   index_t const n = l.rows();
@@ -255,11 +193,129 @@ void invert_lower_recursive(col_ref<T> l) {
   trsm_right_lower<T>(l.topLeftCorner(n1, n1), l.bottomLeftCorner(n2, n1));     // L21 L11^-1
   trsm_left_lower<T>(l.bottomRightCorner(n2, n2), l.bottomLeftCorner(n2, n1));  // L22^-1 (L21 L11^-1)
   l.bottomLeftCorner(n2, n1) *= T(-1);
-  int const parts = available_threads() > 1 && n >= 2 * min_rows_per_thread ? 2 : 1;
-  run_parts(parts, [&](int t, int p) {
-    if (t == 0 || p == 1) invert_lower_recursive<T>(l.topLeftCorner(n1, n1));
-    if (t == 1 || p == 1) invert_lower_recursive<T>(l.bottomRightCorner(n2, n2));
-  });
+  invert_lower_recursive<T>(l.topLeftCorner(n1, n1));
+  invert_lower_recursive<T>(l.bottomRightCorner(n2, n2));
+}
+
+// ---- task-parallel versions ----------------------------------------------------------------------------------------
+#if defined(_OPENMP)
+
+/// Tiled Cholesky (if @p factor) followed by the tiled inverse of the lower-triangular result (if @p invert), as
+/// one OpenMP task graph: tile (i, j) is the nb x nb block at (i nb, j nb), and each task names the tiles it reads
+/// (`in`) and writes (`inout`). Creation order is a valid sequential order, so the runtime only reorders what the
+/// dependences allow; every pivot is still taken after all updates of its tile, in order.
+/// @returns -1, or the first failing pivot of the Cholesky (the tasks after a failure do nothing).
+template <class T>
+index_t factor_invert_tasks(col_ref<T> a, bool factor, bool invert, int threads) {
+  index_t const n = a.rows(), nb = factor_tile(n), nt = (n + nb - 1) / nb;
+  auto tile = [&a, n, nb](index_t i, index_t j) {
+    return a.block(i * nb, j * nb, std::min(nb, n - i * nb), std::min(nb, n - j * nb));
+  };
+  std::vector<char> dep_storage(std::size_t(nt * nt));  // one address per tile, named by the depend clauses
+  char* const dep = dep_storage.data();
+  std::atomic<index_t> failed{-1};
+  auto const go = [&failed] { return failed.load(std::memory_order_acquire) < 0; };
+
+#pragma omp parallel num_threads(threads)
+#pragma omp single
+  {
+    if (factor) {
+      // Right-looking tiled Cholesky (LAPACK potrf with one task per tile operation).
+      for (index_t k = 0; k < nt; ++k) {
+#pragma omp task default(shared) firstprivate(k) depend(inout : dep[k * nt + k])
+        if (go())
+          if (index_t const info = cholesky_recursive<T>(tile(k, k)); info >= 0)
+            failed.store(k * nb + info, std::memory_order_release);
+        for (index_t i = k + 1; i < nt; ++i) {
+#pragma omp task default(shared) firstprivate(i, k) depend(in : dep[k * nt + k]) depend(inout : dep[i * nt + k])
+          if (go()) trsm_right_lower_trans<T>(tile(k, k), tile(i, k));
+        }
+        for (index_t i = k + 1; i < nt; ++i) {
+#pragma omp task default(shared) firstprivate(i, k) depend(in : dep[i * nt + k]) depend(inout : dep[i * nt + i])
+          if (go()) syrk_lower<T, eigen_col_matrix<T>>(tile(i, i), tile(i, k), T(-1));
+          for (index_t j = k + 1; j < i; ++j) {
+#pragma omp task default(shared) firstprivate(i, j, k) depend(in : dep[i * nt + k], dep[j * nt + k]) \
+    depend(inout : dep[i * nt + j])
+            if (go()) tile(i, j).noalias() -= tile(i, k) * tile(j, k).transpose();
+          }
+        }
+      }
+    }
+    if (invert) {
+      // Right-looking tiled inverse (PLASMA's trtri): after step k, block column k holds -L_mk L_kk^-1 (rows
+      // below k), the blocks left of column k are updated with it, row k is multiplied by L_kk^-1 from the left,
+      // and L_kk is inverted last (the solves above need it as it was).
+      for (index_t k = 0; k < nt; ++k) {
+        for (index_t m = k + 1; m < nt; ++m) {
+#pragma omp task default(shared) firstprivate(m, k) depend(in : dep[k * nt + k]) depend(inout : dep[m * nt + k])
+          if (go()) {
+            trsm_right_lower<T>(tile(k, k), tile(m, k));
+            tile(m, k) *= T(-1);
+          }
+        }
+        for (index_t m = k + 1; m < nt; ++m)
+          for (index_t j = 0; j < k; ++j) {
+#pragma omp task default(shared) firstprivate(m, j, k) depend(in : dep[m * nt + k], dep[k * nt + j]) \
+    depend(inout : dep[m * nt + j])
+            if (go()) tile(m, j).noalias() += tile(m, k) * tile(k, j);
+          }
+        for (index_t j = 0; j < k; ++j) {
+#pragma omp task default(shared) firstprivate(j, k) depend(in : dep[k * nt + k]) depend(inout : dep[k * nt + j])
+          if (go()) trsm_left_lower<T>(tile(k, k), tile(k, j));
+        }
+#pragma omp task default(shared) firstprivate(k) depend(inout : dep[k * nt + k])
+        if (go()) invert_lower_recursive<T>(tile(k, k));
+      }
+    }
+  }
+  return failed.load();
+}
+
+/// Tiled SYRK: the lower tiles of C are independent; each is one GEMM (or a sequential SYRK on the diagonal),
+/// handed out dynamically, the costly off-diagonal tiles first.
+template <class T, class Plain>
+void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int threads) {
+  index_t const n = c.rows(), nb = syrk_tile, nt = (n + nb - 1) / nb;
+  std::vector<std::pair<index_t, index_t>> tiles;
+  for (index_t i = 0; i < nt; ++i)
+    for (index_t j = 0; j < i; ++j) tiles.emplace_back(i, j);
+  for (index_t i = 0; i < nt; ++i) tiles.emplace_back(i, i);
+  index_t const count = index_t(tiles.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (index_t t = 0; t < count; ++t) {
+    auto const [i, j] = tiles[std::size_t(t)];
+    index_t const r0 = i * nb, c0 = j * nb, rb = std::min(nb, n - r0), cb = std::min(nb, n - c0);
+    if (i == j)
+      syrk_lower<T, Plain>(c.block(r0, r0, rb, rb), a.middleRows(r0, rb), alpha);
+    else
+      c.block(r0, c0, rb, cb).noalias() += (alpha * a.middleRows(r0, rb)) * a.middleRows(c0, cb).transpose();
+  }
+}
+
+#endif  // _OPENMP
+
+/// Runs the Cholesky and/or the inverse on the available threads: tasks when there are several threads and at
+/// least two tiles per dimension, otherwise the sequential recursions.
+template <class T>
+index_t factor_invert(col_ref<T> a, bool factor, bool invert) {
+#if defined(_OPENMP)
+  int const threads = available_threads();
+  if (threads > 1 && a.rows() >= 2 * factor_tile(a.rows())) return factor_invert_tasks<T>(a, factor, invert, threads);
+#endif
+  if (factor)
+    if (index_t const info = cholesky_recursive<T>(a); info >= 0) return info;
+  if (invert) invert_lower_recursive<T>(a);
+  return -1;
+}
+
+/// C_lower += alpha A A^T on the available threads.
+template <class T, class Plain>
+void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
+#if defined(_OPENMP)
+  int const threads = available_threads();
+  if (threads > 1 && c.rows() > syrk_tile) return syrk_lower_tasks<T, Plain>(c, a, alpha, threads);
+#endif
+  syrk_lower<T, Plain>(c, a, alpha);
 }
 
 template <class T>
@@ -305,7 +361,7 @@ template <class T>
 [[nodiscard]] index_t cholesky_lower_inplace(col_ref<T> a) {
   static_assert(std::is_floating_point_v<T>, "rsq: cholesky_lower_inplace needs a floating-point matrix");
   detail::linalg::expect_square<T>(a, "cholesky_lower_inplace", "a");
-  index_t const info = detail::linalg::cholesky_recursive<T>(a);
+  index_t const info = detail::linalg::factor_invert<T>(a, true, false);
   if (info < 0) a.template triangularView<Eigen::StrictlyUpper>().setZero();
   return info;
 }
@@ -327,7 +383,7 @@ void invert_lower_triangular_inplace(col_ref<T> l) {
     RSQ_EXPECTS(l(i, i) != T(0) && std::isfinite(l(i, i)),
                 "invert_lower_triangular_inplace: l must have a non-zero finite diagonal, got ", l(i, i),
                 " at diagonal index ", i);
-  detail::linalg::invert_lower_recursive<T>(l);
+  (void)detail::linalg::factor_invert<T>(l, false, true);
 }
 /// Overload that deduces T, for plain column-major matrices (eigen_col_matrix<T>).
 template <class T>
@@ -350,12 +406,11 @@ template <class T>
   detail::linalg::expect_square<T>(h, "upper_cholesky_of_inverse_inplace", "h");
   index_t const n = h.rows();
   symmetrize_from_lower<T>(h);
-  h.reverseInPlace();  // J H J: reverse rows and columns
-  index_t const info = detail::linalg::cholesky_recursive<T>(h);
-  if (info >= 0) return n - 1 - info;
+  h.reverseInPlace();  // J H J: rows and columns in reverse order
+  // L~ = chol(J H J), then L~^{-1} (its diagonal is positive and finite: no checks needed), in one task graph.
+  if (index_t const info = detail::linalg::factor_invert<T>(h, true, true); info >= 0) return n - 1 - info;
   h.template triangularView<Eigen::StrictlyUpper>().setZero();
-  detail::linalg::invert_lower_recursive<T>(h);  // L~ has a positive finite diagonal: no checks needed
-  h.reverseInPlace();                           // J L~^{-1} J: lower triangular becomes upper
+  h.reverseInPlace();  // J L~^{-1} J: the lower triangle becomes the upper one
   return -1;
 }
 /// Overload that deduces T, for plain column-major matrices (eigen_col_matrix<T>).
@@ -367,7 +422,7 @@ template <class T>
 /// SYRK: the lower triangle of @p c (n x n) += alpha * x^T x, for @p x (tokens x n) any Eigen expression of either
 /// storage order (plain matrices, maps and blocks are used without a copy; other expressions are evaluated once).
 ///
-/// Only the lower block triangle is computed, on GEMM tiles; the strict upper triangle of c is not touched (use
+/// Only the lower triangle is computed, on GEMM tiles; the strict upper triangle of c is not touched (use
 /// symmetrize_from_lower() afterwards for a full matrix). x with 0 rows is a no-op. NaN/Inf in x propagate to c.
 /// T is deduced from @p alpha, so `syrk_lower_update(h, x, 1.0f)` works for a float `h`.
 /// @throws rsq::invalid_argument if c is not square, is empty, or x.cols() != c.rows()
@@ -382,9 +437,9 @@ void syrk_lower_update(Eigen::Ref<eigen_col_matrix<std::type_identity_t<T>>> c, 
   // x^T (n x tokens) as a direct-access matrix of the matching storage order: no copy for matrices, maps, blocks.
   using xt_plain = std::conditional_t<bool(X::IsRowMajor), eigen_col_matrix<T>, eigen_row_matrix<T>>;
   if constexpr (std::is_same_v<typename X::Scalar, T>)
-    detail::linalg::syrk_lower<T, xt_plain>(c, x.transpose(), alpha);
+    detail::linalg::syrk_lower_parallel<T, xt_plain>(c, x.transpose(), alpha);
   else
-    detail::linalg::syrk_lower<T, xt_plain>(c, x.transpose().template cast<T>(), alpha);
+    detail::linalg::syrk_lower_parallel<T, xt_plain>(c, x.transpose().template cast<T>(), alpha);
 }
 
 }  // namespace rsq::cpu
