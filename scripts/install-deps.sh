@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages rsq needs to build, test and run its tools. Safe to run again.
+set -euo pipefail
+packages=(cmake ninja-build g++ clang libomp-dev libeigen3-dev xtensor-dev doctest-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update
+  $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi
