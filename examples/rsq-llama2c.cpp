@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: MIT
+// rsq-llama2c: RSQ end to end on a llama2c model (stories260K): rotate, calibrate, quantize layer by layer with RTN,
+// GPTQ, QuaRot or RSQ, evaluate the perplexity, and optionally write the quantized model.
+//
+//   rsq-llama2c [--model M.bin] [--tokenizer T.bin] [--text stories.txt] (--method rtn|gptq|quarot|rsq | --compare)
+//               [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]
+//               [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1]
+//               [--seed 0] [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym]
+//               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--out model.bin] [--packed DIR] [--quiet]
+//
+// A "story" is a paragraph of the text (blank-line separated; story 0 of tinystories_val.txt is 85 tokens with BOS).
+// Defaults for --model/--tokenizer/--text: $RSQ_SHARED_DIR/data/..., else ../shared or ../../shared relative to the
+// current directory. Exit status: 0 on success, 1 for unreadable or bad files and data, 2 for a bad command line,
+// 3 when a Hessian is not positive definite even after the damping escalation.
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <rsq/model/calibration.hpp>
+#include <rsq/model/export.hpp>
+#include <rsq/model/llama2c.hpp>
+#include <rsq/model/quantize.hpp>
+#include <rsq/model/tokenizer.hpp>
+
+#include "support/args.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using rsq_cli::usage_error;
+using namespace rsq::model;
+
+constexpr char usage[] =
+    "usage: rsq-llama2c [--model M.bin] [--tokenizer T.bin] [--text stories.txt] (--method rtn|gptq|quarot|rsq | "
+    "--compare)\n"
+    "       [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]\n"
+    "       [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1] [--seed 0]\n"
+    "       [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym] [--no-clip] [--damp 0.01]\n"
+    "       [--act-order] [--f64] [--out model.bin] [--packed DIR] [--quiet]";
+
+constexpr char where_to_get[] =
+    "stories260K not found: pass --model, --tokenizer and --text, or set RSQ_SHARED_DIR to a folder with "
+    "data/models/stories260K.bin, data/models/tok512.bin and data/text/tinystories_val.txt (the model and tokenizer "
+    "are on Hugging Face: karpathy/tinyllamas, stories260K/stories260K.bin and stories260K/tok512.bin)";
+
+/// The shared data folder: $RSQ_SHARED_DIR, else ../shared or ../../shared from the current directory.
+std::optional<fs::path> shared_dir() {
+  std::vector<fs::path> candidates;
+  if (char const* env = std::getenv("RSQ_SHARED_DIR")) candidates.emplace_back(env);
+  candidates.emplace_back("../shared");
+  candidates.emplace_back("../../shared");
+  for (auto const& c : candidates)
+    if (fs::is_regular_file(c / "data/models/stories260K.bin")) return c;
+  return std::nullopt;
+}
+
+fs::path data_path(rsq_cli::args const& a, std::string const& option, char const* relative) {
+  if (a.has(option)) return a.get(option);
+  auto const dir = shared_dir();
+  if (!dir) throw usage_error(where_to_get);
+  return *dir / relative;
+}
+
+struct run_config {
+  quantize_options opt;
+  story_range calib, eval;
+  rsq::index_t seqlen = 256, nsamples = 128;
+  std::uint64_t seed = 0;
+  bool quiet = false;
+  bool policy_given = false;  ///< --policy: also applies to a single gptq/quarot run (importance-scaled ablation)
+};
+
+/// Parses everything but the files; library argument errors become usage errors (exit 2).
+run_config parse_config(rsq_cli::args const& a) {
+  run_config rc;
+  auto& o = rc.opt;
+  long const bits = a.integer("bits", 3);
+  if (bits < 2 || bits > 8) throw usage_error("--bits must be between 2 and 8, got " + std::to_string(bits));
+  o.grid = rsq_script_grid(int(bits));
+  o.grid.symmetric = !a.flag("asym");
+  o.grid.conv = a.choice("quantizer", {"rsq", "ist"}) == "rsq" ? rsq::quant::convention::rsq
+                                                                : rsq::quant::convention::ist;
+  o.grid.clip.enabled = !a.flag("no-clip");
+  long const g = a.integer("groupsize", -1);
+  if (g != -1 && g < 1) throw usage_error("--groupsize must be -1 (per row) or positive, got " + std::to_string(g));
+  o.solver.group_size = g;
+  o.solver.damp_percent = a.number("damp", 0.01);
+  if (!(o.solver.damp_percent >= 0) || !std::isfinite(o.solver.damp_percent))
+    throw usage_error("--damp must be a finite number >= 0");
+  o.solver.act_order = a.flag("act-order");
+  o.double_precision = a.flag("f64");
+  o.importance_power = a.number("importance-power", 1.0);
+  if (!(o.importance_power > 0) || !std::isfinite(o.importance_power))
+    throw usage_error("--importance-power must be positive");
+  long const expand = a.integer("expand", 1);
+  if (expand < 1) throw usage_error("--expand must be at least 1, got " + std::to_string(expand));
+  o.expand_factor = expand;
+  rc.seqlen = a.integer("seqlen", 256);
+  if (rc.seqlen < 2) throw usage_error("--seqlen must be at least 2, got " + std::to_string(rc.seqlen));
+  if (expand > rc.seqlen) throw usage_error("--expand must not exceed --seqlen");
+  rc.nsamples = a.integer("nsamples", 128);
+  if (rc.nsamples < 1) throw usage_error("--nsamples must be at least 1, got " + std::to_string(rc.nsamples));
+  long const seed = a.integer("seed", 0);
+  if (seed < 0) throw usage_error("--seed must be >= 0, got " + std::to_string(seed));
+  rc.seed = std::uint64_t(seed);
+  o.rotation.seed = rc.seed;
+  o.rotation.kind = a.choice("rotation", {"hadamard", "random"}) == "hadamard" ? residual_rotation::randomized_hadamard
+                                                                                 : residual_rotation::random_orthogonal;
+  o.rotation.center_embeddings = a.flag("center-embeddings");
+  rc.quiet = a.flag("quiet");
+  try {
+    rc.calib = parse_story_range(a.get("calib-stories", "0:500"), "--calib-stories");
+    rc.eval = parse_story_range(a.get("eval-stories", "500:1000"), "--eval-stories");
+    double const r_min = a.number("r-min", 0.005), r_max = a.number("r-max", 1.0);
+    rc.policy_given = a.has("policy");
+    if (a.has("policy") || a.has("r-min") || a.has("r-max"))
+      o.policy = rsq::importance::any_policy::parse(a.get("policy", "attncon"), r_min, r_max);
+  } catch (rsq::invalid_argument const& e) {
+    std::string msg = e.what();
+    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);
+    throw usage_error(msg);
+  }
+  return rc;
+}
+
+void print_layer(quant_method method, layer_report const& r) {
+  std::fprintf(stderr, "rsq-llama2c: %-6s layer %d/%d", std::string(to_string(method)).c_str(), r.layer + 1,
+               r.n_layers);
+  for (auto const& l : r.linears) {
+    std::fprintf(stderr, "  %s %.3g", std::string(name(l.linear)).c_str(), l.loss);
+    if (l.info != rsq::gptq::status::ok) std::fprintf(stderr, " NOT POSITIVE DEFINITE");
+    else if (l.damp_attempts > 1) std::fprintf(stderr, " (damp x%d)", l.damp_attempts);
+  }
+  std::fprintf(stderr, "  %.2f s\n", r.seconds);
+}
+
+struct method_outcome {
+  quantized_model q;
+  loss_result eval;
+};
+
+/// Quantizes with @p method; returns nothing (after printing) when a Hessian stays not positive definite.
+/// The policy goes to rsq, and to a single gptq/quarot run only when --policy was given (in a comparison the
+/// baselines keep uniform tokens).
+std::optional<method_outcome> run_method(llama_model const& fp, quant_method method, run_config const& rc, bool compare,
+                                         rsq::matrix<std::int32_t> const& calib, rsq::matrix<std::int32_t> const& eval) {
+  auto opt = rc.opt;
+  opt.method = method;
+  if (method == quant_method::rtn) {
+    opt.policy.reset();
+    opt.expand_factor = 1;
+  } else if (method != quant_method::rsq && (compare || !rc.policy_given)) {
+    opt.policy.reset();
+  }
+  quantize_observer obs;
+  if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_layer(method, r); };
+  method_outcome out{quantize_model(fp, rsq::view(calib), opt, obs), {}};
+  if (!out.q.ok()) {
+    std::fprintf(stderr,
+                 "rsq-llama2c: error: %s: the Hessian of layer %d %s is not positive definite even with %d x %.3g "
+                 "damping; nothing written\n",
+                 std::string(to_string(method)).c_str(), out.q.failed_layer, std::string(name(out.q.failed_linear)).c_str(),
+                 opt.solver.max_damp_attempts, opt.solver.damp_percent);
+    return std::nullopt;
+  }
+  out.eval = evaluate(out.q.model, rsq::view(eval));
+  return out;
+}
+
+int run(rsq_cli::args const& a) {
+  auto const rc = parse_config(a);
+  bool const compare = a.flag("compare");
+  if (compare == a.has("method")) throw usage_error("give exactly one of --method and --compare");
+  quant_method method = quant_method::rsq;
+  if (!compare) {
+    try {
+      method = parse_quant_method(a.get("method"));
+    } catch (rsq::invalid_argument const&) {
+      throw usage_error("--method must be one of rtn|gptq|quarot|rsq, got '" + a.get("method") + "'");
+    }
+    if (method == quant_method::rtn && (a.has("policy") || a.has("expand") || a.has("r-min") || a.has("r-max")))
+      throw usage_error("--method rtn uses no calibration: --policy, --r-min, --r-max and --expand do not apply");
+    if ((method == quant_method::gptq || method == quant_method::quarot) && !a.has("policy") &&
+        (a.has("r-min") || a.has("r-max")))
+      throw usage_error("--r-min and --r-max set the range of a token-importance policy: use --method rsq or --policy");
+  }
+  if (compare && (a.has("out") || a.has("packed"))) throw usage_error("--out and --packed need --method, not --compare");
+
+  fs::path const model_path = data_path(a, "model", "data/models/stories260K.bin");
+  fs::path const tok_path = data_path(a, "tokenizer", "data/models/tok512.bin");
+  fs::path const text_path = data_path(a, "text", "data/text/tinystories_val.txt");
+  auto const fp = load_llama2c_checkpoint(model_path);
+  auto const tok = load_tokenizer(tok_path, {.vocab_size = fp.config.vocab_size, .name = {}});
+  auto const stories = load_stories(text_path);
+  if (rc.seqlen > fp.config.seq_len)
+    throw usage_error("--seqlen " + std::to_string(rc.seqlen) + " exceeds the model's seq_len " +
+                      std::to_string(fp.config.seq_len));
+  auto const n = rsq::index_t(stories.size());
+  auto check_range = [&](story_range const& r, char const* opt) {
+    if (r.end > n)
+      throw usage_error(std::string(opt) + " " + std::to_string(r.begin) + ":" + std::to_string(r.end) +
+                        " goes past the " + std::to_string(n) + " stories of " + text_path.string());
+  };
+  check_range(rc.calib, "--calib-stories");
+  check_range(rc.eval, "--eval-stories");
+  if (rc.calib.overlaps(rc.eval) && !rc.quiet)
+    std::fprintf(stderr, "rsq-llama2c: warning: the calibration and evaluation stories overlap\n");
+
+  auto const calib_stream = story_tokens(tok, stories, rc.calib);
+  auto const eval_stream = story_tokens(tok, stories, rc.eval);
+  auto const eval = consecutive_windows(eval_stream, rc.seqlen);  // (windows, seqlen)
+  rsq::matrix<std::int32_t> calib;
+  if (compare || method != quant_method::rtn) calib = sample_windows(calib_stream, rc.seqlen, rc.nsamples, rc.seed);
+  if (!rc.quiet)
+    std::fprintf(stderr,
+                 "rsq-llama2c: calibration %zu tokens (stories %td:%td), %td windows x %td; evaluation %td windows "
+                 "x %td (stories %td:%td)\n",
+                 calib_stream.size(), rc.calib.begin, rc.calib.end, rc.nsamples * rc.opt.expand_factor, rc.seqlen,
+                 rsq::index_t(eval.shape()[0]), rc.seqlen, rc.eval.begin, rc.eval.end);
+
+  std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
+  if (!compare) {
+    auto const out = run_method(fp, method, rc, false, calib, eval);
+    if (!out) return 3;
+    std::printf("method %s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
+                std::string(to_string(method)).c_str(), rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
+                static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
+                out->q.timings.total);
+    if (a.has("out")) {
+      save_quantized_checkpoint(a.get("out"), out->q);
+      if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
+    }
+    if (a.has("packed")) {
+      auto const ex = export_gptq_directory(a.get("packed"), out->q);
+      for (auto const& l : ex.linears)
+        if (l.format == "unpacked" && !rc.quiet)
+          std::fprintf(stderr, "rsq-llama2c: %s written unpacked: %s\n", l.prefix.c_str(), l.reason.c_str());
+      if (!rc.quiet)
+        std::fprintf(stderr, "rsq-llama2c: wrote %s (%td of %zu linears packed)\n", ex.manifest.string().c_str(),
+                     ex.packed(), ex.linears.size());
+    }
+    return 0;
+  }
+
+  auto const fp_eval = evaluate(fp, rsq::view(eval));
+  std::printf("bits %d, group %s, seed %llu, seqlen %td, nsamples %td, expand %td, calib %td:%td, eval %td:%td "
+              "(%td windows)\n",
+              rc.opt.grid.bits, group.c_str(), static_cast<unsigned long long>(rc.seed), rc.seqlen, rc.nsamples,
+              rc.opt.expand_factor, rc.calib.begin, rc.calib.end, rc.eval.begin, rc.eval.end,
+              rsq::index_t(eval.shape()[0]));
+  std::printf("%-8s %-10s %12s %12s %10s\n", "method", "policy", "perplexity", "vs fp32", "seconds");
+  std::printf("%-8s %-10s %12.4f %12s %10s\n", "fp32", "-", fp_eval.perplexity, "-", "-");
+  std::fflush(stdout);
+  int status = 0;
+  for (quant_method m : all_quant_methods) {
+    auto const out = run_method(fp, m, rc, true, calib, eval);
+    if (!out) {
+      std::printf("%-8s %-10s %12s\n", std::string(to_string(m)).c_str(), "-", "failed");
+      status = 3;
+      continue;
+    }
+    std::printf("%-8s %-10s %12.4f %+12.4f %10.2f\n", std::string(to_string(m)).c_str(), out->q.policy.c_str(),
+                out->eval.perplexity, out->eval.perplexity - fp_eval.perplexity, out->q.timings.total);
+    std::fflush(stdout);
+  }
+  return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    rsq_cli::args a(argc, argv,
+                    {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "quiet", "help"},
+                    {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
+                     "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
+                     "rotation", "quantizer", "damp", "out", "packed"});
+    if (a.flag("help") || argc == 1) {
+      std::puts(usage);
+      return argc == 1 ? 2 : 0;
+    }
+    return run(a);
+  } catch (usage_error const& e) {
+    std::fprintf(stderr, "rsq-llama2c: error: %s\n", e.what());
+    return 2;
+  } catch (std::exception const& e) {
+    std::fprintf(stderr, "rsq-llama2c: error: %s\n", e.what());
+    return 1;
+  }
+}
