@@ -64,8 +64,10 @@ M random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed) {
   return m;
 }
 
-/// Alternative schedule for comparison: blocked right-looking Cholesky with a fixed panel width (LAPACK potrf
-/// style), built from the same parallel TRSM/SYRK pieces as the recursive one.
+// Alternative schedules for comparison, all fork-join: the sequential kernels of linalg.hpp called outside a
+// parallel region, so that every product in them runs on Eigen's own parallel GEMM.
+
+/// Blocked right-looking Cholesky with a fixed panel width (LAPACK potrf style).
 template <class T>
 rsq::index_t cholesky_blocked_right(Eigen::Ref<mat<T>> a, Eigen::Index nb) {
   namespace d = rsq::cpu::detail::linalg;
@@ -80,18 +82,14 @@ rsq::index_t cholesky_blocked_right(Eigen::Ref<mat<T>> a, Eigen::Index nb) {
   return -1;
 }
 
-/// Alternative schedule: blocked left-looking Cholesky (one GEMM per panel brings it up to date, then the panel is
-/// factored); the GEMM's rows are split over the threads like the other steps.
+/// Blocked left-looking Cholesky: one GEMM brings each panel up to date, then the panel is factored.
 template <class T>
 rsq::index_t cholesky_blocked_left(Eigen::Ref<mat<T>> a, Eigen::Index nb) {
   namespace d = rsq::cpu::detail::linalg;
   Eigen::Index const n = a.rows();
   for (Eigen::Index k = 0; k < n; k += nb) {
     Eigen::Index const kb = std::min(nb, n - k), m = n - k - kb;
-    if (k > 0)
-      d::parallel_ranges(n - k, [&](Eigen::Index r0, Eigen::Index r1) {
-        a.block(k + r0, k, r1 - r0, kb).noalias() -= a.block(k + r0, 0, r1 - r0, k) * a.block(k, 0, kb, k).transpose();
-      });
+    if (k > 0) a.block(k, k, n - k, kb).noalias() -= a.block(k, 0, n - k, k) * a.block(k, 0, kb, k).transpose();
     if (auto info = d::cholesky_recursive<T>(a.block(k, k, kb, kb)); info >= 0) return k + info;
     if (m > 0) d::trsm_right_lower_trans<T>(a.block(k, k, kb, kb), a.block(k + kb, k, m, kb));
   }
@@ -137,13 +135,20 @@ void run(int reps) {
       double const s = median_seconds(reps, setup, [&] { sink = sink + double(rsq::cpu::cholesky_lower_inplace(a)); });
       row("rsq cholesky_lower_inplace", n, s, chol_flops);
     }
-    for (Eigen::Index nb : {128, 256}) {
-      std::string const label = "  blocked right-looking, panel " + std::to_string(nb);
-      double const s = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_right<T>(a, nb)); });
-      row(label.c_str(), n, s, chol_flops);
-      std::string const label2 = "  blocked left-looking, panel " + std::to_string(nb);
-      double const s2 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_left<T>(a, nb)); });
-      row(label2.c_str(), n, s2, chol_flops);
+    {
+      double const s = median_seconds(
+          reps, setup, [&] { sink = sink + double(rsq::cpu::detail::linalg::cholesky_recursive<T>(a)); });
+      row("  recursive, fork-join (Eigen parallel GEMM)", n, s, chol_flops);
+      int const threads = Eigen::nbThreads();
+      Eigen::setNbThreads(1);
+      double const s1 = median_seconds(
+          reps, setup, [&] { sink = sink + double(rsq::cpu::detail::linalg::cholesky_recursive<T>(a)); });
+      Eigen::setNbThreads(threads);
+      row("  recursive, one thread", n, s1, chol_flops);
+      double const s2 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_right<T>(a, 256)); });
+      row("  blocked right-looking 256, fork-join", n, s2, chol_flops);
+      double const s3 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_left<T>(a, 256)); });
+      row("  blocked left-looking 256, fork-join", n, s3, chol_flops);
     }
     {
       mat<T> l = a0;
@@ -184,6 +189,12 @@ void run(int reps) {
       double const s = median_seconds(reps, zero, [&] { rsq::cpu::syrk_lower_update(c, xc, T(1)); });
       row("rsq syrk_lower_update, x col-major", n, s, flops);
     }
+    {
+      rsq::cpu::detail::linalg::factor_ref<mat<T>> const xt(x.transpose());
+      double const s = median_seconds(
+          reps, zero, [&] { rsq::cpu::detail::linalg::syrk_lower<T, mat<T>>(c, xt, T(1)); });
+      row("  recursive, fork-join (Eigen parallel GEMM)", n, s, flops);
+    }
     if (n <= 1024) {
       double const s = median_seconds(reps, zero, [&] { c.noalias() += x.transpose() * x; });
       row("Eigen GEMM C += X^T X (full, 2 N n^2)", n, s, 2 * flops);
@@ -193,6 +204,17 @@ void run(int reps) {
 }
 
 }  // namespace
+
+/// The 1-minute load average (Linux), printed with the table: these 2 cores are shared, and a loaded machine
+/// slows every multi-threaded row.
+std::string load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (!f) return "n/a";
+  char buf[64] = {};
+  std::string s = std::fgets(buf, sizeof buf, f) ? std::string(buf, std::strcspn(buf, " ")) : "n/a";
+  std::fclose(f);
+  return s;
+}
 
 int main(int argc, char** argv) {
   int reps = 3;
@@ -205,7 +227,9 @@ int main(int argc, char** argv) {
   }
   std::printf("bench_linalg: rsq CPU linear algebra vs Eigen %d.%d.%d\n", EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION,
               EIGEN_MINOR_VERSION);
+  std::printf("load average at start: %s\n", load_average().c_str());
   run<float>(reps);
   if (dbl) run<double>(reps);
+  std::printf("\nload average at end: %s\n", load_average().c_str());
   return sink == 12345.678 ? 1 : 0;
 }

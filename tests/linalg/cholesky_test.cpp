@@ -233,6 +233,12 @@ TEST_SUITE("linalg.threads") {
         matd bad = a0;
         bad(n / 2 + 1, n / 2 + 1) -= l0(n / 2 + 1, n / 2 + 1) * l0(n / 2 + 1, n / 2 + 1) + 0.5;
         CHECK(rsq::cpu::cholesky_lower_inplace(bad) == n / 2 + 1);
+        matd nan = a0;
+        nan(n - 5, 3) = std::numeric_limits<double>::quiet_NaN();
+        CHECK(rsq::cpu::cholesky_lower_inplace(nan) == n - 5);
+        nan = a0;
+        nan(n - 5, 3) = std::numeric_limits<double>::quiet_NaN();
+        CHECK(rsq::cpu::upper_cholesky_of_inverse_inplace(nan) == 3);
       }
       CHECK(rel_diff(chol[1], chol[0]) < 1e-14);
       CHECK(rel_diff(inv[1], inv[0]) < 1e-14);
