@@ -25,6 +25,13 @@ template <class T>
   using shape = typename rsq::matrix<T>::shape_type;
   return rsq::matrix<T>(shape{std::size_t(rows), std::size_t(cols)}, T(0));
 }
+/// A (rows, cols) matrix whose elements are left uninitialized, for results that are written in full right away.
+template <class T>
+[[nodiscard]] rsq::matrix<T> make_matrix_for_overwrite(index_t rows, index_t cols) {
+  using shape = typename rsq::matrix<T>::shape_type;
+  return rsq::matrix<T>(shape{std::size_t(rows), std::size_t(cols)});
+}
+
 /// A zero-filled vector of @p n elements.
 template <class T>
 [[nodiscard]] rsq::vector<T> make_vector(index_t n) {

@@ -13,6 +13,7 @@
 /// GEMMs between sub-blocks, so nearly all flops run in Eigen's GEMM kernels.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -35,18 +36,6 @@ namespace rsq::cpu::detail {
 /// Columns per sub-block of the in-block error propagation (rank-1 updates inside, GEMMs between).
 inline constexpr index_t gptq_sub_block = 16;
 
-/// Writes the permuted column-major @p src (rows, cols) into row-major @p dst with dst(r, perm[j]) = src(r, j), in
-/// cache-sized tiles.
-template <class S, class D>
-void scatter_columns(S const& src, std::vector<std::int32_t> const& perm, D& dst) {
-  index_t const rows = src.rows(), cols = src.cols();
-  constexpr index_t tile = 64;
-  for (index_t r0 = 0; r0 < rows; r0 += tile)
-    for (index_t j0 = 0; j0 < cols; j0 += tile)
-      for (index_t j = j0; j < std::min(j0 + tile, cols); ++j)
-        for (index_t r = r0; r < std::min(r0 + tile, rows); ++r) dst(r, perm[j]) = src(r, j);
-}
-
 }  // namespace rsq::cpu::detail
 
 namespace rsq::gptq {
@@ -61,6 +50,29 @@ class factorization<T, backend::cpu_eigen> : public factorization_info {
 }  // namespace rsq::gptq
 
 namespace rsq::cpu::detail {
+
+/// Quantizes one column of a block for all rows of a chunk (spec §6 step 7): q = s·(code − z) with
+/// code = clamp(round(x/s) + z, 0, max_code), the scaled error (x − q)/d, and Σ(x − q)²/(2d²). Written as one
+/// vectorizable loop (nearbyint vectorizes under `omp simd`); the arithmetic is the reference's, operation by operation.
+template <class T>
+double quantize_column(T const* __restrict x, T const* __restrict scale, T const* __restrict zero, T max_code, T d,
+                       index_t n, T* __restrict q, T* __restrict code, T* __restrict err) {
+  T acc = T(0);
+#if defined(_OPENMP)
+#pragma omp simd reduction(+ : acc)
+#endif
+  for (index_t r = 0; r < n; ++r) {
+    T c = std::nearbyint(x[r] / scale[r]) + zero[r];
+    c = c < T(0) ? T(0) : (c > max_code ? max_code : c);
+    T const qr = scale[r] * (c - zero[r]);
+    T const diff = x[r] - qr;
+    q[r] = qr;
+    code[r] = c;
+    err[r] = diff / d;
+    acc += diff * diff;
+  }
+  return double(acc) / (2.0 * double(d) * double(d));
+}
 
 template <class T>
 gptq::factorization<T, backend::cpu_eigen> gptq_factor(matrix_view<const T> h, gptq::options const& opt) {
@@ -84,7 +96,6 @@ gptq::factorization<T, backend::cpu_eigen> gptq_factor(matrix_view<const T> h, g
 template <class T>
 gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backend::cpu_eigen> const& f,
                            quant::grid_spec const& grid, gptq::options const& opt) {
-  using col_matrix = eigen_col_matrix<T>;
   index_t const rows = w.rows(), cols = w.cols();
   index_t const group = opt.group_size > 0 ? opt.group_size : cols;
   index_t const groups = gptq::detail::group_count(cols, opt.group_size);
@@ -97,52 +108,48 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   gptq::detail::copy_factorization_info(f, res);
   if (!f.ok()) return res;
 
-  // Per-row grids come from the original W: the reference fits them before zeroing dead columns.
-  std::vector<quant::affine_params<T>> row_params;
-  if (opt.group_size <= 0) {
-    row_params.resize(std::size_t(rows));
-    for (index_t r = 0; r < rows; ++r) row_params[r] = quant::fit(grid, &w(r, 0), cols, w.stride(1));
-  }
-
-  col_matrix wd = as_eigen(w);  // (rows, cols) working copy, original column order
-  for (index_t c = 0; c < cols; ++c)
-    if (f.dead[c]) wd.col(c).setZero();
-
-  // Static groups: one grid per (group, row), fitted on W after the dead-column step, original column order.
-  std::vector<quant::affine_params<T>> static_params;
-  if (opt.static_groups) {
-    static_params.resize(std::size_t(groups * rows));
-    eigen_row_matrix<T> tile;
-    for (index_t g = 0; g < groups; ++g) {
-      index_t const c0 = g * group, n = std::min(group, cols - c0);
-      tile = wd.middleCols(c0, n);
-      for (index_t r = 0; r < rows; ++r) static_params[g * rows + r] = quant::fit(grid, tile.row(r).data(), n);
-    }
-  }
-
-  col_matrix wp(rows, cols);  // (rows, cols) in solve order
-  for (index_t j = 0; j < cols; ++j) wp.col(j) = wd.col(perm[j]);
-  wd.resize(0, 0);
-
   quant::quantized_weight<T>& qw = res.weight;
   qw.bits = grid.bits;
   qw.scales = rsq::make_matrix<T>(rows, groups);
   qw.zeros = rsq::make_matrix<T>(rows, groups);
   qw.g_idx = gptq::detail::group_index(perm, opt);
-  if (opt.group_size <= 0)
-    for (index_t r = 0; r < rows; ++r) {
-      qw.scales(r, 0) = row_params[r].scale;
-      qw.zeros(r, 0) = row_params[r].zero;
-    }
-  else if (opt.static_groups)
-    for (index_t g = 0; g < groups; ++g)
-      for (index_t r = 0; r < rows; ++r) {
-        qw.scales(r, g) = static_params[g * rows + r].scale;
-        qw.zeros(r, g) = static_params[g * rows + r].zero;
-      }
+  qw.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(rows, cols);
+  res.dequantized = rsq::make_matrix_for_overwrite<T>(rows, cols);
 
-  col_matrix qp(rows, cols);                                          // dequantized, solve order
-  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic> cp(rows, cols);  // codes, solve order
+  // Working copy, row-major in solve order, dead columns zeroed (spec §6 steps 2 and 4): every later access is
+  // row-local, so the permutation costs nothing extra. Per-row grids come from the original W: the reference fits
+  // them before zeroing dead columns. (Rows in parallel: first touches of fresh memory are a large part of the cost.)
+  eigen_row_matrix<T> wp(rows, cols);  // (rows, cols)
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t r = 0; r < rows; ++r) {
+    for (index_t j = 0; j < cols; ++j) wp(r, j) = f.dead[perm[j]] ? T(0) : w(r, perm[j]);
+    if (opt.group_size <= 0) {
+      auto const p = quant::fit(grid, &w(r, 0), cols, w.stride(1));
+      qw.scales(r, 0) = p.scale;
+      qw.zeros(r, 0) = p.zero;
+    }
+  }
+
+  // Static groups: one grid per (group, row), fitted on W after the dead-column step, original column order.
+  if (opt.static_groups) {
+    std::vector<index_t> position(static_cast<std::size_t>(cols));  // original column -> solve position
+    for (index_t j = 0; j < cols; ++j) position[perm[j]] = j;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t r = 0; r < rows; ++r) {
+      std::vector<T> seg(static_cast<std::size_t>(group));
+      for (index_t g = 0; g < groups; ++g) {
+        index_t const c0 = g * group, n = std::min(group, cols - c0);
+        for (index_t k = 0; k < n; ++k) seg[k] = wp(r, position[c0 + k]);
+        auto const p = quant::fit(grid, seg.data(), n);
+        qw.scales(r, g) = p.scale;
+        qw.zeros(r, g) = p.zero;
+      }
+    }
+  }
 
   // Split rows over threads; each chunk runs the whole column loop with single-threaded GEMMs.
   int threads = 1;
@@ -150,7 +157,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   threads = omp_get_max_threads();
 #endif
   index_t const chunks = std::max<index_t>(1, std::min<index_t>(threads, rows / 32));
-  std::vector<std::vector<double>> chunk_loss(static_cast<std::size_t>(chunks), std::vector<double>(static_cast<std::size_t>(cols), 0.0));
+  std::vector<std::vector<double>> chunk_loss(static_cast<std::size_t>(chunks),
+                                              std::vector<double>(static_cast<std::size_t>(cols), 0.0));
 
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static, 1) num_threads(int(chunks))
@@ -159,18 +167,18 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
     index_t const r0 = rows * ch / chunks, n = rows * (ch + 1) / chunks - r0;
     auto wc = wp.middleRows(r0, n);  // (n, cols) this chunk's rows, updated in place
     std::vector<T> scale(static_cast<std::size_t>(n)), zero(static_cast<std::size_t>(n));
-    if (opt.group_size <= 0)
-      for (index_t r = 0; r < n; ++r) {
-        scale[r] = row_params[r0 + r].scale;
-        zero[r] = row_params[r0 + r].zero;
-      }
-    col_matrix w1, e;
-    eigen_row_matrix<T> tile;
+    for (index_t r = 0; r < n; ++r) {
+      scale[r] = qw.scales(r0 + r, 0);
+      zero[r] = qw.zeros(r0 + r, 0);
+    }
+    eigen_col_matrix<T> w1, e, q1, c1;  // (n, nb) block, scaled errors, dequantized values, codes
     auto& loss = chunk_loss[std::size_t(ch)];
     for (index_t i1 = 0; i1 < cols; i1 += opt.block_size) {
       index_t const i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
-      w1 = wc.middleCols(i1, nb);  // (n, nb) the block, updated column by column
-      e.resize(n, nb);             // (n, nb) scaled errors
+      w1 = wc.middleCols(i1, nb);
+      e.resize(n, nb);
+      q1.resize(n, nb);
+      c1.resize(n, nb);
       for (index_t s0 = 0; s0 < nb; s0 += gptq_sub_block) {
         index_t const s1 = std::min(s0 + gptq_sub_block, nb);
         for (index_t i = s0; i < s1; ++i) {
@@ -178,37 +186,20 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
           if (dynamic_groups && col % group == 0) {
             // The reference refits on the global W: completed blocks' updates, none of this block's.
             index_t const len = std::min(group, cols - col);
-            tile = wc.middleCols(col, len);
             for (index_t r = 0; r < n; ++r) {
-              auto const p = quant::fit(grid, tile.row(r).data(), len);
-              scale[r] = p.scale;
-              zero[r] = p.zero;
-              qw.scales(r0 + r, col / group) = p.scale;
-              qw.zeros(r0 + r, col / group) = p.zero;
+              auto const p = quant::fit(grid, &wc(r, col), len);
+              scale[r] = qw.scales(r0 + r, col / group) = p.scale;
+              zero[r] = qw.zeros(r0 + r, col / group) = p.zero;
             }
           } else if (opt.static_groups && (col == 0 || perm[col] / group != perm[col - 1] / group)) {
             index_t const g = perm[col] / group;
             for (index_t r = 0; r < n; ++r) {
-              scale[r] = static_params[g * rows + r0 + r].scale;
-              zero[r] = static_params[g * rows + r0 + r].zero;
+              scale[r] = qw.scales(r0 + r, g);
+              zero[r] = qw.zeros(r0 + r, g);
             }
           }
-          T const d = u(col, col);
-          T* wcol = w1.col(i).data();
-          T* ecol = e.col(i).data();
-          T* qcol = qp.col(col).data() + r0;
-          std::uint8_t* ccol = cp.col(col).data() + r0;
-          double col_loss = 0;
-          for (index_t r = 0; r < n; ++r) {
-            std::uint8_t const code = quant::encode(wcol[r], scale[r], zero[r], max_code);
-            T const q = quant::decode(code, scale[r], zero[r]);
-            T const diff = wcol[r] - q;
-            ccol[r] = code;
-            qcol[r] = q;
-            ecol[r] = diff / d;
-            col_loss += double(diff * diff / (d * d));
-          }
-          loss[col] += col_loss / 2;
+          loss[col] += quantize_column(w1.col(i).data(), scale.data(), zero.data(), T(max_code), u(col, col), n,
+                                       q1.col(i).data(), c1.col(i).data(), e.col(i).data());
           for (index_t j = i + 1; j < s1; ++j) w1.col(j) -= u(col, i1 + j) * e.col(i);
         }
         if (s1 < nb)
@@ -216,6 +207,15 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
               e.middleCols(s0, s1 - s0) * u.block(i1 + s0, i1 + s1, s1 - s0, nb - s1);
       }
       if (i2 < cols) wc.middleCols(i2, cols - i2).noalias() -= e * u.block(i1, i2, nb, cols - i2);
+      // The block's results go to their original columns (row-local writes).
+      for (index_t r = 0; r < n; ++r) {
+        T* qrow = &res.dequantized(r0 + r, 0);
+        std::uint8_t* crow = &qw.codes(r0 + r, 0);
+        for (index_t i = 0; i < nb; ++i) {
+          qrow[perm[i1 + i]] = q1(r, i);
+          crow[perm[i1 + i]] = static_cast<std::uint8_t>(c1(r, i));
+        }
+      }
     }
   }
 
@@ -225,10 +225,6 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
     for (auto const& l : chunk_loss) s += l[j];
     res.column_loss(perm[j]) = T(s);
   }
-  res.dequantized = rsq::make_matrix<T>(rows, cols);
-  qw.codes = rsq::make_matrix<std::uint8_t>(rows, cols);
-  scatter_columns(qp, perm, res.dequantized);
-  scatter_columns(cp, perm, qw.codes);
   return res;
 }
 
