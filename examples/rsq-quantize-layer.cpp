@@ -5,6 +5,12 @@
 //   rsq-quantize-layer --weight W.npy (--hessian H.npy | --inputs X.npy [--importance R.npy]) --bits B [--sym]
 //                      [--groupsize G] [--act-order] [--static-groups] [--clip] [--quantizer ist|rsq]
 //                      [--blocksize 128] [--damp 0.01] [--precision f32|f64] --out DIR
+//                      [--policy P] [--attention A.npy] [--rmin R] [--rmax R] [--importance-power p]
+//                      [--rotate none|hadamard|random] [--seed S]
+//
+// With --rotate the layer is quantized in the rotated basis (W·Q, inputs x·Q): Q.npy is for rotated inputs,
+// Q_unrotated.npy for the original ones, rotation.txt records Q. --policy computes token importances from the inputs
+// (and --attention for attncon) as the one-layer RSQ pipeline does (rsq/pipeline/quantize_layer.hpp).
 //
 // Without arguments it runs a built-in demonstration on a generated layer and prints RTN vs GPTQ proxy losses.
 // Exit status: 0 on success, 1 for bad input data, 2 for a bad command line, 3 when the Hessian is not positive
@@ -12,11 +18,15 @@
 // is written).
 
 #include <chrono>
+#include <fstream>
+#include <optional>
+#include <variant>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <random>
 
+#include <rsq/pipeline/quantize_layer.hpp>
 #include <rsq/rsq.hpp>
 
 #include "support/args.hpp"
@@ -30,6 +40,8 @@ constexpr char usage[] =
     "usage: rsq-quantize-layer --weight W.npy (--hessian H.npy | --inputs X.npy [--importance R.npy]) --bits B\n"
     "       [--sym] [--groupsize G] [--act-order] [--static-groups] [--clip] [--quantizer ist|rsq]\n"
     "       [--blocksize 128] [--damp 0.01] [--precision f32|f64] --out DIR\n"
+    "       [--policy uniform|first_n:P1,P2/P|attncon|actnorm|actdiff|tokensim|tokenfreq] [--attention A.npy]\n"
+    "       [--rmin 0.005] [--rmax 1] [--importance-power 1] [--rotate none|hadamard|random] [--seed 0]\n"
     "       (no arguments: built-in demonstration on a generated layer)";
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -49,53 +61,117 @@ xt::xtensor<T, N> load_float_npy(fs::path const& p) {
 /// Rank of the array in @p p (from its header).
 std::size_t npy_rank(fs::path const& p) { return rsq::io::read_npy_header(p).shape.size(); }
 
+/// The rotation asked for by --rotate/--seed, for n input features.
+std::optional<rsq::rotation::rotation_descriptor> rotation_for(rsq_cli::args const& a, rsq::index_t n) {
+  auto const kind = a.choice("rotate", {"none", "hadamard", "random"});
+  if (kind == "none") {
+    if (a.has("seed")) throw usage_error("--seed needs --rotate hadamard|random");
+    return std::nullopt;
+  }
+  auto const seed = a.integer("seed", 0);
+  if (seed < 0) throw usage_error("--seed must be non-negative");
+  auto const rot = kind == "hadamard"
+                       ? rsq::rotation::any_rotation(rsq::rotation::randomized_hadamard(n, std::uint64_t(seed)))
+                       : rsq::rotation::any_rotation(rsq::rotation::random_orthogonal(n, std::uint64_t(seed)));
+  return rsq::rotation::descriptor_of(rot);
+}
+
 template <class T>
 int run(rsq_cli::args const& a) {
-  rsq::quant::grid_spec grid;
-  grid.bits = int(a.integer("bits", 0));
+  rsq::pipeline::layer_options opt;
+  auto& grid = opt.grid;
   if (!a.has("bits")) throw usage_error("--bits is required");
+  grid.bits = int(a.integer("bits", 0));
   grid.symmetric = a.flag("sym");
   grid.conv = a.choice("quantizer", {"ist", "rsq"}) == "rsq" ? rsq::quant::convention::rsq : rsq::quant::convention::ist;
   grid.clip.enabled = a.flag("clip");
-  rsq::gptq::options opt;
-  opt.group_size = a.integer("groupsize", -1);
-  opt.act_order = a.flag("act-order");
-  opt.static_groups = a.flag("static-groups");
-  opt.block_size = a.integer("blocksize", 128);
-  opt.damp_percent = a.number("damp", 0.01);
+  auto& solver = opt.solver;
+  solver.group_size = a.integer("groupsize", -1);
+  solver.act_order = a.flag("act-order");
+  solver.static_groups = a.flag("static-groups");
+  solver.block_size = a.integer("blocksize", 128);
+  solver.damp_percent = a.number("damp", 0.01);
+  opt.weighting.importance_power = a.number("importance-power", 1.0);
   grid.validate();
-  opt.validate();
+  solver.validate();
   fs::path const out = a.require("out");
   if (a.has("hessian") == a.has("inputs")) throw usage_error("give exactly one of --hessian and --inputs");
-  if (a.has("importance") && !a.has("inputs")) throw usage_error("--importance needs --inputs");
+  for (auto const* o : {"importance", "policy", "attention", "rmin", "rmax", "importance-power"})
+    if (a.has(o) && !a.has("inputs")) throw usage_error(std::string("--") + o + " needs --inputs");
+  if (a.has("importance") && a.has("policy")) throw usage_error("give --importance or --policy, not both");
+  if (a.has("attention") && !a.has("policy")) throw usage_error("--attention needs --policy attncon");
+  if (a.has("policy"))
+    opt.policy = rsq::importance::any_policy::parse(a.get("policy"), a.number("rmin", 0.005), a.number("rmax", 1.0));
 
   auto const w = load_float_npy<T, 2>(a.require("weight"));  // (rows, cols)
+  rsq::index_t const cols = rsq::index_t(w.shape()[1]);
+  opt.rotation = rotation_for(a, cols);
+  rsq::backend::cpu_eigen const cpu;
+
   auto const t0 = std::chrono::steady_clock::now();
-  rsq::matrix<T> h;
+  rsq::pipeline::quantized_layer<T> layer;
   if (a.has("hessian")) {
-    h = load_float_npy<T, 2>(a.get("hessian"));
+    // A given H is rotated with the weight: H ← Qᵀ·H·Q.
+    rsq::matrix<T> h = load_float_npy<T, 2>(a.get("hessian"));
+    rsq::matrix<T> wr = w;
+    if (opt.rotation)
+      std::visit(
+          [&](auto const& r) {
+            r.apply_right(rsq::view(wr));
+            r.apply_left_transpose(rsq::view(h));
+            r.apply_right(rsq::view(h));
+          },
+          rsq::rotation::make_rotation(*opt.rotation));
+    layer.rotation = opt.rotation;
+    layer.result = rsq::gptq::solve(cpu, wr, h, grid, solver);
+    if (layer.result.ok()) layer.proxy_loss = rsq::gptq::proxy_loss(wr, layer.result.dequantized, h);
+    layer.hessian = std::move(h);
   } else {
     fs::path const xp = a.get("inputs");
-    rsq::hessian_accumulator<T> acc(rsq::index_t(w.shape()[1]));
     auto const rank = npy_rank(xp);
     if (rank != 2 && rank != 3)
       throw rsq::io_error("rsq: " + xp.string() + ": inputs must be (tokens, in) or (sequences, tokens, in)");
-    if (rank == 3) {
-      auto const x = load_float_npy<T, 3>(xp);
-      if (a.has("importance")) acc.add(x, load_float_npy<T, 2>(a.get("importance")));
-      else acc.add(x);
-    } else {
-      auto const x = load_float_npy<T, 2>(xp);
-      if (a.has("importance")) acc.add(x, load_float_npy<T, 1>(a.get("importance")));
-      else acc.add(x);
+    xt::xtensor<T, 3> x;  // (sequences, tokens, in)
+    if (rank == 3) x = load_float_npy<T, 3>(xp);
+    else {
+      auto const x2 = load_float_npy<T, 2>(xp);
+      x = xt::xtensor<T, 3>(typename xt::xtensor<T, 3>::shape_type{1, x2.shape()[0], x2.shape()[1]});
+      std::copy(x2.begin(), x2.end(), x.begin());
     }
-    h = acc.hessian();
+    rsq::pipeline::layer_calibration<T> calib;
+    calib.inputs = rsq::batch_view<const T>(x);
+    xt::xtensor<float, 2> r;
+    if (a.has("importance")) {
+      fs::path const rp = a.get("importance");
+      if (npy_rank(rp) == 1) {
+        auto const r1 = load_float_npy<float, 1>(rp);
+        r = xt::xtensor<float, 2>(xt::xtensor<float, 2>::shape_type{1, r1.size()});
+        std::copy(r1.begin(), r1.end(), r.begin());
+      } else {
+        r = load_float_npy<float, 2>(rp);
+      }
+      calib.importance = rsq::matrix_view<const float>(r);
+    }
+    xt::xtensor<T, 4> attn;
+    if (a.has("attention")) {
+      fs::path const ap = a.get("attention");
+      auto const arank = npy_rank(ap);
+      if (arank == 3) {  // (heads, L, L) of a single sequence
+        auto const a3 = load_float_npy<T, 3>(ap);
+        attn = xt::xtensor<T, 4>(typename xt::xtensor<T, 4>::shape_type{1, a3.shape()[0], a3.shape()[1],
+                                                                         a3.shape()[2]});
+        std::copy(a3.begin(), a3.end(), attn.begin());
+      } else if (arank == 4) {
+        attn = load_float_npy<T, 4>(ap);
+      } else {
+        throw rsq::io_error("rsq: " + ap.string() + ": attention must be (heads, L, L) or (sequences, heads, L, L)");
+      }
+      calib.attention = rsq::tensor_view<const T, 4>(attn);
+    }
+    layer = rsq::pipeline::quantize_layer(cpu, w, calib, opt);
   }
-  double const hessian_seconds = seconds_since(t0);
-
-  auto const t1 = std::chrono::steady_clock::now();
-  auto const res = rsq::gptq::solve(rsq::backend::cpu_eigen{}, w, h, grid, opt);
-  double const solve_seconds = seconds_since(t1);
+  double const seconds = seconds_since(t0);
+  auto const& res = layer.result;
 
   std::string json = "{\"status\": " + rsq_cli::json_string(std::string(rsq::gptq::to_string(res.info)));
   char buf[512];
@@ -104,14 +180,20 @@ int run(rsq_cli::args const& a) {
                 "\"cols\": %zu, \"bits\": %d",
                 res.damp_used, res.damp_percent_used, res.damp_attempts, w.shape()[0], w.shape()[1], grid.bits);
   json += buf;
+  json += ", \"policy\": " + rsq_cli::json_string(opt.policy ? std::string(opt.policy->name())
+                                                             : (a.has("importance") ? "given" : "uniform"));
+  json += ", \"rotation\": " + rsq_cli::json_string(layer.rotation ? layer.rotation->to_string() : "none");
   if (!res.ok()) {
-    std::snprintf(buf, sizeof buf, ", \"failed_column\": %td, \"seconds\": %.6f}", res.failed_column, solve_seconds);
+    std::snprintf(buf, sizeof buf, ", \"failed_column\": %td, \"seconds\": %.6f}", res.failed_column, seconds);
     std::cout << json << buf << std::endl;
     return 3;
   }
-  double const loss = rsq::gptq::proxy_loss(w, res.dequantized, h);
-  auto const rtn = rsq::quant::quantize_rtn(rsq::make_const_view<2>(w), grid, opt.group_size);
-  double const rtn_loss = rsq::gptq::proxy_loss(w, rsq::quant::dequantize(rtn), h);
+  // RTN in the same basis, on the same Hessian, for comparison.
+  rsq::matrix<T> wr = w;
+  if (layer.rotation)
+    std::visit([&](auto const& r) { r.apply_right(rsq::view(wr)); }, rsq::rotation::make_rotation(*layer.rotation));
+  auto const rtn = rsq::quant::quantize_rtn(rsq::make_const_view<2>(wr), grid, solver.group_size);
+  double const rtn_loss = rsq::gptq::proxy_loss(wr, rsq::quant::dequantize(rtn), layer.hessian);
 
   fs::create_directories(out);
   rsq::io::save_npy(out / "Q.npy", res.dequantized);
@@ -120,11 +202,17 @@ int run(rsq_cli::args const& a) {
   rsq::io::save_npy(out / "zeros.npy", res.weight.zeros);
   rsq::io::save_npy(out / "g_idx.npy", res.weight.g_idx);
   rsq::io::save_npy(out / "perm.npy", res.perm);
+  if (layer.importance.size() > 0) rsq::io::save_npy(out / "importance.npy", layer.importance);
+  if (layer.rotation) {
+    // Q.npy is in the rotated basis (for inputs x·Q); Q_unrotated.npy = Q̂·Qᵀ is for the original inputs.
+    rsq::io::save_npy(out / "Q_unrotated.npy", layer.dequantized_in_original_basis());
+    std::ofstream(out / "rotation.txt") << layer.rotation->to_string() << "\n";
+  }
 
   std::snprintf(buf, sizeof buf,
                 ", \"groups\": %td, \"proxy_loss\": %.17g, \"rtn_proxy_loss\": %.17g, \"gptq_loss\": %.9g, "
-                "\"hessian_seconds\": %.6f, \"seconds\": %.6f}",
-                res.weight.groups(), loss, rtn_loss, res.total_loss(), hessian_seconds, solve_seconds);
+                "\"seconds\": %.6f}",
+                res.weight.groups(), layer.proxy_loss, rtn_loss, res.total_loss(), seconds);
   std::cout << json << buf << std::endl;
   return 0;
 }
@@ -170,7 +258,8 @@ int main(int argc, char** argv) {
     if (argc == 1) return demo();
     rsq_cli::args const a(argc, argv, {"sym", "act-order", "static-groups", "clip", "help"},
                           {"weight", "hessian", "inputs", "importance", "bits", "groupsize", "quantizer", "blocksize",
-                           "damp", "precision", "out"});
+                           "damp", "precision", "out", "policy", "attention", "rmin", "rmax", "importance-power",
+                           "rotate", "seed"});
     if (a.flag("help")) {
       std::puts(usage);
       return 0;

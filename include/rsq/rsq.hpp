@@ -43,3 +43,6 @@
 #include "rsq/model/llama2c.hpp"
 #include "rsq/model/tokenizer.hpp"
 #include "rsq/model/forward.hpp"
+
+// The one-layer RSQ pipeline: rotate, scale, then quantize a linear layer in one call.
+#include "rsq/pipeline/quantize_layer.hpp"

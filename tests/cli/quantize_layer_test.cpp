@@ -10,6 +10,7 @@
 #include <rsq/gptq/proxy_loss.hpp>
 #include <rsq/io/npy.hpp>
 #include <rsq/quant/quantized_weight.hpp>
+#include <rsq/rotation/any_rotation.hpp>
 
 #include "support/golden_case.hpp"
 
@@ -167,5 +168,63 @@ TEST_SUITE("cli.rsq-quantize-layer") {
     CHECK(rsq_test::json_value(r3.output, "status") == "not_positive_definite");
     CHECK(json_number(r3.output, "damp_attempts") == 50);
     CHECK_FALSE(std::filesystem::exists(out / "Q.npy"));  // nothing written for a failed solve
+  }
+  TEST_CASE("rotate and scale: --policy attncon with --attention, --rotate with --seed") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = shared / "golden" / "rsq_l2_wq_attncon_3b_sym_clip.f32";
+    auto const meta = rsq_test::read_meta(dir);
+    auto const tmp = rsq_test::temp_dir("cli_rsq");
+    // Sequence 0 alone, with its attention: the importance the tool computes is the golden one.
+    auto const x = rsq::io::load_npy<float, 3>(dir / "X.npy");
+    xt::xtensor<float, 2> x0(xt::xtensor<float, 2>::shape_type{x.shape()[1], x.shape()[2]});
+    std::copy(x.begin(), x.begin() + std::ptrdiff_t(x0.size()), x0.begin());
+    rsq::io::save_npy(tmp / "X0.npy", x0);
+    auto const r = run_tool("--weight " + (dir / "W.npy").string() + " --inputs " + (tmp / "X0.npy").string() +
+                            " --policy attncon --attention " + (dir / "attn_probs_seq0.npy").string() +
+                            flags_for(meta) + " --rotate hadamard --seed 7 --out " + (tmp / "out").string());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(rsq_test::json_value(r.output, "policy") == "attncon");
+    auto const imp = rsq::io::load_npy<float, 2>(tmp / "out" / "importance.npy");
+    auto const ref = rsq::io::load_npy<float, 2>(dir / "importance.npy");
+    for (std::size_t t = 0; t < imp.shape()[1]; ++t) CHECK(imp(0, t) == doctest::Approx(ref(0, t)).epsilon(1e-6));
+    // The rotation is recorded and rebuilds; Q_unrotated = Q·Qᵀ has the same proxy loss on the original inputs.
+    auto const text = rsq_test::read_text(tmp / "out" / "rotation.txt");
+    auto const d = rsq::rotation::rotation_descriptor::from_string(text.substr(0, text.find('\n')));
+    CHECK(d.seed == 7);
+    auto const q = rsq::io::load_npy<float, 2>(tmp / "out" / "Q.npy");
+    auto qu = q;
+    std::visit([&](auto const& rot) { rot.apply_right_transpose(rsq::view(qu)); }, rsq::rotation::make_rotation(d));
+    auto const q_unrot = rsq::io::load_npy<float, 2>(tmp / "out" / "Q_unrotated.npy");
+    CHECK(xt::allclose(q_unrot, qu, 1e-5, 1e-6));
+  }
+
+  TEST_CASE("bad combinations of the rotate/scale options") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = shared / "golden" / "rsq_l2_wq_attncon_3b_sym_clip.f32";
+    std::string const base = "--weight " + (dir / "W.npy").string() + " --bits 3 --out " +
+                             rsq_test::temp_dir("cli_bad_rs").string();
+    std::string const x = " --inputs " + (dir / "X.npy").string(), h = " --hessian " + (dir / "H.npy").string();
+    struct bad {
+      std::string args;
+      int status;
+      std::string message;
+    };
+    std::vector<bad> const cases = {
+        {base + x + " --policy foo", 1, "unknown policy"},
+        {base + x + " --policy attncon", 1, "neither attention probabilities nor queries"},
+        {base + x + " --attention " + (dir / "attn_probs_seq0.npy").string(), 2, "--attention needs --policy"},
+        {base + h + " --policy attncon", 2, "--policy needs --inputs"},
+        {base + x + " --policy actnorm --rmin 2 --rmax 1", 1, "r_min"},
+        {base + x + " --seed 3", 2, "--seed needs --rotate"},
+        {base + x + " --rotate spin", 2, "--rotate must be one of none|hadamard|random"},
+        {base + x + " --policy actnorm --importance-power 0", 1, "importance_power"},
+    };
+    for (auto const& c : cases) {
+      CAPTURE(c.args);
+      auto const r = run_tool(c.args);
+      CHECK(r.status == c.status);
+      CHECK_MESSAGE(r.output.find(c.message) != std::string::npos, r.output);
+    }
   }
 }
