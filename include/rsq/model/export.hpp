@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -154,7 +155,8 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
   js << "{\n  \"format\": \"rsq-gptq/1\",\n";
   js << "  \"model\": {\"dim\": " << c.dim << ", \"hidden_dim\": " << c.hidden_dim << ", \"n_layers\": " << c.n_layers
      << ", \"n_heads\": " << c.n_heads << ", \"n_kv_heads\": " << c.n_kv_heads << ", \"vocab_size\": " << c.vocab_size
-     << ", \"seq_len\": " << c.seq_len << ", \"norm_eps\": " << c.norm_eps << ", \"rope_theta\": " << c.rope_theta
+     << ", \"seq_len\": " << c.seq_len << ", \"norm_eps\": " << std::setprecision(7) << c.norm_eps
+     << std::setprecision(9) << ", \"rope_theta\": " << c.rope_theta
      << "},\n";
   js << "  \"method\": " << json_escape(to_string(q.method)) << ",\n";
   js << "  \"bits\": " << q.grid.bits << ",\n  \"group_size\": " << q.group_size << ",\n";
