@@ -15,13 +15,15 @@
 ///     of a rotated model), the importance-weighted Hessian H = (2/N) Σ_j Σ_t w_jt x_jt x_jtᵀ (w = L·r^p/Σr^p per
 ///     sequence, §5.1) is accumulated once per group (q/k/v share one, w1/w3 share one), and GPTQ (§6) quantizes each
 ///     linear of the group;
-///  4. the quantized layer's outputs become the next layer's inputs.
+///  4. the quantized layer's outputs become the next layer's inputs (computed from the w2 pass: its FP-w2 output plus
+///     G·(W2_q − W2)ᵀ, with G the w2 input it saw, instead of a fifth forward pass).
 ///
 /// Methods: `rtn` (round to nearest, no calibration), `gptq` (GPTQ, no rotation, uniform tokens), `quarot` (rotation
 /// of spec §2 + GPTQ, uniform tokens), `rsq` (rotation + GPTQ with AttnCon token importance). Defaults are those of
 /// the RSQ scripts (§8.3): 3 bits, symmetric, rsq quantizer convention, MSE clip search on, per-row groups, percdamp
 /// 0.01, damping escalation on (`--add_until_fail`), importance range [0.005, 1], importance power 1, no expansion.
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -31,9 +33,14 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
+#include <Eigen/Core>
+
+#include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
@@ -433,7 +440,11 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
       return true;
     };
 
-    // Passes 2-4: the Hessian of a later group from the layer with the earlier groups quantized.
+    // Passes 2-4: the Hessian of a later group from the layer with the earlier groups quantized. The w2 pass also
+    // keeps its input G (after the online Hadamard) and the layer output, from which the quantized layer's output
+    // follows without another forward pass.
+    std::vector<float> w2_in;  // (S·L, hidden)
+    activations w2_pass_out;   // (S, L, dim) with w2 still in full precision
     auto group_hessian = [&](linear_id hook_id, index_t features) {
       hessian_accumulator<T> acc(features, {}, wt);
       double hook_s = 0;
@@ -441,11 +452,15 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
       hk.linear_input = [&](linear_site const& s, rsq::matrix_view<const float> in) {
         if (s.linear != hook_id) return;
         stopwatch hw(hook_s);
-        stopwatch sw(tm.hessian);
-        acc.add(rsq::batch_view<const float>(in.data(), {S, L, features}), rv);
+        {
+          stopwatch sw(tm.hessian);
+          acc.add(rsq::batch_view<const float>(in.data(), {S, L, features}), rv);
+        }
+        if (hook_id == linear_id::w2) w2_in.assign(in.data(), in.data() + in.size());
       };
       auto const t0 = clock::now();
-      (void)forward_layer(c, layer, l, rsq::batch_view<const float>(x), hk);
+      auto out = forward_layer(c, layer, l, rsq::batch_view<const float>(x), hk);
+      if (hook_id == linear_id::w2) w2_pass_out = std::move(out);
       tm.forward += seconds_since(t0) - hook_s;
       stopwatch sw(tm.hessian);
       return acc.hessian();
@@ -465,15 +480,25 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
     bool ok = solve_group(0, h);
     if (ok) ok = solve_group(1, group_hessian(linear_id::wo, D));
     if (ok) ok = solve_group(2, group_hessian(linear_id::w1, D));
+    rsq::matrix<float> const w2_fp = layer.w2;  // (dim, hidden)
     if (ok) ok = solve_group(3, group_hessian(linear_id::w2, c.hidden_dim));
     if (!ok) {
       finish_layer();
       return;
     }
-    // Pass 5: the quantized layer's outputs are the next layer's inputs.
+    // The quantized layer's outputs are the next layer's inputs: the w2 pass computed x_mid + G·W2ᵀ with the FP
+    // W2, so adding G·(W2_q − W2)ᵀ gives the output of the fully quantized layer (to float rounding) without a fifth
+    // forward pass.
     {
       stopwatch sw(tm.forward);
-      x = forward_layer(c, layer, l, rsq::batch_view<const float>(x));
+      Eigen::MatrixXf delta = cpu::as_eigen(rsq::view(layer.w2)) - cpu::as_eigen(rsq::view(w2_fp));  // (dim, hidden)
+      Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const> g(w2_in.data(), S * L,
+                                                                                               c.hidden_dim);
+      Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(w2_pass_out.data(),
+                                                                                             S * L, D);
+      out.noalias() += g * delta.transpose();
+      x = std::move(w2_pass_out);
+      w2_in = {};
     }
     finish_layer();
   }
