@@ -4,6 +4,8 @@
 //
 //   bench_linalg [repetitions=3] [--double]
 //
+// Columns: median seconds, GFLOP/s, % of the 4096^3 SGEMM rate at the top, % of the median rate of a 2048^3 SGEMM
+// probe run just before each repetition (the 2-core machine is shared: the load moves during a run).
 // Flop counts: GEMM 2 m n k; Cholesky n^3/3; upper_cholesky_of_inverse 2/3 n^3 (chol + triangular inverse);
 // the reference trio (LLT, inverse via LLT solve, LLT again) 4/3 n^3 at its own time; SYRK N n^2.
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,16 +28,25 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+// The machine is shared, so the load can change between the SGEMM at the top and a row further down. Before each
+// repetition a 2048^3 SGEMM probe runs (when set), and each row also reports its rate relative to the median probe
+// rate of its own repetitions.
+std::function<double()> probe;  // returns GFLOP/s
+double probe_median = 0;
+
 template <class Setup, class Run>
 double median_seconds(int reps, Setup const& setup, Run const& run) {
-  std::vector<double> t;
+  std::vector<double> t, p;
   for (int r = 0; r < reps; ++r) {
+    if (probe) p.push_back(probe());
     setup();
     auto const t0 = clock_type::now();
     run();
     t.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
   }
   std::sort(t.begin(), t.end());
+  std::sort(p.begin(), p.end());
+  probe_median = p.empty() ? 0 : p[p.size() / 2];
   return t[t.size() / 2];
 }
 
@@ -100,7 +112,8 @@ double gemm_rate = 0;  // GFLOP/s of the GEMM of this precision, 4096^3
 
 void row(char const* op, Eigen::Index n, double seconds, double flops) {
   double const gf = flops / seconds * 1e-9;
-  std::printf("| %-44s | %5ld | %9.4f | %8.1f | %6.1f%% |\n", op, long(n), seconds, gf, 100.0 * gf / gemm_rate);
+  std::printf("| %-44s | %5ld | %9.4f | %8.1f | %6.1f%% | %6.1f%% |\n", op, long(n), seconds, gf, 100.0 * gf / gemm_rate,
+              probe_median > 0 ? 100.0 * gf / probe_median : 100.0);
 }
 
 volatile double sink = 0;  // keeps results alive
@@ -109,9 +122,11 @@ template <class T>
 void run(int reps) {
   char const* tn = sizeof(T) == 4 ? "float" : "double";
   std::printf("\n### %s, %d threads (Eigen::nbThreads), median of %d\n\n", tn, Eigen::nbThreads(), reps);
-  std::printf("| %-44s | %5s | %9s | %8s | %7s |\n", "operation", "n", "seconds", "GFLOP/s", "% GEMM");
-  std::printf("|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(7, '-').c_str(),
-              std::string(11, '-').c_str(), std::string(10, '-').c_str(), std::string(9, '-').c_str());
+  std::printf("| %-44s | %5s | %9s | %8s | %7s | %7s |\n", "operation", "n", "seconds", "GFLOP/s", "% GEMM",
+              "% probe");
+  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(7, '-').c_str(),
+              std::string(11, '-').c_str(), std::string(10, '-').c_str(), std::string(9, '-').c_str(),
+              std::string(9, '-').c_str());
   {
     Eigen::Index const n = 4096;
     mat<T> a = random_matrix<mat<T>>(n, n, 1), b = random_matrix<mat<T>>(n, n, 2), c(n, n);
@@ -121,6 +136,14 @@ void run(int reps) {
     row("GEMM C = A B (4096^3)", n, s, 2.0 * double(n) * n * n);
     sink = sink + double(c(1, 2));
   }
+  Eigen::Index const pn = 2048;
+  mat<T> const pa = random_matrix<mat<T>>(pn, pn, 3), pb = random_matrix<mat<T>>(pn, pn, 4);
+  mat<T> pc(pn, pn);
+  probe = [&] {
+    auto const t0 = clock_type::now();
+    pc.noalias() = pa * pb;
+    return 2.0 * double(pn) * pn * pn / std::chrono::duration<double>(clock_type::now() - t0).count() * 1e-9;
+  };
   for (Eigen::Index n : {1024, 2048, 4096}) {
     mat<T> const a0 = spd<T>(n, unsigned(n));
     double const nd = double(n), chol_flops = nd * nd * nd / 3;
@@ -201,6 +224,7 @@ void run(int reps) {
     }
     sink = sink + double(c(0, 0));
   }
+  probe = nullptr;
 }
 
 }  // namespace

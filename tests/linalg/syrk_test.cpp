@@ -5,6 +5,9 @@
 #endif
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <rsq/backend/cpu/linalg.hpp>
 
 #include "linalg/linalg_support.hpp"
@@ -98,6 +101,23 @@ TEST_SUITE("linalg.syrk") {
       CHECK(big.topRows(2).isConstant(3.0));
       CHECK(big.col(0).isConstant(3.0));
     }
+  }
+
+  TEST_CASE_TEMPLATE("many tokens of a row-major x: chunked through the transposing buffers", T, float, double) {
+    // 7000 tokens at n = 600 make three chunks (two buffers, one of them reused), on several threads.
+    int const saved = Eigen::nbThreads();
+    Eigen::setNbThreads(std::max(saved, 2));
+    Eigen::Index const n = 600, tokens = 7000;
+    matd const xd = random_matrix(tokens, n, 61).cast<T>().template cast<double>();
+    matd const c0 = random_matrix(n, n, 67).cast<T>().template cast<double>();
+    matd ref = c0;
+    ref.noalias() += 0.5 * xd.transpose() * xd;  // float64 product
+    row_mat<T> const x = xd.cast<T>();
+    mat<T> const before = c0.cast<T>();
+    mat<T> c = before;
+    rsq::cpu::syrk_lower_update(c, x, T(0.5));
+    Eigen::setNbThreads(saved);
+    check_update(c, ref, before, xd, eps<T>() * (1 + std::sqrt(double(tokens)) / 2));
   }
 
   TEST_CASE("two batches add up to one batch of all tokens, and zero tokens change nothing") {

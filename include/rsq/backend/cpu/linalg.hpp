@@ -69,6 +69,25 @@ inline constexpr index_t syrk_tile = 256;
   return h < n ? h : n / 2;
 }
 
+/// dst = src^T for a column-major (rows x cols) src and a column-major (cols x rows) dst, through a 64 x 64 buffer:
+/// the strided side of each tile is read or written in cache, both loops over memory run along columns (5x faster
+/// than Eigen's assignment of a transposed block at n = 4096).
+template <class T>
+void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_t rows, index_t cols) {
+  constexpr index_t b = 64;
+  std::vector<T> buf(std::size_t(b * b));
+  for (index_t c0 = 0; c0 < cols; c0 += b) {
+    index_t const cb = std::min(b, cols - c0);
+    for (index_t r0 = 0; r0 < rows; r0 += b) {
+      index_t const rb = std::min(b, rows - r0);
+      for (index_t c = 0; c < cb; ++c)
+        for (index_t r = 0; r < rb; ++r) buf[std::size_t(c * b + r)] = src[(r0 + r) + (c0 + c) * ld_src];
+      for (index_t r = 0; r < rb; ++r)
+        for (index_t c = 0; c < cb; ++c) dst[(c0 + c) + (r0 + r) * ld_dst] = buf[std::size_t(c * b + r)];
+    }
+  }
+}
+
 /// Threads available to a parallel region started here: one inside somebody else's parallel region.
 [[nodiscard]] inline int available_threads() {
 #if defined(_OPENMP)
@@ -292,6 +311,68 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
   }
 }
 
+/// Scratch memory of the calling thread, kept between calls: fresh pages are costly (a first touch of 32 MB took
+/// 120-200 ms on the sandboxed development machines), and a Hessian is accumulated batch by batch.
+template <class T>
+[[nodiscard]] T* scratch(std::size_t size) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
+}
+
+/// Tiled SYRK for a factor A (n x tokens) stored column-major, i.e. x row-major as activations usually are. Eigen's
+/// GEMM is about 15% slower when the depth (tokens) is the strided dimension of both operands, so the tokens are
+/// taken in chunks, each transposed (by tasks, one per block of features) into one of two buffers where the tokens
+/// are contiguous, and the tile products read the buffer. Dependences: a tile waits for the copies of its two
+/// feature blocks; the copy of a block into a buffer waits for the tiles of the chunk before that still read it;
+/// the chunks' updates of one tile of C are serialised.
+template <class T>
+void syrk_lower_tasks_transposing(col_ref<T> c, factor_ref<eigen_col_matrix<T>> const& a, T alpha, int threads) {
+  index_t const n = c.rows(), tokens = a.cols(), nb = syrk_tile, nt = (n + nb - 1) / nb;
+  // Two buffers of at most 2M elements (8 MB in float) each, chunks of a multiple of 256 tokens (at least 256).
+  index_t const kc = std::min(tokens, std::max<index_t>(256, (index_t(1) << 21) / n / 256 * 256));
+  T* const buf = scratch<T>(std::size_t(2 * n * kc));  // buffer b: (kc, n) column-major = A chunk row-major
+  std::vector<char> dep_storage(std::size_t(2 * nt + nt * nt));
+  char* const bdep = dep_storage.data();  // feature block p of buffer b: bdep[b * nt + p]
+  char* const cdep = bdep + 2 * nt;       // tile (i, j) of C
+  using buffer_map = Eigen::Map<const eigen_row_matrix<T>, 0, Eigen::OuterStride<>>;
+  T const* const src = a.data();
+  index_t const lda = a.outerStride();
+  // Declared out here: deferred tasks must not refer to objects of a loop iteration that has ended.
+  auto const tile_task = [&](index_t i, index_t j, T const* chunk, index_t kq) {
+    buffer_map const ab(chunk, n, kq, Eigen::OuterStride<>(kc));
+    index_t const r0 = i * nb, c0 = j * nb, rb = std::min(nb, n - r0), cb = std::min(nb, n - c0);
+    if (i == j)
+      syrk_lower<T, eigen_row_matrix<T>>(c.block(r0, r0, rb, rb), ab.middleRows(r0, rb), alpha);
+    else
+      c.block(r0, c0, rb, cb).noalias() += (alpha * ab.middleRows(r0, rb)) * ab.middleRows(c0, cb).transpose();
+  };
+
+#pragma omp parallel num_threads(threads)
+#pragma omp single
+  for (index_t q0 = 0, q = 0; q0 < tokens; q0 += kc, ++q) {
+    index_t const kq = std::min(kc, tokens - q0), b = q % 2;
+    T* const chunk = buf + b * n * kc;
+    char* const dep = bdep + b * nt;
+    for (index_t p = 0; p < nt; ++p) {
+#pragma omp task default(shared) firstprivate(p, q0, kq, chunk) depend(inout : dep[p])
+      {
+        index_t const r0 = p * nb, rb = std::min(nb, n - r0);
+        transpose_copy(src + r0 + q0 * lda, lda, chunk + r0 * kc, kc, rb, kq);  // A(r0.., q0..) -> buffer
+      }
+    }
+    for (index_t i = 0; i < nt; ++i) {
+      for (index_t j = 0; j < i; ++j) {
+#pragma omp task default(shared) firstprivate(i, j, kq, chunk) depend(in : dep[i], dep[j]) \
+    depend(inout : cdep[i * nt + j])
+        tile_task(i, j, chunk, kq);
+      }
+#pragma omp task default(shared) firstprivate(i, kq, chunk) depend(in : dep[i]) depend(inout : cdep[i * nt + i])
+      tile_task(i, i, chunk, kq);
+    }
+  }
+}
+
 #endif  // _OPENMP
 
 /// Runs the Cholesky and/or the inverse on the available threads: tasks when there are several threads and at
@@ -313,7 +394,12 @@ template <class T, class Plain>
 void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
 #if defined(_OPENMP)
   int const threads = available_threads();
-  if (threads > 1 && c.rows() > syrk_tile) return syrk_lower_tasks<T, Plain>(c, a, alpha, threads);
+  if (threads > 1 && c.rows() > syrk_tile) {
+    if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
+      if (a.cols() >= 1024) return syrk_lower_tasks_transposing<T>(c, a, alpha, threads);
+    }
+    return syrk_lower_tasks<T, Plain>(c, a, alpha, threads);
+  }
 #endif
   syrk_lower<T, Plain>(c, a, alpha);
 }
@@ -331,22 +417,14 @@ void expect_square(col_ref<T> const& a, char const* fn, char const* name) {
 template <class T>
 void symmetrize_from_lower(col_ref<T> c) {
   detail::linalg::expect_square<T>(c, "symmetrize_from_lower", "c");
-  // Tiled transpose through a buffer: the strided reads of one 64 x 64 tile touch few pages, and both copy loops
-  // run along contiguous columns (5x faster than assigning `block.transpose()` at n = 4096).
+  // Block by block (64 wide): the strict upper part of block column j0 is the transpose of block row j0.
   constexpr index_t b = 64;
   index_t const n = c.rows(), ld = c.outerStride();
   T* const p = c.data();
-  std::vector<T> buf(std::size_t(b * b));
   for (index_t j0 = 0; j0 < n; j0 += b) {
     index_t const jb = std::min(b, n - j0);
-    for (index_t i0 = 0; i0 < j0; i0 += b) {
-      index_t const ib = std::min(b, j0 - i0);
-      // Source: rows [j0, j0+jb) of columns [i0, i0+ib); destination: rows [i0, i0+ib) of columns [j0, j0+jb).
-      for (index_t i = 0; i < ib; ++i)
-        for (index_t j = 0; j < jb; ++j) buf[std::size_t(j * b + i)] = p[(j0 + j) + (i0 + i) * ld];
-      for (index_t j = 0; j < jb; ++j)
-        for (index_t i = 0; i < ib; ++i) p[(i0 + i) + (j0 + j) * ld] = buf[std::size_t(j * b + i)];
-    }
+    // rows [j0, j0+jb) x columns [0, j0) of the lower part -> rows [0, j0) x columns [j0, j0+jb)
+    detail::linalg::transpose_copy(p + j0, ld, p + j0 * ld, ld, jb, j0);
     for (index_t j = j0; j < j0 + jb; ++j)
       for (index_t i = j0; i < j; ++i) p[i + j * ld] = p[j + i * ld];
   }
