@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// cuBLAS and cuSOLVER handles and reusable device workspaces, cached per (thread, device, stream). Handles are
+/// owned by std::unique_ptr with deleters; a context is created on first use and lives until its thread ends.
+/// Internal (includes the CUDA headers): used by the CUDA translation unit.
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "rsq/backend/cuda/check.hpp"
+
+namespace rsq::cuda::detail {
+
+struct cublas_deleter {
+  void operator()(cublasContext* h) const noexcept { (void)cublasDestroy(h); }
+};
+struct cusolver_deleter {
+  void operator()(cusolverDnContext* h) const noexcept { (void)cusolverDnDestroy(h); }
+};
+struct cusolver_params_deleter {
+  void operator()(cusolverDnParams* p) const noexcept { (void)cusolverDnDestroyParams(p); }
+};
+struct device_deleter {
+  void operator()(void* p) const noexcept {
+    if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+  }
+};
+
+using cublas_handle = std::unique_ptr<cublasContext, cublas_deleter>;
+using cusolver_handle = std::unique_ptr<cusolverDnContext, cusolver_deleter>;
+using cusolver_params = std::unique_ptr<cusolverDnParams, cusolver_params_deleter>;
+using device_buffer = std::unique_ptr<void, device_deleter>;
+
+/// Named scratch buffers that only grow; work on one stream is ordered, so a buffer may be reused by the next call
+/// as soon as this one has queued its work.
+enum class scratch { solver_work, host_work, info, factor, hessian_stage, hessian_weights, hessian_upload, gptq_e, gptq_w1,
+                     reduce, count_ };
+
+/// What the backend keeps per (thread, device, stream).
+class context {
+ public:
+  context(int device, cudaStream_t stream) : device_(device), stream_(stream) {
+    cublasHandle_t b = nullptr;
+    RSQ_CUBLAS_CHECK(cublasCreate(&b));
+    blas_.reset(b);
+    RSQ_CUBLAS_CHECK(cublasSetStream(b, stream));
+    // Strict IEEE fp32 GEMMs unless a caller asks for TF32 explicitly (cublasGemmEx with a TF32 compute type).
+    RSQ_CUBLAS_CHECK(cublasSetMathMode(b, CUBLAS_DEFAULT_MATH));
+    cusolverDnHandle_t s = nullptr;
+    RSQ_CUSOLVER_CHECK(cusolverDnCreate(&s));
+    solver_.reset(s);
+    RSQ_CUSOLVER_CHECK(cusolverDnSetStream(s, stream));
+    cusolverDnParams_t p = nullptr;
+    RSQ_CUSOLVER_CHECK(cusolverDnCreateParams(&p));
+    params_.reset(p);
+  }
+
+  [[nodiscard]] cublasHandle_t blas() const noexcept { return blas_.get(); }
+  [[nodiscard]] cusolverDnHandle_t solver() const noexcept { return solver_.get(); }
+  [[nodiscard]] cusolverDnParams_t params() const noexcept { return params_.get(); }
+  [[nodiscard]] cudaStream_t stream() const noexcept { return stream_; }
+  [[nodiscard]] int device() const noexcept { return device_; }
+
+  /// A device buffer of at least @p bytes for @p slot (contents undefined).
+  void* buffer(scratch slot, std::size_t bytes) {
+    auto& b = buffers_[std::size_t(slot)];
+    if (bytes > b.second || !b.first) {
+      if (b.first) RSQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work queued on the old buffer must finish
+      b.first.reset();
+      void* p = nullptr;
+      RSQ_CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
+      b.first.reset(p);
+      b.second = bytes;
+    }
+    return b.first.get();
+  }
+  template <class T>
+  T* buffer(scratch slot, std::size_t count) {
+    return static_cast<T*>(buffer(slot, count * sizeof(T)));
+  }
+
+  /// A host buffer of at least @p bytes (cuSOLVER's host workspace).
+  void* host_buffer(std::size_t bytes) {
+    if (bytes > host_.size()) host_.resize(bytes);
+    return host_.empty() ? nullptr : host_.data();
+  }
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+  cublas_handle blas_;
+  cusolver_handle solver_;
+  cusolver_params params_;
+  std::pair<device_buffer, std::size_t> buffers_[std::size_t(scratch::count_)]{};
+  std::vector<unsigned char> host_;
+};
+
+/// The context of the calling thread for the current device and @p stream.
+inline context& context_for(cudaStream_t stream) {
+  thread_local std::map<std::pair<int, cudaStream_t>, std::unique_ptr<context>> contexts;
+  int device = 0;
+  RSQ_CUDA_CHECK(cudaGetDevice(&device));
+  auto& c = contexts[{device, stream}];
+  if (!c) c = std::make_unique<context>(device, stream);
+  return *c;
+}
+
+}  // namespace rsq::cuda::detail

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// Definitions of rsq::cuda::hadamard_transform (<rsq/backend/cuda/hadamard.hpp>).
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "rsq/backend/cuda/hadamard.hpp"
+#include "rsq/backend/cuda/impl/common.cuh"
+#include "rsq/backend/cuda/kernels/hadamard.cuh"
+#include "rsq/rotation/hadamard_matrices.hpp"
+
+namespace rsq::cuda::detail {
+
+/// The mix tables of op(hadK), uploaded once per (thread, device, construction, transpose): bits (ceil(K/16), K) with
+/// bit q of [c·K + a] set when op(hadK)[16c + q][a] = +1, and the same as floats ±1, (ceil(K/16), K, 16).
+struct hadamard_mix {
+  device_array<std::uint16_t> bits;
+  device_array<float> signs;
+};
+
+inline hadamard_mix const& hadamard_mix_tables(rotation::hadamard_plan const& plan, bool transpose) {
+  thread_local std::map<std::tuple<int, int, index_t, index_t, bool>, hadamard_mix> cache;
+  int const device = runtime_api<>::current_device();
+  auto const key = std::make_tuple(device, int(plan.kind), plan.k, plan.q, transpose);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  rotation::sign_matrix const* h = nullptr;
+  rotation::sign_matrix owned;
+  if (plan.kind == rotation::hadamard_kind::reference) {
+    h = &rotation::reference_hadamard(plan.k);
+  } else {
+    owned = plan.kind == rotation::hadamard_kind::paley1 ? rotation::paley1_hadamard(plan.q)
+                                                         : rotation::paley2_hadamard(plan.q);
+    h = &owned;
+  }
+  index_t const k = plan.k, chunks = (k + 15) / 16;
+  std::vector<std::uint16_t> bits(std::size_t(chunks * k), 0);
+  std::vector<float> signs(std::size_t(chunks * k * 16), 0.0f);
+  for (index_t a = 0; a < k; ++a)      // output index
+    for (index_t b = 0; b < k; ++b) {  // input index
+      std::int8_t const v = transpose ? (*h)(b, a) : (*h)(a, b);
+      if (v > 0) bits[std::size_t((a / 16) * k + b)] |= std::uint16_t(1u << (a % 16));
+      signs[std::size_t(((a / 16) * k + b) * 16 + a % 16)] = float(v);
+    }
+  hadamard_mix t{to_device(bits), to_device(signs)};
+  return cache.emplace(key, std::move(t)).first->second;
+}
+
+template <class T, int NT, bool VEC>
+void launch_hadamard(T* x, index_t ld, index_t rows, rotation::hadamard_plan const& plan, hadamard_mix const* mix,
+                     std::int8_t const* pre, std::int8_t const* post, T scale, cudaStream_t s) {
+  int const n = int(plan.n), k = int(plan.k), m = int(plan.m), chunks = (k + 15) / 16;
+  std::size_t const row_bytes = std::size_t(kernels::padded(n) + 1) * sizeof(T);
+  std::size_t const float_table = k > 1 ? std::size_t(chunks * k * 16) * sizeof(float) : 0;
+  // The ±1 floats make the mix one FMA per (output, input); where they do not fit next to the row, the bit table.
+  bool const use_floats = k > 1 && row_bytes + float_table <= std::size_t(220) << 10;
+  std::size_t const smem = row_bytes + (use_floats ? float_table : std::size_t((chunks * k + 7) / 8 * 8) * 2) + 16;
+  auto* const kernel = &kernels::hadamard_kernel<T, NT, VEC>;
+  RSQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int device = 0, sms = 0, per_sm = 0;
+  RSQ_CUDA_CHECK(cudaGetDevice(&device));
+  RSQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  RSQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, NT, smem));
+  index_t const grid = std::min<index_t>(rows, index_t(sms) * std::max(per_sm, 1));
+  float const* signs = use_floats ? mix->signs.data() : nullptr;
+  std::uint16_t const* bits = (k > 1 && !use_floats) ? mix->bits.data() : nullptr;
+  kernel<<<unsigned(grid), NT, smem, s>>>(x, ld, rows, n, m, k, signs, bits, pre, post, scale);
+  RSQ_CUDA_CHECK_LAUNCH("hadamard_kernel");
+}
+
+}  // namespace rsq::cuda::detail
+
+namespace rsq::cuda {
+
+template <class T>
+void hadamard_transform(backend::cuda const& be, matrix_view<T> rows, rotation::hadamard_options const& opt,
+                        std::span<std::int8_t const> pre_signs, std::span<std::int8_t const> post_signs,
+                        bool transpose) {
+  index_t const n = rows.cols();
+  RSQ_EXPECTS(n > 0 && rows.rows() > 0, "cuda::hadamard_transform: the matrix is empty ",
+              rsq::detail::shape_string(rows));
+  RSQ_EXPECTS(rows.data() != nullptr, "cuda::hadamard_transform: the view has no data");
+  auto const plan = rotation::plan_hadamard(n, opt);
+  RSQ_EXPECTS(plan.kind != rotation::hadamard_kind::block_diagonal, "cuda::hadamard_transform: n = ", n,
+              " has no K·2^m construction (its plan is ", plan.to_string(),
+              "); the block-diagonal fallback runs on the CPU backend only");
+  RSQ_EXPECTS(n <= hadamard_max_length<T>, "cuda::hadamard_transform: rows of length ", n,
+              " do not fit in shared memory (at most ", hadamard_max_length<T>, " for this type)");
+  RSQ_EXPECTS(plan.k <= 256, "cuda::hadamard_transform: the construction ", plan.to_string(),
+              " has a factor of order ", plan.k, " > 256, which the GPU mix does not take");
+  for (auto const* sg : {&pre_signs, &post_signs}) {
+    RSQ_EXPECTS(sg->empty() || index_t(sg->size()) == n, "cuda::hadamard_transform: ", sg->size(),
+                " signs for rows of length ", n);
+    for (std::size_t i = 0; i < sg->size(); ++i)
+      RSQ_EXPECTS((*sg)[i] == 1 || (*sg)[i] == -1, "cuda::hadamard_transform: sign ", i, " is ", int((*sg)[i]),
+                  ", expected +1 or -1");
+  }
+  bool const on_device = is_device_pointer(rows.data());
+  if (on_device)
+    RSQ_EXPECTS(rows.stride(1) == 1 && rows.stride(0) >= n, "cuda::hadamard_transform: device rows must be contiguous "
+                "(column stride 1, row stride >= n), got strides (", rows.stride(0), ", ", rows.stride(1), ")");
+  auto& ctx = detail::context_for(be.stream);
+  cudaStream_t const s = ctx.stream();
+  double const sc = opt.scaling == rotation::hadamard_scaling::orthonormal
+                        ? 1.0 / std::sqrt(double(n))
+                        : 1.0 / double(std::sqrt(float(n)));
+  device_array<std::int8_t> pre, post;
+  if (!pre_signs.empty()) pre = to_device(std::vector<std::int8_t>(pre_signs.begin(), pre_signs.end()), be);
+  if (!post_signs.empty()) post = to_device(std::vector<std::int8_t>(post_signs.begin(), post_signs.end()), be);
+  detail::hadamard_mix const* mix = plan.k > 1 ? &detail::hadamard_mix_tables(plan, transpose) : nullptr;
+
+  device_array<T> staged;
+  T* x = rows.data();
+  index_t ld = rows.stride(0);
+  if (!on_device) {
+    staged = detail::to_device_matrix<T, T>(matrix_view<const T>(rows), false, s);
+    x = staged.data();
+    ld = n;
+  }
+  // 16-byte loads when every row starts 16-byte aligned.
+  bool const vec = n % 8 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && (ld * index_t(sizeof(T))) % 16 == 0;
+  auto launch = [&]<int NT>() {
+    if (vec) detail::launch_hadamard<T, NT, true>(x, ld, rows.rows(), plan, mix, pre.data(), post.data(), T(sc), s);
+    else detail::launch_hadamard<T, NT, false>(x, ld, rows.rows(), plan, mix, pre.data(), post.data(), T(sc), s);
+  };
+  if (n >= 16384 && sizeof(T) == 4) launch.template operator()<1024>();  // double at 1024 threads would spill
+  else if (n >= 2048) launch.template operator()<512>();
+  else launch.template operator()<256>();
+  if (!on_device) {
+    std::vector<T> back(static_cast<std::size_t>(rows.rows() * n));
+    detail::runtime_api<>::copy(back.data(), staged.data(), back.size() * sizeof(T), s);
+    for (index_t r = 0; r < rows.rows(); ++r)
+      for (index_t c = 0; c < n; ++c) rows(r, c) = back[std::size_t(r * n + c)];
+  } else {
+    RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // the sign arrays are freed on return
+  }
+}
+
+}  // namespace rsq::cuda

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// Definitions of detail::runtime_api (see <rsq/backend/cuda/memory.hpp>).
+
+#include "rsq/backend/cuda/check.hpp"
+#include "rsq/backend/cuda/memory.hpp"
+
+namespace rsq::cuda::detail {
+
+template <class D>
+void* runtime_api<D>::allocate(std::size_t bytes) {
+  void* p = nullptr;
+  RSQ_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+template <class D>
+void runtime_api<D>::release(void* p) noexcept {
+  // Destructors must not throw; a failing cudaFree here means the context is already gone (process exit).
+  if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+template <class D>
+memory_space runtime_api<D>::where(void const* p) {
+  if (p == nullptr) return memory_space::host;
+  cudaPointerAttributes a{};
+  cudaError_t const e = cudaPointerGetAttributes(&a, p);
+  if (e == cudaErrorInvalidValue) {  // some drivers report unregistered host memory this way
+    (void)cudaGetLastError();
+    return memory_space::host;
+  }
+  RSQ_CUDA_CHECK(e);
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? memory_space::device
+                                                                           : memory_space::host;
+}
+
+template <class D>
+void runtime_api<D>::copy(void* dst, void const* src, std::size_t bytes, CUstream_st* stream) {
+  if (bytes == 0) return;
+  RSQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+template <class D>
+void runtime_api<D>::copy_2d(void* dst, std::size_t dpitch, void const* src, std::size_t spitch, std::size_t width,
+                             std::size_t height, CUstream_st* stream) {
+  if (width == 0 || height == 0) return;
+  RSQ_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDefault, stream));
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+template <class D>
+void runtime_api<D>::fill_zero(void* dst, std::size_t bytes, CUstream_st* stream) {
+  if (bytes == 0) return;
+  RSQ_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream));
+}
+
+template <class D>
+void runtime_api<D>::synchronize(CUstream_st* stream) {
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+template <class D>
+int runtime_api<D>::device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+template <class D>
+int runtime_api<D>::current_device() {
+  int d = 0;
+  RSQ_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+}  // namespace rsq::cuda::detail
