@@ -519,12 +519,14 @@ void syrk_lower_update(Eigen::Ref<eigen_col_matrix<std::type_identity_t<T>>> c, 
   RSQ_EXPECTS(x.cols() == c.rows(), "syrk_lower_update: x must have as many columns as c has rows, got x (",
               x.rows(), " x ", x.cols(), ") and c (", c.rows(), " x ", c.cols(), ")");
   if (x.rows() == 0) return;
-  // x^T (n x tokens) as a direct-access matrix of the matching storage order: no copy for matrices, maps, blocks.
-  using xt_plain = std::conditional_t<bool(X::IsRowMajor), eigen_col_matrix<T>, eigen_row_matrix<T>>;
-  if constexpr (std::is_same_v<typename X::Scalar, T>)
+  if constexpr ((int(X::Flags) & Eigen::DirectAccessBit) != 0 && std::is_same_v<typename X::Scalar, T>) {
+    // x^T (n x tokens) in x's own storage: no copy for matrices, maps and blocks.
+    using xt_plain = std::conditional_t<bool(X::IsRowMajor), eigen_col_matrix<T>, eigen_row_matrix<T>>;
     detail::linalg::syrk_lower_parallel<T, xt_plain>(c, x.transpose(), alpha);
-  else
-    detail::linalg::syrk_lower_parallel<T, xt_plain>(c, x.transpose().template cast<T>(), alpha);
+  } else {
+    // Evaluated once anyway: into the layout that Eigen's GEMM reads fastest (tokens contiguous).
+    detail::linalg::syrk_lower_parallel<T, eigen_row_matrix<T>>(c, x.transpose().template cast<T>(), alpha);
+  }
 }
 
 }  // namespace rsq::cpu
