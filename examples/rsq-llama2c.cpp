@@ -6,7 +6,8 @@
 //               [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]
 //               [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1]
 //               [--seed 0] [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym]
-//               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--out model.bin] [--packed DIR] [--quiet]
+//               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR]
+//               [--quiet]
 //
 // A "story" is a paragraph of the text (blank-line separated; story 0 of tinystories_val.txt is 85 tokens with BOS).
 // Defaults for --model/--tokenizer/--text: $RSQ_SHARED_DIR/data/..., else ../shared or ../../shared relative to the
@@ -42,7 +43,7 @@ constexpr char usage[] =
     "       [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]\n"
     "       [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1] [--seed 0]\n"
     "       [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym] [--no-clip] [--damp 0.01]\n"
-    "       [--act-order] [--f64] [--out model.bin] [--packed DIR] [--quiet]";
+    "       [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR] [--quiet]";
 
 constexpr char where_to_get[] =
     "stories260K not found: pass --model, --tokenizer and --text, or set RSQ_SHARED_DIR to a folder with "
@@ -113,6 +114,7 @@ run_config parse_config(rsq_cli::args const& a) {
   o.rotation.kind = a.choice("rotation", {"hadamard", "random"}) == "hadamard" ? residual_rotation::randomized_hadamard
                                                                                  : residual_rotation::random_orthogonal;
   o.rotation.center_embeddings = a.flag("center-embeddings");
+  if (a.has("rotate")) o.rotate = a.choice("rotate", {"on", "off"}) == "on";
   rc.quiet = a.flag("quiet");
   try {
     rc.calib = parse_story_range(a.get("calib-stories", "0:500"), "--calib-stories");
@@ -129,9 +131,26 @@ run_config parse_config(rsq_cli::args const& a) {
   return rc;
 }
 
-void print_layer(quant_method method, layer_report const& r) {
+/// Effective number of tokens per sequence of the Hessian weights w ∝ r^p: (Σw)²/Σw², averaged over sequences
+/// (L for uniform weights; a handful when the importance sits on a few tokens).
+double effective_tokens(rsq::matrix_view<const float> r, double power) {
+  double total = 0;
+  for (rsq::index_t j = 0; j < r.rows(); ++j) {
+    double s = 0, s2 = 0;
+    for (rsq::index_t t = 0; t < r.cols(); ++t) {
+      double const w = std::pow(double(r(j, t)), power);
+      s += w;
+      s2 += w * w;
+    }
+    total += s2 > 0 ? s * s / s2 : 0;
+  }
+  return total / double(r.rows());
+}
+
+void print_layer(quant_method method, layer_report const& r, double ess) {
   std::fprintf(stderr, "rsq-llama2c: %-6s layer %d/%d", std::string(to_string(method)).c_str(), r.layer + 1,
                r.n_layers);
+  if (ess > 0) std::fprintf(stderr, "  eff. tokens %.1f", ess);
   for (auto const& l : r.linears) {
     std::fprintf(stderr, "  %s %.3g", std::string(name(l.linear)).c_str(), l.loss);
     if (l.info != rsq::gptq::status::ok) std::fprintf(stderr, " NOT POSITIVE DEFINITE");
@@ -159,7 +178,11 @@ std::optional<method_outcome> run_method(llama_model const& fp, quant_method met
     opt.policy.reset();
   }
   quantize_observer obs;
-  if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_layer(method, r); };
+  double ess = 0;
+  if (!rc.quiet) {
+    obs.on_importances = [&](int, rsq::matrix_view<const float> r) { ess = effective_tokens(r, opt.importance_power); };
+    obs.on_layer = [&](layer_report const& r) { print_layer(method, r, ess); };
+  }
   method_outcome out{quantize_model(fp, rsq::view(calib), opt, obs), {}};
   if (!out.q.ok()) {
     std::fprintf(stderr,
@@ -190,7 +213,8 @@ int run(rsq_cli::args const& a) {
         (a.has("r-min") || a.has("r-max")))
       throw usage_error("--r-min and --r-max set the range of a token-importance policy: use --method rsq or --policy");
   }
-  if (compare && (a.has("out") || a.has("packed"))) throw usage_error("--out and --packed need --method, not --compare");
+  if (compare && (a.has("out") || a.has("packed") || a.has("rotate")))
+    throw usage_error("--out, --packed and --rotate need --method, not --compare");
 
   fs::path const model_path = data_path(a, "model", "data/models/stories260K.bin");
   fs::path const tok_path = data_path(a, "tokenizer", "data/models/tok512.bin");
@@ -228,8 +252,10 @@ int run(rsq_cli::args const& a) {
   if (!compare) {
     auto const out = run_method(fp, method, rc, false, calib, eval);
     if (!out) return 3;
-    std::printf("method %s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
-                std::string(to_string(method)).c_str(), rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
+    std::printf("method %s%s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
+                std::string(to_string(method)).c_str(),
+                out->q.rotation.has_value() == rotates(method) ? "" : (out->q.rotation ? " (rotated)" : " (unrotated)"),
+                rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
                 static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
                 out->q.timings.total);
     if (a.has("out")) {
@@ -280,7 +306,7 @@ int main(int argc, char** argv) {
                     {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "quiet", "help"},
                     {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
-                     "rotation", "quantizer", "damp", "out", "packed"});
+                     "rotation", "rotate", "quantizer", "damp", "out", "packed"});
     if (a.flag("help") || argc == 1) {
       std::puts(usage);
       return argc == 1 ? 2 : 0;
@@ -290,7 +316,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "rsq-llama2c: error: %s\n", e.what());
     return 2;
   } catch (std::exception const& e) {
-    std::fprintf(stderr, "rsq-llama2c: error: %s\n", e.what());
+    std::string msg = e.what();
+    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);  // library messages start with "rsq: "
+    std::fprintf(stderr, "rsq-llama2c: error: %s\n", msg.c_str());
     return 1;
   }
 }

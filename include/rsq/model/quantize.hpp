@@ -114,6 +114,9 @@ struct quantize_options {
   double importance_power = 1.0;      ///< Hessian weights w ∝ r^p (spec §5.3; 1 = the released code)
   index_t expand_factor = 1;          ///< dataset expansion by cyclic shifts (§8.2), 1 = off
   rotate_options rotation = {};       ///< quarot and rsq: Q kind, seed, embedding centring
+  /// Rotate before quantizing; empty: the method's own choice (quarot and rsq rotate). `rotate = true` with rtn is
+  /// QuaRot-RTN, `rotate = false` with rsq is importance-scaled GPTQ without rotation (ablations).
+  std::optional<bool> rotate = std::nullopt;
   bool double_precision = false;      ///< accumulate Hessians and solve in float64 (default: float32, as the reference)
 
   /// Throws rsq::invalid_argument naming the first bad option.
@@ -128,6 +131,9 @@ struct quantize_options {
     RSQ_EXPECTS(method != quant_method::rtn || expand_factor == 1,
                 "quantize options: rtn uses no calibration, so expand_factor does not apply");
   }
+
+  /// Whether the model is rotated first (see `rotate`).
+  [[nodiscard]] bool rotates_model() const noexcept { return rotate.value_or(rotates(method)); }
 
   /// The policy the method uses (see `policy`).
   [[nodiscard]] importance::any_policy effective_policy() const {
@@ -190,7 +196,7 @@ struct quantized_model {
   /// weights[layer][int(linear_id)]: codes, scales, zeros, g_idx of every quantized linear (empty where a failure
   /// stopped the run).
   std::vector<std::vector<quant::quantized_weight<float>>> weights;
-  std::optional<rotation_record> rotation;  ///< set for quarot and rsq
+  std::optional<rotation_record> rotation;  ///< set when the model was rotated (quarot, rsq)
   std::vector<layer_report> layers;         ///< one per layer done
 
   gptq::status info = gptq::status::ok;  ///< not_positive_definite: the run stopped at failed_layer / failed_linear
@@ -535,6 +541,10 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
   q.importance_power = opt.importance_power;
   q.expand_factor = opt.expand_factor;
 
+  if (opt.rotates_model()) {
+    stopwatch sw(q.timings.rotation);
+    q.rotation = rotate_model(q.model, opt.rotation);
+  }
   if (opt.method == quant_method::rtn) {
     q.policy = "none";
     for (int l = 0; l < c.n_layers; ++l) {
@@ -574,10 +584,6 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
   importance::any_policy const policy = opt.effective_policy();
   q.policy = std::string(policy.name());
 
-  if (rotates(opt.method)) {
-    stopwatch sw(q.timings.rotation);
-    q.rotation = rotate_model(q.model, opt.rotation);
-  }
   // Contiguous copy of the windows, expanded by cyclic shifts (§8.2).
   auto tokens = rsq::make_matrix<std::int32_t>(calibration.rows(), calibration.cols());  // (sequences, L)
   for (index_t s = 0; s < calibration.rows(); ++s)
