@@ -38,11 +38,16 @@
 // Scale: token-importance policies (AttnCon and the others) and their normalisation.
 #include "rsq/importance/all.hpp"
 
-// Models: llama2c checkpoints and tokenizers, the Llama forward pass with quantizer hooks.
+// Models: llama2c checkpoints and tokenizers, the Llama forward pass with quantizer hooks, whole-model rotation,
+// calibration data, layer-by-layer quantization (RTN, GPTQ, QuaRot, RSQ) and exports.
 #include "rsq/model/llama.hpp"
 #include "rsq/model/llama2c.hpp"
 #include "rsq/model/tokenizer.hpp"
 #include "rsq/model/forward.hpp"
+#include "rsq/model/calibration.hpp"
+#include "rsq/model/rotate.hpp"
+#include "rsq/model/quantize.hpp"
+#include "rsq/model/export.hpp"
 
 // The one-layer RSQ pipeline: rotate, scale, then quantize a linear layer in one call.
 #include "rsq/pipeline/quantize_layer.hpp"
