@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -366,6 +367,31 @@ TEST_SUITE("io.npy") {
 
     write_bytes(dir / "u8.npy", npy_bytes(dict_for("<u8", "(1,)"), le_bytes<std::uint64_t>({1ull << 40})));
     CHECK(load_npy<double, 1>(dir / "u8.npy", npy_conversion::numeric)(0) == 1099511627776.0);
+  }
+
+  TEST_CASE("numeric conversion refuses values the target type cannot hold, naming the element") {
+    auto const dir = scratch();
+    auto const nan = std::numeric_limits<double>::quiet_NaN();
+    write_bytes(dir / "f8.npy", npy_bytes(dict_for("<f8", "(4,)"), le_bytes<double>({2.0, -3.0, 2.5, nan})));
+    CHECK_THROWS_WITH_AS((void)(load_npy<std::int32_t, 1>(dir / "f8.npy", npy_conversion::numeric)),
+                         doctest::Contains("element 2 (2.5) is not representable as int32"), rsq::io_error);
+    write_bytes(dir / "nan.npy", npy_bytes(dict_for("<f8", "(2,)"), le_bytes<double>({1.0, nan})));
+    CHECK_THROWS_WITH_AS((void)(load_npy<std::int64_t, 1>(dir / "nan.npy", npy_conversion::numeric)),
+                         doctest::Contains("element 1"), rsq::io_error);
+    // NaN stays NaN in a floating target; a float64 beyond float32's range does not silently become inf.
+    CHECK(std::isnan(load_npy<float, 1>(dir / "nan.npy", npy_conversion::numeric)(1)));
+    write_bytes(dir / "big.npy", npy_bytes(dict_for("<f8", "(1,)"), le_bytes<double>({1e300})));
+    CHECK_THROWS_WITH_AS((void)(load_npy<float, 1>(dir / "big.npy", npy_conversion::numeric)),
+                         doctest::Contains("not representable as float32"), rsq::io_error);
+    // Integer ranges: 2^31 does not fit int32, -1 does not fit uint8, 2^63 - 1024 (exact in double) fits int64.
+    write_bytes(dir / "f8b.npy", npy_bytes(dict_for("<f8", "(1,)"), le_bytes<double>({2147483648.0})));
+    CHECK_THROWS_AS((void)(load_npy<std::int32_t, 1>(dir / "f8b.npy", npy_conversion::numeric)), rsq::io_error);
+    write_bytes(dir / "i2.npy", npy_bytes(dict_for("<i2", "(2,)"), le_bytes<std::int16_t>({4, -1})));
+    CHECK_THROWS_WITH_AS((void)(load_npy<std::uint8_t, 1>(dir / "i2.npy", npy_conversion::numeric)),
+                         doctest::Contains("element 1 (-1)"), rsq::io_error);
+    write_bytes(dir / "f8c.npy", npy_bytes(dict_for("<f8", "(2,)"), le_bytes<double>({9223372036854774784.0, 9223372036854775808.0})));
+    CHECK_THROWS_WITH_AS((void)(load_npy<std::int64_t, 1>(dir / "f8c.npy", npy_conversion::numeric)),
+                         doctest::Contains("element 1"), rsq::io_error);
   }
 
   TEST_CASE("corrupt and unsupported files throw rsq::io_error naming the file and the problem") {

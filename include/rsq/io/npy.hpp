@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -21,6 +22,7 @@
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "rsq/core/error.hpp"
@@ -43,7 +45,8 @@ struct npy_header {
 /// How load_npy treats a file whose element type differs from the one asked for.
 enum class npy_conversion {
   exact,    ///< the dtypes must match, or load_npy throws
-  numeric,  ///< any numeric dtype is converted with static_cast (e.g. a float64 file read as float)
+  numeric,  ///< any numeric dtype is converted (e.g. a float64 file read as float); a value the target type
+            ///< cannot hold (NaN or a fraction into an integer, out of range) throws rsq::io_error naming the element
 };
 
 /// The NumPy descr string's type part ("f4", "i8", ...), for messages.
@@ -179,8 +182,29 @@ inline void parse_shape(std::string_view s, npy_header& h, std::string const& pa
   }
 }
 
+// Whether static_cast<T>(u) is defined and loses nothing but floating-point precision: an integer target needs an
+// integral value in its range, a float target a value within its finite range (NaN and infinities pass).
+template <class T, class U>
+bool representable_as(U u) {
+  if constexpr (std::is_same_v<T, U> || std::is_same_v<T, bool>) {
+    return true;
+  } else if constexpr (std::is_integral_v<T> && std::is_integral_v<U>) {
+    return std::in_range<T>(u);
+  } else if constexpr (std::is_integral_v<T>) {  // floating source
+    // T's range is [min, 2^digits): both bounds are powers of two (or 0), exact in any floating type.
+    long double const v = u;
+    long double const upper = std::ldexp(1.0L, std::numeric_limits<T>::digits);
+    return std::isfinite(v) && v == std::trunc(v) && v >= static_cast<long double>(std::numeric_limits<T>::min()) &&
+           v < upper;
+  } else if constexpr (std::is_floating_point_v<U>) {  // floating to floating
+    return !std::isfinite(u) || std::fabs(static_cast<long double>(u)) <= std::numeric_limits<T>::max();
+  } else {  // integer to floating: always in range
+    return true;
+  }
+}
+
 template <class T>
-T read_element(unsigned char const* p, npy_dtype t, bool swap) {
+T read_element(unsigned char const* p, npy_dtype t, bool swap, std::string const& name, std::size_t index) {
   auto load = [&]<class U>(U) {
     U u;
     std::memcpy(&u, p, sizeof(U));
@@ -190,19 +214,24 @@ T read_element(unsigned char const* p, npy_dtype t, bool swap) {
       std::reverse(b, b + sizeof(U));
       std::memcpy(&u, b, sizeof(U));
     }
+    return u;
+  };
+  auto convert = [&]<class U>(U u) -> T {
+    if (!representable_as<T>(u))
+      throw_io_error(name, ": element ", index, " (", +u, ") is not representable as ", npy_dtype_name(npy_dtype_of<T>()));
     return static_cast<T>(u);
   };
   switch (t) {
-    case npy_dtype::f32: return load(float{});
-    case npy_dtype::f64: return load(double{});
-    case npy_dtype::i8: return load(std::int8_t{});
-    case npy_dtype::u8: return load(std::uint8_t{});
-    case npy_dtype::i16: return load(std::int16_t{});
-    case npy_dtype::u16: return load(std::uint16_t{});
-    case npy_dtype::i32: return load(std::int32_t{});
-    case npy_dtype::u32: return load(std::uint32_t{});
-    case npy_dtype::i64: return load(std::int64_t{});
-    case npy_dtype::u64: return load(std::uint64_t{});
+    case npy_dtype::f32: return convert(load(float{}));
+    case npy_dtype::f64: return convert(load(double{}));
+    case npy_dtype::i8: return convert(load(std::int8_t{}));
+    case npy_dtype::u8: return convert(load(std::uint8_t{}));
+    case npy_dtype::i16: return convert(load(std::int16_t{}));
+    case npy_dtype::u16: return convert(load(std::uint16_t{}));
+    case npy_dtype::i32: return convert(load(std::int32_t{}));
+    case npy_dtype::u32: return convert(load(std::uint32_t{}));
+    case npy_dtype::i64: return convert(load(std::int64_t{}));
+    case npy_dtype::u64: return convert(load(std::uint64_t{}));
     case npy_dtype::boolean: return static_cast<T>(*p != 0);
   }
   return T{};
@@ -294,14 +323,14 @@ template <class T, std::size_t N>
   xt::xtensor<T, N> out(shape);
   bool const swap = h.big_endian != (std::endian::native == std::endian::big);
   if (!h.fortran_order || N < 2) {
-    for (std::size_t i = 0; i < count; ++i) out.data()[i] = detail::read_element<T>(raw.data() + i * item, h.dtype, swap);
+    for (std::size_t i = 0; i < count; ++i) out.data()[i] = detail::read_element<T>(raw.data() + i * item, h.dtype, swap, name, i);
   } else {
     // Fortran order: the first index varies fastest in the file.
     std::array<std::size_t, N> idx{};
     for (std::size_t i = 0; i < count; ++i) {
       std::size_t c = 0;
       for (std::size_t d = 0; d < N; ++d) c = c * h.shape[d] + idx[d];
-      out.data()[c] = detail::read_element<T>(raw.data() + i * item, h.dtype, swap);
+      out.data()[c] = detail::read_element<T>(raw.data() + i * item, h.dtype, swap, name, i);
       for (std::size_t d = 0; d < N; ++d) {
         if (++idx[d] < h.shape[d]) break;
         idx[d] = 0;
