@@ -57,6 +57,11 @@ int main(int argc, char** argv) {
   }
   FILE* f = out.empty() ? nullptr : std::fopen(out.c_str(), "w");
   auto emit = [&](char const* fmt, auto... a) {
+    if constexpr (sizeof...(a) == 0) {
+      std::fputs(fmt, stdout);
+      if (f) std::fputs(fmt, f);
+      return;
+    }
     std::printf(fmt, a...);
     if (f) std::fprintf(f, fmt, a...);
     std::fflush(stdout);

@@ -23,6 +23,11 @@ int main(int argc, char** argv) {
   if (rsq::cuda::device_count() == 0) return 1;
   FILE* f = out.empty() ? nullptr : std::fopen(out.c_str(), "w");
   auto emit = [&](char const* fmt, auto... a) {
+    if constexpr (sizeof...(a) == 0) {
+      std::fputs(fmt, stdout);
+      if (f) std::fputs(fmt, f);
+      return;
+    }
     std::printf(fmt, a...);
     if (f) std::fprintf(f, fmt, a...);
   };
@@ -36,12 +41,24 @@ int main(int argc, char** argv) {
                                      172 * 64, 40 * 128, 12 * 1024};
   rsq::cuda::device_array<float> x{rsq::index_t(bytes / sizeof(float))}, y{rsq::index_t(bytes / sizeof(float))};
   bench::fill_normal(x.data(), bytes / sizeof(float), 0, 1);
+  std::vector<std::string> threads_scan;
   for (auto n : sizes) {
     rsq::index_t const rows = rsq::index_t(bytes / sizeof(float)) / n;
     std::size_t const used = std::size_t(rows * n) * sizeof(float);
     rsq::matrix_view<float> v(x.data(), rows, n);
     auto const plan = rsq::rotation::plan_hadamard(n);
-    double const t = bench::median_ms(reps, [&] { rsq::cuda::hadamard_transform(be, v); });
+    double t = bench::median_ms(reps, [&] { rsq::cuda::hadamard_transform(be, v); });
+    // Threads per CTA: the automatic choice against each fixed one (the table keeps the automatic time).
+    std::string scan;
+    for (int nt : {256, 512, 1024}) {
+      rsq::cuda::tuning().hadamard_threads = nt;
+      double const tn = bench::median_ms(reps, [&] { rsq::cuda::hadamard_transform(be, v); });
+      // Appended piecewise (GCC 12 warns falsely on "literal" + std::string, -Wrestrict).
+      scan.append(" ").append(std::to_string(nt)).append(":").append(
+          std::to_string(int(2.0 * double(used) / (tn * 1e-3) / 1e9)));
+    }
+    rsq::cuda::tuning().hadamard_threads = 0;
+    threads_scan.push_back(std::to_string(n).append(scan));
     auto const signs = std::vector<std::int8_t>(std::size_t(n), 1);
     double const ts = bench::median_ms(reps, [&] { rsq::cuda::hadamard_transform(be, v, {}, signs); });
     double const tc = bench::median_ms(reps, [&] {
@@ -51,6 +68,8 @@ int main(int argc, char** argv) {
     emit("| %ld | %s | %ld | %.3f | %.0f | %.0f | %.0f%% | %.0f |\n", long(n), plan.to_string().c_str(), long(rows), t, gbs,
          cgbs, 100.0 * gbs / cgbs, 2.0 * double(used) / (ts * 1e-3) / 1e9);
   }
+  emit("\nGB/s by threads per CTA (n threads:GB/s ...):\n\n");
+  for (auto const& line : threads_scan) emit("    %s\n", line.c_str());
   if (f) std::fclose(f);
   return 0;
 }

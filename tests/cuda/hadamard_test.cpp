@@ -158,6 +158,34 @@ TEST_SUITE("cuda.hadamard") {
 }
 
 TEST_SUITE("cuda.hadamard.device") {
+  TEST_CASE("every launch configuration (threads per CTA, prefetch depth, rows per CTA) gives the CPU transform") {
+    RSQ_NEED_DEVICE(rsq::backend::cuda);
+    rsq::backend::cuda const be{};
+    for (index_t n : {index_t(8), index_t(256), index_t(4096), index_t(16384), index_t(32768), index_t(28 * 512),
+                      index_t(148 * 128), index_t(12)}) {
+      auto const rot = rsq::rotation::randomized_hadamard(n, 7);
+      for (int threads : {256, 512, 1024}) {
+        CAPTURE(n);
+        CAPTURE(threads);
+        rsq::cuda::tuning().hadamard_threads = threads;
+        auto x = random_rows<float>(5, n, unsigned(n + threads));
+        auto ref = x;
+        rsq::rotation::hadamard(n).apply_with_signs(rsq::view(ref), false, rot.signs(), {});
+        rsq::cuda::hadamard_transform(be, rsq::view(x), {}, rot.signs());
+        CHECK(max_rel(x, ref) < 1e-5);
+        if (n <= 16384) {
+          auto xd = random_rows<double>(3, n, unsigned(n + 2 * threads));
+          auto refd = xd;
+          rsq::rotation::hadamard(n).apply_with_signs(rsq::view(refd), true, {}, rot.signs());
+          rsq::cuda::hadamard_transform(be, rsq::view(xd), {}, {}, rot.signs(), true);
+          CHECK(max_rel(xd, refd) < 1e-12);
+        }
+      }
+    }
+    rsq::cuda::tuning().hadamard_threads = 0;
+  }
+
+
   TEST_CASE("device rows with a row stride, host rows, reference float32 scaling, bad inputs") {
     RSQ_NEED_DEVICE(rsq::backend::cuda);
     rsq::backend::cuda const be{};

@@ -8,6 +8,9 @@
 
 #include <rsq/backend/tags.hpp>
 
+#include <string>
+#include <type_traits>
+
 #if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
 #include <rsq/cuda.hpp>
 #define RSQ_TEST_BACKENDS rsq::backend::cpu_eigen, rsq::backend::cuda
@@ -27,7 +30,7 @@ inline bool backend_available() {
 }
 
 template <class B>
-inline char const* backend_name() {
+inline std::string backend_name() {
 #if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
   if constexpr (std::is_same_v<B, rsq::backend::cuda>) return "cuda";
 #endif

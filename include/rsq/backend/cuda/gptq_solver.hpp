@@ -57,6 +57,8 @@ struct solver_tuning {
   index_t lazy_span = 1024;
   /// Record the time of each phase in profile() (synchronizes the stream around every phase: slower).
   bool profile = false;
+  /// Threads per CTA of the Hadamard kernel (256, 512 or 1024; 0 chooses by row length).
+  int hadamard_threads = 0;
 };
 
 /// Accumulated phase times (ms) of the calls made while solver_tuning::profile was on.
