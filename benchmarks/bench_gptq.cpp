@@ -13,7 +13,8 @@
 #include <vector>
 
 #include <Eigen/Core>
-#include <rsq/rsq.hpp>
+#include <rsq/gptq/solve.hpp>
+#include <rsq/hessian/accumulator.hpp>
 
 namespace {
 

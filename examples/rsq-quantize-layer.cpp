@@ -27,7 +27,11 @@
 #include <random>
 
 #include <rsq/pipeline/quantize_layer.hpp>
-#include <rsq/rsq.hpp>
+#include <rsq/gptq/proxy_loss.hpp>
+#include <rsq/gptq/solve.hpp>
+#include <rsq/hessian/accumulator.hpp>
+#include <rsq/io/npy.hpp>
+#include <rsq/quant/rtn.hpp>
 
 #include "support/args.hpp"
 

@@ -5,8 +5,9 @@
 # and writes full logs under $OUT (default ./cuda-device-out).
 #
 # usage: scripts/cuda-device.sh [--prebuilt DIR] [--shared DIR] [--keep-going] [--quick] STEP...
-#   STEP: build test sanitize bench bench-ours hadamard cpu all  (all = build test sanitize bench hadamard cpu;
-#         bench = ours and the PyTorch reference loop, bench-ours = ours only)
+#   STEP: build test sanitize bench bench-ours hadamard cpu cpu-bench all  (all = build test sanitize bench hadamard
+#         cpu; bench = ours and the PyTorch reference loop, bench-ours = ours only; cpu-bench = the CPU backend's
+#         benchmarks/ built with -march=native and run on 2 pinned cores, a quiet stand-in for the 2-core CI machine)
 #   --prebuilt DIR  take the test and benchmark executables from DIR instead of building (a build of this tree made
 #                   elsewhere with -DRSQ_WITH_CUDA=ON -DRSQ_NATIVE=OFF)
 #   --shared DIR    the folder with golden/ (default: $RSQ_SHARED_DIR, ../shared, or .deps/shared)
@@ -59,16 +60,17 @@ fi
 [ -n "$shared" ] && export RSQ_SHARED_DIR=$shared
 export PATH=/usr/local/cuda/bin:$PATH
 
+# Package configs under lib/<arch> are only searched when CMake knows the library architecture, which a compiler
+# outside /usr (as on the device image) does not tell it: name them.
+pkg_dirs=()
+for d in /usr/lib/x86_64-linux-gnu/cmake/*/; do
+  [ -d "$d" ] && pkg_dirs+=("-D$(basename "$d")_DIR=$d")
+done
+
 bin=$prebuilt
 if [ -z "$prebuilt" ] && has build; then
   build=$root/build-cuda-device
   t0=$SECONDS
-  # Package configs under lib/<arch> are only searched when CMake knows the library architecture, which a compiler
-  # outside /usr (as on the device image) does not tell it: name them.
-  pkg_dirs=()
-  for d in /usr/lib/x86_64-linux-gnu/cmake/*/; do
-    [ -d "$d" ] && pkg_dirs+=("-D$(basename "$d")_DIR=$d")
-  done
   {
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRSQ_WITH_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DRSQ_BUILD_EXAMPLES=OFF "${pkg_dirs[@]}" &&
@@ -167,4 +169,22 @@ if has cpu; then
   else
     fail "CPU side-by-side" "bench_cpu.md"
   fi
+fi
+
+if has cpu-bench; then
+  t0=$SECONDS
+  cpu_build=$root/build-cpu-bench
+  {
+    cmake -S "$root" -B "$cpu_build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRSQ_BUILD_TESTS=OFF \
+      -DRSQ_BUILD_EXAMPLES=OFF -DRSQ_NATIVE=ON "${pkg_dirs[@]}" &&
+    cmake --build "$cpu_build" -j "$(nproc)"
+  } > "$OUT/cpu_bench_build.log" 2>&1 || fail cpu-bench "build failed (cpu_bench_build.log)"
+  : > "$OUT/bench_cpu_backend.md"
+  for b in bench_gptq bench_linalg bench_hadamard bench_attncon bench_pack bench_forward bench_pipeline; do
+    [ -x "$cpu_build/benchmarks/$b" ] || continue
+    echo "## $b (2 threads, cores 0-1)" >> "$OUT/bench_cpu_backend.md"
+    OMP_NUM_THREADS=2 timeout 400 taskset -c 0,1 "$cpu_build/benchmarks/$b" >> "$OUT/bench_cpu_backend.md" 2>&1 ||
+      fail "cpu-bench $b" "bench_cpu_backend.md"
+  done
+  add cpu-bench ok "$((SECONDS - t0)) s (bench_cpu_backend.md)"
 fi

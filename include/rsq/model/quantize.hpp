@@ -298,7 +298,7 @@ template <class T>
 }
 
 /// The layer loop of quantize_model() for GPTQ methods, with Hessians and solves in precision T.
-template <class T>
+template <class T, backend_tag Backend>
 void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens, quantize_options const& opt,
                      importance::any_policy const& policy, quantize_observer const& obs) {
   auto& m = q.model;
@@ -423,7 +423,7 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
         auto const t0 = clock::now();
         stopwatch sw(tm.solver);
         auto const w = cast_matrix<T>(layer.weight(id));  // (out, in)
-        auto res = gptq::solve(backend::cpu_eigen{}, w, h, opt.grid, opt.solver);
+        auto res = gptq::solve(Backend{}, w, h, opt.grid, opt.solver);
         linear_report lr{.linear = id,
                          .info = res.info,
                          .damp_attempts = res.damp_attempts,
@@ -519,12 +519,15 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
 /// A Hessian that stays not positive definite through the damping escalation stops the run: the result then has
 /// `info == gptq::status::not_positive_definite`, `failed_layer` and `failed_linear` set, and the layers before
 /// it quantized. Nothing is printed; pass an observer for progress.
+///
+/// @tparam Backend where the GPTQ solves run (e.g. `quantize_model<backend::cuda>(...)` with <rsq/cuda.hpp>); the
+///         forward passes and the Hessians run on the CPU. Being a template also keeps the whole layer loop out of
+///         translation units that include this header without calling it (a minute of compile time otherwise).
 /// @throws rsq::invalid_argument for bad options, a malformed or already rotated model, calibration windows that
 ///         are empty, longer than the model's seq_len or hold ids outside the vocabulary
-[[nodiscard]] inline quantized_model quantize_model(llama_model const& fp,
-                                                    rsq::matrix_view<const std::int32_t> calibration,
-                                                    quantize_options const& opt = {},
-                                                    quantize_observer const& obs = {}) {
+template <backend_tag Backend = backend::cpu_eigen>
+[[nodiscard]] quantized_model quantize_model(llama_model const& fp, rsq::matrix_view<const std::int32_t> calibration,
+                                             quantize_options const& opt = {}, quantize_observer const& obs = {}) {
   using namespace pipeline_detail;
   auto const t_start = clock::now();
   opt.validate();
@@ -593,9 +596,9 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
   q.calibration_tokens = index_t(tokens.shape()[1]);
 
   if (opt.double_precision)
-    quantize_layers<double>(q, tokens, opt, policy, obs);
+    quantize_layers<double, Backend>(q, tokens, opt, policy, obs);
   else
-    quantize_layers<float>(q, tokens, opt, policy, obs);
+    quantize_layers<float, Backend>(q, tokens, opt, policy, obs);
   q.timings.total = seconds_since(t_start);
   return q;
 }
@@ -623,5 +626,12 @@ void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens
   total.perplexity = std::exp(total.mean);
   return total;
 }
+
+#if defined(RSQ_EXTERN_TEMPLATES)
+// The layer loop on the CPU backend lives in the translation unit that includes <rsq/instantiate.hpp>.
+extern template quantized_model quantize_model<backend::cpu_eigen>(llama_model const&,
+                                                                   rsq::matrix_view<const std::int32_t>,
+                                                                   quantize_options const&, quantize_observer const&);
+#endif
 
 }  // namespace rsq::model

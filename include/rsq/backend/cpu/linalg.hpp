@@ -410,6 +410,13 @@ void expect_square(col_ref<T> const& a, char const* fn, char const* name) {
   RSQ_EXPECTS(a.rows() > 0, fn, ": ", name, " is empty (0 x 0)");
 }
 
+#if defined(RSQ_EXTERN_TEMPLATES)
+// The blocked Cholesky and triangular inverse for float and double live in the translation unit that includes
+// <rsq/instantiate.hpp> (docs/configuration.md).
+extern template index_t factor_invert<float>(col_ref<float>, bool, bool);
+extern template index_t factor_invert<double>(col_ref<double>, bool, bool);
+#endif
+
 }  // namespace detail::linalg
 
 /// Copies the strict lower triangle of the square matrix @p c onto its strict upper triangle (c becomes symmetric).
