@@ -15,22 +15,11 @@
 
 #include <rsq/importance/attncon.hpp>
 
+#include "support/median_seconds.hpp"
+
 namespace imp = rsq::importance;
 
 namespace {
-
-template <class F>
-double median_seconds(int repeats, F&& f) {
-  f();  // warm-up (page faults, thread pool)
-  std::vector<double> t;
-  for (int r = 0; r < repeats; ++r) {
-    auto const t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
 
@@ -57,8 +46,8 @@ int main(int argc, char** argv) {
   // Materialised: probabilities (heads, L, L) then the sum; the probabilities dominate the memory.
   xt::xtensor<float, 3> probs;
   rsq::vector<float> s_mat;
-  double const t_probs = median_seconds(repeats, [&] { probs = imp::causal_attention(q, k); });
-  double const t_sum = median_seconds(repeats, [&] { s_mat = imp::attncon_scores(probs); });
+  double const t_probs = rsq_bench::median_seconds(repeats, [&] { probs = imp::causal_attention(q, k); });
+  double const t_sum = rsq_bench::median_seconds(repeats, [&] { s_mat = imp::attncon_scores(probs); });
   double const mem_mat = double(H * L * L) * sizeof(float)  // probabilities
                          + double(threads) * (64.0 * double(L) + 2.0 * double(L * D)) * sizeof(float)  // workspace
                          + double(H * L) * sizeof(double);  // per-head partial sums of the summation
@@ -69,7 +58,7 @@ int main(int argc, char** argv) {
   probs = xt::xtensor<float, 3>();  // free before the streamed runs
   // Baseline for the materialised route: only writing zeros into a fresh buffer of the same size (first touch of
   // its pages). On machines where page faults are slow this is most of the materialised time.
-  double const t_touch = median_seconds(repeats, [&] {
+  double const t_touch = rsq_bench::median_seconds(repeats, [&] {
     auto buf = xt::xtensor<float, 3>::from_shape({H, L, L});
     std::fill(buf.begin(), buf.end(), 0.f);
   });
@@ -78,7 +67,7 @@ int main(int argc, char** argv) {
 
   for (rsq::index_t block : {32, 64, 128, 256}) {
     rsq::vector<float> s;
-    double const t = median_seconds(repeats, [&] { s = imp::attncon_scores_qk(q, k, {.query_block = block}); });
+    double const t = rsq_bench::median_seconds(repeats, [&] { s = imp::attncon_scores_qk(q, k, {.query_block = block}); });
     double const mem =
         double(threads) * (double(block) * double(L) + double(L) + 2.0 * double(L * D)) * sizeof(float) +
         double(H * L) * sizeof(double) + double(L) * sizeof(float);

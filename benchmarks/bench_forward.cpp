@@ -18,20 +18,9 @@
 #include <rsq/model/forward.hpp>
 #include <rsq/model/llama2c.hpp>
 
-namespace {
+#include "support/median_seconds.hpp"
 
-template <class F>
-double median_seconds(int reps, F&& f) {
-  f();  // warm-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    auto const a = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+namespace {
 
 }  // namespace
 
@@ -66,7 +55,7 @@ int main(int argc, char** argv) {
   double const flops = 2.0 * linear_params * T + 2.0 * double(L) * double(L + 1) * c.dim * double(S) * c.n_layers;
 
   double sink = 0;
-  double const t_fwd = median_seconds(reps, [&] { sink += forward(m, tv).data()[0]; });
+  double const t_fwd = rsq_bench::median_seconds(reps, [&] { sink += forward(m, tv).data()[0]; });
   forward_hooks hooks;
   double hook_sum = 0;
   hooks.linear_input = [&](linear_site const&, rsq::matrix_view<const float> x) { hook_sum += x(0, 0); };
@@ -74,13 +63,13 @@ int main(int argc, char** argv) {
   hooks.rope_qk = [&](attention_site const&, rsq::batch_view<const float> q, rsq::batch_view<const float>) {
     hook_sum += q(0, 0, 0);
   };
-  double const t_hooks = median_seconds(reps, [&] { sink += forward(m, tv, hooks).data()[0]; });
-  double const t_loss = median_seconds(reps, [&] { sink += next_token_loss(m, tv).mean; });
+  double const t_hooks = rsq_bench::median_seconds(reps, [&] { sink += forward(m, tv, hooks).data()[0]; });
+  double const t_loss = rsq_bench::median_seconds(reps, [&] { sink += next_token_loss(m, tv).mean; });
 
   // Baseline: one SGEMM with the same flop count, (T x dim) x (dim x n) with n chosen to match.
   Eigen::Index const n = std::max<Eigen::Index>(1, Eigen::Index(flops / (2.0 * T * c.dim)));
   Eigen::MatrixXf a = Eigen::MatrixXf::Random(Eigen::Index(T), c.dim), b = Eigen::MatrixXf::Random(c.dim, n), y;
-  double const t_gemm = median_seconds(reps, [&] {
+  double const t_gemm = rsq_bench::median_seconds(reps, [&] {
     y.noalias() = a * b;
     sink += y(0, 0);
   });

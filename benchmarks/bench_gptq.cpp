@@ -16,21 +16,9 @@
 #include <rsq/gptq/solve.hpp>
 #include <rsq/hessian/accumulator.hpp>
 
+#include "support/median_seconds.hpp"
+
 namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-template <class F>
-double median_seconds(int reps, F&& f) {
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto const t0 = clock_type::now();
-    f();
-    t.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 struct layer {
   rsq::matrix<float> w, h;
@@ -66,7 +54,7 @@ int main(int argc, char** argv) {
   {
     Eigen::MatrixXf a = Eigen::MatrixXf::Random(2048, 2048), b = Eigen::MatrixXf::Random(2048, 2048), c(2048, 2048);
     c.noalias() = a * b;
-    double const s = median_seconds(reps, [&] { c.noalias() = a * b; });
+    double const s = rsq_bench::median_seconds(reps, [&] { c.noalias() = a * b; });
     sgemm_rate = 2.0 * 2048.0 * 2048.0 * 2048.0 / s / 1e9;
     std::printf("SGEMM 2048^3: %.1f GFLOP/s (the 100%% below)\n\n", sgemm_rate);
   }
@@ -87,9 +75,9 @@ int main(int argc, char** argv) {
       rsq::quant::grid_spec const grid{.bits = 4};
       rsq::backend::cpu_eigen const cpu;
       auto f = rsq::gptq::factor(cpu, l.h, opt);
-      double const tf = median_seconds(reps, [&] { f = rsq::gptq::factor(cpu, l.h, opt); });
+      double const tf = rsq_bench::median_seconds(reps, [&] { f = rsq::gptq::factor(cpu, l.h, opt); });
       rsq::gptq::result<float> r;
-      double const ts = median_seconds(reps, [&] { r = rsq::gptq::solve(cpu, l.w, f, grid, opt); });
+      double const ts = rsq_bench::median_seconds(reps, [&] { r = rsq::gptq::solve(cpu, l.w, f, grid, opt); });
       if (!r.ok()) {
         std::printf("solve failed: %s\n", std::string(rsq::gptq::to_string(r.info)).c_str());
         return 1;
@@ -115,7 +103,7 @@ int main(int argc, char** argv) {
     std::uniform_real_distribution<float> ud(0.005f, 1.f);
     for (auto& v : r) v = ud(rng);
     for (bool weighted : {false, true}) {
-      double const s = median_seconds(reps, [&] {
+      double const s = rsq_bench::median_seconds(reps, [&] {
         rsq::hessian_accumulator<float> acc(cols);
         if (weighted) acc.add(x, r);
         else acc.add(x);

@@ -17,25 +17,14 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+
+#include "support/median_seconds.hpp"
 #endif
 
 namespace {
 
 using rsq::index_t;
 using clock_type = std::chrono::steady_clock;
-
-template <class F>
-double median_seconds(int reps, F&& f) {
-  f();  // warm-up (first touch, plan caches)
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    auto const t0 = clock_type::now();
-    f();
-    t.push_back(std::chrono::duration<double>(clock_type::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 }  // namespace
 
@@ -57,7 +46,7 @@ int main(int argc, char** argv) {
     double const bytes = 2.0 * double(count) * sizeof(float);
 
     // Baseline: a row-parallel copy with the same threading as the transform.
-    double const t_copy = median_seconds(reps, [&] {
+    double const t_copy = rsq_bench::median_seconds(reps, [&] {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
@@ -67,13 +56,13 @@ int main(int argc, char** argv) {
 
     rsq::rotation::hadamard const h(n);
     rsq::matrix_view<float> view(a.data(), rows, n);
-    double const t_had = median_seconds(reps, [&] { h.apply(view); });
+    double const t_had = rsq_bench::median_seconds(reps, [&] { h.apply(view); });
 
     auto const q = rsq::rotation::randomized_hadamard(n, 0);
-    double const t_right = median_seconds(reps, [&] { q.apply_right(view); });
+    double const t_right = rsq_bench::median_seconds(reps, [&] { q.apply_right(view); });
     // Output side: W (n, rows) <- Qᵀ W, the transform along columns of a row-major matrix.
     rsq::matrix_view<float> tall(b.data(), n, rows);
-    double const t_left = median_seconds(reps, [&] { q.apply_left_transpose(tall); });
+    double const t_left = rsq_bench::median_seconds(reps, [&] { q.apply_left_transpose(tall); });
 
     std::printf("%-7ld %-22s %10.2f %10.2f %12.2f %10.2f %12.2f %10.2f\n", long(n), h.plan().to_string().c_str(),
                 bytes / t_copy * 1e-9, bytes / t_had * 1e-9, t_had / t_copy, bytes / t_right * 1e-9,

@@ -19,23 +19,13 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+
+#include "../support/median_seconds.hpp"
 #endif
 
 namespace {
 
 using rsq::index_t;
-
-template <class F>
-double median_s(int reps, F&& f) {
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    auto const t0 = std::chrono::steady_clock::now();
-    f();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 Eigen::MatrixXf random_matrix(index_t rows, index_t cols, unsigned seed) {
   std::mt19937 rng(seed);
@@ -74,7 +64,7 @@ int main(int argc, char** argv) {
   {
     auto const a = random_matrix(2048, 2048, 1), b = random_matrix(2048, 2048, 2);
     Eigen::MatrixXf c(2048, 2048);
-    double const t = median_s(reps, [&] { c.noalias() = a * b; });
+    double const t = rsq_bench::median_seconds(reps, [&] { c.noalias() = a * b; });
     emit("SGEMM ceiling (Eigen, 2048^3): %.1f GFLOP/s\n\n", 2.0 * 2048.0 * 2048.0 * 2048.0 / t / 1e9);
   }
   emit("| weight | config | seconds (factor + solve) | factor s | solve s |\n|---|---|---|---|---|\n");
@@ -91,7 +81,7 @@ int main(int argc, char** argv) {
     for (int cfg = 0; cfg < 2; ++cfg) {
       rsq::gptq::options const o = cfg == 0 ? rsq::gptq::options{} : rsq::gptq::options{.group_size = 128, .act_order = true};
       double tf = 0, ts = 0;
-      double const total = median_s(reps, [&] {
+      double const total = rsq_bench::median_seconds(reps, [&] {
         auto const t0 = std::chrono::steady_clock::now();
         auto const fct = rsq::gptq::factor(rsq::backend::cpu_eigen{}, h, o);
         auto const t1 = std::chrono::steady_clock::now();
@@ -106,7 +96,7 @@ int main(int argc, char** argv) {
   {
     auto const x = random_matrix(8192, 4096, 5);
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const xr = x;
-    double const t = median_s(reps, [&] {
+    double const t = rsq_bench::median_seconds(reps, [&] {
       rsq::hessian_accumulator<float> acc(4096);
       acc.add(rsq::make_const_view<2>(xr));
       (void)acc.hessian();
