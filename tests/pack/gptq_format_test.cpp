@@ -367,21 +367,21 @@ TEST_SUITE("pack.gptq_format") {
     }
     SUBCASE("in_features that do not fill whole words") {
       auto bad = random_result(64, 12, 1, 4, false, false, 1, 42);
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 4),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 4),
                            doctest::Contains("in_features = 12 is not a multiple of 8"), invalid_argument);
       auto bad3 = random_result(64, 48, 1, 3, false, false, 1, 43);
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(bad3.codes, bad3.scales, bad3.zeros, bad3.g_idx, 3),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad3.codes, bad3.scales, bad3.zeros, bad3.g_idx, 3),
                            doctest::Contains("in_features = 48 is not a multiple of 32"), invalid_argument);
       auto bad2 = random_result(64, 24, 1, 2, false, false, 1, 44);
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(bad2.codes, bad2.scales, bad2.zeros, bad2.g_idx, 2),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad2.codes, bad2.scales, bad2.zeros, bad2.g_idx, 2),
                            doctest::Contains("in_features = 24 is not a multiple of 16"), invalid_argument);
     }
     SUBCASE("out_features that do not fill whole qzeros words") {
       auto bad = random_result(48, 64, 1, 3, false, false, 1, 45);
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 3),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 3),
                            doctest::Contains("out_features = 48 is not a multiple of 32"), invalid_argument);
       auto bad8 = random_result(6, 64, 1, 8, false, false, 1, 46);
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(bad8.codes, bad8.scales, bad8.zeros, bad8.g_idx, 8),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad8.codes, bad8.scales, bad8.zeros, bad8.g_idx, 8),
                            doctest::Contains("out_features = 6 is not a multiple of 4"), invalid_argument);
     }
     SUBCASE("scales of the wrong shape") {
@@ -446,11 +446,11 @@ TEST_SUITE("pack.gptq_format") {
                            invalid_argument);
       auto in3 = random_result(64, 64, 1, 3, false, false, 1, 47);
       in3.codes(63, 63) = 8;
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(in3.codes, in3.scales, in3.zeros, in3.g_idx, 3),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(in3.codes, in3.scales, in3.zeros, in3.g_idx, 3),
                            doctest::Contains("codes(63, 63) = 8 is outside [0, 7]"), invalid_argument);
       auto in2 = random_result(64, 64, 1, 2, false, false, 1, 48);
       in2.codes(0, 0) = 255;
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(in2.codes, in2.scales, in2.zeros, in2.g_idx, 2),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(in2.codes, in2.scales, in2.zeros, in2.g_idx, 2),
                            doctest::Contains("codes(0, 0) = 255 is outside [0, 3]"), invalid_argument);
       // strided codes go through the gather path
       Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic> cm(64, 64);
@@ -459,17 +459,17 @@ TEST_SUITE("pack.gptq_format") {
       cm(40, 33) = 4;
       in2.codes(0, 0) = 0;
       cm(0, 0) = 0;
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(cm, in2.scales, in2.zeros, in2.g_idx, 2),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(cm, in2.scales, in2.zeros, in2.g_idx, 2),
                            doctest::Contains("codes(40, 33) = 4 is outside [0, 3]"), invalid_argument);
     }
     SUBCASE("double scales that overflow float") {
       auto d = random_result<double>(64, 64, 1, 4, false, false, 1, 49);
       d.scales(9, 0) = 1e300;
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
                            doctest::Contains("scales(row 9, group 0) = 1e+300 overflows float"), invalid_argument);
       d.scales(9, 0) = 0.5;
       d.zeros(2, 0) = 3.0000001;
-      CHECK_THROWS_WITH_AS(rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
                            doctest::Contains("zeros(row 2, group 0)"), invalid_argument);
     }
   }
@@ -480,55 +480,55 @@ TEST_SUITE("pack.gptq_format") {
     using rsq::invalid_argument;
     SUBCASE("bits") {
       t.bits = 5;
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("unpack_gptq: bits must be 2, 3, 4 or 8 (the GPTQ int32 layout), got 5"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("unpack_gptq: bits must be 2, 3, 4 or 8 (the GPTQ int32 layout), got 5"),
                            invalid_argument);
     }
     SUBCASE("empty qweight") {
       t.qweight = xt::xtensor<std::int32_t, 2>::from_shape({0, 64});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("qweight is empty"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("qweight is empty"), invalid_argument);
     }
     SUBCASE("3-bit qweight whose rows are not whole 32-value blocks") {
       auto const in3 = random_result(64, 64, 1, 3, false, false, 1, 52);
       auto t3 = rsq::pack::pack_gptq(in3.codes, in3.scales, in3.zeros, in3.g_idx, 3);
       t3.qweight = xt::xtensor<std::int32_t, 2>::from_shape({5, 64});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t3), doctest::Contains("qweight has 5 rows, not a multiple of 3"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t3), doctest::Contains("qweight has 5 rows, not a multiple of 3"),
                            invalid_argument);
     }
     SUBCASE("out_features that do not fill whole qzeros words") {
       t.qweight = xt::xtensor<std::int32_t, 2>::from_shape({16, 60});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("out_features (qweight.cols()) = 60"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("out_features (qweight.cols()) = 60"),
                            invalid_argument);
     }
     SUBCASE("scales of the wrong shape") {
       t.scales = xt::xtensor<float, 2>::from_shape({4, 32});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("scales must be (groups x out_features) with 64"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("scales must be (groups x out_features) with 64"),
                            invalid_argument);
     }
     SUBCASE("qzeros of the wrong shape") {
       t.qzeros = xt::xtensor<std::int32_t, 2>::from_shape({4, 7});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("qzeros must be (4 x 8)"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("qzeros must be (4 x 8)"), invalid_argument);
       t.qzeros = xt::xtensor<std::int32_t, 2>::from_shape({3, 8});
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("got (3 x 8)"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("got (3 x 8)"), invalid_argument);
     }
     SUBCASE("g_idx of the wrong length or out of range") {
       t.g_idx = xt::xtensor<std::int32_t, 1>::from_shape({64});
       std::fill(t.g_idx.begin(), t.g_idx.end(), 0);
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("g_idx must have one entry per input column (128)"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("g_idx must have one entry per input column (128)"),
                            invalid_argument);
       t.g_idx = in.g_idx;
       t.g_idx(100) = 9;
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("g_idx[100] = 9 is outside [0, 4)"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("g_idx[100] = 9 is outside [0, 4)"),
                            invalid_argument);
     }
     SUBCASE("non-finite scales") {
       t.scales(2, 17) = -std::numeric_limits<float>::infinity();
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("scales has a non-finite value (-inf) at row 2, column 17"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("scales has a non-finite value (-inf) at row 2, column 17"),
                            invalid_argument);
     }
     SUBCASE("a v1 stored zero of 2^bits - 1 (a wrapped zero of 0)") {
       // AutoGPTQ writes zero − 1 = −1 for a zero of 0: all bits of the field (and of its word) set.
       t.qzeros(1, 0) = -1;
-      CHECK_THROWS_WITH_AS(rsq::pack::unpack_gptq(t), doctest::Contains("qzeros (v1) stores 15 for row 0, group 1"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::unpack_gptq(t), doctest::Contains("qzeros (v1) stores 15 for row 0, group 1"),
                            invalid_argument);
       t.format = zero_format::v2;
       CHECK(rsq::pack::unpack_gptq(t).zeros(0, 1) == 15.f);
@@ -541,32 +541,32 @@ TEST_SUITE("pack.gptq_format") {
     using rsq::invalid_argument;
     SUBCASE("bits") {
       u.bits = 9;
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("dequantize: bits must be 2, 3, 4 or 8 (the GPTQ int32 layout), got 9"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("dequantize: bits must be 2, 3, 4 or 8 (the GPTQ int32 layout), got 9"),
                            invalid_argument);
     }
     SUBCASE("empty codes") {
       u.codes = rsq::matrix<std::uint8_t>::from_shape({32, 0});
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("codes is empty"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("codes is empty"), invalid_argument);
     }
     SUBCASE("scales and zeros of the wrong shape") {
       u.scales = rsq::matrix<float>::from_shape({31, 2});
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("scales must be (out_features x groups) with 32 rows, got (31 x 2)"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("scales must be (out_features x groups) with 32 rows, got (31 x 2)"),
                            invalid_argument);
       u.scales = rsq::matrix<float>::from_shape({32, 2});
       u.zeros = rsq::matrix<float>::from_shape({32, 1});
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("zeros must have the shape of scales (32 x 2), got (32 x 1)"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("zeros must have the shape of scales (32 x 2), got (32 x 1)"),
                            invalid_argument);
     }
     SUBCASE("g_idx") {
       u.g_idx(63) = 2;
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("g_idx[63] = 2 is outside [0, 2)"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("g_idx[63] = 2 is outside [0, 2)"), invalid_argument);
       u.g_idx = rsq::vector<std::int32_t>::from_shape({65});
       std::fill(u.g_idx.begin(), u.g_idx.end(), 0);
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("got 65"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("got 65"), invalid_argument);
     }
     SUBCASE("codes above 2^bits - 1") {
       u.codes(31, 5) = 200;
-      CHECK_THROWS_WITH_AS(rsq::pack::dequantize(u), doctest::Contains("codes(31, 5) = 200 is outside [0, 15]"),
+      CHECK_THROWS_WITH_AS((void)rsq::pack::dequantize(u), doctest::Contains("codes(31, 5) = 200 is outside [0, 15]"),
                            invalid_argument);
     }
   }
