@@ -20,7 +20,7 @@
 #include <rsq/quant/rtn.hpp>
 
 #include "support/backends.hpp"
-#include "support/golden_case.hpp"
+#include "support/golden_solver_case.hpp"
 
 namespace {
 
@@ -95,34 +95,10 @@ void check_against_cpu(rsq::gptq::result<T> const& got, W const& w, H const& h, 
 
 template <class T, class B>
 void check_golden_case(std::filesystem::path const& dir) {
-  auto const meta = rsq_test::read_meta(dir);
-  auto const w = rsq::io::load_npy<T, 2>(dir / "W.npy");
-  auto const h = rsq::io::load_npy<T, 2>(dir / "H.npy");
-  auto const q_ref = rsq::io::load_npy<T, 2>(dir / "Q.npy");
-  rsq::gptq::options opt;
-  opt.group_size = meta.groupsize;
-  opt.act_order = meta.actorder;
-  opt.static_groups = meta.static_groups;
-  auto const res = rsq::gptq::solve(B{}, w, h, meta.grid(), opt);
-  REQUIRE(res.ok());
-  CHECK(res.damp_attempts == 1);
-  auto const& q = res.dequantized;
-  REQUIRE(q.shape() == q_ref.shape());
-  std::size_t same = 0;
-  for (std::size_t i = 0; i < q.size(); ++i)
-    same += std::abs(double(q.data()[i]) - double(q_ref.data()[i])) <= 1e-4 * std::max(1.0, std::abs(double(q_ref.data()[i])));
-  double const frac = double(same) / double(q.size());
-  double const loss = rsq::gptq::proxy_loss(w, q, h), ref_loss = rsq::gptq::proxy_loss(w, q_ref, h);
-  INFO(dir.filename().string(), ": identical to the reference ", frac, ", loss ", loss, " vs ", ref_loss);
-  if (meta.dtype == "f64") {
-    CHECK(frac >= 0.999);
-    CHECK(std::abs(loss - ref_loss) <= 1e-6 * ref_loss);
-  } else {
-    CHECK(frac >= 0.99);
-    CHECK(std::abs(loss - ref_loss) <= 1e-2 * ref_loss);
-  }
-  CHECK(rsq::quant::dequantize(res.weight) == q);
-  if constexpr (!std::is_same_v<B, rsq::backend::cpu_eigen>) check_against_cpu(res, w, h, meta.grid(), opt);
+  auto const c = rsq_test::load_golden_solver_case<T>(dir);
+  auto const res = rsq::gptq::solve(B{}, c.w, c.h, c.meta.grid(), c.opt);
+  rsq_test::check_against_reference(dir, c, res);
+  if constexpr (!std::is_same_v<B, rsq::backend::cpu_eigen>) check_against_cpu(res, c.w, c.h, c.meta.grid(), c.opt);
 }
 
 }  // namespace

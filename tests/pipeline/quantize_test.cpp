@@ -338,21 +338,21 @@ TEST_SUITE("pipeline.quantize") {
                          rsq::invalid_argument);
 
     auto const too_long = random_tokens(1, 65, fp.config.vocab_size, 1);  // seq_len 64
-    CHECK_THROWS_WITH_AS(quantize_model(fp, rsq::view(too_long)), doctest::Contains("exceed the model's seq_len 64"),
+    CHECK_THROWS_WITH_AS((void)quantize_model(fp, rsq::view(too_long)), doctest::Contains("exceed the model's seq_len 64"),
                          rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(quantize_model(fp, {}), doctest::Contains("calibration windows are empty"),
+    CHECK_THROWS_WITH_AS((void)quantize_model(fp, {}), doctest::Contains("calibration windows are empty"),
                          rsq::invalid_argument);
     auto bad_ids = calib;
     bad_ids(1, 3) = fp.config.vocab_size;
-    CHECK_THROWS_WITH_AS(quantize_model(fp, rsq::view(bad_ids), {.method = quant_method::gptq}),
+    CHECK_THROWS_WITH_AS((void)quantize_model(fp, rsq::view(bad_ids), {.method = quant_method::gptq}),
                          doctest::Contains("outside the vocabulary"), rsq::invalid_argument);
     auto rotated = fp;
     (void)rotate_model(rotated);
-    CHECK_THROWS_WITH_AS(quantize_model(rotated, rsq::view(calib)), doctest::Contains("already rotated"),
+    CHECK_THROWS_WITH_AS((void)quantize_model(rotated, rsq::view(calib)), doctest::Contains("already rotated"),
                          rsq::invalid_argument);
     auto nan = fp;
     nan.layers[0].wq(0, 0) = std::nanf("");
-    CHECK_THROWS_WITH_AS(quantize_model(nan, rsq::view(calib)), doctest::Contains("non-finite"),
+    CHECK_THROWS_WITH_AS((void)quantize_model(nan, rsq::view(calib)), doctest::Contains("non-finite"),
                          rsq::invalid_argument);
   }
 }
