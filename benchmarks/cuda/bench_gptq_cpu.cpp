@@ -21,6 +21,7 @@
 #include <omp.h>
 
 #include "../support/median_seconds.hpp"
+#include "../support/report.hpp"
 #endif
 
 namespace {
@@ -45,17 +46,8 @@ int main(int argc, char** argv) {
     if (s == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
     else if (s == "--out" && i + 1 < argc) out = argv[++i];
   }
-  FILE* f = out.empty() ? nullptr : std::fopen(out.c_str(), "w");
-  auto emit = [&](char const* fmt, auto... a) {
-    if constexpr (sizeof...(a) == 0) {
-      std::fputs(fmt, stdout);
-      if (f) std::fputs(fmt, f);
-      return;
-    }
-    std::printf(fmt, a...);
-    if (f) std::fprintf(f, fmt, a...);
-    std::fflush(stdout);
-  };
+  rsq_bench::open_report(out);
+  using rsq_bench::emit;
   int threads = 1;
 #if defined(_OPENMP)
   threads = omp_get_max_threads();
@@ -103,6 +95,6 @@ int main(int argc, char** argv) {
     });
     emit("\nHessian of 8192 tokens at in = 4096: %.3f s\n\n", t);
   }
-  if (f) std::fclose(f);
+  rsq_bench::close_report();
   return 0;
 }

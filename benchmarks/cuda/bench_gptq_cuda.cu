@@ -7,13 +7,13 @@
 //
 // usage: bench_gptq_cuda [--tokens N] [--reps R] [--quick] [--out results.md]
 #include <cmath>
-#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "../support/report.hpp"
 #include "bench_common.cuh"
 
 namespace {
@@ -28,20 +28,7 @@ struct args {
   std::string out;
 };
 
-FILE* out_file = nullptr;
-void emit(char const* fmt, ...) __attribute__((format(printf, 1, 2)));
-void emit(char const* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  std::vprintf(fmt, ap);
-  va_end(ap);
-  if (out_file) {
-    va_start(ap, fmt);
-    std::vfprintf(out_file, fmt, ap);
-    va_end(ap);
-  }
-  std::fflush(stdout);
-}
+using rsq_bench::emit;
 
 cublasHandle_t blas() {
   static cublasHandle_t h = [] {
@@ -245,7 +232,7 @@ int main(int argc, char** argv) {
     else if (s == "--quick") a.quick = true;
     else if (s == "--out" && i + 1 < argc) a.out = argv[++i];
   }
-  if (!a.out.empty()) out_file = std::fopen(a.out.c_str(), "w");
+  rsq_bench::open_report(a.out);
   if (rsq::cuda::device_count() == 0) {
     std::printf("no CUDA device\n");
     return 1;
@@ -469,6 +456,6 @@ int main(int argc, char** argv) {
     }
     emit("\n(one run each; the Hessian phase includes the device-side checks and weighting of the inputs)\n\n");
   }
-  if (out_file) std::fclose(out_file);
+  rsq_bench::close_report();
   return 0;
 }

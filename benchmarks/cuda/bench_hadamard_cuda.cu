@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/report.hpp"
 #include "bench_common.cuh"
 
 int main(int argc, char** argv) {
@@ -21,16 +22,8 @@ int main(int argc, char** argv) {
     else if (s == "--out" && i + 1 < argc) out = argv[++i];
   }
   if (rsq::cuda::device_count() == 0) return 1;
-  FILE* f = out.empty() ? nullptr : std::fopen(out.c_str(), "w");
-  auto emit = [&](char const* fmt, auto... a) {
-    if constexpr (sizeof...(a) == 0) {
-      std::fputs(fmt, stdout);
-      if (f) std::fputs(fmt, f);
-      return;
-    }
-    std::printf(fmt, a...);
-    if (f) std::fprintf(f, fmt, a...);
-  };
+  rsq_bench::open_report(out);
+  using rsq_bench::emit;
   cudaDeviceProp prop{};
   RSQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   emit("# bench_hadamard_cuda on %s: %zu MB of float rows, in place, median of %d\n\n", prop.name, bytes >> 20, reps);
@@ -70,6 +63,6 @@ int main(int argc, char** argv) {
   }
   emit("\nGB/s by threads per CTA (n threads:GB/s ...):\n\n");
   for (auto const& line : threads_scan) emit("    %s\n", line.c_str());
-  if (f) std::fclose(f);
+  rsq_bench::close_report();
   return 0;
 }

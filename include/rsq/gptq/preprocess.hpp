@@ -22,26 +22,39 @@
 
 namespace rsq::gptq::detail {
 
-/// Throws rsq::invalid_argument for a weight solve() cannot work with (empty, non-finite, too large), a bad grid or
-/// options, or a non-default rounding mode.
+/// The checks of validate_weight() that do not read the weight's values (for weights in device memory, whose
+/// finiteness a backend checks where they live).
 template <class T>
-void validate_weight(matrix_view<const T> w, quant::grid_spec const& grid, options const& opt) {
+void validate_weight_shape(matrix_view<const T> w, quant::grid_spec const& grid, options const& opt) {
   grid.validate();
   opt.validate();
   RSQ_EXPECTS(w.rows() > 0 && w.cols() > 0, "gptq::solve: weight is empty ", rsq::detail::shape_string(w));
   RSQ_EXPECTS(w.cols() < (index_t(1) << 31) && w.rows() < (index_t(1) << 31), "gptq::solve: weight too large");
   RSQ_EXPECTS(std::fegetround() == FE_TONEAREST,
               "gptq::solve: the floating-point rounding mode must be FE_TONEAREST (round half to even)");
+}
+
+/// Throws rsq::invalid_argument for a weight solve() cannot work with (empty, non-finite, too large), a bad grid or
+/// options, or a non-default rounding mode.
+template <class T>
+void validate_weight(matrix_view<const T> w, quant::grid_spec const& grid, options const& opt) {
+  validate_weight_shape(w, grid, opt);
   rsq::detail::check_finite(w, "gptq::solve: weight");
+}
+
+/// The checks of validate_hessian() that do not read H's values (for a Hessian in device memory).
+template <class T>
+void validate_hessian_shape(matrix_view<const T> h) {
+  RSQ_EXPECTS(h.rows() > 0 && h.rows() == h.cols(), "gptq: Hessian must be square and non-empty, got ",
+              rsq::detail::shape_string(h));
+  RSQ_EXPECTS(h.cols() < (index_t(1) << 31), "gptq: Hessian too large");
 }
 
 /// Throws rsq::invalid_argument for a Hessian that is empty, not square, not finite or not symmetric. Only the lower
 /// triangle is factored, so an asymmetric H means the caller passed something else than a Hessian.
 template <class T>
 void validate_hessian(matrix_view<const T> h) {
-  RSQ_EXPECTS(h.rows() > 0 && h.rows() == h.cols(), "gptq: Hessian must be square and non-empty, got ",
-              rsq::detail::shape_string(h));
-  RSQ_EXPECTS(h.cols() < (index_t(1) << 31), "gptq: Hessian too large");
+  validate_hessian_shape(h);
   rsq::detail::check_finite(h, "gptq::solve: Hessian");
   double max_diag = 0, max_asym = 0;
   index_t ai = 0, aj = 0;

@@ -14,7 +14,6 @@
 /// on), then per block of B columns: the column kernel on sub-blocks of ≤ SUB columns (in-block propagation between
 /// sub-blocks by a GEMM on a copy W1 of the block), then the lazy update W[:, i2:] −= E·U[i1:i2, i2:] (cuBLAS).
 
-#include <cfenv>
 #include <cstdint>
 #include <numeric>
 #include <optional>
@@ -165,11 +164,7 @@ gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matri
   auto& ctx = context_for(be.stream);
   bool const on_device = where(h.data()) == memory_space::device;
   if (validate && !on_device) gptq::detail::validate_hessian(h);
-  if (on_device) {
-    RSQ_EXPECTS(h.rows() > 0 && h.rows() == h.cols(), "gptq: Hessian must be square and non-empty, got ",
-                rsq::detail::shape_string(h));
-    RSQ_EXPECTS(h.cols() < (index_t(1) << 31), "gptq: Hessian too large");
-  }
+  if (on_device) gptq::detail::validate_hessian_shape(h);
   index_t const n = h.rows();
   // A contiguous device copy unless H is one already (factor never writes to H).
   device_array<T> own;
@@ -212,12 +207,7 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   bool const on_device = where(w.data()) == memory_space::device;
   if (validate) {
     if (on_device) {
-      grid.validate();
-      opt.validate();
-      RSQ_EXPECTS(w.rows() > 0 && w.cols() > 0, "gptq::solve: weight is empty ", rsq::detail::shape_string(w));
-      RSQ_EXPECTS(w.cols() < (index_t(1) << 31) && w.rows() < (index_t(1) << 31), "gptq::solve: weight too large");
-      RSQ_EXPECTS(std::fegetround() == FE_TONEAREST,
-                  "gptq::solve: the floating-point rounding mode must be FE_TONEAREST (round half to even)");
+      gptq::detail::validate_weight_shape(w, grid, opt);
       phase_timer t(s, profile().validate);
       check_finite_device(ctx, w, "gptq::solve: weight");
     } else {
