@@ -8,9 +8,12 @@
 ///  - U = upper Cholesky factor of (H + k·damp·I)⁻¹ from one Cholesky and one triangular inverse;
 ///  - for each block of B columns: quantize column by column, propagate the scaled error to the rest of the block,
 ///    then apply the lazy update W[:, i2:] −= E·U[i1:i2, i2:].
-/// Rows are independent given U, so the rows are split across threads and each thread runs the whole column loop on
-/// its rows; inside a block the error is propagated by rank-1 updates within sub-blocks of 16 columns and by small
-/// GEMMs between sub-blocks, so nearly all flops run in Eigen's GEMM kernels.
+/// Rows are independent given U, so they are solved in panels of up to 512 rows, one panel per thread at a time.
+/// A panel lives column-major in a per-thread workspace (solve order, dead columns zeroed): a block's columns are then
+/// contiguous, the lazy update is one GEMM into column-major storage, and the only transpositions are loading the
+/// panel and storing its results (tile by tile, with the permutation folded in). Inside a block the columns are
+/// halved recursively (the left half's errors reach the right half in one GEMM) down to 16 columns, which are solved
+/// left-looking (one GEMV per column, then its quantization), so nearly all flops run in Eigen's GEMM kernels.
 
 #include <algorithm>
 #include <cmath>
@@ -33,8 +36,12 @@
 
 namespace rsq::cpu::detail {
 
-/// Columns per sub-block of the in-block error propagation (rank-1 updates inside, GEMMs between).
-inline constexpr index_t gptq_sub_block = 16;
+/// Columns solved one by one (left-looking); wider ranges are halved with a GEMM between the halves.
+inline constexpr index_t gptq_leaf_columns = 16;
+/// Rows per panel: big enough for GEMM efficiency, small enough that a block of the panel stays in L2.
+inline constexpr index_t gptq_panel_rows = 512;
+/// Edge of the square tiles in which a panel is loaded and stored (transposed, permuted).
+inline constexpr index_t gptq_copy_tile = 16;
 
 }  // namespace rsq::cpu::detail
 
@@ -51,27 +58,73 @@ class factorization<T, backend::cpu_eigen> : public factorization_info {
 
 namespace rsq::cpu::detail {
 
-/// Quantizes one column of a block for all rows of a chunk (spec §6 step 7): q = s·(code − z) with
-/// code = clamp(round(x/s) + z, 0, max_code), the scaled error (x − q)/d, and Σ(x − q)²/(2d²). Written as one
-/// vectorizable loop (nearbyint vectorizes under `omp simd`); the arithmetic is the reference's, operation by operation.
+/// Quantizes one column of a block for all rows of a panel (spec §6 step 7): q = s·(code − z) with
+/// code = clamp(round(x/s) + z, 0, max_code), the scaled error (x − q)/d, and Σ(x − q)²/(2d²). @p xq holds x on entry
+/// and q on return. Written as one vectorizable loop (nearbyint vectorizes under `omp simd`); the arithmetic is the
+/// reference's, operation by operation.
 template <class T>
-double quantize_column(T const* __restrict x, T const* __restrict scale, T const* __restrict zero, T max_code, T d,
-                       index_t n, T* __restrict q, T* __restrict code, T* __restrict err) {
+double quantize_column(T* __restrict xq, T const* __restrict scale, T const* __restrict zero, T max_code, T d,
+                       index_t n, std::uint8_t* __restrict code, T* __restrict err) {
   T acc = T(0);
 #if defined(_OPENMP)
 #pragma omp simd reduction(+ : acc)
 #endif
   for (index_t r = 0; r < n; ++r) {
-    T c = std::nearbyint(x[r] / scale[r]) + zero[r];
+    T const x = xq[r];
+    T c = std::nearbyint(x / scale[r]) + zero[r];
     c = c < T(0) ? T(0) : (c > max_code ? max_code : c);
-    T const qr = scale[r] * (c - zero[r]);
-    T const diff = x[r] - qr;
-    q[r] = qr;
-    code[r] = c;
+    T const q = scale[r] * (c - zero[r]);
+    T const diff = x - q;
+    xq[r] = q;
+    code[r] = static_cast<std::uint8_t>(c);
     err[r] = diff / d;
     acc += diff * diff;
   }
   return double(acc) / (2.0 * double(d) * double(d));
+}
+
+/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, j) = W(r0 + r, perm[j]).
+/// Square tiles through a small buffer keep both sides' pages in the TLB (a column-at-a-time copy missed it on
+/// every element).
+template <class T>
+void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<std::int32_t> const& perm,
+                std::vector<char> const& dead, eigen_col_matrix<T>& pan) {
+  constexpr index_t tile = gptq_copy_tile;
+  T buf[tile][tile];  // buf[r][j]
+  for (index_t jt = 0; jt < w.cols(); jt += tile) {
+    index_t const nj = std::min(tile, w.cols() - jt);
+    for (index_t rt = 0; rt < n; rt += tile) {
+      index_t const nr = std::min(tile, n - rt);
+      for (index_t r = 0; r < nr; ++r)
+        for (index_t j = 0; j < nj; ++j) {
+          index_t const c = perm[std::size_t(jt + j)];
+          buf[r][j] = dead[std::size_t(c)] ? T(0) : w(r0 + rt + r, c);
+        }
+      for (index_t j = 0; j < nj; ++j)
+        for (index_t r = 0; r < nr; ++r) pan(rt + r, jt + j) = buf[r][j];
+    }
+  }
+}
+
+/// The inverse of load_panel for a panel's results: out(r0 + r, perm[j]) = pan(r, j) for r < n, out row-major with
+/// row stride @p ld_out. Square tiles, as load_panel.
+template <class Out, class Pan>
+void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<std::int32_t> const& perm, Out* out,
+                 index_t ld_out) {
+  constexpr index_t tile = gptq_copy_tile;
+  Out buf[tile][tile];  // buf[j][r]
+  for (index_t rt = 0; rt < n; rt += tile) {
+    index_t const nr = std::min(tile, n - rt);
+    for (index_t jt = 0; jt < pan.cols(); jt += tile) {
+      index_t const nj = std::min(tile, pan.cols() - jt);
+      for (index_t j = 0; j < nj; ++j)
+        for (index_t r = 0; r < nr; ++r) buf[j][r] = static_cast<Out>(pan(rt + r, jt + j));
+      for (index_t r = 0; r < nr; ++r) {
+        Out* dst = out + (r0 + rt + r) * ld_out;
+        for (index_t j = 0; j < nj; ++j) dst[perm[std::size_t(jt + j)]] = buf[j][r];
+      }
+    }
+  }
 }
 
 template <class T>
@@ -128,113 +181,120 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   qw.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(rows, cols);
   res.dequantized = rsq::make_matrix_for_overwrite<T>(rows, cols);
 
-  // Working copy, row-major in solve order, dead columns zeroed (spec §6 steps 2 and 4): every later access is
-  // row-local, so the permutation costs nothing extra. Per-row grids come from the original W: the reference fits
-  // them before zeroing dead columns. (Rows in parallel: first touches of fresh memory are a large part of the cost.)
-  eigen_row_matrix<T> wp(rows, cols);  // (rows, cols)
+  // Grids fitted up front, on the original W (rows in parallel). Per-row grids: the reference fits them before
+  // zeroing dead columns. Static groups: one grid per (row, group) of original columns, after the dead-column step.
+  if (opt.group_size <= 0 || opt.static_groups) {
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
 #endif
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t j = 0; j < cols; ++j) wp(r, j) = f.dead[perm[j]] ? T(0) : w(r, perm[j]);
-    if (opt.group_size <= 0) {
-      auto const p = quant::fit(grid, &w(r, 0), cols, w.stride(1));
-      qw.scales(r, 0) = p.scale;
-      qw.zeros(r, 0) = p.zero;
-    }
-  }
-
-  // Static groups: one grid per (group, row), fitted on W after the dead-column step, original column order.
-  if (opt.static_groups) {
-    std::vector<index_t> position(static_cast<std::size_t>(cols));  // original column -> solve position
-    for (index_t j = 0; j < cols; ++j) position[perm[j]] = j;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (index_t r = 0; r < rows; ++r) {
+    {
       std::vector<T> seg(static_cast<std::size_t>(group));
-      for (index_t g = 0; g < groups; ++g) {
-        index_t const c0 = g * group, n = std::min(group, cols - c0);
-        for (index_t k = 0; k < n; ++k) seg[k] = wp(r, position[c0 + k]);
-        auto const p = quant::fit(grid, seg.data(), n);
-        qw.scales(r, g) = p.scale;
-        qw.zeros(r, g) = p.zero;
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t r = 0; r < rows; ++r) {
+        if (opt.group_size <= 0) {
+          auto const p = quant::fit(grid, &w(r, 0), cols, w.stride(1));
+          qw.scales(r, 0) = p.scale;
+          qw.zeros(r, 0) = p.zero;
+          continue;
+        }
+        for (index_t g = 0; g < groups; ++g) {
+          index_t const c0 = g * group, len = std::min(group, cols - c0);
+          for (index_t k = 0; k < len; ++k) seg[std::size_t(k)] = f.dead[std::size_t(c0 + k)] ? T(0) : w(r, c0 + k);
+          auto const p = quant::fit(grid, seg.data(), len);
+          qw.scales(r, g) = p.scale;
+          qw.zeros(r, g) = p.zero;
+        }
       }
     }
   }
 
-  // Split rows over threads; each chunk runs the whole column loop with single-threaded GEMMs.
   int threads = 1;
 #if defined(_OPENMP)
   threads = omp_get_max_threads();
 #endif
-  index_t const chunks = std::max<index_t>(1, std::min<index_t>(threads, rows / 32));
-  std::vector<std::vector<double>> chunk_loss(static_cast<std::size_t>(chunks),
-                                              std::vector<double>(static_cast<std::size_t>(cols), 0.0));
+  // At least one panel per thread; panels a multiple of the copy tile.
+  index_t const per_thread = (rows + threads - 1) / threads;
+  index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + gptq_copy_tile - 1) / gptq_copy_tile * gptq_copy_tile);
+  index_t const panels = (rows + panel_rows - 1) / panel_rows;
+  std::vector<std::vector<double>> panel_loss(static_cast<std::size_t>(panels));  // summed in panel order: deterministic
 
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static, 1) num_threads(int(chunks))
+#pragma omp parallel num_threads(int(std::min<index_t>(threads, panels)))
 #endif
-  for (index_t ch = 0; ch < chunks; ++ch) {
-    index_t const r0 = rows * ch / chunks, n = rows * (ch + 1) / chunks - r0;
-    auto wc = wp.middleRows(r0, n);  // (n, cols) this chunk's rows, updated in place
-    std::vector<T> scale(static_cast<std::size_t>(n)), zero(static_cast<std::size_t>(n));
-    for (index_t r = 0; r < n; ++r) {
-      scale[r] = qw.scales(r0 + r, 0);
-      zero[r] = qw.zeros(r0 + r, 0);
-    }
-    eigen_col_matrix<T> w1, e, q1, c1;  // (n, nb) block, scaled errors, dequantized values, codes
-    auto& loss = chunk_loss[std::size_t(ch)];
-    for (index_t i1 = 0; i1 < cols; i1 += opt.block_size) {
-      index_t const i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
-      w1 = wc.middleCols(i1, nb);
-      e.resize(n, nb);
-      q1.resize(n, nb);
-      c1.resize(n, nb);
-      for (index_t s0 = 0; s0 < nb; s0 += gptq_sub_block) {
-        index_t const s1 = std::min(s0 + gptq_sub_block, nb);
-        for (index_t i = s0; i < s1; ++i) {
-          index_t const col = i1 + i;
-          if (dynamic_groups && col % group == 0) {
-            // The reference refits on the global W: completed blocks' updates, none of this block's.
+  {
+    // Per-thread workspace, reused across panels: the panel (solve order), its codes, a block's scaled errors, the
+    // current grids, and a row-major copy of a group's columns for dynamic refits.
+    eigen_col_matrix<T> pan(panel_rows, cols), e(panel_rows, std::min(opt.block_size, cols));
+    eigen_col_matrix<std::uint8_t> pan_codes(panel_rows, cols);
+    std::vector<T> scale(static_cast<std::size_t>(panel_rows)), zero(static_cast<std::size_t>(panel_rows));
+    eigen_row_matrix<T> group_rows;
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (index_t pi = 0; pi < panels; ++pi) {
+      index_t const r0 = pi * panel_rows, n = std::min(panel_rows, rows - r0);
+      auto& loss = panel_loss[std::size_t(pi)];
+      loss.assign(static_cast<std::size_t>(cols), 0.0);
+      load_panel(w, r0, n, perm, f.dead, pan);
+      auto wk = pan.topRows(n);  // (n, cols), updated in place; a finished column holds its dequantized values
+      auto set_grid = [&](index_t g) {
+        for (index_t r = 0; r < n; ++r) {
+          scale[std::size_t(r)] = qw.scales(r0 + r, g);
+          zero[std::size_t(r)] = qw.zeros(r0 + r, g);
+        }
+      };
+      if (!opt.static_groups) set_grid(0);
+
+      for (index_t i1 = 0; i1 < cols; i1 += opt.block_size) {
+        index_t const i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
+        auto eb = e.topLeftCorner(n, nb);
+        // Dynamic groups starting in this block are refitted now, on W with the completed blocks' updates and none
+        // of this block's: what the reference sees when it reaches each group's first column.
+        if (dynamic_groups) {
+          for (index_t col = (i1 + group - 1) / group * group; col < i2; col += group) {
             index_t const len = std::min(group, cols - col);
+            group_rows = wk.middleCols(col, len);
             for (index_t r = 0; r < n; ++r) {
-              auto const p = quant::fit(grid, &wc(r, col), len);
-              scale[r] = qw.scales(r0 + r, col / group) = p.scale;
-              zero[r] = qw.zeros(r0 + r, col / group) = p.zero;
-            }
-          } else if (opt.static_groups && (col == 0 || perm[col] / group != perm[col - 1] / group)) {
-            index_t const g = perm[col] / group;
-            for (index_t r = 0; r < n; ++r) {
-              scale[r] = qw.scales(r0 + r, g);
-              zero[r] = qw.zeros(r0 + r, g);
+              auto const p = quant::fit(grid, &group_rows(r, 0), len);
+              qw.scales(r0 + r, col / group) = p.scale;
+              qw.zeros(r0 + r, col / group) = p.zero;
             }
           }
-          loss[col] += quantize_column(w1.col(i).data(), scale.data(), zero.data(), T(max_code), u(col, col), n,
-                                       q1.col(i).data(), c1.col(i).data(), e.col(i).data());
-          for (index_t j = i + 1; j < s1; ++j) w1.col(j) -= u(col, i1 + j) * e.col(i);
         }
-        if (s1 < nb)
-          w1.middleCols(s1, nb - s1).noalias() -=
-              e.middleCols(s0, s1 - s0) * u.block(i1 + s0, i1 + s1, s1 - s0, nb - s1);
+        // Columns [s0, s1) of the block, given every column before s0 already applied to them (left-looking).
+        auto solve_leaf = [&](index_t s0, index_t s1) {
+          for (index_t i = s0; i < s1; ++i) {
+            index_t const col = i1 + i;
+            if (dynamic_groups && col % group == 0) set_grid(col / group);
+            else if (opt.static_groups && (col == 0 || perm[col] / group != perm[col - 1] / group))
+              set_grid(perm[col] / group);
+            if (i > s0) wk.col(col).noalias() -= eb.middleCols(s0, i - s0) * u.col(col).segment(i1 + s0, i - s0);
+            loss[std::size_t(col)] += quantize_column(wk.col(col).data(), scale.data(), zero.data(), T(max_code),
+                                                      u(col, col), n, &pan_codes(0, col), eb.col(i).data());
+          }
+        };
+        auto solve_range = [&](auto&& self, index_t s0, index_t s1) -> void {
+          if (s1 - s0 <= gptq_leaf_columns) return solve_leaf(s0, s1);
+          index_t const mid = s0 + ((s1 - s0) / 2 + gptq_leaf_columns - 1) / gptq_leaf_columns * gptq_leaf_columns;
+          self(self, s0, mid);
+          wk.middleCols(i1 + mid, s1 - mid).noalias() -=
+              eb.middleCols(s0, mid - s0) * u.block(i1 + s0, i1 + mid, mid - s0, s1 - mid);
+          self(self, mid, s1);
+        };
+        solve_range(solve_range, 0, nb);
+        if (i2 < cols) wk.middleCols(i2, cols - i2).noalias() -= eb * u.block(i1, i2, nb, cols - i2);
       }
-      if (i2 < cols) wc.middleCols(i2, cols - i2).noalias() -= e * u.block(i1, i2, nb, cols - i2);
-      // The block's results go to their original columns (row-local writes).
-      for (index_t r = 0; r < n; ++r) {
-        T* qrow = &res.dequantized(r0 + r, 0);
-        std::uint8_t* crow = &qw.codes(r0 + r, 0);
-        for (index_t i = 0; i < nb; ++i) {
-          qrow[perm[i1 + i]] = q1(r, i);
-          crow[perm[i1 + i]] = static_cast<std::uint8_t>(c1(r, i));
-        }
-      }
+      store_panel(wk, r0, n, perm, res.dequantized.data(), cols);
+      store_panel(pan_codes.topRows(n), r0, n, perm, qw.codes.data(), cols);
     }
   }
 
   res.column_loss = rsq::make_vector<T>(cols);
   for (index_t j = 0; j < cols; ++j) {
     double s = 0;
-    for (auto const& l : chunk_loss) s += l[j];
+    for (auto const& l : panel_loss) s += l[std::size_t(j)];
     res.column_loss(perm[j]) = T(s);
   }
   return res;
