@@ -7,19 +7,51 @@
 #include <cmath>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
 
 namespace rsq::detail {
 
-/// Throws rsq::invalid_argument naming @p what and the position of the first NaN or Inf in @p m.
+/// True when the @p n values x[0], x[stride], ... are all finite. x·0 is 0 for a finite x and NaN for ±Inf and NaN,
+/// so one sum in independent lanes (no branch per element: it vectorizes) answers for a whole row.
+template <class T>
+[[nodiscard]] bool all_finite(T const* x, index_t n, index_t stride) noexcept {
+  using V = std::remove_const_t<T>;
+  if constexpr (!std::is_floating_point_v<V>) {
+    return true;
+  } else {
+    constexpr index_t lanes = 16;
+    V acc[lanes] = {};
+    index_t k = 0;
+    if (stride == 1)
+      for (; k + lanes <= n; k += lanes)
+        for (index_t l = 0; l < lanes; ++l) acc[l] += x[k + l] * V(0);
+    for (; k < n; ++k) acc[0] += x[k * stride] * V(0);
+    V sum = V(0);
+    for (V a : acc) sum += a;
+    return sum == V(0);
+  }
+}
+
+/// Throws rsq::invalid_argument naming @p what and the position of the first NaN or Inf in @p m. Rows are checked in
+/// parallel when OpenMP is on; the element is then searched for in the first bad row only.
 template <class T>
 void check_finite(matrix_view<T> m, std::string_view what) {
-  for (index_t i = 0; i < m.rows(); ++i)
-    for (index_t j = 0; j < m.cols(); ++j)
-      if (!std::isfinite(m(i, j)))
-        throw_invalid_argument(what, " has a non-finite value (", m(i, j), ") at row ", i, ", column ", j);
+  index_t const rows = m.rows(), cols = m.cols();
+  index_t bad_row = rows;
+  if (cols > 0) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) reduction(min : bad_row) if (rows * cols > (index_t(1) << 18))
+#endif
+    for (index_t i = 0; i < rows; ++i)
+      if (i < bad_row && !all_finite(&m(i, 0), cols, m.stride(1))) bad_row = i;
+  }
+  if (bad_row == rows) return;
+  for (index_t j = 0; j < cols; ++j)
+    if (!std::isfinite(m(bad_row, j)))
+      throw_invalid_argument(what, " has a non-finite value (", m(bad_row, j), ") at row ", bad_row, ", column ", j);
 }
 
 /// Throws rsq::invalid_argument naming @p what and the index of the first NaN or Inf in @p v.

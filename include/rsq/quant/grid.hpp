@@ -118,10 +118,27 @@ template <class T>
 template <class T>
 [[nodiscard]] affine_params<T> fit(grid_spec const& g, T const* x, index_t n, index_t stride = 1) {
   T xmin = T(0), xmax = T(0);  // the range always contains 0
-  for (index_t k = 0; k < n; ++k) {
-    T const v = x[k * stride];
+  auto take = [&](T v) {
     xmin = v < xmin ? v : xmin;
     xmax = v > xmax ? v : xmax;
+  };
+  if (stride == 1) {
+    // Independent lanes, so the loop vectorizes (min and max are exact in any order).
+    constexpr index_t lanes = 16;
+    T lo[lanes] = {}, hi[lanes] = {};
+    index_t const whole = n / lanes * lanes;
+    for (index_t k = 0; k < whole; k += lanes)
+      for (index_t l = 0; l < lanes; ++l) {
+        lo[l] = x[k + l] < lo[l] ? x[k + l] : lo[l];
+        hi[l] = x[k + l] > hi[l] ? x[k + l] : hi[l];
+      }
+    for (index_t l = 0; l < lanes; ++l) {
+      take(lo[l]);
+      take(hi[l]);
+    }
+    for (index_t k = whole; k < n; ++k) take(x[k]);
+  } else {
+    for (index_t k = 0; k < n; ++k) take(x[k * stride]);
   }
   if (g.conv == convention::ist) {
     if (g.symmetric) {

@@ -58,37 +58,80 @@ class factorization<T, backend::cpu_eigen> : public factorization_info {
 
 namespace rsq::cpu::detail {
 
-/// Quantizes one column of a block for all rows of a panel (spec §6 step 7): q = s·(code − z) with
-/// code = clamp(round(x/s) + z, 0, max_code), the scaled error (x − q)/d, and Σ(x − q)²/(2d²). @p xq holds x on entry
-/// and q on return. Written as one vectorizable loop (nearbyint vectorizes under `omp simd`); the arithmetic is the
-/// reference's, operation by operation.
+/// A column-major panel seen through a pointer and a column stride.
 template <class T>
-double quantize_column(T* __restrict xq, T const* __restrict scale, T const* __restrict zero, T max_code, T d,
-                       index_t n, std::uint8_t* __restrict code, T* __restrict err) {
-  T acc = T(0);
+struct panel_ref {
+  T* data;
+  index_t ld;
+  [[nodiscard]] T* col(index_t j) const noexcept { return data + j * ld; }
+};
+
+/// Rows per register chunk of the leaf kernel (one AVX-512 register of floats).
+inline constexpr index_t gptq_leaf_rows = 64;
+
+/// The leaf of the in-block recursion: columns [c0, c0 + nl) of a panel (nl ≤ gptq_leaf_columns), every earlier
+/// column's error already applied to them. Each column is quantized (spec §6 step 7: code = clamp(round(x/s) + z,
+/// 0, max_code), q = s·(code − z), scaled error (x − q)/d, loss Σ(x − q)²/(2d²), the reference's arithmetic operation
+/// by operation) and its error propagated to the leaf's later columns. Rows go in chunks of gptq_leaf_rows with the
+/// leaf's columns in a local array, so every update is one vector FMA in L1. @p rows is a multiple of the chunk.
+/// On return the columns hold q; the codes and scaled errors (error column e0 + i for column c0 + i) are written.
+template <class T>
+void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err, index_t rows, index_t c0,
+                index_t e0, index_t nl, T const* const* scale, T const* const* zero, panel_ref<const T> u, T max_code,
+                double* loss) {
+  constexpr index_t R = gptq_leaf_rows, L = gptq_leaf_columns;
+  T x[L][R];
+  T sq[L][R] = {};  // per-lane Σ (x − q)², summed over the chunks
+  for (index_t rc = 0; rc < rows; rc += R) {
+    for (index_t i = 0; i < nl; ++i) std::copy_n(wk.col(c0 + i) + rc, R, x[i]);
+    for (index_t i = 0; i < nl; ++i) {
+      T const* s = scale[i] + rc;
+      T const* z = zero[i] + rc;
+      T const d = u.col(c0 + i)[c0 + i];
+      T* ev = err.col(e0 + i) + rc;
+      T cv[R];
 #if defined(_OPENMP)
-#pragma omp simd reduction(+ : acc)
+#pragma omp simd
 #endif
-  for (index_t r = 0; r < n; ++r) {
-    T const x = xq[r];
-    T c = std::nearbyint(x / scale[r]) + zero[r];
-    c = c < T(0) ? T(0) : (c > max_code ? max_code : c);
-    T const q = scale[r] * (c - zero[r]);
-    T const diff = x - q;
-    xq[r] = q;
-    code[r] = static_cast<std::uint8_t>(c);
-    err[r] = diff / d;
-    acc += diff * diff;
+      for (index_t r = 0; r < R; ++r) {
+        T const xv = x[i][r];
+        T c = std::nearbyint(xv / s[r]) + z[r];
+        c = c < T(0) ? T(0) : (c > max_code ? max_code : c);
+        T const q = s[r] * (c - z[r]);
+        T const diff = xv - q;
+        x[i][r] = q;
+        cv[r] = c;
+        ev[r] = diff / d;
+        sq[i][r] += diff * diff;
+      }
+      std::uint8_t* code = codes.col(c0 + i) + rc;
+      for (index_t r = 0; r < R; ++r) code[r] = static_cast<std::uint8_t>(cv[r]);
+      for (index_t j = i + 1; j < nl; ++j) {
+        T const uij = u.col(c0 + j)[c0 + i];
+#if defined(_OPENMP)
+#pragma omp simd
+#endif
+        for (index_t r = 0; r < R; ++r) x[j][r] -= ev[r] * uij;
+      }
+    }
+    for (index_t i = 0; i < nl; ++i) std::copy_n(x[i], R, wk.col(c0 + i) + rc);
   }
-  return double(acc) / (2.0 * double(d) * double(d));
+  for (index_t i = 0; i < nl; ++i) {
+    T acc = T(0);
+    for (index_t r = 0; r < R; ++r) acc += sq[i][r];
+    double const d = double(u.col(c0 + i)[c0 + i]);
+    loss[i] += double(acc) / (2.0 * d * d);
+  }
 }
 
-/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, j) = W(r0 + r, perm[j]).
+/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, j) = W(r0 + r, perm[j]);
+/// the panel's remaining rows zero.
 /// Square tiles through a small buffer keep both sides' pages in the TLB (a column-at-a-time copy missed it on
 /// every element).
 template <class T>
 void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<std::int32_t> const& perm,
                 std::vector<char> const& dead, eigen_col_matrix<T>& pan) {
+  pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
   constexpr index_t tile = gptq_copy_tile;
   T buf[tile][tile];  // buf[r][j]
   for (index_t jt = 0; jt < w.cols(); jt += tile) {
@@ -214,69 +257,78 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
 #if defined(_OPENMP)
   threads = omp_get_max_threads();
 #endif
-  // At least one panel per thread; panels a multiple of the copy tile.
+  // At least one panel per thread; panel rows a multiple of the leaf kernel's chunk (and of the copy tile).
+  constexpr index_t row_align = std::max(gptq_leaf_rows, gptq_copy_tile);
   index_t const per_thread = (rows + threads - 1) / threads;
-  index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + gptq_copy_tile - 1) / gptq_copy_tile * gptq_copy_tile);
+  index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + row_align - 1) / row_align * row_align);
   index_t const panels = (rows + panel_rows - 1) / panel_rows;
   std::vector<std::vector<double>> panel_loss(static_cast<std::size_t>(panels));  // summed in panel order: deterministic
+  // The grid that quantizes solve-order column j.
+  auto grid_of = [&](index_t j) -> index_t {
+    return opt.group_size <= 0 ? 0 : (opt.static_groups ? perm[std::size_t(j)] / group : j / group);
+  };
+  panel_ref<const T> const u_ref{u.data(), u.outerStride()};
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(int(std::min<index_t>(threads, panels)))
 #endif
   {
     // Per-thread workspace, reused across panels: the panel (solve order), its codes, a block's scaled errors, the
-    // current grids, and a row-major copy of a group's columns for dynamic refits.
+    // panel's grids (column g: group g), and a row-major copy of a group's columns for dynamic refits.
     eigen_col_matrix<T> pan(panel_rows, cols), e(panel_rows, std::min(opt.block_size, cols));
+    eigen_col_matrix<T> pscale(panel_rows, groups), pzero(panel_rows, groups);
     eigen_col_matrix<std::uint8_t> pan_codes(panel_rows, cols);
-    std::vector<T> scale(static_cast<std::size_t>(panel_rows)), zero(static_cast<std::size_t>(panel_rows));
     eigen_row_matrix<T> group_rows;
+    T const* leaf_scale[gptq_leaf_columns];
+    T const* leaf_zero[gptq_leaf_columns];
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (index_t pi = 0; pi < panels; ++pi) {
       index_t const r0 = pi * panel_rows, n = std::min(panel_rows, rows - r0);
+      index_t const n_pad = (n + gptq_leaf_rows - 1) / gptq_leaf_rows * gptq_leaf_rows;  // padded rows stay zero
       auto& loss = panel_loss[std::size_t(pi)];
       loss.assign(static_cast<std::size_t>(cols), 0.0);
       load_panel(w, r0, n, perm, f.dead, pan);
-      auto wk = pan.topRows(n);  // (n, cols), updated in place; a finished column holds its dequantized values
-      auto set_grid = [&](index_t g) {
-        for (index_t r = 0; r < n; ++r) {
-          scale[std::size_t(r)] = qw.scales(r0 + r, g);
-          zero[std::size_t(r)] = qw.zeros(r0 + r, g);
-        }
-      };
-      if (!opt.static_groups) set_grid(0);
+      pscale.bottomRows(panel_rows - n).setOnes();
+      pzero.bottomRows(panel_rows - n).setZero();
+      if (!dynamic_groups)
+        for (index_t g = 0; g < groups; ++g)
+          for (index_t r = 0; r < n; ++r) {
+            pscale(r, g) = qw.scales(r0 + r, g);
+            pzero(r, g) = qw.zeros(r0 + r, g);
+          }
+      auto wk = pan.topRows(n_pad);  // updated in place; a finished column holds its dequantized values
+      panel_ref<T> const wk_ref{pan.data(), pan.outerStride()}, e_ref{e.data(), e.outerStride()};
+      panel_ref<std::uint8_t> const codes_ref{pan_codes.data(), pan_codes.outerStride()};
 
       for (index_t i1 = 0; i1 < cols; i1 += opt.block_size) {
         index_t const i2 = std::min(i1 + opt.block_size, cols), nb = i2 - i1;
-        auto eb = e.topLeftCorner(n, nb);
+        auto eb = e.topLeftCorner(n_pad, nb);
         // Dynamic groups starting in this block are refitted now, on W with the completed blocks' updates and none
         // of this block's: what the reference sees when it reaches each group's first column.
         if (dynamic_groups) {
           for (index_t col = (i1 + group - 1) / group * group; col < i2; col += group) {
             index_t const len = std::min(group, cols - col);
-            group_rows = wk.middleCols(col, len);
+            group_rows = wk.topRows(n).middleCols(col, len);
             for (index_t r = 0; r < n; ++r) {
               auto const p = quant::fit(grid, &group_rows(r, 0), len);
-              qw.scales(r0 + r, col / group) = p.scale;
-              qw.zeros(r0 + r, col / group) = p.zero;
+              pscale(r, col / group) = p.scale;
+              pzero(r, col / group) = p.zero;
             }
           }
         }
-        // Columns [s0, s1) of the block, given every column before s0 already applied to them (left-looking).
-        auto solve_leaf = [&](index_t s0, index_t s1) {
-          for (index_t i = s0; i < s1; ++i) {
-            index_t const col = i1 + i;
-            if (dynamic_groups && col % group == 0) set_grid(col / group);
-            else if (opt.static_groups && (col == 0 || perm[col] / group != perm[col - 1] / group))
-              set_grid(perm[col] / group);
-            if (i > s0) wk.col(col).noalias() -= eb.middleCols(s0, i - s0) * u.col(col).segment(i1 + s0, i - s0);
-            loss[std::size_t(col)] += quantize_column(wk.col(col).data(), scale.data(), zero.data(), T(max_code),
-                                                      u(col, col), n, &pan_codes(0, col), eb.col(i).data());
-          }
-        };
+        // Halves recursively: the left half's errors reach the right half in one GEMM.
         auto solve_range = [&](auto&& self, index_t s0, index_t s1) -> void {
-          if (s1 - s0 <= gptq_leaf_columns) return solve_leaf(s0, s1);
+          if (s1 - s0 <= gptq_leaf_columns) {
+            for (index_t i = s0; i < s1; ++i) {
+              leaf_scale[i - s0] = pscale.col(grid_of(i1 + i)).data();
+              leaf_zero[i - s0] = pzero.col(grid_of(i1 + i)).data();
+            }
+            solve_leaf(wk_ref, codes_ref, e_ref, n_pad, i1 + s0, s0, s1 - s0, leaf_scale, leaf_zero, u_ref,
+                       T(max_code), &loss[std::size_t(i1 + s0)]);
+            return;
+          }
           index_t const mid = s0 + ((s1 - s0) / 2 + gptq_leaf_columns - 1) / gptq_leaf_columns * gptq_leaf_columns;
           self(self, s0, mid);
           wk.middleCols(i1 + mid, s1 - mid).noalias() -=
@@ -287,7 +339,13 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
         if (i2 < cols) wk.middleCols(i2, cols - i2).noalias() -= eb * u.block(i1, i2, nb, cols - i2);
       }
       store_panel(wk, r0, n, perm, res.dequantized.data(), cols);
-      store_panel(pan_codes.topRows(n), r0, n, perm, qw.codes.data(), cols);
+      store_panel(pan_codes, r0, n, perm, qw.codes.data(), cols);
+      if (dynamic_groups)
+        for (index_t g = 0; g < groups; ++g)
+          for (index_t r = 0; r < n; ++r) {
+            qw.scales(r0 + r, g) = pscale(r, g);
+            qw.zeros(r0 + r, g) = pzero(r, g);
+          }
     }
   }
 
