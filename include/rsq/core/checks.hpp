@@ -20,6 +20,8 @@ template <class T>
 [[nodiscard]] bool all_finite(T const* x, index_t n, index_t stride) noexcept {
   using V = std::remove_const_t<T>;
   if constexpr (!std::is_floating_point_v<V>) {
+    for (index_t k = 0; k < n; ++k)
+      if (!std::isfinite(x[k * stride])) return false;
     return true;
   } else {
     constexpr index_t lanes = 16;
