@@ -113,6 +113,9 @@ template <class T>
 
 }  // namespace detail
 
+template <class T>
+[[nodiscard]] affine_params<T> fit_range(grid_spec const& g, T xmin, T xmax, T const* x, index_t n, index_t stride);
+
 /// Fits the grid to the @p n values x[0], x[stride], ... (one row, or one row of a group), as the reference's
 /// `find_params` does for that row (spec §7), including the clip search when enabled.
 template <class T>
@@ -140,6 +143,13 @@ template <class T>
   } else {
     for (index_t k = 0; k < n; ++k) take(x[k * stride]);
   }
+  return fit_range(g, xmin, xmax, x, n, stride);
+}
+
+/// fit() given the values' range already scanned: @p xmin = min(0, min x), @p xmax = max(0, max x). The values are
+/// read again only by the clip search.
+template <class T>
+[[nodiscard]] affine_params<T> fit_range(grid_spec const& g, T xmin, T xmax, T const* x, index_t n, index_t stride) {
   if (g.conv == convention::ist) {
     if (g.symmetric) {
       xmax = std::max(std::abs(xmin), xmax);

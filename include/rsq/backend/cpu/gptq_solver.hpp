@@ -24,6 +24,7 @@
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/core/memory.hpp"
 #include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/preprocess.hpp"
 #include "rsq/gptq/result.hpp"
@@ -177,6 +178,7 @@ gptq::factorization<T, backend::cpu_eigen> gptq_factor(matrix_view<const T> h, g
   auto const& perm = plan.info.perm;
   gptq::factorization<T, backend::cpu_eigen> f;
   f.u.resize(cols, cols);
+  rsq::detail::advise_huge_pages(f.u.data(), std::size_t(f.u.size()) * sizeof(T));
   // Attempt k factors a fresh copy of the permuted H with damping k·damp; only the lower triangle is read. The copy
   // goes tile by tile: element by element down a column of a row-major H is one TLB miss per element (0.5 s at
   // n = 4096, longer than the factorization).
@@ -223,6 +225,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   qw.g_idx = gptq::detail::group_index(perm, opt);
   qw.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(rows, cols);
   res.dequantized = rsq::make_matrix_for_overwrite<T>(rows, cols);
+  rsq::detail::advise_huge_pages(qw.codes.data(), qw.codes.size());
+  rsq::detail::advise_huge_pages(res.dequantized.data(), res.dequantized.size() * sizeof(T));
 
   // Grids fitted up front, on the original W (rows in parallel). Per-row grids: the reference fits them before
   // zeroing dead columns. Static groups: one grid per (row, group) of original columns, after the dead-column step.
@@ -274,11 +278,12 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
 #endif
   {
     // Per-thread workspace, reused across panels: the panel (solve order), its codes, a block's scaled errors, the
-    // panel's grids (column g: group g), and a row-major copy of a group's columns for dynamic refits.
+    // panel's grids (column g: group g), and the per-row ranges of a dynamic group.
     eigen_col_matrix<T> pan(panel_rows, cols), e(panel_rows, std::min(opt.block_size, cols));
+    rsq::detail::advise_huge_pages(pan.data(), std::size_t(pan.size()) * sizeof(T));
     eigen_col_matrix<T> pscale(panel_rows, groups), pzero(panel_rows, groups);
     eigen_col_matrix<std::uint8_t> pan_codes(panel_rows, cols);
-    eigen_row_matrix<T> group_rows;
+    eigen_vector<T> range_lo(panel_rows), range_hi(panel_rows);  // a dynamic group's per-row range
     T const* leaf_scale[gptq_leaf_columns];
     T const* leaf_zero[gptq_leaf_columns];
 #if defined(_OPENMP)
@@ -310,9 +315,18 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
         if (dynamic_groups) {
           for (index_t col = (i1 + group - 1) / group * group; col < i2; col += group) {
             index_t const len = std::min(group, cols - col);
-            group_rows = wk.topRows(n).middleCols(col, len);
+            // Each row's range, scanned down the columns (vectorized over rows); then the grid per row.
+            range_lo.setZero();
+            range_hi.setZero();
+            for (index_t c = col; c < col + len; ++c) {
+              T const* x = &pan(0, c);
+              for (index_t r = 0; r < n; ++r) {
+                range_lo[r] = x[r] < range_lo[r] ? x[r] : range_lo[r];
+                range_hi[r] = x[r] > range_hi[r] ? x[r] : range_hi[r];
+              }
+            }
             for (index_t r = 0; r < n; ++r) {
-              auto const p = quant::fit(grid, &group_rows(r, 0), len);
+              auto const p = quant::fit_range(grid, range_lo[r], range_hi[r], &pan(r, col), len, pan.outerStride());
               pscale(r, col / group) = p.scale;
               pzero(r, col / group) = p.zero;
             }
