@@ -18,12 +18,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/memory.hpp"
 #include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/preprocess.hpp"
@@ -125,47 +127,75 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
   }
 }
 
-/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, j) = W(r0 + r, perm[j]);
-/// the panel's remaining rows zero.
-/// Square tiles through a small buffer keep both sides' pages in the TLB (a column-at-a-time copy missed it on
-/// every element).
+/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, position[c]) =
+/// W(r0 + r, c); the panel's remaining rows zero. Register tiles (cpu/transpose.hpp) walk along W's rows; the edges
+/// and strided weights go element by element.
 template <class T>
-void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<std::int32_t> const& perm,
+void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index_t> const& position,
                 std::vector<char> const& dead, eigen_col_matrix<T>& pan) {
+  constexpr index_t P = transpose_tile_size<T>;
+  index_t const cols = w.cols();
   pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
-  constexpr index_t tile = gptq_copy_tile;
-  T buf[tile][tile];  // buf[r][j]
-  for (index_t jt = 0; jt < w.cols(); jt += tile) {
-    index_t const nj = std::min(tile, w.cols() - jt);
-    for (index_t rt = 0; rt < n; rt += tile) {
-      index_t const nr = std::min(tile, n - rt);
-      for (index_t r = 0; r < nr; ++r)
-        for (index_t j = 0; j < nj; ++j) {
-          index_t const c = perm[std::size_t(jt + j)];
-          buf[r][j] = dead[std::size_t(c)] ? T(0) : w(r0 + rt + r, c);
-        }
-      for (index_t j = 0; j < nj; ++j)
-        for (index_t r = 0; r < nr; ++r) pan(rt + r, jt + j) = buf[r][j];
+  index_t const rows_whole = w.stride(1) == 1 ? n / P * P : 0, cols_whole = cols / P * P;
+  T const* lines[P];
+  T* out[P];
+  T ones[P];
+  std::fill_n(ones, P, T(1));
+  for (index_t rt = 0; rt < rows_whole; rt += P)
+    for (index_t c0 = 0; c0 < cols_whole; c0 += P) {
+      for (index_t k = 0; k < P; ++k) {
+        lines[k] = &w(r0 + rt + k, c0);
+        out[k] = &pan(rt, position[std::size_t(c0 + k)]);
+      }
+      transpose_tile(lines, ones, out);
     }
-  }
+  for (index_t r = 0; r < n; ++r)
+    for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c) pan(r, position[std::size_t(c)]) = w(r0 + r, c);
+  for (index_t c = 0; c < cols; ++c)
+    if (dead[std::size_t(c)]) pan.col(position[std::size_t(c)]).head(n).setZero();
 }
 
-/// The inverse of load_panel for a panel's results: out(r0 + r, perm[j]) = pan(r, j) for r < n, out row-major with
-/// row stride @p ld_out. Square tiles, as load_panel.
+/// The inverse of load_panel for a panel's results: out(r0 + r, c) = pan(r, position[c]) for r < n, out row-major
+/// with row stride @p ld_out. Register tiles walk along the output's rows where Out is the panel's scalar type; codes
+/// go through square scalar tiles.
 template <class Out, class Pan>
-void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<std::int32_t> const& perm, Out* out,
+void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> const& position, Out* out,
                  index_t ld_out) {
-  constexpr index_t tile = gptq_copy_tile;
-  Out buf[tile][tile];  // buf[j][r]
-  for (index_t rt = 0; rt < n; rt += tile) {
-    index_t const nr = std::min(tile, n - rt);
-    for (index_t jt = 0; jt < pan.cols(); jt += tile) {
-      index_t const nj = std::min(tile, pan.cols() - jt);
-      for (index_t j = 0; j < nj; ++j)
-        for (index_t r = 0; r < nr; ++r) buf[j][r] = static_cast<Out>(pan(rt + r, jt + j));
-      for (index_t r = 0; r < nr; ++r) {
-        Out* dst = out + (r0 + rt + r) * ld_out;
-        for (index_t j = 0; j < nj; ++j) dst[perm[std::size_t(jt + j)]] = buf[j][r];
+  using T = typename Pan::Scalar;
+  index_t const cols = pan.cols();
+  if constexpr (std::is_same_v<Out, T>) {
+    constexpr index_t P = transpose_tile_size<T>;
+    index_t const rows_whole = n / P * P, cols_whole = cols / P * P;
+    T const* lines[P];
+    T* dst[P];
+    T ones[P];
+    std::fill_n(ones, P, T(1));
+    for (index_t rt = 0; rt < rows_whole; rt += P)
+      for (index_t c0 = 0; c0 < cols_whole; c0 += P) {
+        for (index_t k = 0; k < P; ++k) {
+          lines[k] = &pan(rt, position[std::size_t(c0 + k)]);
+          dst[k] = out + (r0 + rt + k) * ld_out + c0;
+        }
+        transpose_tile(lines, ones, dst);
+      }
+    for (index_t r = 0; r < n; ++r)
+      for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c)
+        out[(r0 + r) * ld_out + c] = pan(r, position[std::size_t(c)]);
+  } else {
+    constexpr index_t tile = gptq_copy_tile;
+    Out buf[tile][tile];  // buf[c][r]
+    for (index_t rt = 0; rt < n; rt += tile) {
+      index_t const nr = std::min(tile, n - rt);
+      for (index_t c0 = 0; c0 < cols; c0 += tile) {
+        index_t const nc = std::min(tile, cols - c0);
+        for (index_t c = 0; c < nc; ++c) {
+          auto const* src = &pan(rt, position[std::size_t(c0 + c)]);
+          for (index_t r = 0; r < nr; ++r) buf[c][r] = static_cast<Out>(src[r]);
+        }
+        for (index_t r = 0; r < nr; ++r) {
+          Out* dst = out + (r0 + rt + r) * ld_out + c0;
+          for (index_t c = 0; c < nc; ++c) dst[c] = buf[c][r];
+        }
       }
     }
   }
@@ -272,6 +302,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
     return opt.group_size <= 0 ? 0 : (opt.static_groups ? perm[std::size_t(j)] / group : j / group);
   };
   panel_ref<const T> const u_ref{u.data(), u.outerStride()};
+  std::vector<index_t> position(static_cast<std::size_t>(cols));  // original column -> solve position
+  for (index_t j = 0; j < cols; ++j) position[std::size_t(perm[std::size_t(j)])] = j;
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(int(std::min<index_t>(threads, panels)))
@@ -294,7 +326,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
       index_t const n_pad = (n + gptq_leaf_rows - 1) / gptq_leaf_rows * gptq_leaf_rows;  // padded rows stay zero
       auto& loss = panel_loss[std::size_t(pi)];
       loss.assign(static_cast<std::size_t>(cols), 0.0);
-      load_panel(w, r0, n, perm, f.dead, pan);
+      load_panel(w, r0, n, position, f.dead, pan);
       pscale.bottomRows(panel_rows - n).setOnes();
       pzero.bottomRows(panel_rows - n).setZero();
       if (!dynamic_groups)
@@ -352,8 +384,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
         solve_range(solve_range, 0, nb);
         if (i2 < cols) wk.middleCols(i2, cols - i2).noalias() -= eb * u.block(i1, i2, nb, cols - i2);
       }
-      store_panel(wk, r0, n, perm, res.dequantized.data(), cols);
-      store_panel(pan_codes, r0, n, perm, qw.codes.data(), cols);
+      store_panel(wk, r0, n, position, res.dequantized.data(), cols);
+      store_panel(pan_codes, r0, n, position, qw.codes.data(), cols);
       if (dynamic_groups)
         for (index_t g = 0; g < groups; ++g)
           for (index_t r = 0; r < n; ++r) {

@@ -14,6 +14,7 @@
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/memory.hpp"
 #include "rsq/hessian/accumulator_api.hpp"
 
@@ -99,11 +100,11 @@ class hessian_accumulator<T, backend::cpu_eigen>
     flush();
   }
 
-  /// buf(k, f) = √w_k · x_k(f) for the pending tokens k, in square tiles (both sides' cache lines and pages stay
-  /// hot), feature tiles in parallel.
+  /// buf(k, f) = √w_k · x_k(f) for the pending tokens k: register tiles (cpu/transpose.hpp) where the inputs are
+  /// T with contiguous rows, square scalar tiles otherwise; feature tiles in parallel.
   template <class X>
   static void fill_transposed(std::vector<pending_token<X>> const& pending, cpu::eigen_col_matrix<T>& buf) {
-    constexpr index_t tile = 16;
+    constexpr index_t tile = cpu::detail::transpose_tile_size<T> > 1 ? cpu::detail::transpose_tile_size<T> : 16;
     index_t const features = buf.cols(), tokens = index_t(pending.size());
     index_t const feature_tiles = (features + tile - 1) / tile;
 #if defined(_OPENMP)
@@ -114,20 +115,29 @@ class hessian_accumulator<T, backend::cpu_eigen>
       T v[tile][tile];  // v[f][k]
       for (index_t k0 = 0; k0 < tokens; k0 += tile) {
         index_t const nk = std::min(tile, tokens - k0);
+        if constexpr (std::is_same_v<X, T> && cpu::detail::transpose_tile_size<T> == tile) {
+          bool whole = nk == tile && nf == tile;
+          T const* lines[tile];
+          T* out[tile];
+          T scale[tile];
+          for (index_t k = 0; whole && k < tile; ++k) {
+            auto const& p = pending[std::size_t(k0 + k)];
+            whole = p.stride == 1;
+            lines[k] = p.x + f0;
+            scale[k] = p.root_weight;
+            out[k] = &buf(k0, f0 + k);
+          }
+          if (whole) {
+            cpu::detail::transpose_tile(lines, scale, out);
+            continue;
+          }
+        }
         for (index_t k = 0; k < nk; ++k) {
           auto const& p = pending[std::size_t(k0 + k)];
           X const* x = p.x + f0 * p.stride;
-          if (nf == tile && p.stride == 1) {  // the common case, with constant bounds: it vectorizes
-            for (index_t f = 0; f < tile; ++f) v[f][k] = p.root_weight * T(x[f]);
-          } else {
-            for (index_t f = 0; f < nf; ++f) v[f][k] = p.root_weight * T(x[f * p.stride]);
-          }
+          for (index_t f = 0; f < nf; ++f) v[f][k] = p.root_weight * T(x[f * p.stride]);
         }
-        if (nk == tile) {
-          for (index_t f = 0; f < nf; ++f) std::copy_n(v[f], tile, &buf(k0, f0 + f));
-        } else {
-          for (index_t f = 0; f < nf; ++f) std::copy_n(v[f], nk, &buf(k0, f0 + f));
-        }
+        for (index_t f = 0; f < nf; ++f) std::copy_n(v[f], nk, &buf(k0, f0 + f));
       }
     }
   }

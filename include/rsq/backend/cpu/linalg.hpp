@@ -30,6 +30,7 @@
 #endif
 
 #include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
 
@@ -67,25 +68,6 @@ inline constexpr index_t syrk_tile = 256;
 [[nodiscard]] inline index_t split(index_t n) {
   index_t const h = round16(n / 2);
   return h < n ? h : n / 2;
-}
-
-/// dst = src^T for a column-major (rows x cols) src and a column-major (cols x rows) dst, through a 64 x 64 buffer:
-/// the strided side of each tile is read or written in cache, both loops over memory run along columns (5x faster
-/// than Eigen's assignment of a transposed block at n = 4096).
-template <class T>
-void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_t rows, index_t cols) {
-  constexpr index_t b = 64;
-  std::vector<T> buf(std::size_t(b * b));
-  for (index_t c0 = 0; c0 < cols; c0 += b) {
-    index_t const cb = std::min(b, cols - c0);
-    for (index_t r0 = 0; r0 < rows; r0 += b) {
-      index_t const rb = std::min(b, rows - r0);
-      for (index_t c = 0; c < cb; ++c)
-        for (index_t r = 0; r < rb; ++r) buf[std::size_t(c * b + r)] = src[(r0 + r) + (c0 + c) * ld_src];
-      for (index_t r = 0; r < rb; ++r)
-        for (index_t c = 0; c < cb; ++c) dst[(c0 + c) + (r0 + r) * ld_dst] = buf[std::size_t(c * b + r)];
-    }
-  }
 }
 
 /// Threads available to a parallel region started here: one inside somebody else's parallel region.
@@ -431,7 +413,7 @@ void symmetrize_from_lower(col_ref<T> c) {
   for (index_t j0 = 0; j0 < n; j0 += b) {
     index_t const jb = std::min(b, n - j0);
     // rows [j0, j0+jb) x columns [0, j0) of the lower part -> rows [0, j0) x columns [j0, j0+jb)
-    detail::linalg::transpose_copy(p + j0, ld, p + j0 * ld, ld, jb, j0);
+    detail::transpose_copy(p + j0, ld, p + j0 * ld, ld, jb, j0);
     for (index_t j = j0; j < j0 + jb; ++j)
       for (index_t i = j0; i < j; ++i) p[i + j * ld] = p[j + i * ld];
   }
