@@ -30,20 +30,25 @@ void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
   if constexpr (P == 1) {
     dst[0][0] = scale[0] * src[0][0];
   } else {
-    // Packet types carry vector attributes that a template argument drops; Eigen's own kernels silence this too.
+    // Packet types carry vector attributes that a template argument drops (Eigen's own kernels silence this too),
+    // and GCC 12 takes the deliberately undefined operands of AVX-512's unpack intrinsics for uninitialized reads.
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
     Eigen::internal::PacketBlock<Packet, P> block;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
     for (int k = 0; k < P; ++k)
       block.packet[k] =
           Eigen::internal::pmul(Eigen::internal::pset1<Packet>(scale[k]), Eigen::internal::ploadu<Packet>(src[k]));
     Eigen::internal::ptranspose(block);
     for (int i = 0; i < P; ++i) Eigen::internal::pstoreu(dst[i], block.packet[i]);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
   }
 }
 

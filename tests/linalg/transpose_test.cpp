@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+// Tests of the register-tile transposes (rsq/backend/cpu/transpose.hpp) against element-by-element copies: every
+// size around the tile edge, leading dimensions larger than the data, float and double, scaled tiles.
+#include <doctest/doctest.h>
+
+#include <cstddef>
+#include <vector>
+
+#include <rsq/backend/cpu/transpose.hpp>
+
+namespace {
+
+template <class T>
+void check_transpose_copy(rsq::index_t rows, rsq::index_t cols) {
+  rsq::index_t const ld_src = rows + 3, ld_dst = cols + 5;
+  std::vector<T> src(std::size_t(ld_src * cols)), dst(std::size_t(ld_dst * rows), T(-7));
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = T(i % 1009) + T(0.25);
+  rsq::cpu::detail::transpose_copy(src.data(), ld_src, dst.data(), ld_dst, rows, cols);
+  bool ok = true;
+  for (rsq::index_t r = 0; r < rows; ++r)
+    for (rsq::index_t c = 0; c < ld_dst; ++c) {
+      T const expected = c < cols ? src[std::size_t(r + c * ld_src)] : T(-7);  // padding untouched
+      ok = ok && dst[std::size_t(c + r * ld_dst)] == expected;
+    }
+  CHECK_MESSAGE(ok, "rows ", rows, " cols ", cols);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("transpose_copy equals the element-by-element transpose for every size around a tile", T, float,
+                   double) {
+  constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<T>;
+  for (rsq::index_t rows : {rsq::index_t(1), p - 1, p, p + 1, 3 * p + 2})
+    for (rsq::index_t cols : {rsq::index_t(1), p - 1, p, 2 * p, 2 * p + 3})
+      if (rows > 0 && cols > 0) check_transpose_copy<T>(rows, cols);
+}
+
+TEST_CASE_TEMPLATE("transpose_tile scales each source line and writes through the given line pointers", T, float,
+                   double) {
+  constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<T>;
+  std::vector<T> src(std::size_t(p * p)), dst(std::size_t(p * p * 2), T(0));
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = T(i) - T(3);
+  T const* lines[p];
+  T* out[p];
+  T scale[p];
+  for (rsq::index_t k = 0; k < p; ++k) {
+    lines[k] = src.data() + (p - 1 - k) * p;  // lines in reverse order
+    out[k] = dst.data() + 2 * k * p;          // every other line of dst
+    scale[k] = T(k + 1);
+  }
+  rsq::cpu::detail::transpose_tile(lines, scale, out);
+  bool ok = true;
+  for (rsq::index_t i = 0; i < p; ++i)
+    for (rsq::index_t k = 0; k < p; ++k) ok = ok && out[i][k] == scale[k] * lines[k][i];
+  CHECK(ok);
+  for (rsq::index_t i = 0; i < p; ++i)  // the lines between were not written
+    for (rsq::index_t k = 0; k < p; ++k) CHECK(dst[std::size_t((2 * i + 1) * p + k)] == T(0));
+}
