@@ -189,6 +189,38 @@ TEST_SUITE("gptq.solve") {
     CHECK(res.total_loss() > 0);
   }
 
+  TEST_CASE("row-major weights over several panels (tiled load and store, padded rows) equal the literal loop") {
+    // 300 rows: more than one panel per thread, a last panel that is not a multiple of the leaf's 64-row chunk, and
+    // row-major storage, so the register-tile transposes (not the strided fallback) load W and store the results.
+    auto l = random_layer(300, 150, 9);
+    for (int c : {3, 77}) {  // dead columns, placed by act-order among the others
+      l.h.row(c).setZero();
+      l.h.col(c).setZero();
+    }
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const w_rows = l.w;
+    for (rsq::index_t group : {-1, 32}) {
+      rsq::gptq::options const o{.group_size = group, .act_order = true};
+      grid_spec const g{.bits = 3};
+      CAPTURE(group);
+      auto const res = rsq::gptq::solve(rsq::backend::cpu_eigen{}, w_rows, l.h, g, o);
+      REQUIRE(res.ok());
+      Mat const ref = reference_gptq(l.w, l.h, g, o);
+      CHECK(identical_fraction(to_eigen(res.dequantized), ref) >= 0.999);
+      CHECK(rsq::gptq::proxy_loss(l.w, to_eigen(res.dequantized), l.h) ==
+            doctest::Approx(rsq::gptq::proxy_loss(l.w, ref, l.h)).epsilon(1e-6));
+      for (int r = 0; r < 300; ++r) CHECK(res.dequantized(r, 77) == 0.0);
+      // Codes decode to the dequantized values (both went through the store's permutation).
+      int mismatches = 0;
+      for (rsq::index_t r = 0; r < 300; ++r)
+        for (rsq::index_t c = 0; c < 150; ++c) {
+          auto const gi = res.weight.g_idx(c);
+          double const q = res.weight.scales(r, gi) * (double(res.weight.codes(r, c)) - res.weight.zeros(r, gi));
+          mismatches += q != res.dequantized(r, c);
+        }
+      CHECK(mismatches == 0);
+    }
+  }
+
   TEST_CASE("dead columns are zeroed and quantize to 0") {
     auto l = random_layer(10, 30, 4);
     for (int c : {0, 7, 29}) {

@@ -136,21 +136,19 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
   constexpr index_t P = transpose_tile_size<T>;
   index_t const cols = w.cols();
   pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
-  index_t const rows_whole = w.stride(1) == 1 ? n / P * P : 0, cols_whole = cols / P * P;
-  T const* lines[P];
-  T* out[P];
-  T ones[P];
-  std::fill_n(ones, P, T(1));
-  for (index_t rt = 0; rt < rows_whole; rt += P)
-    for (index_t c0 = 0; c0 < cols_whole; c0 += P) {
-      for (index_t k = 0; k < P; ++k) {
-        lines[k] = &w(r0 + rt + k, c0);
-        out[k] = &pan(rt, position[std::size_t(c0 + k)]);
-      }
-      transpose_tile(lines, ones, out);
-    }
-  for (index_t r = 0; r < n; ++r)
-    for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c) pan(r, position[std::size_t(c)]) = w(r0 + r, c);
+  // Grid (panel row r, W column c); strided weights go element by element (no whole tile).
+  transpose_tiles<T>(
+      w.stride(1) == 1 ? n : 0, cols, true,
+      [&](index_t rt, index_t c0, T const** src, T** dst) {
+        for (index_t k = 0; k < P; ++k) {
+          src[k] = &w(r0 + rt + k, c0);
+          dst[k] = &pan(rt, position[std::size_t(c0 + k)]);
+        }
+      },
+      [&](index_t r, index_t c) { pan(r, position[std::size_t(c)]) = w(r0 + r, c); });
+  if (w.stride(1) != 1)
+    for (index_t r = 0; r < n; ++r)
+      for (index_t c = 0; c < cols; ++c) pan(r, position[std::size_t(c)]) = w(r0 + r, c);
   for (index_t c = 0; c < cols; ++c)
     if (dead[std::size_t(c)]) pan.col(position[std::size_t(c)]).head(n).setZero();
 }
@@ -165,22 +163,15 @@ void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> con
   index_t const cols = pan.cols();
   if constexpr (std::is_same_v<Out, T>) {
     constexpr index_t P = transpose_tile_size<T>;
-    index_t const rows_whole = n / P * P, cols_whole = cols / P * P;
-    T const* lines[P];
-    T* dst[P];
-    T ones[P];
-    std::fill_n(ones, P, T(1));
-    for (index_t rt = 0; rt < rows_whole; rt += P)
-      for (index_t c0 = 0; c0 < cols_whole; c0 += P) {
-        for (index_t k = 0; k < P; ++k) {
-          lines[k] = &pan(rt, position[std::size_t(c0 + k)]);
-          dst[k] = out + (r0 + rt + k) * ld_out + c0;
-        }
-        transpose_tile(lines, ones, dst);
-      }
-    for (index_t r = 0; r < n; ++r)
-      for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c)
-        out[(r0 + r) * ld_out + c] = pan(r, position[std::size_t(c)]);
+    transpose_tiles<T>(
+        n, cols, true,
+        [&](index_t rt, index_t c0, T const** src, T** dst) {
+          for (index_t k = 0; k < P; ++k) {
+            src[k] = &pan(rt, position[std::size_t(c0 + k)]);
+            dst[k] = out + (r0 + rt + k) * ld_out + c0;
+          }
+        },
+        [&](index_t r, index_t c) { out[(r0 + r) * ld_out + c] = pan(r, position[std::size_t(c)]); });
   } else {
     constexpr index_t tile = gptq_copy_tile;
     Out buf[tile][tile];  // buf[c][r]

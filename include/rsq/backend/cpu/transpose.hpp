@@ -52,35 +52,48 @@ void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
   }
 }
 
-/// dst = srcᵀ for a column-major (rows × cols) src and a column-major (cols × rows) dst, leading dimensions
-/// @p ld_src and @p ld_dst: register tiles inside, a scalar loop on the edges.
-template <class T>
-void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_t rows, index_t cols) {
+/// The loop shared by the transposes, over a (rows × cols) grid of tile positions: for each whole P × P tile at
+/// (r0, c0), lines(r0, c0, src, dst) names its P source and P destination lines and transpose_tile moves element i
+/// of source line k to element k of destination line i; every element outside whole tiles goes through
+/// element(r, c). With @p rows_outer the tiles go along c for each r0, else along r for each c0.
+template <class T, class Lines, class Element>
+void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, Element element) {
   constexpr index_t P = transpose_tile_size<T>;
   index_t const rows_whole = rows / P * P, cols_whole = cols / P * P;
-  T const* lines[P];
-  T* out[P];
+  T const* src[P];
+  T* dst[P];
   T ones[P];
   std::fill_n(ones, P, T(1));
   auto tile = [&](index_t r0, index_t c0) {
-    for (index_t k = 0; k < P; ++k) {
-      lines[k] = src + r0 + (c0 + k) * ld_src;
-      out[k] = dst + c0 + (r0 + k) * ld_dst;
-    }
-    transpose_tile(lines, ones, out);
+    lines(r0, c0, src, dst);
+    transpose_tile(src, ones, dst);
   };
-  // The side with the longer stride is walked along its lines, P of them at a time, so that it touches P pages per
-  // sweep instead of one per tile (the other side is then the one whose pages change: the shorter hop).
-  if (ld_src >= ld_dst) {
-    for (index_t c0 = 0; c0 < cols_whole; c0 += P)
-      for (index_t r0 = 0; r0 < rows_whole; r0 += P) tile(r0, c0);
-  } else {
+  if (rows_outer) {
     for (index_t r0 = 0; r0 < rows_whole; r0 += P)
       for (index_t c0 = 0; c0 < cols_whole; c0 += P) tile(r0, c0);
+  } else {
+    for (index_t c0 = 0; c0 < cols_whole; c0 += P)
+      for (index_t r0 = 0; r0 < rows_whole; r0 += P) tile(r0, c0);
   }
-  // Edges: the last rows of every column, then the last columns.
-  for (index_t c = 0; c < cols; ++c)
-    for (index_t r = (c < cols_whole ? rows_whole : 0); r < rows; ++r) dst[c + r * ld_dst] = src[r + c * ld_src];
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c) element(r, c);
+}
+
+/// dst = srcᵀ for a column-major (rows × cols) src and a column-major (cols × rows) dst, leading dimensions
+/// @p ld_src and @p ld_dst. The side with the longer stride is walked along its lines, P of them at a time, so that
+/// it touches P pages per sweep instead of one per tile.
+template <class T>
+void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_t rows, index_t cols) {
+  constexpr index_t P = transpose_tile_size<T>;
+  transpose_tiles<T>(
+      rows, cols, ld_src < ld_dst,
+      [&](index_t r0, index_t c0, T const** s, T** d) {
+        for (index_t k = 0; k < P; ++k) {
+          s[k] = src + r0 + (c0 + k) * ld_src;
+          d[k] = dst + c0 + (r0 + k) * ld_dst;
+        }
+      },
+      [&](index_t r, index_t c) { dst[c + r * ld_dst] = src[r + c * ld_src]; });
 }
 
 }  // namespace rsq::cpu::detail
