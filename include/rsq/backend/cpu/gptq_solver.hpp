@@ -11,9 +11,10 @@
 /// Rows are independent given U, so they are solved in panels of up to 512 rows, one panel per thread at a time.
 /// A panel lives column-major in a per-thread workspace (solve order, dead columns zeroed): a block's columns are then
 /// contiguous, the lazy update is one GEMM into column-major storage, and the only transpositions are loading the
-/// panel and storing its results (tile by tile, with the permutation folded in). Inside a block the columns are
-/// halved recursively (the left half's errors reach the right half in one GEMM) down to 16 columns, which are solved
-/// left-looking (one GEMV per column, then its quantization), so nearly all flops run in Eigen's GEMM kernels.
+/// panel and storing its results (in SIMD register tiles, with the permutation folded into the tiles' lines). Inside
+/// a block the columns are halved recursively (the left half's errors reach the right half in one GEMM) down to
+/// leaves of 16 columns, solved by a kernel that holds 64 rows of the leaf in a local array and fuses the
+/// quantization; nearly all flops run in Eigen's GEMM kernels. docs/gptq.md has the measurements behind the shapes.
 
 #include <algorithm>
 #include <cmath>
@@ -39,11 +40,11 @@
 
 namespace rsq::cpu::detail {
 
-/// Columns solved one by one (left-looking); wider ranges are halved with a GEMM between the halves.
+/// Columns of a leaf of the in-block recursion; wider ranges are halved with a GEMM between the halves.
 inline constexpr index_t gptq_leaf_columns = 16;
 /// Rows per panel: big enough for GEMM efficiency, small enough that a block of the panel stays in L2.
 inline constexpr index_t gptq_panel_rows = 512;
-/// Edge of the square tiles in which a panel is loaded and stored (transposed, permuted).
+/// Edge of the square scalar tiles in which a panel's codes are stored (transposed, permuted).
 inline constexpr index_t gptq_copy_tile = 16;
 
 }  // namespace rsq::cpu::detail
@@ -69,7 +70,8 @@ struct panel_ref {
   [[nodiscard]] T* col(index_t j) const noexcept { return data + j * ld; }
 };
 
-/// Rows per register chunk of the leaf kernel (one AVX-512 register of floats).
+/// Rows per chunk of the leaf kernel: four AVX-512 registers of floats, so four independent chains of a column's
+/// quantization (two divisions deep) are in flight; with 16 rows the kernel was latency-bound at 2.3× the time.
 inline constexpr index_t gptq_leaf_rows = 64;
 
 /// The leaf of the in-block recursion: columns [c0, c0 + nl) of a panel (nl ≤ gptq_leaf_columns), every earlier
