@@ -57,8 +57,11 @@ inline constexpr index_t syrk_leaf = 128;     // Eigen's triangular-destination 
 /// Tile size of the task-parallel factorizations: large enough for efficient single-threaded GEMMs, small enough
 /// to give every thread several tiles per step (docs/linalg.md has the measurements).
 [[nodiscard]] inline index_t factor_tile(index_t n) { return n >= 3072 ? 384 : n >= 1536 ? 256 : 192; }
-/// Tile size of the task-parallel SYRK (its tiles are independent and deep: tokens x tile).
-inline constexpr index_t syrk_tile = 256;
+/// Tile size of the task-parallel SYRK (its tiles are independent and deep: tokens x tile). Every tile re-packs its
+/// two feature blocks, so wide matrices take wider tiles: at n = 4096 with 1024-token chunks (the Hessian
+/// accumulator's), 512 ran at 205-221 GFLOP/s against 169-183 for 256; at n = 1024, 256 stayed ahead (172-181 vs
+/// 167-175) on 2 threads.
+[[nodiscard]] inline index_t syrk_tile(index_t n) { return n >= 2048 ? 512 : 256; }
 
 /// Rounds up to a multiple of 16, so that split points keep column segments aligned to SIMD packets.
 [[nodiscard]] inline constexpr index_t round16(index_t i) { return (i + 15) / 16 * 16; }
@@ -276,7 +279,7 @@ index_t factor_invert_tasks(col_ref<T> a, bool factor, bool invert, int threads)
 /// handed out dynamically, the costly off-diagonal tiles first.
 template <class T, class Plain>
 void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int threads) {
-  index_t const n = c.rows(), nb = syrk_tile, nt = (n + nb - 1) / nb;
+  index_t const n = c.rows(), nb = syrk_tile(n), nt = (n + nb - 1) / nb;
   std::vector<std::pair<index_t, index_t>> tiles;
   for (index_t i = 0; i < nt; ++i)
     for (index_t j = 0; j < i; ++j) tiles.emplace_back(i, j);
@@ -310,7 +313,7 @@ template <class T>
 /// the chunks' updates of one tile of C are serialised.
 template <class T>
 void syrk_lower_tasks_transposing(col_ref<T> c, factor_ref<eigen_col_matrix<T>> const& a, T alpha, int threads) {
-  index_t const n = c.rows(), tokens = a.cols(), nb = syrk_tile, nt = (n + nb - 1) / nb;
+  index_t const n = c.rows(), tokens = a.cols(), nb = syrk_tile(n), nt = (n + nb - 1) / nb;
   // Two buffers of at most 2M elements (8 MB in float) each, chunks of a multiple of 256 tokens (at least 256).
   index_t const kc = std::min(tokens, std::max<index_t>(256, (index_t(1) << 21) / n / 256 * 256));
   T* const buf = scratch<T>(std::size_t(2 * n * kc));  // buffer b: (kc, n) column-major = A chunk row-major
@@ -376,7 +379,7 @@ template <class T, class Plain>
 void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
 #if defined(_OPENMP)
   int const threads = available_threads();
-  if (threads > 1 && c.rows() > syrk_tile) {
+  if (threads > 1 && c.rows() > syrk_tile(c.rows())) {
     if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
       if (a.cols() >= 1024) return syrk_lower_tasks_transposing<T>(c, a, alpha, threads);
     }
