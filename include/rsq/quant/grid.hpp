@@ -113,40 +113,7 @@ template <class T>
 
 }  // namespace detail
 
-template <class T>
-[[nodiscard]] affine_params<T> fit_range(grid_spec const& g, T xmin, T xmax, T const* x, index_t n, index_t stride);
-
-/// Fits the grid to the @p n values x[0], x[stride], ... (one row, or one row of a group), as the reference's
-/// `find_params` does for that row (spec §7), including the clip search when enabled.
-template <class T>
-[[nodiscard]] affine_params<T> fit(grid_spec const& g, T const* x, index_t n, index_t stride = 1) {
-  T xmin = T(0), xmax = T(0);  // the range always contains 0
-  auto take = [&](T v) {
-    xmin = v < xmin ? v : xmin;
-    xmax = v > xmax ? v : xmax;
-  };
-  if (stride == 1) {
-    // Independent lanes, so the loop vectorizes (min and max are exact in any order).
-    constexpr index_t lanes = 16;
-    T lo[lanes] = {}, hi[lanes] = {};
-    index_t const whole = n / lanes * lanes;
-    for (index_t k = 0; k < whole; k += lanes)
-      for (index_t l = 0; l < lanes; ++l) {
-        lo[l] = x[k + l] < lo[l] ? x[k + l] : lo[l];
-        hi[l] = x[k + l] > hi[l] ? x[k + l] : hi[l];
-      }
-    for (index_t l = 0; l < lanes; ++l) {
-      take(lo[l]);
-      take(hi[l]);
-    }
-    for (index_t k = whole; k < n; ++k) take(x[k]);
-  } else {
-    for (index_t k = 0; k < n; ++k) take(x[k * stride]);
-  }
-  return fit_range(g, xmin, xmax, x, n, stride);
-}
-
-/// fit() given the values' range already scanned: @p xmin = min(0, min x), @p xmax = max(0, max x). The values are
+/// fit() (below) given the values' range already scanned: @p xmin = min(0, min x), @p xmax = max(0, max x). The values are
 /// read again only by the clip search.
 template <class T>
 [[nodiscard]] affine_params<T> fit_range(grid_spec const& g, T xmin, T xmax, T const* x, index_t n, index_t stride) {
@@ -197,6 +164,36 @@ template <class T>
     }
   }
   return best;
+}
+
+/// Fits the grid to the @p n values x[0], x[stride], ... (one row, or one row of a group), as the reference's
+/// `find_params` does for that row (spec §7), including the clip search when enabled.
+template <class T>
+[[nodiscard]] affine_params<T> fit(grid_spec const& g, T const* x, index_t n, index_t stride = 1) {
+  T xmin = T(0), xmax = T(0);  // the range always contains 0
+  auto take = [&](T v) {
+    xmin = v < xmin ? v : xmin;
+    xmax = v > xmax ? v : xmax;
+  };
+  if (stride == 1) {
+    // Independent lanes, so the loop vectorizes (min and max are exact in any order).
+    constexpr index_t lanes = 16;
+    T lo[lanes] = {}, hi[lanes] = {};
+    index_t const whole = n / lanes * lanes;
+    for (index_t k = 0; k < whole; k += lanes)
+      for (index_t l = 0; l < lanes; ++l) {
+        lo[l] = x[k + l] < lo[l] ? x[k + l] : lo[l];
+        hi[l] = x[k + l] > hi[l] ? x[k + l] : hi[l];
+      }
+    for (index_t l = 0; l < lanes; ++l) {
+      take(lo[l]);
+      take(hi[l]);
+    }
+    for (index_t k = whole; k < n; ++k) take(x[k]);
+  } else {
+    for (index_t k = 0; k < n; ++k) take(x[k * stride]);
+  }
+  return fit_range(g, xmin, xmax, x, n, stride);
 }
 
 }  // namespace rsq::quant

@@ -138,19 +138,21 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
   constexpr index_t P = transpose_tile_size<T>;
   index_t const cols = w.cols();
   pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
-  // Grid (panel row r, W column c); strided weights go element by element (no whole tile).
-  transpose_tiles<T>(
-      w.stride(1) == 1 ? n : 0, cols, true,
-      [&](index_t rt, index_t c0, T const** src, T** dst) {
-        for (index_t k = 0; k < P; ++k) {
-          src[k] = &w(r0 + rt + k, c0);
-          dst[k] = &pan(rt, position[std::size_t(c0 + k)]);
-        }
-      },
-      [&](index_t r, index_t c) { pan(r, position[std::size_t(c)]) = w(r0 + r, c); });
-  if (w.stride(1) != 1)
+  auto element = [&](index_t r, index_t c) { pan(r, position[std::size_t(c)]) = w(r0 + r, c); };
+  if (w.stride(1) == 1) {  // grid (panel row r, W column c)
+    transpose_tiles<T>(
+        n, cols, true,
+        [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
+          for (index_t k = 0; k < P; ++k) {
+            src[k] = &w(r0 + rt + k, c0);
+            dst[k] = &pan(rt, position[std::size_t(c0 + k)]);
+          }
+        },
+        element);
+  } else {  // strided weights: no whole packet in a row
     for (index_t r = 0; r < n; ++r)
-      for (index_t c = 0; c < cols; ++c) pan(r, position[std::size_t(c)]) = w(r0 + r, c);
+      for (index_t c = 0; c < cols; ++c) element(r, c);
+  }
   for (index_t c = 0; c < cols; ++c)
     if (dead[std::size_t(c)]) pan.col(position[std::size_t(c)]).head(n).setZero();
 }
@@ -167,7 +169,7 @@ void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> con
     constexpr index_t P = transpose_tile_size<T>;
     transpose_tiles<T>(
         n, cols, true,
-        [&](index_t rt, index_t c0, T const** src, T** dst) {
+        [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
           for (index_t k = 0; k < P; ++k) {
             src[k] = &pan(rt, position[std::size_t(c0 + k)]);
             dst[k] = out + (r0 + rt + k) * ld_out + c0;

@@ -100,45 +100,41 @@ class hessian_accumulator<T, backend::cpu_eigen>
     flush();
   }
 
-  /// buf(k, f) = √w_k · x_k(f) for the pending tokens k: register tiles (cpu/transpose.hpp) where the inputs are
-  /// T with contiguous rows, square scalar tiles otherwise; feature tiles in parallel.
+  /// buf(k, f) = √w_k · x_k(f) for the pending tokens k, blocks of features in parallel: register tiles
+  /// (cpu/transpose.hpp) when every input is T with contiguous rows, element by element otherwise.
   template <class X>
   static void fill_transposed(std::vector<pending_token<X>> const& pending, cpu::eigen_col_matrix<T>& buf) {
-    constexpr index_t tile = cpu::detail::transpose_tile_size<T> > 1 ? cpu::detail::transpose_tile_size<T> : 16;
-    index_t const features = buf.cols(), tokens = index_t(pending.size());
-    index_t const feature_tiles = (features + tile - 1) / tile;
+    constexpr index_t P = cpu::detail::transpose_tile_size<T>, block = 64;
+    index_t const features = buf.cols(), tokens = index_t(pending.size()), blocks = (features + block - 1) / block;
+    bool const tiles =
+        std::is_same_v<X, T> && std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; });
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (tokens * features > (index_t(1) << 16))
 #endif
-    for (index_t ft = 0; ft < feature_tiles; ++ft) {
-      index_t const f0 = ft * tile, nf = std::min(tile, features - f0);
-      T v[tile][tile];  // v[f][k]
-      for (index_t k0 = 0; k0 < tokens; k0 += tile) {
-        index_t const nk = std::min(tile, tokens - k0);
-        if constexpr (std::is_same_v<X, T> && cpu::detail::transpose_tile_size<T> == tile) {
-          bool whole = nk == tile && nf == tile;
-          T const* lines[tile];
-          T* out[tile];
-          T scale[tile];
-          for (index_t k = 0; whole && k < tile; ++k) {
-            auto const& p = pending[std::size_t(k0 + k)];
-            whole = p.stride == 1;
-            lines[k] = p.x + f0;
-            scale[k] = p.root_weight;
-            out[k] = &buf(k0, f0 + k);
-          }
-          if (whole) {
-            cpu::detail::transpose_tile(lines, scale, out);
-            continue;
-          }
+    for (index_t fb = 0; fb < blocks; ++fb) {
+      index_t const f0 = fb * block, nf = std::min(block, features - f0);
+      auto element = [&](index_t k, index_t f) {
+        auto const& p = pending[std::size_t(k)];
+        buf(k, f0 + f) = p.root_weight * T(p.x[(f0 + f) * p.stride]);
+      };
+      if constexpr (std::is_same_v<X, T>) {
+        if (tiles) {  // grid (token k, feature f0 + f)
+          cpu::detail::transpose_tiles<T>(
+              tokens, nf, false,
+              [&](index_t k0, index_t c0, T const** src, T* scale, T** dst) {
+                for (index_t k = 0; k < P; ++k) {
+                  auto const& p = pending[std::size_t(k0 + k)];
+                  src[k] = p.x + f0 + c0;
+                  scale[k] = p.root_weight;
+                  dst[k] = &buf(k0, f0 + c0 + k);
+                }
+              },
+              element);
+          continue;
         }
-        for (index_t k = 0; k < nk; ++k) {
-          auto const& p = pending[std::size_t(k0 + k)];
-          X const* x = p.x + f0 * p.stride;
-          for (index_t f = 0; f < nf; ++f) v[f][k] = p.root_weight * T(x[f * p.stride]);
-        }
-        for (index_t f = 0; f < nf; ++f) std::copy_n(v[f], nk, &buf(k0, f0 + f));
       }
+      for (index_t k = 0; k < tokens; ++k)
+        for (index_t f = 0; f < nf; ++f) element(k, f);
     }
   }
 

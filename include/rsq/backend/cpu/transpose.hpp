@@ -53,20 +53,21 @@ void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
 }
 
 /// The loop shared by the transposes, over a (rows × cols) grid of tile positions: for each whole P × P tile at
-/// (r0, c0), lines(r0, c0, src, dst) names its P source and P destination lines and transpose_tile moves element i
-/// of source line k to element k of destination line i; every element outside whole tiles goes through
-/// element(r, c). With @p rows_outer the tiles go along c for each r0, else along r for each c0.
+/// (r0, c0), lines(r0, c0, src, scale, dst) names its P source and P destination lines (and may scale the source
+/// lines; scale[k] is 1 on entry) and transpose_tile moves element i of source line k, times scale[k], to element k
+/// of destination line i; every element outside whole tiles goes through element(r, c). With @p rows_outer the
+/// tiles go along c for each r0, else along r for each c0.
 template <class T, class Lines, class Element>
 void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, Element element) {
   constexpr index_t P = transpose_tile_size<T>;
   index_t const rows_whole = rows / P * P, cols_whole = cols / P * P;
   T const* src[P];
   T* dst[P];
-  T ones[P];
-  std::fill_n(ones, P, T(1));
+  T scale[P];
   auto tile = [&](index_t r0, index_t c0) {
-    lines(r0, c0, src, dst);
-    transpose_tile(src, ones, dst);
+    std::fill_n(scale, P, T(1));
+    lines(r0, c0, src, scale, dst);
+    transpose_tile(src, scale, dst);
   };
   if (rows_outer) {
     for (index_t r0 = 0; r0 < rows_whole; r0 += P)
@@ -87,7 +88,7 @@ void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_
   constexpr index_t P = transpose_tile_size<T>;
   transpose_tiles<T>(
       rows, cols, ld_src < ld_dst,
-      [&](index_t r0, index_t c0, T const** s, T** d) {
+      [&](index_t r0, index_t c0, T const** s, T*, T** d) {
         for (index_t k = 0; k < P; ++k) {
           s[k] = src + r0 + (c0 + k) * ld_src;
           d[k] = dst + c0 + (r0 + k) * ld_dst;
