@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: MIT
 // GPTQ on the CPU backend: factorization, column solve and Hessian accumulation, in seconds and GFLOP/s next to the
-// SGEMM rate measured in the same run (docs/benchmarks.md). Usage: bench_gptq [repetitions=3]
+// SGEMM rate measured in the same run (docs/benchmarks.md). Usage: bench_gptq [repetitions=5]
+//
+// Two ratios per phase: "%SGEMM" against the 2048^3 SGEMM at the top, "%probe" against a 2048^3 SGEMM run just
+// before each timed call (median over the calls; support/gemm_probe.hpp): the second is the one that holds on a
+// machine whose load moves during the run.
 //
 // Flop counts: factorization (Cholesky of the reversed H + triangular inverse) 2/3·n³; solve rows·cols² (every column's
 // error reaches every later column of its row, as rank-1 updates in a block and GEMMs between blocks); Hessian
@@ -16,7 +20,7 @@
 #include <rsq/gptq/solve.hpp>
 #include <rsq/hessian/accumulator.hpp>
 
-#include "support/median_seconds.hpp"
+#include "support/gemm_probe.hpp"
 
 namespace {
 
@@ -46,21 +50,20 @@ layer make_layer(rsq::index_t rows, rsq::index_t cols, unsigned seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int const reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
+  int const reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 5;
   std::printf("rsq GPTQ CPU benchmark: %d Eigen threads, median of %d\n\n", Eigen::nbThreads(), reps);
 
-  // The ceiling: an SGEMM of 2048^3 with Eigen in this run.
-  double sgemm_rate = 0;
-  {
-    Eigen::MatrixXf a = Eigen::MatrixXf::Random(2048, 2048), b = Eigen::MatrixXf::Random(2048, 2048), c(2048, 2048);
-    c.noalias() = a * b;
-    double const s = rsq_bench::median_seconds(reps, [&] { c.noalias() = a * b; });
-    sgemm_rate = 2.0 * 2048.0 * 2048.0 * 2048.0 / s / 1e9;
-    std::printf("SGEMM 2048^3: %.1f GFLOP/s (the 100%% below)\n\n", sgemm_rate);
-  }
+  // The ceiling: an SGEMM of 2048^3 with Eigen, at the top of this run and before every timed call.
+  rsq_bench::gemm_probe<float> probe;
+  std::vector<double> rates;
+  for (int i = 0; i < reps; ++i) rates.push_back(probe.gflops());
+  std::sort(rates.begin(), rates.end());
+  double const sgemm_rate = rates[rates.size() / 2];
+  std::printf("SGEMM 2048^3: %.1f GFLOP/s (the %%SGEMM columns)\n\n", sgemm_rate);
+  auto percent = [&](double flops, rsq_bench::paired_timing const& m) { return 100 * flops / m.seconds / 1e9 / sgemm_rate; };
 
-  std::printf("%-13s %-16s %10s %10s %7s %10s %10s %7s %10s\n", "rows x cols", "options", "factor s", "GFLOP/s",
-              "%SGEMM", "solve s", "GFLOP/s", "%SGEMM", "total s");
+  std::printf("%-13s %-15s %9s %8s %6s %6s %9s %8s %6s %6s %9s\n", "rows x cols", "options", "factor s", "GFLOP/s",
+              "%SGEMM", "%probe", "solve s", "GFLOP/s", "%SGEMM", "%probe", "total s");
   struct shape {
     rsq::index_t rows, cols;
   };
@@ -75,9 +78,10 @@ int main(int argc, char** argv) {
       rsq::quant::grid_spec const grid{.bits = 4};
       rsq::backend::cpu_eigen const cpu;
       auto f = rsq::gptq::factor(cpu, l.h, opt);
-      double const tf = rsq_bench::median_seconds(reps, [&] { f = rsq::gptq::factor(cpu, l.h, opt); });
+      auto const tf = rsq_bench::median_paired(reps, probe, [] {}, [&] { f = rsq::gptq::factor(cpu, l.h, opt); });
       rsq::gptq::result<float> r;
-      double const ts = rsq_bench::median_seconds(reps, [&] { r = rsq::gptq::solve(cpu, l.w, f, grid, opt); });
+      auto const ts =
+          rsq_bench::median_paired(reps, probe, [] {}, [&] { r = rsq::gptq::solve(cpu, l.w, f, grid, opt); });
       if (!r.ok()) {
         std::printf("solve failed: %s\n", std::string(rsq::gptq::to_string(r.info)).c_str());
         return 1;
@@ -86,13 +90,14 @@ int main(int argc, char** argv) {
       double const ff = 2.0 / 3.0 * n * n * n, fs = double(sh.rows) * n * n;
       char dims[32];
       std::snprintf(dims, sizeof dims, "%td x %td", sh.rows, sh.cols);
-      std::printf("%-13s %-16s %10.4f %10.1f %6.0f%% %10.4f %10.1f %6.0f%% %10.4f\n", dims,
-                  variant ? "g128 act-order" : "per row", tf, ff / tf / 1e9, 100 * ff / tf / 1e9 / sgemm_rate, ts,
-                  fs / ts / 1e9, 100 * fs / ts / 1e9 / sgemm_rate, tf + ts);
+      std::printf("%-13s %-15s %9.4f %8.1f %5.0f%% %5.0f%% %9.4f %8.1f %5.0f%% %5.0f%% %9.4f\n", dims,
+                  variant ? "g128 act-order" : "per row", tf.seconds, ff / tf.seconds / 1e9, percent(ff, tf),
+                  tf.percent_of_probe(ff), ts.seconds, fs / ts.seconds / 1e9, percent(fs, ts),
+                  ts.percent_of_probe(fs), tf.seconds + ts.seconds);
     }
   }
 
-  std::printf("\n%-28s %10s %10s %7s\n", "Hessian accumulation", "seconds", "GFLOP/s", "%SGEMM");
+  std::printf("\n%-28s %9s %8s %6s %6s\n", "Hessian accumulation", "seconds", "GFLOP/s", "%SGEMM", "%probe");
   for (rsq::index_t cols : {1024, 4096}) {
     constexpr rsq::index_t tokens = 8192;
     std::mt19937_64 rng(2);
@@ -103,7 +108,7 @@ int main(int argc, char** argv) {
     std::uniform_real_distribution<float> ud(0.005f, 1.f);
     for (auto& v : r) v = ud(rng);
     for (bool weighted : {false, true}) {
-      double const s = rsq_bench::median_seconds(reps, [&] {
+      auto const m = rsq_bench::median_paired(reps, probe, [] {}, [&] {
         rsq::hessian_accumulator<float> acc(cols);
         if (weighted) acc.add(x, r);
         else acc.add(x);
@@ -111,7 +116,8 @@ int main(int argc, char** argv) {
       double const fl = double(tokens) * double(cols) * double(cols);
       char what[64];
       std::snprintf(what, sizeof what, "%td tokens x %td%s", tokens, cols, weighted ? " weighted" : "");
-      std::printf("%-28s %10.4f %10.1f %6.0f%%\n", what, s, fl / s / 1e9, 100 * fl / s / 1e9 / sgemm_rate);
+      std::printf("%-28s %9.4f %8.1f %5.0f%% %5.0f%%\n", what, m.seconds, fl / m.seconds / 1e9, percent(fl, m),
+                  m.percent_of_probe(fl));
     }
   }
   std::printf("\nReference for scale (docs/performance.md): PyTorch fasterquant, 2 CPU threads of another machine,\n"

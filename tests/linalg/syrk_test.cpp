@@ -120,6 +120,53 @@ TEST_SUITE("linalg.syrk") {
     check_update(c, ref, before, xd, eps<T>() * (1 + std::sqrt(double(tokens)) / 2));
   }
 
+  TEST_CASE_TEMPLATE("syrk_lower_update_gathered adds the tokens its fill writes, on one thread and on several", T,
+                     float, double) {
+    // Tokens gathered from every other row of a row-major source, each scaled by its own factor, as the Hessian
+    // accumulator does. n = 1100 with 3000 tokens: two chunks, the task path on several threads; n = 100: one tile.
+    int const saved = Eigen::nbThreads();
+    for (int threads : {1, 3}) {
+      for (Eigen::Index n : {100, 1100}) {
+        CAPTURE(threads);
+        CAPTURE(n);
+        Eigen::setNbThreads(threads);
+        Eigen::Index const tokens = 3000;
+        row_mat<T> const source = random_matrix(2 * tokens, n, 71).cast<T>();
+        Eigen::VectorXd const scale = Eigen::VectorXd::Random(tokens).array() + 1.5;
+        matd xd(tokens, n);  // the tokens as the fill writes them, in float64
+        for (Eigen::Index k = 0; k < tokens; ++k)
+          for (Eigen::Index f = 0; f < n; ++f) xd(k, f) = double(T(scale(k)) * source(2 * k, f));
+        matd const c0 = random_matrix(n, n, 73).cast<T>().template cast<double>();
+        mat<T> const before = c0.cast<T>();
+        mat<T> c = before;
+        rsq::cpu::syrk_lower_update_gathered<T>(
+            c, tokens,
+            [&](T* dst, Eigen::Index ld, Eigen::Index f0, Eigen::Index nf, Eigen::Index k0, Eigen::Index kn) {
+              for (Eigen::Index f = 0; f < nf; ++f)
+                for (Eigen::Index k = 0; k < kn; ++k) dst[k + f * ld] = T(scale(k0 + k)) * source(2 * (k0 + k), f0 + f);
+            },
+            T(0.5));
+        matd ref = c0;
+        ref.noalias() += 0.5 * xd.transpose() * xd;  // float64 product
+        check_update(c, ref, before, xd, eps<T>() * (1 + std::sqrt(double(tokens)) / 2));
+      }
+    }
+    Eigen::setNbThreads(saved);
+  }
+
+  TEST_CASE("syrk_lower_update_gathered: zero tokens change nothing, bad arguments are named") {
+    Eigen::MatrixXf c = Eigen::MatrixXf::Ones(4, 4), rect(4, 5);
+    int calls = 0;
+    auto fill = [&](float*, Eigen::Index, Eigen::Index, Eigen::Index, Eigen::Index, Eigen::Index) { ++calls; };
+    rsq::cpu::syrk_lower_update_gathered<float>(c, 0, fill, 1.0f);
+    CHECK(calls == 0);
+    CHECK(c.isOnes());
+    CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update_gathered<float>(c, -1, fill, 1.0f),
+                         doctest::Contains("tokens must not be negative, got -1"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update_gathered<float>(rect, 3, fill, 1.0f),
+                         doctest::Contains("c must be square, got (4 x 5)"), rsq::invalid_argument);
+  }
+
   TEST_CASE("two batches add up to one batch of all tokens, and zero tokens change nothing") {
     Eigen::Index const n = 160;
     Eigen::MatrixXf const x = random_matrix(300, n, 47).cast<float>();

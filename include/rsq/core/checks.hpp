@@ -37,10 +37,10 @@ template <class T>
   }
 }
 
-/// Throws rsq::invalid_argument naming @p what and the position of the first NaN or Inf in @p m. Rows are checked in
-/// parallel when OpenMP is on; the element is then searched for in the first bad row only.
+/// The first row of @p m with a NaN or Inf, or m.rows() if there is none. Rows are checked in parallel when OpenMP
+/// is on (the check reads the whole matrix once: memory-bound).
 template <class T>
-void check_finite(matrix_view<T> m, std::string_view what) {
+[[nodiscard]] index_t first_nonfinite_row(matrix_view<T> m) {
   index_t const rows = m.rows(), cols = m.cols();
   index_t bad_row = rows;
   if (cols > 0) {
@@ -50,10 +50,24 @@ void check_finite(matrix_view<T> m, std::string_view what) {
     for (index_t i = 0; i < rows; ++i)
       if (i < bad_row && !all_finite(&m(i, 0), cols, m.stride(1))) bad_row = i;
   }
-  if (bad_row == rows) return;
-  for (index_t j = 0; j < cols; ++j)
-    if (!std::isfinite(m(bad_row, j)))
-      throw_invalid_argument(what, " has a non-finite value (", m(bad_row, j), ") at row ", bad_row, ", column ", j);
+  return bad_row;
+}
+
+/// The first column of row @p i of @p m that holds a NaN or Inf (m.cols() if none).
+template <class T>
+[[nodiscard]] index_t first_nonfinite_column(matrix_view<T> m, index_t i) {
+  index_t j = 0;
+  while (j < m.cols() && std::isfinite(m(i, j))) ++j;
+  return j;
+}
+
+/// Throws rsq::invalid_argument naming @p what and the position of the first NaN or Inf in @p m.
+template <class T>
+void check_finite(matrix_view<T> m, std::string_view what) {
+  index_t const i = first_nonfinite_row(m);
+  if (i == m.rows()) return;
+  index_t const j = first_nonfinite_column(m, i);
+  throw_invalid_argument(what, " has a non-finite value (", m(i, j), ") at row ", i, ", column ", j);
 }
 
 /// Throws rsq::invalid_argument naming @p what and the index of the first NaN or Inf in @p v.

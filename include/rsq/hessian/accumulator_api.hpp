@@ -121,12 +121,10 @@ class accumulator_base {
       RSQ_EXPECTS(x.cols() == features_, "hessian_accumulator: sequence ", sequences_ + j, " has ", x.cols(),
                   " features, expected ", features_);
       RSQ_EXPECTS(x.rows() > 0, "hessian_accumulator: sequence ", sequences_ + j, " has no tokens");
-      for (index_t t = 0; t < x.rows(); ++t) {
-        if (rsq::detail::all_finite(&x(t, 0), features_, x.stride(1))) continue;
-        for (index_t f = 0; f < features_; ++f)
-          if (!std::isfinite(x(t, f)))
-            rsq::detail::throw_invalid_argument("hessian_accumulator: input of sequence ", sequences_ + j, ", token ",
-                                                t, ", feature ", f, " is ", x(t, f));
+      if (index_t const t = rsq::detail::first_nonfinite_row(x); t < x.rows()) {
+        index_t const f = rsq::detail::first_nonfinite_column(x, t);
+        rsq::detail::throw_invalid_argument("hessian_accumulator: input of sequence ", sequences_ + j, ", token ", t,
+                                            ", feature ", f, " is ", x(t, f));
       }
       weights[j] = hessian::token_weights(r_of(j), x.rows(), weighting_, sequences_ + j);
       tokens += x.rows();

@@ -3,7 +3,8 @@
 
 /// @file
 /// The CPU backend of rsq::hessian_accumulator: the weighted inputs √w·x are gathered in chunks, transposed so that
-/// each feature's tokens are contiguous, and added to the running sum with a SYRK on GEMM tiles (multi-threaded).
+/// each feature's tokens are contiguous, and added to the running sum with a SYRK on GEMM tiles (multi-threaded, the
+/// gathering of one chunk beside the products of the one before: cpu::syrk_lower_update_gathered).
 
 #include <algorithm>
 #include <cmath>
@@ -60,12 +61,7 @@ class hessian_accumulator<T, backend::cpu_eigen>
   }
 
  private:
-  /// Tokens gathered per SYRK: big enough for GEMM efficiency, small enough to stay a few MB.
-  [[nodiscard]] index_t chunk_tokens() const noexcept {
-    return std::clamp<index_t>((index_t(1) << 22) / this->features(), 256, 8192);
-  }
-
-  /// A token waiting in the chunk: its inputs (@p stride apart) and √w.
+  /// A token to add: its inputs (@p stride apart) and √w.
   template <class X>
   struct pending_token {
     X const* x;
@@ -76,66 +72,51 @@ class hessian_accumulator<T, backend::cpu_eigen>
   template <class XOf>
   void accumulate(index_t count, XOf x_of, std::vector<std::vector<double>> const& weights) {
     using X = std::remove_cvref_t<decltype(*x_of(0).data())>;
-    index_t const features = this->features(), chunk = chunk_tokens();
-    // (tokens, features) column-major: each feature's tokens contiguous, the layout in which the SYRK reads the
-    // depth fastest, so the weighted inputs are transposed once, here, and not again inside the SYRK.
-    cpu::eigen_col_matrix<T> buf(chunk, features);
     std::vector<pending_token<X>> pending;
-    pending.reserve(static_cast<std::size_t>(chunk));
-    auto flush = [&] {
-      if (pending.empty()) return;
-      fill_transposed(pending, buf);
-      cpu::syrk_lower_update<T>(sum_, buf.topRows(index_t(pending.size())), T(1));
-      pending.clear();
-    };
     for (index_t j = 0; j < count; ++j) {
       auto const x = x_of(j);
       auto const& w = weights[std::size_t(j)];
-      for (index_t t = 0; t < x.rows(); ++t) {
-        if (w[std::size_t(t)] == 0) continue;
-        pending.push_back({&x(t, 0), x.stride(1), T(std::sqrt(w[std::size_t(t)]))});
-        if (index_t(pending.size()) == chunk) flush();
-      }
+      for (index_t t = 0; t < x.rows(); ++t)
+        if (w[std::size_t(t)] != 0) pending.push_back({&x(t, 0), x.stride(1), T(std::sqrt(w[std::size_t(t)]))});
     }
-    flush();
-  }
-
-  /// buf(k, f) = √w_k · x_k(f) for the pending tokens k, blocks of features in parallel: register tiles
-  /// (cpu/transpose.hpp) when every input is T with contiguous rows, element by element otherwise.
-  template <class X>
-  static void fill_transposed(std::vector<pending_token<X>> const& pending, cpu::eigen_col_matrix<T>& buf) {
-    constexpr index_t P = cpu::detail::transpose_tile_size<T>, block = 64;
-    index_t const features = buf.cols(), tokens = index_t(pending.size()), blocks = (features + block - 1) / block;
+    // Register tiles (cpu/transpose.hpp) when every input is T with contiguous rows, element by element otherwise.
     bool const tiles =
         std::is_same_v<X, T> && std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; });
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) if (tokens * features > (index_t(1) << 16))
-#endif
-    for (index_t fb = 0; fb < blocks; ++fb) {
-      index_t const f0 = fb * block, nf = std::min(block, features - f0);
-      auto element = [&](index_t k, index_t f) {
-        auto const& p = pending[std::size_t(k)];
-        buf(k, f0 + f) = p.root_weight * T(p.x[(f0 + f) * p.stride]);
-      };
-      if constexpr (std::is_same_v<X, T>) {
-        if (tiles) {  // grid (token k, feature f0 + f)
-          cpu::detail::transpose_tiles<T>(
-              tokens, nf, false,
-              [&](index_t k0, index_t c0, T const** src, T* scale, T** dst) {
-                for (index_t k = 0; k < P; ++k) {
-                  auto const& p = pending[std::size_t(k0 + k)];
-                  src[k] = p.x + f0 + c0;
-                  scale[k] = p.root_weight;
-                  dst[k] = &buf(k0, f0 + c0 + k);
-                }
-              },
-              element);
-          continue;
-        }
+    cpu::syrk_lower_update_gathered<T>(
+        sum_, index_t(pending.size()),
+        [&](T* dst, index_t ld, index_t f0, index_t nf, index_t k0, index_t kn) {
+          fill_transposed<X>(pending.data() + k0, kn, f0, nf, tiles, dst, ld);
+        },
+        T(1));
+  }
+
+  /// dst[k + f * ld] = √w_k · x_k(f0 + f) for the @p tokens tokens at @p pending and the features f < nf: the
+  /// weighted inputs, transposed so that each feature's tokens are contiguous (the layout in which the SYRK reads the
+  /// depth fastest).
+  template <class X>
+  static void fill_transposed(pending_token<X> const* pending, index_t tokens, index_t f0, index_t nf, bool tiles,
+                              T* dst, index_t ld) {
+    auto element = [&](index_t k, index_t f) {
+      dst[k + f * ld] = pending[k].root_weight * T(pending[k].x[(f0 + f) * pending[k].stride]);
+    };
+    if constexpr (std::is_same_v<X, T>) {
+      if (tiles) {  // grid (token k, feature f)
+        constexpr index_t P = cpu::detail::transpose_tile_size<T>;
+        cpu::detail::transpose_tiles<T>(
+            tokens, nf, false,
+            [&](index_t k0, index_t c0, T const** src, T* scale, T** line) {
+              for (index_t k = 0; k < P; ++k) {
+                src[k] = pending[k0 + k].x + f0 + c0;
+                scale[k] = pending[k0 + k].root_weight;
+                line[k] = dst + k0 + (c0 + k) * ld;
+              }
+            },
+            element);
+        return;
       }
-      for (index_t k = 0; k < tokens; ++k)
-        for (index_t f = 0; f < nf; ++f) element(k, f);
     }
+    for (index_t f = 0; f < nf; ++f)
+      for (index_t k = 0; k < tokens; ++k) element(k, f);
   }
 
   cpu::eigen_col_matrix<T> sum_;  // (features, features) Σ w x xᵀ, lower triangle valid

@@ -201,6 +201,21 @@ void invert_lower_recursive(col_ref<T> l) {
   invert_lower_recursive<T>(l.bottomRightCorner(n2, n2));
 }
 
+/// Scratch memory of the calling thread, kept between calls: fresh pages are costly (a first touch of 32 MB took
+/// 120-200 ms on the sandboxed development machines), and a Hessian is accumulated batch by batch.
+template <class T>
+[[nodiscard]] T* scratch(std::size_t size) {
+  static thread_local std::vector<T> buffer;
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer.data();
+}
+
+/// Tokens per chunk of the gathered SYRK: two chunk buffers of at most 2M elements (8 MB in float) together, a
+/// multiple of 256 tokens (at least 256), never more than there are.
+[[nodiscard]] inline index_t gathered_chunk(index_t n, index_t tokens) {
+  return std::min(tokens, std::max<index_t>(256, (index_t(1) << 21) / n / 256 * 256));
+}
+
 // ---- task-parallel versions ----------------------------------------------------------------------------------------
 #if defined(_OPENMP)
 
@@ -296,33 +311,20 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
   }
 }
 
-/// Scratch memory of the calling thread, kept between calls: fresh pages are costly (a first touch of 32 MB took
-/// 120-200 ms on the sandboxed development machines), and a Hessian is accumulated batch by batch.
-template <class T>
-[[nodiscard]] T* scratch(std::size_t size) {
-  static thread_local std::vector<T> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer.data();
-}
-
-/// Tiled SYRK for a factor A (n x tokens) stored column-major, i.e. x row-major as activations usually are. Eigen's
-/// GEMM is about 15% slower when the depth (tokens) is the strided dimension of both operands, so the tokens are
-/// taken in chunks, each transposed (by tasks, one per block of features) into one of two buffers where the tokens
-/// are contiguous, and the tile products read the buffer. Dependences: a tile waits for the copies of its two
-/// feature blocks; the copy of a block into a buffer waits for the tiles of the chunk before that still read it;
-/// the chunks' updates of one tile of C are serialised.
-template <class T>
-void syrk_lower_tasks_transposing(col_ref<T> c, factor_ref<eigen_col_matrix<T>> const& a, T alpha, int threads) {
-  index_t const n = c.rows(), tokens = a.cols(), nb = syrk_tile(n), nt = (n + nb - 1) / nb;
-  // Two buffers of at most 2M elements (8 MB in float) each, chunks of a multiple of 256 tokens (at least 256).
-  index_t const kc = std::min(tokens, std::max<index_t>(256, (index_t(1) << 21) / n / 256 * 256));
+/// Tiled SYRK for a factor A (n x tokens) that is gathered chunk by chunk into buffers where each feature's tokens
+/// are contiguous (the layout Eigen's GEMM reads fastest as the depth): fill(dst, ld, r0, rb, q0, kq) writes
+/// A(r0 + f, q0 + k) to dst[k + f * ld]. The copies are tasks, one per chunk and block of features, and overlap the
+/// tile products of the chunk before. Dependences: a tile waits for the copies of its two feature blocks; the copy
+/// of a block into a buffer waits for the tiles of the chunk before that still read it; the chunks' updates of one
+/// tile of C are serialised.
+template <class T, class Fill>
+void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads) {
+  index_t const n = c.rows(), nb = syrk_tile(n), nt = (n + nb - 1) / nb, kc = gathered_chunk(n, tokens);
   T* const buf = scratch<T>(std::size_t(2 * n * kc));  // buffer b: (kc, n) column-major = A chunk row-major
   std::vector<char> dep_storage(std::size_t(2 * nt + nt * nt));
   char* const bdep = dep_storage.data();  // feature block p of buffer b: bdep[b * nt + p]
   char* const cdep = bdep + 2 * nt;       // tile (i, j) of C
   using buffer_map = Eigen::Map<const eigen_row_matrix<T>, 0, Eigen::OuterStride<>>;
-  T const* const src = a.data();
-  index_t const lda = a.outerStride();
   // Declared out here: deferred tasks must not refer to objects of a loop iteration that has ended.
   auto const tile_task = [&](index_t i, index_t j, T const* chunk, index_t kq) {
     buffer_map const ab(chunk, n, kq, Eigen::OuterStride<>(kc));
@@ -342,8 +344,8 @@ void syrk_lower_tasks_transposing(col_ref<T> c, factor_ref<eigen_col_matrix<T>> 
     for (index_t p = 0; p < nt; ++p) {
 #pragma omp task default(shared) firstprivate(p, q0, kq, chunk) depend(inout : dep[p])
       {
-        index_t const r0 = p * nb, rb = std::min(nb, n - r0);
-        transpose_copy(src + r0 + q0 * lda, lda, chunk + r0 * kc, kc, rb, kq);  // A(r0.., q0..) -> buffer
+        index_t const r0 = p * nb;
+        fill(chunk + r0 * kc, kc, r0, std::min(nb, n - r0), q0, kq);
       }
     }
     for (index_t i = 0; i < nt; ++i) {
@@ -381,12 +383,39 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   int const threads = available_threads();
   if (threads > 1 && c.rows() > syrk_tile(c.rows())) {
     if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
-      if (a.cols() >= 1024) return syrk_lower_tasks_transposing<T>(c, a, alpha, threads);
+      if (a.cols() >= 1024) {
+        T const* const src = a.data();
+        index_t const lda = a.outerStride();
+        return syrk_lower_tasks_gathered<T>(
+            c, a.cols(),
+            [&](T* dst, index_t ld, index_t r0, index_t rb, index_t q0, index_t kq) {
+              transpose_copy(src + r0 + q0 * lda, lda, dst, ld, rb, kq);  // A(r0.., q0..) -> buffer
+            },
+            alpha, threads);
+      }
     }
     return syrk_lower_tasks<T, Plain>(c, a, alpha, threads);
   }
 #endif
   syrk_lower<T, Plain>(c, a, alpha);
+}
+
+/// C_lower += alpha A A^T for a gathered A (see syrk_lower_tasks_gathered) on the available threads; on one thread,
+/// chunk by chunk: the whole chunk gathered, then its SYRK.
+template <class T, class Fill>
+void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
+  index_t const n = c.rows(), kc = gathered_chunk(n, tokens);
+#if defined(_OPENMP)
+  int const threads = available_threads();
+  if (threads > 1 && n > syrk_tile(n)) return syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, threads);
+#endif
+  T* const buf = scratch<T>(std::size_t(n * kc));
+  for (index_t q0 = 0; q0 < tokens; q0 += kc) {
+    index_t const kq = std::min(kc, tokens - q0);
+    fill(buf, kc, 0, n, q0, kq);
+    Eigen::Map<const eigen_row_matrix<T>, 0, Eigen::OuterStride<>> const chunk(buf, n, kq, Eigen::OuterStride<>(kc));
+    syrk_lower_parallel<T, eigen_row_matrix<T>>(c, chunk, alpha);
+  }
 }
 
 template <class T>
@@ -519,6 +548,22 @@ void syrk_lower_update(Eigen::Ref<eigen_col_matrix<std::type_identity_t<T>>> c, 
     // Evaluated once anyway: into the layout that Eigen's GEMM reads fastest (tokens contiguous).
     detail::linalg::syrk_lower_parallel<T, eigen_row_matrix<T>>(c, x.transpose().template cast<T>(), alpha);
   }
+}
+
+/// SYRK for inputs that are never stored as one matrix (tokens gathered from several places, weights applied on the
+/// way): the lower triangle of @p c (n x n) += alpha Σ_k a_k a_kᵀ over @p tokens vectors a_k of n features, where
+/// fill(dst, ld, f0, nf, k0, kn) writes feature f0 + f of token k0 + k to dst[k + f * ld] for f < nf, k < kn.
+///
+/// The tokens are gathered in chunks (a few MB, reused thread-local buffers), with the copies of one chunk running
+/// beside the tile products of the one before; fill is called concurrently, for disjoint blocks. The strict upper
+/// triangle of c is not touched. @p tokens = 0 is a no-op.
+/// @throws rsq::invalid_argument if c is not square or is empty, or tokens < 0
+template <class T, class Fill>
+void syrk_lower_update_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
+  static_assert(std::is_floating_point_v<T>, "rsq: syrk_lower_update_gathered needs a floating-point matrix");
+  detail::linalg::expect_square<T>(c, "syrk_lower_update_gathered", "c");
+  RSQ_EXPECTS(tokens >= 0, "syrk_lower_update_gathered: tokens must not be negative, got ", tokens);
+  if (tokens > 0) detail::linalg::syrk_lower_gathered<T>(c, tokens, fill, alpha);
 }
 
 }  // namespace rsq::cpu
