@@ -210,8 +210,8 @@ template <class T>
   return buffer.data();
 }
 
-/// Tokens per chunk of the gathered SYRK: two chunk buffers of at most 2M elements (8 MB in float) together, a
-/// multiple of 256 tokens (at least 256), never more than there are.
+/// Tokens per chunk of the gathered SYRK: chunk buffers of at most 2M elements (8 MB in float) each, a multiple of
+/// 256 tokens (at least 256), never more than there are.
 [[nodiscard]] inline index_t gathered_chunk(index_t n, index_t tokens) {
   return std::min(tokens, std::max<index_t>(256, (index_t(1) << 21) / n / 256 * 256));
 }
