@@ -60,7 +60,9 @@ int main(int argc, char** argv) {
   std::sort(rates.begin(), rates.end());
   double const sgemm_rate = rates[rates.size() / 2];
   std::printf("SGEMM 2048^3: %.1f GFLOP/s (the %%SGEMM columns)\n\n", sgemm_rate);
-  auto percent = [&](double flops, rsq_bench::paired_timing const& m) { return 100 * flops / m.seconds / 1e9 / sgemm_rate; };
+  auto percent = [&](double flops, rsq_bench::paired_timing const& m) {
+    return 100 * flops / m.seconds / 1e9 / sgemm_rate;
+  };
 
   std::printf("%-13s %-15s %9s %8s %6s %6s %9s %8s %6s %6s %9s\n", "rows x cols", "options", "factor s", "GFLOP/s",
               "%SGEMM", "%probe", "solve s", "GFLOP/s", "%SGEMM", "%probe", "total s");

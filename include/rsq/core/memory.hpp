@@ -3,9 +3,9 @@
 
 /// @file
 /// Large fresh buffers: a hint that lets Linux back them with transparent huge pages. On the sandboxed machines rsq is
-/// developed on, a first touch costs about 10 µs per 4 KiB page (zeroing a 64 MiB Hessian: 170 ms, a
-/// fifth of its whole accumulation); with 2 MiB pages the same memory faults 512 times less often. Only a hint: where huge pages are
-/// off, unavailable or unknown to the system, nothing changes.
+/// developed on, a first touch costs about 10 µs per 4 KiB page (zeroing a 64 MiB Hessian: 170 ms, a fifth of its
+/// whole accumulation); with 2 MiB pages the same memory faults 512 times less often. Only a hint: where huge pages
+/// are off, unavailable or unknown to the system, nothing changes.
 
 #include <cstddef>
 #include <cstdint>

@@ -291,7 +291,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   index_t const per_thread = (rows + threads - 1) / threads;
   index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + row_align - 1) / row_align * row_align);
   index_t const panels = (rows + panel_rows - 1) / panel_rows;
-  std::vector<std::vector<double>> panel_loss(static_cast<std::size_t>(panels));  // summed in panel order: deterministic
+  // Summed in panel order: the total does not depend on the thread count or the schedule.
+  std::vector<std::vector<double>> panel_loss(static_cast<std::size_t>(panels));
   // The grid that quantizes solve-order column j.
   auto grid_of = [&](index_t j) -> index_t {
     return opt.group_size <= 0 ? 0 : (opt.static_groups ? perm[std::size_t(j)] / group : j / group);

@@ -80,8 +80,8 @@ class hessian_accumulator<T, backend::cpu_eigen>
         if (w[std::size_t(t)] != 0) pending.push_back({&x(t, 0), x.stride(1), T(std::sqrt(w[std::size_t(t)]))});
     }
     // Register tiles (cpu/transpose.hpp) when every input is T with contiguous rows, element by element otherwise.
-    bool const tiles =
-        std::is_same_v<X, T> && std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; });
+    bool const tiles = std::is_same_v<X, T> &&
+                       std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; });
     cpu::syrk_lower_update_gathered<T>(
         sum_, index_t(pending.size()),
         [&](T* dst, index_t ld, index_t f0, index_t nf, index_t k0, index_t kn) {
