@@ -29,10 +29,12 @@ template gptq::factorization<double, backend::cpu_eigen> gptq_factor<double>(mat
                                                                             gptq::options const&);
 template gptq::result<float> gptq_solve<float>(matrix_view<const float>,
                                                gptq::factorization<float, backend::cpu_eigen> const&,
-                                               quant::grid_spec const&, gptq::options const&);
+                                               quant::grid_spec const&, gptq::options const&,
+                                               gptq::result<float>);
 template gptq::result<double> gptq_solve<double>(matrix_view<const double>,
                                                  gptq::factorization<double, backend::cpu_eigen> const&,
-                                                 quant::grid_spec const&, gptq::options const&);
+                                                 quant::grid_spec const&, gptq::options const&,
+                                                 gptq::result<double>);
 
 }  // namespace rsq::cpu::detail
 

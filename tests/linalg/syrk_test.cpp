@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include <rsq/backend/cpu/linalg.hpp>
+#include <rsq/backend/cpu/scratch.hpp>
 
 #include "linalg/linalg_support.hpp"
 
@@ -165,6 +166,54 @@ TEST_SUITE("linalg.syrk") {
                          doctest::Contains("tokens must not be negative, got -1"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS(rsq::cpu::syrk_lower_update_gathered<float>(rect, 3, fill, 1.0f),
                          doctest::Contains("c must be square, got (4 x 5)"), rsq::invalid_argument);
+  }
+
+  TEST_CASE("scratch memory is kept between calls, released on request, and private to a nested call") {
+    // One thread: the sequential path fills its chunk buffer from the calling thread, so a fill that calls the
+    // SYRK again runs while the outer call holds the thread's scratch block.
+    int const saved = Eigen::nbThreads();
+    Eigen::setNbThreads(1);
+    Eigen::Index const n = 64, tokens = 300;
+    row_mat<float> const x = random_matrix(tokens, n, 81).cast<float>();
+    matd const xd = x.cast<double>();
+    auto const copy_rows = [&](row_mat<float> const& src) {
+      return [&src](float* dst, Eigen::Index ld, Eigen::Index f0, Eigen::Index nf, Eigen::Index k0, Eigen::Index kn) {
+        for (Eigen::Index f = 0; f < nf; ++f)
+          for (Eigen::Index k = 0; k < kn; ++k) dst[k + f * ld] = src(k0 + k, f0 + f);
+      };
+    };
+    matd const ref = xd.transpose() * xd;
+    mat<float> const zero = mat<float>::Zero(n, n);
+
+    rsq::cpu::release_scratch();
+    CHECK(rsq::cpu::scratch_bytes() == 0);
+    mat<float> c = zero;
+    rsq::cpu::syrk_lower_update_gathered<float>(c, tokens, copy_rows(x), 1.0f);
+    auto const kept = rsq::cpu::scratch_bytes();
+    CHECK(kept >= std::size_t(n * tokens) * sizeof(float));  // one chunk of all the tokens
+    check_update(c, ref, zero, xd, 1e-6);
+
+    // Nested: the inner call, made from the outer fill, must not write into the outer chunk buffer; releasing the
+    // scratch from inside waits for the outer call to end.
+    row_mat<float> const y = random_matrix(tokens, n, 82).cast<float>();
+    matd const yd = y.cast<double>();
+    mat<float> outer = zero, inner = zero;
+    int inner_calls = 0;
+    rsq::cpu::syrk_lower_update_gathered<float>(
+        outer, tokens,
+        [&](float* dst, Eigen::Index ld, Eigen::Index f0, Eigen::Index nf, Eigen::Index k0, Eigen::Index kn) {
+          copy_rows(x)(dst, ld, f0, nf, k0, kn);
+          rsq::cpu::syrk_lower_update_gathered<float>(inner, tokens, copy_rows(y), 1.0f);
+          ++inner_calls;
+          rsq::cpu::release_scratch();
+          CHECK(rsq::cpu::scratch_bytes() == kept);  // still held by the outer call
+        },
+        1.0f);
+    REQUIRE(inner_calls == 1);
+    check_update(outer, ref, zero, xd, 1e-6);
+    check_update(inner, matd(yd.transpose() * yd), zero, yd, 1e-6);
+    CHECK(rsq::cpu::scratch_bytes() == 0);  // released when the outer call ended
+    Eigen::setNbThreads(saved);
   }
 
   TEST_CASE("two batches add up to one batch of all tokens, and zero tokens change nothing") {

@@ -32,6 +32,19 @@ template <class T>
   return rsq::matrix<T>(shape{std::size_t(rows), std::size_t(cols)});
 }
 
+/// Gives @p m the shape (rows, cols) for contents about to be written in full, keeping its storage when the element
+/// count is unchanged (fresh pages cost a first touch: `gptq::solve`'s recycled result); elements are left as they
+/// were.
+template <class T>
+void reshape_for_overwrite(rsq::matrix<T>& m, index_t rows, index_t cols) {
+  m.resize({std::size_t(rows), std::size_t(cols)});
+}
+/// reshape_for_overwrite() for a vector of @p n elements.
+template <class T>
+void reshape_for_overwrite(rsq::vector<T>& v, index_t n) {
+  v.resize({std::size_t(n)});
+}
+
 /// A zero-filled vector of @p n elements.
 template <class T>
 [[nodiscard]] rsq::vector<T> make_vector(index_t n) {

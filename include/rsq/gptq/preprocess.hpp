@@ -185,7 +185,7 @@ void copy_factorization_info(factorization_info const& f, result<T>& r) {
   r.damp_percent_used = f.damp_percent_used;
   r.damp_attempts = f.damp_attempts;
   r.failed_column = f.failed_column;
-  r.perm = rsq::make_vector<std::int32_t>(f.cols);
+  rsq::reshape_for_overwrite(r.perm, f.cols);
   std::copy(f.perm.begin(), f.perm.end(), r.perm.begin());
 }
 

@@ -26,6 +26,7 @@
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/backend/cpu/scratch.hpp"
 #include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/memory.hpp"
 #include "rsq/gptq/factorization.hpp"
@@ -129,12 +130,33 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
   }
 }
 
+/// A thread's workspace for the panels it solves, cut from scratch memory (kept between calls: cpu/scratch.hpp,
+/// since fresh pages cost more than the solve of a small layer): the panel in solve order, a block's scaled errors,
+/// the panel's grids (column g: group g), a dynamic group's per-row range, and the panel's codes.
+template <class T>
+struct panel_workspace {
+  using col_map = Eigen::Map<eigen_col_matrix<T>, Eigen::Aligned64>;
+  using vec_map = Eigen::Map<eigen_vector<T>, Eigen::Aligned64>;
+  col_map pan, e, scale, zero;
+  vec_map range_lo, range_hi;
+  Eigen::Map<eigen_col_matrix<std::uint8_t>, Eigen::Aligned64> codes;
+
+  panel_workspace(scratch_carver& c, index_t rows, index_t cols, index_t e_cols, index_t groups)
+      : pan(c.take<T>(std::size_t(rows * cols)), rows, cols),
+        e(c.take<T>(std::size_t(rows * e_cols)), rows, e_cols),
+        scale(c.take<T>(std::size_t(rows * groups)), rows, groups),
+        zero(c.take<T>(std::size_t(rows * groups)), rows, groups),
+        range_lo(c.take<T>(std::size_t(rows)), rows),
+        range_hi(c.take<T>(std::size_t(rows)), rows),
+        codes(c.take<std::uint8_t>(std::size_t(rows * cols)), rows, cols) {}
+};
+
 /// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, position[c]) =
 /// W(r0 + r, c); the panel's remaining rows zero. Register tiles (cpu/transpose.hpp) walk along W's rows; the edges
 /// and strided weights go element by element.
-template <class T>
+template <class T, class Pan>
 void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index_t> const& position,
-                std::vector<char> const& dead, eigen_col_matrix<T>& pan) {
+                std::vector<char> const& dead, Pan& pan) {
   constexpr index_t P = transpose_tile_size<T>;
   index_t const cols = w.cols();
   pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
@@ -228,9 +250,11 @@ gptq::factorization<T, backend::cpu_eigen> gptq_factor(matrix_view<const T> h, g
   return f;
 }
 
+/// The solve; the arrays of @p res (a result the caller no longer needs, or an empty one) are reused where their
+/// sizes match (rsq::reshape_for_overwrite), and every field is overwritten.
 template <class T>
 gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backend::cpu_eigen> const& f,
-                           quant::grid_spec const& grid, gptq::options const& opt) {
+                           quant::grid_spec const& grid, gptq::options const& opt, gptq::result<T> res) {
   index_t const rows = w.rows(), cols = w.cols();
   index_t const group = opt.group_size > 0 ? opt.group_size : cols;
   index_t const groups = gptq::detail::group_count(cols, opt.group_size);
@@ -239,17 +263,21 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   auto const& perm = f.perm;
   auto const& u = f.u;
 
-  gptq::result<T> res;
+  if (!f.ok()) {  // nothing of the recycled result survives
+    gptq::result<T> failed;
+    gptq::detail::copy_factorization_info(f, failed);
+    return failed;
+  }
   gptq::detail::copy_factorization_info(f, res);
-  if (!f.ok()) return res;
 
+  // Every element of these is written below.
   quant::quantized_weight<T>& qw = res.weight;
   qw.bits = grid.bits;
-  qw.scales = rsq::make_matrix<T>(rows, groups);
-  qw.zeros = rsq::make_matrix<T>(rows, groups);
+  rsq::reshape_for_overwrite(qw.scales, rows, groups);
+  rsq::reshape_for_overwrite(qw.zeros, rows, groups);
   qw.g_idx = gptq::detail::group_index(perm, opt);
-  qw.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(rows, cols);
-  res.dequantized = rsq::make_matrix_for_overwrite<T>(rows, cols);
+  rsq::reshape_for_overwrite(qw.codes, rows, cols);
+  rsq::reshape_for_overwrite(res.dequantized, rows, cols);
   rsq::detail::advise_huge_pages(qw.codes.data(), qw.codes.size());
   rsq::detail::advise_huge_pages(res.dequantized.data(), res.dequantized.size() * sizeof(T));
 
@@ -301,17 +329,29 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   std::vector<index_t> position(static_cast<std::size_t>(cols));  // original column -> solve position
   for (index_t j = 0; j < cols; ++j) position[std::size_t(perm[std::size_t(j)])] = j;
 
+  // Per-thread workspaces, reused across panels, cut from the calling thread's scratch block.
+  index_t const e_cols = std::min(opt.block_size, cols);
+  int const team = int(std::min<index_t>(threads, panels));
+  std::size_t const per_thread_bytes = [&] {
+    scratch_carver sizing;
+    (void)panel_workspace<T>(sizing, panel_rows, cols, e_cols, groups);
+    return sizing.bytes();
+  }();
+  scratch_lease const lease(per_thread_bytes * std::size_t(team));
+
 #if defined(_OPENMP)
-#pragma omp parallel num_threads(int(std::min<index_t>(threads, panels)))
+#pragma omp parallel num_threads(team)
 #endif
   {
-    // Per-thread workspace, reused across panels: the panel (solve order), its codes, a block's scaled errors, the
-    // panel's grids (column g: group g), and the per-row ranges of a dynamic group.
-    eigen_col_matrix<T> pan(panel_rows, cols), e(panel_rows, std::min(opt.block_size, cols));
-    rsq::detail::advise_huge_pages(pan.data(), std::size_t(pan.size()) * sizeof(T));
-    eigen_col_matrix<T> pscale(panel_rows, groups), pzero(panel_rows, groups);
-    eigen_col_matrix<std::uint8_t> pan_codes(panel_rows, cols);
-    eigen_vector<T> range_lo(panel_rows), range_hi(panel_rows);  // a dynamic group's per-row range
+    int thread = 0;
+#if defined(_OPENMP)
+    thread = omp_get_thread_num();
+#endif
+    scratch_carver carver(lease.data() + per_thread_bytes * std::size_t(thread));
+    panel_workspace<T> ws(carver, panel_rows, cols, e_cols, groups);
+    auto &pan = ws.pan, &e = ws.e, &pscale = ws.scale, &pzero = ws.zero;
+    auto &range_lo = ws.range_lo, &range_hi = ws.range_hi;
+    auto& pan_codes = ws.codes;
     T const* leaf_scale[gptq_leaf_columns];
     T const* leaf_zero[gptq_leaf_columns];
 #if defined(_OPENMP)
@@ -391,7 +431,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
     }
   }
 
-  res.column_loss = rsq::make_vector<T>(cols);
+  rsq::reshape_for_overwrite(res.column_loss, cols);
   for (index_t j = 0; j < cols; ++j) {
     double s = 0;
     for (auto const& l : panel_loss) s += l[std::size_t(j)];
@@ -408,10 +448,12 @@ extern template gptq::factorization<double, backend::cpu_eigen> gptq_factor<doub
                                                                                    gptq::options const&);
 extern template gptq::result<float> gptq_solve<float>(matrix_view<const float>,
                                                       gptq::factorization<float, backend::cpu_eigen> const&,
-                                                      quant::grid_spec const&, gptq::options const&);
+                                                      quant::grid_spec const&, gptq::options const&,
+                                                      gptq::result<float>);
 extern template gptq::result<double> gptq_solve<double>(matrix_view<const double>,
                                                         gptq::factorization<double, backend::cpu_eigen> const&,
-                                                        quant::grid_spec const&, gptq::options const&);
+                                                        quant::grid_spec const&, gptq::options const&,
+                                                        gptq::result<double>);
 #endif
 
 }  // namespace rsq::cpu::detail
@@ -429,8 +471,8 @@ struct solver<backend::cpu_eigen> {
   template <class T>
   static result<T> solve(backend::cpu_eigen const&, matrix_view<const T> w,
                          factorization<T, backend::cpu_eigen> const& f, quant::grid_spec const& grid,
-                         options const& opt) {
-    return cpu::detail::gptq_solve(w, f, grid, opt);
+                         options const& opt, result<T>&& recycled) {
+    return cpu::detail::gptq_solve(w, f, grid, opt, std::move(recycled));
   }
 };
 

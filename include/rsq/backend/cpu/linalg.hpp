@@ -30,6 +30,7 @@
 #endif
 
 #include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/scratch.hpp"
 #include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
@@ -201,15 +202,6 @@ void invert_lower_recursive(col_ref<T> l) {
   invert_lower_recursive<T>(l.bottomRightCorner(n2, n2));
 }
 
-/// Scratch memory of the calling thread, kept between calls: fresh pages are costly (a first touch of 32 MB took
-/// 120-200 ms on the sandboxed development machines), and a Hessian is accumulated batch by batch.
-template <class T>
-[[nodiscard]] T* scratch(std::size_t size) {
-  static thread_local std::vector<T> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer.data();
-}
-
 /// Tokens per chunk of the gathered SYRK: chunk buffers of at most 2M elements (8 MB in float) each, a multiple of
 /// 256 tokens (at least 256), never more than there are.
 [[nodiscard]] inline index_t gathered_chunk(index_t n, index_t tokens) {
@@ -320,7 +312,8 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
 template <class T, class Fill>
 void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads) {
   index_t const n = c.rows(), nb = syrk_tile(n), nt = (n + nb - 1) / nb, kc = gathered_chunk(n, tokens);
-  T* const buf = scratch<T>(std::size_t(2 * n * kc));  // buffer b: (kc, n) column-major = A chunk row-major
+  scratch_lease const lease(std::size_t(2 * n * kc) * sizeof(T));
+  T* const buf = lease.as<T>();  // buffer b: (kc, n) column-major = A chunk row-major
   std::vector<char> dep_storage(std::size_t(2 * nt + nt * nt));
   char* const bdep = dep_storage.data();  // feature block p of buffer b: bdep[b * nt + p]
   char* const cdep = bdep + 2 * nt;       // tile (i, j) of C
@@ -409,7 +402,8 @@ void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha
   int const threads = available_threads();
   if (threads > 1 && n > syrk_tile(n)) return syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, threads);
 #endif
-  T* const buf = scratch<T>(std::size_t(n * kc));
+  scratch_lease const lease(std::size_t(n * kc) * sizeof(T));
+  T* const buf = lease.as<T>();
   for (index_t q0 = 0; q0 < tokens; q0 += kc) {
     index_t const kq = std::min(kc, tokens - q0);
     fill(buf, kc, 0, n, q0, kq);

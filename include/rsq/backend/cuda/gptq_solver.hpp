@@ -15,6 +15,7 @@
 /// It needs no CUDA header and no Eigen.
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "rsq/backend/cuda/memory.hpp"
@@ -110,8 +111,9 @@ struct device_result {
   device_array<T> column_loss;        ///< (cols)
 
   [[nodiscard]] bool ok() const noexcept { return info.ok(); }
-  /// The result in host memory, the same types as the CPU backend's (waits for the stream).
-  [[nodiscard]] gptq::result<T> to_host(backend::cuda const& be = {}) const;
+  /// The result in host memory, the same types as the CPU backend's (waits for the stream); the arrays of
+  /// @p recycled, a host result the caller no longer needs, are reused where their sizes match.
+  [[nodiscard]] gptq::result<T> to_host(backend::cuda const& be = {}, gptq::result<T>&& recycled = {}) const;
 };
 
 namespace detail {
@@ -217,8 +219,8 @@ struct solver<backend::cuda> {
   }
   template <class T>
   static result<T> solve(backend::cuda const& be, matrix_view<const T> w, factorization<T, backend::cuda> const& f,
-                         quant::grid_spec const& grid, options const& opt) {
-    return cuda::detail::solve_device_impl<T>(be, w, f, grid, opt, false).to_host(be);
+                         quant::grid_spec const& grid, options const& opt, result<T>&& recycled) {
+    return cuda::detail::solve_device_impl<T>(be, w, f, grid, opt, false).to_host(be, std::move(recycled));
   }
 };
 

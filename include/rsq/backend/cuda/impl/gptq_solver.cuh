@@ -396,18 +396,23 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
 namespace rsq::cuda {
 
 template <class T>
-gptq::result<T> device_result<T>::to_host(backend::cuda const& be) const {
-  gptq::result<T> r;
+gptq::result<T> device_result<T>::to_host(backend::cuda const& be, gptq::result<T>&& recycled) const {
+  if (!info.ok()) {  // nothing of the recycled result survives
+    gptq::result<T> failed;
+    gptq::detail::copy_factorization_info(info, failed);
+    return failed;
+  }
+  gptq::result<T> r = std::move(recycled);
   gptq::detail::copy_factorization_info(info, r);
-  if (!info.ok()) return r;
   auto& w = r.weight;
   w.bits = bits;
-  w.codes = rsq::make_matrix<std::uint8_t>(rows, cols);
-  w.scales = rsq::make_matrix<T>(rows, groups);
-  w.zeros = rsq::make_matrix<T>(rows, groups);
-  w.g_idx = rsq::make_vector<std::int32_t>(cols);
-  r.dequantized = rsq::make_matrix<T>(rows, cols);
-  r.column_loss = rsq::make_vector<T>(cols);
+  // Every element is copied below.
+  rsq::reshape_for_overwrite(w.codes, rows, cols);
+  rsq::reshape_for_overwrite(w.scales, rows, groups);
+  rsq::reshape_for_overwrite(w.zeros, rows, groups);
+  rsq::reshape_for_overwrite(w.g_idx, cols);
+  rsq::reshape_for_overwrite(r.dequantized, rows, cols);
+  rsq::reshape_for_overwrite(r.column_loss, cols);
   auto const copy = [&](auto* dst, auto const* src, index_t n) {
     detail::runtime_api<>::copy(dst, src, std::size_t(n) * sizeof(*src), be.stream);
   };
