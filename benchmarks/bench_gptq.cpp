@@ -6,6 +6,9 @@
 // before each timed call (median over the calls; support/gemm_probe.hpp): the second is the one that holds on a
 // machine whose load moves during the run.
 //
+// The solve is timed into a recycled result (`r = solve(..., std::move(r))`, what a layer-by-layer loop does); the
+// last column times it into a fresh result, whose first touch of new pages is part of the cost (docs/gptq.md).
+//
 // Flop counts: factorization (Cholesky of the reversed H + triangular inverse) 2/3·n³; solve rows·cols² (every column's
 // error reaches every later column of its row, as rank-1 updates in a block and GEMMs between blocks); Hessian
 // N·n² (the lower triangle of Xᵀ X for N tokens).
@@ -14,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -64,8 +68,8 @@ int main(int argc, char** argv) {
     return 100 * flops / m.seconds / 1e9 / sgemm_rate;
   };
 
-  std::printf("%-13s %-15s %9s %8s %6s %6s %9s %8s %6s %6s %9s\n", "rows x cols", "options", "factor s", "GFLOP/s",
-              "%SGEMM", "%probe", "solve s", "GFLOP/s", "%SGEMM", "%probe", "total s");
+  std::printf("%-13s %-15s %9s %8s %6s %6s %9s %8s %6s %6s %9s %9s\n", "rows x cols", "options", "factor s", "GFLOP/s",
+              "%SGEMM", "%probe", "solve s", "GFLOP/s", "%SGEMM", "%probe", "total s", "fresh s");
   struct shape {
     rsq::index_t rows, cols;
   };
@@ -81,8 +85,13 @@ int main(int argc, char** argv) {
       rsq::backend::cpu_eigen const cpu;
       auto f = rsq::gptq::factor(cpu, l.h, opt);
       auto const tf = rsq_bench::median_paired(reps, probe, [] {}, [&] { f = rsq::gptq::factor(cpu, l.h, opt); });
+      // The solve into a recycled result (steady state of a layer-by-layer loop), and into a fresh one, whose pages
+      // are touched for the first time.
       rsq::gptq::result<float> r;
-      auto const ts =
+      auto const ts = rsq_bench::median_paired(reps, probe, [] {}, [&] {
+        r = rsq::gptq::solve(cpu, l.w, f, grid, opt, std::move(r));
+      });
+      auto const tfresh =
           rsq_bench::median_paired(reps, probe, [] {}, [&] { r = rsq::gptq::solve(cpu, l.w, f, grid, opt); });
       if (!r.ok()) {
         std::printf("solve failed: %s\n", std::string(rsq::gptq::to_string(r.info)).c_str());
@@ -92,10 +101,10 @@ int main(int argc, char** argv) {
       double const ff = 2.0 / 3.0 * n * n * n, fs = double(sh.rows) * n * n;
       char dims[32];
       std::snprintf(dims, sizeof dims, "%td x %td", sh.rows, sh.cols);
-      std::printf("%-13s %-15s %9.4f %8.1f %5.0f%% %5.0f%% %9.4f %8.1f %5.0f%% %5.0f%% %9.4f\n", dims,
+      std::printf("%-13s %-15s %9.4f %8.1f %5.0f%% %5.0f%% %9.4f %8.1f %5.0f%% %5.0f%% %9.4f %9.4f\n", dims,
                   variant ? "g128 act-order" : "per row", tf.seconds, ff / tf.seconds / 1e9, percent(ff, tf),
                   tf.percent_of_probe(ff), ts.seconds, fs / ts.seconds / 1e9, percent(fs, ts),
-                  ts.percent_of_probe(fs), tf.seconds + ts.seconds);
+                  ts.percent_of_probe(fs), tf.seconds + ts.seconds, tfresh.seconds);
     }
   }
 

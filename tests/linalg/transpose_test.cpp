@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Tests of the register-tile transposes (rsq/backend/cpu/transpose.hpp) against element-by-element copies: every
-// size around the tile edge, leading dimensions larger than the data, float and double, scaled tiles.
+// size around the tile edge, leading dimensions larger than the data, float, double and bytes, scaled tiles.
 #include <doctest/doctest.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include <rsq/backend/cpu/transpose.hpp>
@@ -14,7 +15,7 @@ template <class T>
 void check_transpose_copy(rsq::index_t rows, rsq::index_t cols) {
   rsq::index_t const ld_src = rows + 3, ld_dst = cols + 5;
   std::vector<T> src(std::size_t(ld_src * cols)), dst(std::size_t(ld_dst * rows), T(-7));
-  for (std::size_t i = 0; i < src.size(); ++i) src[i] = T(i % 1009) + T(0.25);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = T(T(i % (sizeof(T) == 1 ? 251 : 1009)) + T(0.25));
   rsq::cpu::detail::transpose_copy(src.data(), ld_src, dst.data(), ld_dst, rows, cols);
   bool ok = true;
   for (rsq::index_t r = 0; r < rows; ++r)
@@ -28,7 +29,7 @@ void check_transpose_copy(rsq::index_t rows, rsq::index_t cols) {
 }  // namespace
 
 TEST_CASE_TEMPLATE("transpose_copy equals the element-by-element transpose for every size around a tile", T, float,
-                   double) {
+                   double, std::uint8_t) {
   constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<T>;
   for (rsq::index_t rows : {rsq::index_t(1), p - 1, p, p + 1, 3 * p + 2})
     for (rsq::index_t cols : {rsq::index_t(1), p - 1, p, 2 * p, 2 * p + 3})
@@ -55,4 +56,24 @@ TEST_CASE_TEMPLATE("transpose_tile scales each source line and writes through th
   CHECK(ok);
   for (rsq::index_t i = 0; i < p; ++i)  // the lines between were not written
     for (rsq::index_t k = 0; k < p; ++k) CHECK(dst[std::size_t((2 * i + 1) * p + k)] == T(0));
+}
+
+TEST_CASE("byte tiles: every byte of an 8 x 8 tile lands in its transposed place, through the given line pointers") {
+  constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<std::uint8_t>;
+  if constexpr (p == 8) {
+    std::vector<std::uint8_t> src(std::size_t(p * p)), dst(std::size_t(p * p * 2), 0);
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = std::uint8_t(255 - 3 * i);  // every byte different
+    std::uint8_t const* lines[p];
+    std::uint8_t* out[p];
+    for (rsq::index_t k = 0; k < p; ++k) {
+      lines[k] = src.data() + (p - 1 - k) * p;  // lines in reverse order
+      out[k] = dst.data() + 2 * k * p;          // every other line of dst
+    }
+    rsq::cpu::detail::transpose_byte_tile(lines, out);
+    for (rsq::index_t i = 0; i < p; ++i)
+      for (rsq::index_t k = 0; k < p; ++k) {
+        CHECK(out[i][k] == lines[k][i]);
+        CHECK(dst[std::size_t((2 * i + 1) * p + k)] == 0);  // the lines between were not written
+      }
+  }
 }

@@ -19,7 +19,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -45,8 +44,6 @@ namespace rsq::cpu::detail {
 inline constexpr index_t gptq_leaf_columns = 16;
 /// Rows per panel: big enough for GEMM efficiency, small enough that a block of the panel stays in L2.
 inline constexpr index_t gptq_panel_rows = 512;
-/// Edge of the square scalar tiles in which a panel's codes are stored (transposed, permuted).
-inline constexpr index_t gptq_copy_tile = 16;
 
 }  // namespace rsq::cpu::detail
 
@@ -151,12 +148,11 @@ struct panel_workspace {
         codes(c.take<std::uint8_t>(std::size_t(rows * cols)), rows, cols) {}
 };
 
-/// Rows [r0, r0 + n) of W into a column-major panel in solve order, dead columns zero: pan(r, position[c]) =
-/// W(r0 + r, c); the panel's remaining rows zero. Register tiles (cpu/transpose.hpp) walk along W's rows; the edges
+/// Rows [r0, r0 + n) of W into a column-major panel in solve order: pan(r, position[c]) = W(r0 + r, c); the panel's
+/// remaining rows zero (dead columns are zeroed by the caller, after the per-row grids are fitted). Register tiles (cpu/transpose.hpp) walk along W's rows; the edges
 /// and strided weights go element by element.
 template <class T, class Pan>
-void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index_t> const& position,
-                std::vector<char> const& dead, Pan& pan) {
+void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index_t> const& position, Pan& pan) {
   constexpr index_t P = transpose_tile_size<T>;
   index_t const cols = w.cols();
   pan.bottomRows(pan.rows() - n).setZero();  // rows past the last one solve to zero
@@ -175,47 +171,24 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
     for (index_t r = 0; r < n; ++r)
       for (index_t c = 0; c < cols; ++c) element(r, c);
   }
-  for (index_t c = 0; c < cols; ++c)
-    if (dead[std::size_t(c)]) pan.col(position[std::size_t(c)]).head(n).setZero();
 }
 
-/// The inverse of load_panel for a panel's results: out(r0 + r, c) = pan(r, position[c]) for r < n, out row-major
-/// with row stride @p ld_out. Register tiles walk along the output's rows where Out is the panel's scalar type; codes
-/// go through square scalar tiles.
-template <class Out, class Pan>
-void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> const& position, Out* out,
-                 index_t ld_out) {
+/// The inverse of load_panel for a panel's results (dequantized values or codes): out(r0 + r, c) = pan(r,
+/// position[c]) for r < n, out row-major with row stride @p ld_out, in register tiles along the output's rows.
+template <class Pan>
+void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> const& position,
+                 typename Pan::Scalar* out, index_t ld_out) {
   using T = typename Pan::Scalar;
-  index_t const cols = pan.cols();
-  if constexpr (std::is_same_v<Out, T>) {
-    constexpr index_t P = transpose_tile_size<T>;
-    transpose_tiles<T>(
-        n, cols, true,
-        [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
-          for (index_t k = 0; k < P; ++k) {
-            src[k] = &pan(rt, position[std::size_t(c0 + k)]);
-            dst[k] = out + (r0 + rt + k) * ld_out + c0;
-          }
-        },
-        [&](index_t r, index_t c) { out[(r0 + r) * ld_out + c] = pan(r, position[std::size_t(c)]); });
-  } else {
-    constexpr index_t tile = gptq_copy_tile;
-    Out buf[tile][tile];  // buf[c][r]
-    for (index_t rt = 0; rt < n; rt += tile) {
-      index_t const nr = std::min(tile, n - rt);
-      for (index_t c0 = 0; c0 < cols; c0 += tile) {
-        index_t const nc = std::min(tile, cols - c0);
-        for (index_t c = 0; c < nc; ++c) {
-          auto const* src = &pan(rt, position[std::size_t(c0 + c)]);
-          for (index_t r = 0; r < nr; ++r) buf[c][r] = static_cast<Out>(src[r]);
+  constexpr index_t P = transpose_tile_size<T>;
+  transpose_tiles<T>(
+      n, pan.cols(), true,
+      [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
+        for (index_t k = 0; k < P; ++k) {
+          src[k] = &pan(rt, position[std::size_t(c0 + k)]);
+          dst[k] = out + (r0 + rt + k) * ld_out + c0;
         }
-        for (index_t r = 0; r < nr; ++r) {
-          Out* dst = out + (r0 + rt + r) * ld_out + c0;
-          for (index_t c = 0; c < nc; ++c) dst[c] = buf[c][r];
-        }
-      }
-    }
-  }
+      },
+      [&](index_t r, index_t c) { out[(r0 + r) * ld_out + c] = pan(r, position[std::size_t(c)]); });
 }
 
 template <class T>
@@ -281,9 +254,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   rsq::detail::advise_huge_pages(qw.codes.data(), qw.codes.size());
   rsq::detail::advise_huge_pages(res.dequantized.data(), res.dequantized.size() * sizeof(T));
 
-  // Grids fitted up front, on the original W (rows in parallel). Per-row grids: the reference fits them before
-  // zeroing dead columns. Static groups: one grid per (row, group) of original columns, after the dead-column step.
-  if (opt.group_size <= 0 || opt.static_groups) {
+  // Static groups: one grid per (row, group) of original columns, after the dead-column step, fitted up front (rows
+  // in parallel). Per-row grids and dynamic groups are fitted panel by panel, below.
+  if (opt.static_groups) {
 #if defined(_OPENMP)
 #pragma omp parallel
 #endif
@@ -293,12 +266,6 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
 #pragma omp for schedule(static)
 #endif
       for (index_t r = 0; r < rows; ++r) {
-        if (opt.group_size <= 0) {
-          auto const p = quant::fit(grid, &w(r, 0), cols, w.stride(1));
-          qw.scales(r, 0) = p.scale;
-          qw.zeros(r, 0) = p.zero;
-          continue;
-        }
         for (index_t g = 0; g < groups; ++g) {
           index_t const c0 = g * group, len = std::min(group, cols - c0);
           for (index_t k = 0; k < len; ++k) seg[std::size_t(k)] = f.dead[std::size_t(c0 + k)] ? T(0) : w(r, c0 + k);
@@ -314,8 +281,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
 #if defined(_OPENMP)
   threads = omp_get_max_threads();
 #endif
-  // At least one panel per thread; panel rows a multiple of the leaf kernel's chunk (and of the copy tile).
-  constexpr index_t row_align = std::max(gptq_leaf_rows, gptq_copy_tile);
+  // At least one panel per thread; panel rows a multiple of the leaf kernel's chunk.
+  constexpr index_t row_align = gptq_leaf_rows;
   index_t const per_thread = (rows + threads - 1) / threads;
   index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + row_align - 1) / row_align * row_align);
   index_t const panels = (rows + panel_rows - 1) / panel_rows;
@@ -362,15 +329,38 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
       index_t const n_pad = (n + gptq_leaf_rows - 1) / gptq_leaf_rows * gptq_leaf_rows;  // padded rows stay zero
       auto& loss = panel_loss[std::size_t(pi)];
       loss.assign(static_cast<std::size_t>(cols), 0.0);
-      load_panel(w, r0, n, position, f.dead, pan);
+      // The grid of group g for the panel's rows from its solve-order columns [col, col + len): each row's range,
+      // scanned down the columns (vectorized over rows), then the grid per row. The clip search reads the values
+      // again, from @p x (row r at x + r·ld, step @p step), in the order the reference sums them.
+      auto fit_rows = [&](index_t g, index_t col, index_t len, T const* x, index_t ld, index_t step) {
+        range_lo.setZero();
+        range_hi.setZero();
+        for (index_t c = col; c < col + len; ++c) {
+          T const* v = &pan(0, c);
+          for (index_t r = 0; r < n; ++r) {
+            range_lo[r] = v[r] < range_lo[r] ? v[r] : range_lo[r];
+            range_hi[r] = v[r] > range_hi[r] ? v[r] : range_hi[r];
+          }
+        }
+        for (index_t r = 0; r < n; ++r) {
+          auto const p = quant::fit_range(grid, range_lo[r], range_hi[r], x + r * ld, len, step);
+          pscale(r, g) = p.scale;
+          pzero(r, g) = p.zero;
+        }
+      };
+      load_panel(w, r0, n, position, pan);
       pscale.bottomRows(panel_rows - n).setOnes();
       pzero.bottomRows(panel_rows - n).setZero();
-      if (!dynamic_groups)
+      if (opt.group_size <= 0)  // per row: on the original W, before dead columns are zeroed (as the reference)
+        fit_rows(0, 0, cols, &w(r0, 0), w.stride(0), w.stride(1));
+      if (opt.static_groups)
         for (index_t g = 0; g < groups; ++g)
           for (index_t r = 0; r < n; ++r) {
             pscale(r, g) = qw.scales(r0 + r, g);
             pzero(r, g) = qw.zeros(r0 + r, g);
           }
+      for (index_t c = 0; c < cols; ++c)
+        if (f.dead[std::size_t(c)]) pan.col(position[std::size_t(c)]).head(n).setZero();
       auto wk = pan.topRows(n_pad);  // updated in place; a finished column holds its dequantized values
       panel_ref<T> const wk_ref{pan.data(), pan.outerStride()}, e_ref{e.data(), e.outerStride()};
       panel_ref<std::uint8_t> const codes_ref{pan_codes.data(), pan_codes.outerStride()};
@@ -380,26 +370,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
         auto eb = e.topLeftCorner(n_pad, nb);
         // Dynamic groups starting in this block are refitted now, on W with the completed blocks' updates and none
         // of this block's: what the reference sees when it reaches each group's first column.
-        if (dynamic_groups) {
-          for (index_t col = (i1 + group - 1) / group * group; col < i2; col += group) {
-            index_t const len = std::min(group, cols - col);
-            // Each row's range, scanned down the columns (vectorized over rows); then the grid per row.
-            range_lo.setZero();
-            range_hi.setZero();
-            for (index_t c = col; c < col + len; ++c) {
-              T const* x = &pan(0, c);
-              for (index_t r = 0; r < n; ++r) {
-                range_lo[r] = x[r] < range_lo[r] ? x[r] : range_lo[r];
-                range_hi[r] = x[r] > range_hi[r] ? x[r] : range_hi[r];
-              }
-            }
-            for (index_t r = 0; r < n; ++r) {
-              auto const p = quant::fit_range(grid, range_lo[r], range_hi[r], &pan(r, col), len, pan.outerStride());
-              pscale(r, col / group) = p.scale;
-              pzero(r, col / group) = p.zero;
-            }
-          }
-        }
+        if (dynamic_groups)
+          for (index_t col = (i1 + group - 1) / group * group; col < i2; col += group)
+            fit_rows(col / group, col, std::min(group, cols - col), &pan(0, col), 1, pan.outerStride());
         // Halves recursively: the left half's errors reach the right half in one GEMM.
         auto solve_range = [&](auto&& self, index_t s0, index_t s1) -> void {
           if (s1 - s0 <= gptq_leaf_columns) {
@@ -422,7 +395,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
       }
       store_panel(wk, r0, n, position, res.dequantized.data(), cols);
       store_panel(pan_codes, r0, n, position, qw.codes.data(), cols);
-      if (dynamic_groups)
+      if (!opt.static_groups)
         for (index_t g = 0; g < groups; ++g)
           for (index_t r = 0; r < n; ++r) {
             qw.scales(r0 + r, g) = pscale(r, g);

@@ -5,8 +5,13 @@
 /// Transposing copies for the CPU backend, in square tiles of one SIMD packet per line (16 × 16 floats with
 /// AVX-512, 8 × 8 with AVX, 4 × 4 with SSE) transposed in registers with Eigen's packet primitives: both sides are
 /// read and written a whole packet at a time (scalar tiles ran at about 1 ns per element; this is memory-bound).
+/// Bytes (GPTQ codes) go in 8 × 8 tiles held in eight 64-bit words.
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include <Eigen/Core>
 
@@ -17,18 +22,43 @@ namespace rsq::cpu::detail {
 template <class T>
 using packet_of = typename Eigen::internal::packet_traits<T>::type;
 
-/// Edge of a register tile for T: its packet size (1 without SIMD).
+/// Edge of a register tile for T: its packet size (1 without SIMD); 8 for bytes (a word per line).
 template <class T>
 inline constexpr index_t transpose_tile_size = Eigen::internal::unpacket_traits<packet_of<T>>::size;
+template <>
+inline constexpr index_t transpose_tile_size<std::uint8_t> = std::endian::native == std::endian::little ? 8 : 1;
 
-/// One register tile: element i of every source line k (P contiguous elements at src[k], scaled by scale[k]) goes to
-/// dst[i][k], P contiguous elements per destination line.
+/// transpose_tile for bytes (never scaled): line k is word k, byte j of it element j; three rounds swap the
+/// off-diagonal blocks of 4, 2 and 1 bytes between pairs of words, a 2 × 2 block transpose at each level.
+inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* const* dst) {
+  std::uint64_t x[8];
+  for (int k = 0; k < 8; ++k) std::memcpy(&x[k], src[k], 8);
+  auto swap_blocks = [&x](int i, int j, int bits, std::uint64_t low) {  // low: the first block of each pair
+    std::uint64_t const a = x[i], b = x[j];
+    x[i] = (a & low) | ((b & low) << bits);
+    x[j] = ((a >> bits) & low) | (b & ~low);
+  };
+  for (int i : {0, 1, 2, 3}) swap_blocks(i, i + 4, 32, 0x00000000FFFFFFFFull);
+  for (int i : {0, 1, 4, 5}) swap_blocks(i, i + 2, 16, 0x0000FFFF0000FFFFull);
+  for (int i : {0, 2, 4, 6}) swap_blocks(i, i + 1, 8, 0x00FF00FF00FF00FFull);
+  for (int k = 0; k < 8; ++k) std::memcpy(dst[k], &x[k], 8);
+}
+
+/// One register tile: element i of every source line k (P contiguous elements at src[k], scaled by scale[k]; bytes
+/// are not scaled) goes to dst[i][k], P contiguous elements per destination line.
+// Flattened: Eigen's ptranspose must be inlined here, under the pragmas below (an out-of-line copy of it raises
+// GCC 12's warnings where they do not reach).
 template <class T>
+#if defined(__GNUC__)
+[[gnu::flatten]]
+#endif
 void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
   using Packet = packet_of<T>;
   constexpr int P = int(transpose_tile_size<T>);
   if constexpr (P == 1) {
     dst[0][0] = scale[0] * src[0][0];
+  } else if constexpr (std::is_same_v<T, std::uint8_t>) {
+    transpose_byte_tile(src, dst);  // bytes are copied, never scaled
   } else {
     // Packet types carry vector attributes that a template argument drops (Eigen's own kernels silence this too),
     // and GCC 12 takes the deliberately undefined operands of AVX-512's unpack intrinsics for uninitialized reads.
