@@ -7,6 +7,7 @@
 //    and span blocks, act-order, static groups, clip search, both conventions) against the CPU backend;
 //  - invariants: H = I gives round-to-nearest exactly, H -> cH gives identical codes, dead columns, the escalation
 //    ladder and the failure status;
+//  - a recycled result (the same answer as a fresh one, its arrays reused);
 //  - the CUDA-only entry points: device-resident inputs and results, validation of device inputs, cuda_error.
 #include <doctest/doctest.h>
 
@@ -21,6 +22,7 @@
 
 #include "support/backends.hpp"
 #include "support/golden_solver_case.hpp"
+#include "support/recycled_result.hpp"
 
 namespace {
 
@@ -193,6 +195,13 @@ TEST_SUITE("cuda.gptq") {
       if constexpr (!std::is_same_v<B, rsq::backend::cpu_eigen>)
         check_against_cpu(res, l.w, l.h, {.bits = 4, .symmetric = true}, o);
     }
+  }
+
+  TEST_CASE_TEMPLATE("a recycled result gives the fresh result, reusing the arrays whose sizes match", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    auto const l = random_layer<float>(300, 150, 13);
+    rsq_test::check_recycled_result<B>(l.w, l.h);
   }
 
   TEST_CASE_TEMPLATE("an indefinite H escalates the damping from the original H, then reports a status", B,

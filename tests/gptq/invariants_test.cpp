@@ -11,6 +11,8 @@
 #include <rsq/gptq/solve.hpp>
 #include <rsq/quant/rtn.hpp>
 
+#include "support/recycled_result.hpp"
+
 namespace {
 
 using Mat = Eigen::MatrixXd;
@@ -223,44 +225,12 @@ TEST_SUITE("gptq.solve") {
 
   TEST_CASE("a recycled result gives the fresh result, reusing the arrays whose sizes match") {
     auto const l = random_layer(300, 150, 12);
-    Eigen::MatrixXf const w = l.w.cast<float>(), h = l.h.cast<float>();
-    Eigen::MatrixXf const w_small = w.topRows(100);
-    rsq::backend::cpu_eigen const cpu;
-    grid_spec const g{.bits = 4};
-    rsq::gptq::options const per_row{}, grouped{.group_size = 32, .act_order = true};
-    auto const f_rows = rsq::gptq::factor(cpu, h, per_row), f_groups = rsq::gptq::factor(cpu, h, grouped);
-    auto const same = [](rsq::gptq::result<float> const& a, rsq::gptq::result<float> const& b) {
-      CHECK(a.info == b.info);
-      CHECK(a.weight.bits == b.weight.bits);
-      CHECK(a.weight.codes == b.weight.codes);
-      CHECK(a.weight.scales == b.weight.scales);
-      CHECK(a.weight.zeros == b.weight.zeros);
-      CHECK(a.weight.g_idx == b.weight.g_idx);
-      CHECK(a.dequantized == b.dequantized);
-      CHECK(a.perm == b.perm);
-      CHECK(a.column_loss == b.column_loss);
-      CHECK(a.damp_used == b.damp_used);
-      CHECK(a.damp_attempts == b.damp_attempts);
-    };
-    auto r = rsq::gptq::solve(cpu, w, f_rows, g, per_row);
-    auto const* const codes = r.weight.codes.data();
-    auto const* const deq = r.dequantized.data();
-    // Same shape, other options (other groups, act-order): codes and Q are written into the same arrays.
-    r = rsq::gptq::solve(cpu, w, f_groups, g, grouped, std::move(r));
-    same(r, rsq::gptq::solve(cpu, w, f_groups, g, grouped));
-    CHECK(r.weight.codes.data() == codes);
-    CHECK(r.dequantized.data() == deq);
-    // Fewer rows: reallocated, same answer as a fresh solve.
-    r = rsq::gptq::solve(cpu, w_small, f_rows, g, per_row, std::move(r));
-    same(r, rsq::gptq::solve(cpu, w_small, f_rows, g, per_row));
-    // A failed factorization returns an empty weight, not the recycled arrays.
-    Eigen::MatrixXf const neg = -Eigen::MatrixXf::Identity(150, 150);
-    auto const f_bad = rsq::gptq::factor(cpu, neg, rsq::gptq::options{.max_damp_attempts = 2});
-    r = rsq::gptq::solve(cpu, w, f_bad, g, rsq::gptq::options{}, std::move(r));
-    CHECK(r.info == rsq::gptq::status::not_positive_definite);
-    CHECK(r.weight.codes.size() == 0);
-    CHECK(r.dequantized.size() == 0);
-    CHECK(r.column_loss.size() == 0);
+    auto w = rsq::make_matrix<float>(300, 150), h = rsq::make_matrix<float>(150, 150);
+    for (rsq::index_t r = 0; r < 300; ++r)
+      for (rsq::index_t c = 0; c < 150; ++c) w(r, c) = float(l.w(r, c));
+    for (rsq::index_t r = 0; r < 150; ++r)
+      for (rsq::index_t c = 0; c < 150; ++c) h(r, c) = float(l.h(r, c));
+    rsq_test::check_recycled_result<rsq::backend::cpu_eigen>(w, h);
   }
 
   TEST_CASE("dead columns are zeroed and quantize to 0") {
