@@ -24,7 +24,8 @@ namespace detail {
 ///   factorization<T, B> factor(B const&, matrix_view<const T> h, options const&);
 ///   result<T> solve(B const&, matrix_view<const T> w, factorization<T, B> const&, quant::grid_spec const&,
 ///                   options const&, result<T>&& recycled);
-/// Arguments arrive validated; `recycled` is a result whose arrays may be reused (empty when there is none). The primary template is a readable dead end.
+/// Arguments arrive validated; `recycled` is a result whose arrays may be reused (empty when there is none). The
+/// primary template is a readable dead end.
 template <class B>
 struct solver {
   static_assert(sizeof(B) == 0,

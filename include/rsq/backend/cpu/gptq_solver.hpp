@@ -149,8 +149,8 @@ struct panel_workspace {
 };
 
 /// Rows [r0, r0 + n) of W into a column-major panel in solve order: pan(r, position[c]) = W(r0 + r, c); the panel's
-/// remaining rows zero (dead columns are zeroed by the caller, after the per-row grids are fitted). Register tiles (cpu/transpose.hpp) walk along W's rows; the edges
-/// and strided weights go element by element.
+/// remaining rows zero (dead columns are zeroed by the caller, after the per-row grids are fitted). Register tiles
+/// (cpu/transpose.hpp) walk along W's rows; the edges and strided weights go element by element.
 template <class T, class Pan>
 void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index_t> const& position, Pan& pan) {
   constexpr index_t P = transpose_tile_size<T>;
