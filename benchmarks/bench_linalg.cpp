@@ -24,6 +24,8 @@
 #include <Eigen/Dense>
 #include <rsq/backend/cpu/linalg.hpp>
 
+#include "support/gemm_probe.hpp"
+
 namespace {
 
 using clock_type = std::chrono::steady_clock;
@@ -136,14 +138,8 @@ void run(int reps) {
     row("GEMM C = A B (4096^3)", n, s, 2.0 * double(n) * n * n);
     sink = sink + double(c(1, 2));
   }
-  Eigen::Index const pn = 2048;
-  mat<T> const pa = random_matrix<mat<T>>(pn, pn, 3), pb = random_matrix<mat<T>>(pn, pn, 4);
-  mat<T> pc(pn, pn);
-  probe = [&] {
-    auto const t0 = clock_type::now();
-    pc.noalias() = pa * pb;
-    return 2.0 * double(pn) * pn * pn / std::chrono::duration<double>(clock_type::now() - t0).count() * 1e-9;
-  };
+  rsq_bench::gemm_probe<T> gemm;
+  probe = [&] { return gemm.gflops(); };
   for (Eigen::Index n : {1024, 2048, 4096}) {
     mat<T> const a0 = spd<T>(n, unsigned(n));
     double const nd = double(n), chol_flops = nd * nd * nd / 3;

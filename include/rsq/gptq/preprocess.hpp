@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "rsq/core/checks.hpp"
@@ -177,9 +178,11 @@ void escalate(factor_plan<T>& p, options const& opt, TryFactor&& try_factor) {
   p.info.info = status::not_positive_definite;
 }
 
-/// Copies the outcome of a factorization into a result (for every outcome, including failure).
+/// The result a solve starts from: the factorization's outcome (every outcome, failure included) and permutation in
+/// @p recycled, whose arrays the solve then overwrites, or, when the factorization failed, in a result without arrays.
 template <class T>
-void copy_factorization_info(factorization_info const& f, result<T>& r) {
+[[nodiscard]] result<T> start_result(factorization_info const& f, result<T>&& recycled) {
+  result<T> r = f.ok() ? std::move(recycled) : result<T>{};
   r.info = f.info;
   r.damp_used = f.damp_used;
   r.damp_percent_used = f.damp_percent_used;
@@ -187,6 +190,7 @@ void copy_factorization_info(factorization_info const& f, result<T>& r) {
   r.failed_column = f.failed_column;
   rsq::reshape_for_overwrite(r.perm, f.cols);
   std::copy(f.perm.begin(), f.perm.end(), r.perm.begin());
+  return r;
 }
 
 }  // namespace rsq::gptq::detail

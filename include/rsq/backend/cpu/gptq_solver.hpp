@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -236,12 +237,8 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   auto const& perm = f.perm;
   auto const& u = f.u;
 
-  if (!f.ok()) {  // nothing of the recycled result survives
-    gptq::result<T> failed;
-    gptq::detail::copy_factorization_info(f, failed);
-    return failed;
-  }
-  gptq::detail::copy_factorization_info(f, res);
+  res = gptq::detail::start_result(f, std::move(res));
+  if (!f.ok()) return res;
 
   // Every element of these is written below.
   quant::quantized_weight<T>& qw = res.weight;

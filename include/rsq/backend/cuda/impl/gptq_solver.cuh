@@ -397,13 +397,8 @@ namespace rsq::cuda {
 
 template <class T>
 gptq::result<T> device_result<T>::to_host(backend::cuda const& be, gptq::result<T>&& recycled) const {
-  if (!info.ok()) {  // nothing of the recycled result survives
-    gptq::result<T> failed;
-    gptq::detail::copy_factorization_info(info, failed);
-    return failed;
-  }
-  gptq::result<T> r = std::move(recycled);
-  gptq::detail::copy_factorization_info(info, r);
+  gptq::result<T> r = gptq::detail::start_result(info, std::move(recycled));
+  if (!info.ok()) return r;
   auto& w = r.weight;
   w.bits = bits;
   // Every element is copied below.
