@@ -8,6 +8,7 @@
 //
 // The solve is timed into a recycled result (`r = solve(..., std::move(r))`, what a layer-by-layer loop does); the
 // last column times it into a fresh result, whose first touch of new pages is part of the cost (docs/gptq.md).
+// Likewise the Hessian: one batch added to an existing accumulator, and in the last column to a new one.
 //
 // Flop counts: factorization (Cholesky of the reversed H + triangular inverse) 2/3·n³; solve rows·cols² (every column's
 // error reaches every later column of its row, as rank-1 updates in a block and GEMMs between blocks); Hessian
@@ -108,7 +109,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-28s %9s %8s %6s %6s\n", "Hessian accumulation", "seconds", "GFLOP/s", "%SGEMM", "%probe");
+  std::printf("\n%-28s %9s %8s %6s %6s %9s\n", "Hessian accumulation", "seconds", "GFLOP/s", "%SGEMM", "%probe",
+              "fresh s");
   for (rsq::index_t cols : {1024, 4096}) {
     constexpr rsq::index_t tokens = 8192;
     std::mt19937_64 rng(2);
@@ -119,16 +121,23 @@ int main(int argc, char** argv) {
     std::uniform_real_distribution<float> ud(0.005f, 1.f);
     for (auto& v : r) v = ud(rng);
     for (bool weighted : {false, true}) {
-      auto const m = rsq_bench::median_paired(reps, probe, [] {}, [&] {
-        rsq::hessian_accumulator<float> acc(cols);
+      auto add = [&](rsq::hessian_accumulator<float>& acc) {
         if (weighted) acc.add(x, r);
         else acc.add(x);
+      };
+      // One batch into an accumulator that exists (the steady state of a calibration loop, which adds batch after
+      // batch), and into a fresh one, whose (features x features) sum is zeroed on fresh pages first.
+      rsq::hessian_accumulator<float> kept(cols);
+      auto const m = rsq_bench::median_paired(reps, probe, [] {}, [&] { add(kept); });
+      auto const mfresh = rsq_bench::median_paired(reps, probe, [] {}, [&] {
+        rsq::hessian_accumulator<float> acc(cols);
+        add(acc);
       });
       double const fl = double(tokens) * double(cols) * double(cols);
       char what[64];
       std::snprintf(what, sizeof what, "%td tokens x %td%s", tokens, cols, weighted ? " weighted" : "");
-      std::printf("%-28s %9.4f %8.1f %5.0f%% %5.0f%%\n", what, m.seconds, fl / m.seconds / 1e9, percent(fl, m),
-                  m.percent_of_probe(fl));
+      std::printf("%-28s %9.4f %8.1f %5.0f%% %5.0f%% %9.4f\n", what, m.seconds, fl / m.seconds / 1e9, percent(fl, m),
+                  m.percent_of_probe(fl), mfresh.seconds);
     }
   }
   std::printf("\nReference for scale (docs/performance.md): PyTorch fasterquant, 2 CPU threads of another machine,\n"

@@ -58,9 +58,9 @@ TEST_CASE_TEMPLATE("transpose_tile scales each source line and writes through th
     for (rsq::index_t k = 0; k < p; ++k) CHECK(dst[std::size_t((2 * i + 1) * p + k)] == T(0));
 }
 
-TEST_CASE("byte tiles: every byte of an 8 x 8 tile lands in its transposed place, through the given line pointers") {
+TEST_CASE("byte tiles: every byte of a tile (16 x 16 with SSE2, else 8 x 8) lands in its transposed place") {
   constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<std::uint8_t>;
-  if constexpr (p == 8) {
+  if constexpr (p > 1) {
     std::vector<std::uint8_t> src(std::size_t(p * p)), dst(std::size_t(p * p * 2), 0);
     for (std::size_t i = 0; i < src.size(); ++i) src[i] = std::uint8_t(255 - 3 * i);  // every byte different
     std::uint8_t const* lines[p];

@@ -25,6 +25,7 @@
 #include <Eigen/Core>
 
 #include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/gemm.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
 #include "rsq/backend/cpu/scratch.hpp"
 #include "rsq/backend/cpu/transpose.hpp"
@@ -383,12 +384,12 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
           }
           index_t const mid = s0 + ((s1 - s0) / 2 + gptq_leaf_columns - 1) / gptq_leaf_columns * gptq_leaf_columns;
           self(self, s0, mid);
-          wk.middleCols(i1 + mid, s1 - mid).noalias() -=
-              eb.middleCols(s0, mid - s0) * u.block(i1 + s0, i1 + mid, mid - s0, s1 - mid);
+          gemm_update<T>(wk.middleCols(i1 + mid, s1 - mid), eb.middleCols(s0, mid - s0),
+                         u.block(i1 + s0, i1 + mid, mid - s0, s1 - mid), T(-1));
           self(self, mid, s1);
         };
         solve_range(solve_range, 0, nb);
-        if (i2 < cols) wk.middleCols(i2, cols - i2).noalias() -= eb * u.block(i1, i2, nb, cols - i2);
+        if (i2 < cols) gemm_update<T>(wk.middleCols(i2, cols - i2), eb, u.block(i1, i2, nb, cols - i2), T(-1));
       }
       store_panel(wk, r0, n, position, res.dequantized.data(), cols);
       store_panel(pan_codes, r0, n, position, qw.codes.data(), cols);

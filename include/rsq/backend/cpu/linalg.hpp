@@ -30,6 +30,7 @@
 #endif
 
 #include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/gemm.hpp"
 #include "rsq/backend/cpu/scratch.hpp"
 #include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/error.hpp"
@@ -98,7 +99,7 @@ void trsm_right_lower_trans(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> 
   index_t const k1 = split(k), k2 = k - k1;
   // X L^T = [X1 L11^T, X1 L21^T + X2 L22^T]
   trsm_right_lower_trans<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
-  b.rightCols(k2).noalias() -= b.leftCols(k1) * l.bottomLeftCorner(k2, k1).transpose();
+  gemm_update<T>(b.rightCols(k2), b.leftCols(k1), l.bottomLeftCorner(k2, k1).transpose(), T(-1));
   trsm_right_lower_trans<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
 }
 
@@ -113,7 +114,7 @@ void trsm_right_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
   index_t const k1 = split(k), k2 = k - k1;
   // X L = [X1 L11 + X2 L21, X2 L22]: the right half first.
   trsm_right_lower<T>(l.bottomRightCorner(k2, k2), b.rightCols(k2));
-  b.leftCols(k1).noalias() -= b.rightCols(k2) * l.bottomLeftCorner(k2, k1);
+  gemm_update<T>(b.leftCols(k1), b.rightCols(k2), l.bottomLeftCorner(k2, k1), T(-1));
   trsm_right_lower<T>(l.topLeftCorner(k1, k1), b.leftCols(k1));
 }
 
@@ -128,7 +129,7 @@ void trsm_left_lower(Eigen::Ref<const eigen_col_matrix<T>> l, col_ref<T> b) {
   index_t const k1 = split(k), k2 = k - k1;
   // L X = [L11 X1; L21 X1 + L22 X2]
   trsm_left_lower<T>(l.topLeftCorner(k1, k1), b.topRows(k1));
-  b.bottomRows(k2).noalias() -= l.bottomLeftCorner(k2, k1) * b.topRows(k1);
+  gemm_update<T>(b.bottomRows(k2), l.bottomLeftCorner(k2, k1), b.topRows(k1), T(-1));
   trsm_left_lower<T>(l.bottomRightCorner(k2, k2), b.bottomRows(k2));
 }
 
@@ -143,12 +144,12 @@ void syrk_lower(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   index_t const n = c.rows();
   if (n <= syrk_leaf) {
     // Eigen's triangular-destination product computes only the lower half.
-    c.template triangularView<Eigen::Lower>() += (alpha * a) * a.transpose();
+    gemm_update_lower<T>(c, a, a.transpose(), alpha);
     return;
   }
   index_t const n1 = split(n), n2 = n - n1;
   syrk_lower<T, Plain>(c.topLeftCorner(n1, n1), a.topRows(n1), alpha);
-  c.bottomLeftCorner(n2, n1).noalias() += (alpha * a.bottomRows(n2)) * a.topRows(n1).transpose();
+  gemm_update<T>(c.bottomLeftCorner(n2, n1), a.bottomRows(n2), a.topRows(n1).transpose(), alpha);
   syrk_lower<T, Plain>(c.bottomRightCorner(n2, n2), a.bottomRows(n2), alpha);
 }
 
@@ -247,7 +248,7 @@ index_t factor_invert_tasks(col_ref<T> a, bool factor, bool invert, int threads)
           for (index_t j = k + 1; j < i; ++j) {
 #pragma omp task default(shared) firstprivate(i, j, k) depend(in : dep[i * nt + k], dep[j * nt + k]) \
     depend(inout : dep[i * nt + j])
-            if (go()) tile(i, j).noalias() -= tile(i, k) * tile(j, k).transpose();
+            if (go()) gemm_update<T>(tile(i, j), tile(i, k), tile(j, k).transpose(), T(-1));
           }
         }
       }
@@ -268,7 +269,7 @@ index_t factor_invert_tasks(col_ref<T> a, bool factor, bool invert, int threads)
           for (index_t j = 0; j < k; ++j) {
 #pragma omp task default(shared) firstprivate(m, j, k) depend(in : dep[m * nt + k], dep[k * nt + j]) \
     depend(inout : dep[m * nt + j])
-            if (go()) tile(m, j).noalias() += tile(m, k) * tile(k, j);
+            if (go()) gemm_update<T>(tile(m, j), tile(m, k), tile(k, j), T(1));
           }
         for (index_t j = 0; j < k; ++j) {
 #pragma omp task default(shared) firstprivate(j, k) depend(in : dep[k * nt + k]) depend(inout : dep[k * nt + j])
@@ -299,7 +300,7 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
     if (i == j)
       syrk_lower<T, Plain>(c.block(r0, r0, rb, rb), a.middleRows(r0, rb), alpha);
     else
-      c.block(r0, c0, rb, cb).noalias() += (alpha * a.middleRows(r0, rb)) * a.middleRows(c0, cb).transpose();
+      gemm_update<T>(c.block(r0, c0, rb, cb), a.middleRows(r0, rb), a.middleRows(c0, cb).transpose(), alpha);
   }
 }
 
@@ -325,7 +326,7 @@ void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T
     if (i == j)
       syrk_lower<T, eigen_row_matrix<T>>(c.block(r0, r0, rb, rb), ab.middleRows(r0, rb), alpha);
     else
-      c.block(r0, c0, rb, cb).noalias() += (alpha * ab.middleRows(r0, rb)) * ab.middleRows(c0, cb).transpose();
+      gemm_update<T>(c.block(r0, c0, rb, cb), ab.middleRows(r0, rb), ab.middleRows(c0, cb).transpose(), alpha);
   };
 
 #pragma omp parallel num_threads(threads)

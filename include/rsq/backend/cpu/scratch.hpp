@@ -15,6 +15,10 @@
 
 #include "rsq/core/memory.hpp"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace rsq::cpu {
 
 namespace detail {
@@ -60,6 +64,13 @@ class scratch_block {
   return block;
 }
 
+/// The calling thread's packing buffers of Eigen's products (cpu/gemm.hpp): apart from the operation's scratch,
+/// because every thread of a parallel operation runs products of its own.
+[[nodiscard]] inline scratch_block& packing_block() noexcept {
+  static thread_local scratch_block block;
+  return block;
+}
+
 /// The calling thread's scratch block for one operation. A nested lease on the same thread (an rsq call made from
 /// inside a callback of another) gets a block of its own, freed when it ends, instead of the one in use.
 class scratch_lease {
@@ -72,7 +83,10 @@ class scratch_lease {
   scratch_lease& operator=(scratch_lease const&) = delete;
   ~scratch_lease() {
     block_.busy = false;
-    if (block_.release_later) block_.release();
+    if (block_.release_later) {
+      block_.release();
+      packing_block().release();
+    }
     block_.release_later = false;
   }
 
@@ -108,15 +122,29 @@ class scratch_carver {
 
 }  // namespace detail
 
-/// Bytes of scratch memory that the calling thread's CPU calls keep (the largest any of them needed so far).
-[[nodiscard]] inline std::size_t scratch_bytes() noexcept { return detail::thread_scratch().size(); }
+/// Bytes of scratch memory that the calling thread keeps: the largest block any of its CPU calls needed so far, and
+/// the packing buffers of the largest product it ran.
+[[nodiscard]] inline std::size_t scratch_bytes() noexcept {
+  return detail::thread_scratch().size() + detail::packing_block().size();
+}
 
-/// Frees the calling thread's scratch memory (if an operation of this thread holds it, from inside one of its
-/// callbacks: when that operation ends); the next call that needs it allocates it again.
+/// Frees the calling thread's scratch memory, and outside a parallel region the packing buffers of the OpenMP
+/// threads it starts; the next call that needs them allocates them again. From inside a callback of an operation
+/// that holds the calling thread's scratch, the calling thread's memory is freed when that operation ends.
 inline void release_scratch() noexcept {
   auto& block = detail::thread_scratch();
-  if (block.busy) block.release_later = true;
-  else block.release();
+  if (block.busy) {
+    block.release_later = true;
+    return;
+  }
+  block.release();
+  detail::packing_block().release();
+#if defined(_OPENMP)
+  if (!omp_in_parallel()) {
+#pragma omp parallel
+    detail::packing_block().release();
+  }
+#endif
 }
 
 }  // namespace rsq::cpu

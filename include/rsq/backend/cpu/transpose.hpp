@@ -5,7 +5,8 @@
 /// Transposing copies for the CPU backend, in square tiles of one SIMD packet per line (16 × 16 floats with
 /// AVX-512, 8 × 8 with AVX, 4 × 4 with SSE) transposed in registers with Eigen's packet primitives: both sides are
 /// read and written a whole packet at a time (scalar tiles ran at about 1 ns per element; this is memory-bound).
-/// Bytes (GPTQ codes) go in 8 × 8 tiles held in eight 64-bit words.
+/// Bytes (GPTQ codes) go in 16 × 16 tiles of SSE2 registers on x86-64, elsewhere in 8 × 8 tiles held in eight
+/// 64-bit words.
 
 #include <algorithm>
 #include <bit>
@@ -15,6 +16,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "rsq/core/view.hpp"
 
 namespace rsq::cpu::detail {
@@ -22,12 +27,45 @@ namespace rsq::cpu::detail {
 template <class T>
 using packet_of = typename Eigen::internal::packet_traits<T>::type;
 
-/// Edge of a register tile for T: its packet size (1 without SIMD); 8 for bytes (a word per line).
+/// Edge of a register tile for T: its packet size (1 without SIMD); for bytes 16 (an SSE2 register per line) or 8
+/// (a little-endian word per line).
 template <class T>
 inline constexpr index_t transpose_tile_size = Eigen::internal::unpacket_traits<packet_of<T>>::size;
+#if defined(__SSE2__)
+template <>
+inline constexpr index_t transpose_tile_size<std::uint8_t> = 16;
+#else
 template <>
 inline constexpr index_t transpose_tile_size<std::uint8_t> = std::endian::native == std::endian::little ? 8 : 1;
+#endif
 
+#if defined(__SSE2__)
+/// transpose_tile for bytes (never scaled), 16 × 16 in SSE2 registers: four rounds interleave pairs of lines by
+/// 1, 2, 4 and 8 bytes, each round doubling the width of the transposed blocks (after round k, line pairs hold
+/// 2^k × 2^k blocks of the transpose). Stores go straight to the destination lines.
+inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* const* dst) {
+  __m128i a[16], b[16];
+  for (int k = 0; k < 16; ++k) a[k] = _mm_loadu_si128(reinterpret_cast<__m128i const*>(src[k]));
+  for (int i = 0; i < 8; ++i) {  // bytes of lines 2i, 2i + 1: columns 0-7, 8-15
+    b[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q)  // lines 4q..4q + 3: columns 0-3, 4-7, 8-11, 12-15
+    for (int h = 0; h < 2; ++h) {
+      a[4 * q + 2 * h] = _mm_unpacklo_epi16(b[4 * q + h], b[4 * q + 2 + h]);
+      a[4 * q + 2 * h + 1] = _mm_unpackhi_epi16(b[4 * q + h], b[4 * q + 2 + h]);
+    }
+  for (int o = 0; o < 2; ++o)  // lines 8o..8o + 7: column pairs 0-1, 2-3, ..., 14-15
+    for (int j = 0; j < 4; ++j) {
+      b[8 * o + 2 * j] = _mm_unpacklo_epi32(a[8 * o + j], a[8 * o + 4 + j]);
+      b[8 * o + 2 * j + 1] = _mm_unpackhi_epi32(a[8 * o + j], a[8 * o + 4 + j]);
+    }
+  for (int j = 0; j < 8; ++j) {  // columns 2j and 2j + 1, all 16 lines
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[2 * j]), _mm_unpacklo_epi64(b[j], b[8 + j]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[2 * j + 1]), _mm_unpackhi_epi64(b[j], b[8 + j]));
+  }
+}
+#else
 /// transpose_tile for bytes (never scaled): line k is word k, byte j of it element j; three rounds swap the
 /// off-diagonal blocks of 4, 2 and 1 bytes between pairs of words, a 2 × 2 block transpose at each level.
 inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* const* dst) {
@@ -43,6 +81,7 @@ inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* co
   for (int i : {0, 2, 4, 6}) swap_blocks(i, i + 1, 8, 0x00FF00FF00FF00FFull);
   for (int k = 0; k < 8; ++k) std::memcpy(dst[k], &x[k], 8);
 }
+#endif
 
 /// One register tile: element i of every source line k (P contiguous elements at src[k], scaled by scale[k]; bytes
 /// are not scaled) goes to dst[i][k], P contiguous elements per destination line.
