@@ -10,8 +10,8 @@
 // last column times it into a fresh result, whose first touch of new pages is part of the cost (docs/gptq.md).
 // Likewise the Hessian: one batch added to an existing accumulator, and in the last column to a new one.
 //
-// Flop counts: factorization (Cholesky of the reversed H + triangular inverse) 2/3·n³; solve rows·cols² (every column's
-// error reaches every later column of its row, as rank-1 updates in a block and GEMMs between blocks); Hessian
+// Flop counts: factorization (Cholesky of the reversed H + triangular inverse) 2/3·n³; solve rows·cols² (every
+// column's error reaches every later column of its row, as rank-1 updates in a block and GEMMs between blocks); Hessian
 // N·n² (the lower triangle of Xᵀ X for N tokens).
 #include <algorithm>
 #include <chrono>
