@@ -6,8 +6,8 @@
 /// thread. Eigen allocates a product's packing buffers (mc·kc and kc·nc elements: 0.25–1 MiB for the tiles used
 /// here) on the heap for every product; glibc gives that memory back to the system when it is freed, and the next
 /// product faults it in again, 4 KiB at a time. Measured on the development machine: an 8192-token Hessian update at
-/// 1024 features into a kept accumulator took 0.060 s with about 2400 page faults, against 0.040 s once the buffers
-/// are kept. Here they come from a block per thread (cpu/scratch.hpp) that stays between calls.
+/// 1024 features into a kept accumulator took 0.055–0.062 s with about 2400 page faults, against 0.040–0.047 s once
+/// the buffers are kept (docs/linalg.md). Here they come from a block per thread (cpu/scratch.hpp) that stays between calls.
 ///
 /// This reaches into Eigen 3.4's internal product API (`general_matrix_matrix_product`,
 /// `general_matrix_matrix_triangular_product`, `level3_blocking`); with another Eigen version, and outside a

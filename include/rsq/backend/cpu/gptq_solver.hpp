@@ -150,14 +150,6 @@ struct panel_workspace {
         codes(c.take<std::uint8_t>(std::size_t(rows * cols)), rows, cols) {}
 };
 
-inline void prefetch(void const* p) noexcept {
-#if defined(__GNUC__)
-  __builtin_prefetch(p);
-#else
-  (void)p;
-#endif
-}
-
 /// Rows [r0, r0 + n) of W into a column-major panel in solve order: pan(r, position[c]) = W(r0 + r, c); the panel's
 /// remaining rows zero (dead columns are zeroed by the caller, after the per-row grids are fitted). Register tiles
 /// (cpu/transpose.hpp) walk along W's rows, or with a column permutation (@p permuted) down the panel's columns; the
@@ -180,7 +172,7 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
             dst[k] = &pan(rt, position[std::size_t(c0 + k)]);
             // Along the rows, P rows are read side by side, more streams than the hardware prefetcher follows: each
             // row's line four tiles ahead is asked for (0.21–0.25 ms instead of 0.28–0.31 ms).
-            if (!permuted && c0 + 4 * P < cols) prefetch(src[k] + 4 * P);
+            if (!permuted && c0 + 4 * P < cols) Eigen::internal::prefetch(src[k] + 4 * P);
           }
         },
         element);

@@ -549,9 +549,9 @@ void syrk_lower_update(Eigen::Ref<eigen_col_matrix<std::type_identity_t<T>>> c, 
 /// way): the lower triangle of @p c (n x n) += alpha Σ_k a_k a_kᵀ over @p tokens vectors a_k of n features, where
 /// fill(dst, ld, f0, nf, k0, kn) writes feature f0 + f of token k0 + k to dst[k + f * ld] for f < nf, k < kn.
 ///
-/// The tokens are gathered in chunks (a few MB, in the calling thread's scratch block: cpu/scratch.hpp), with the copies of one chunk running
-/// beside the tile products of the one before; fill is called concurrently, for disjoint blocks. The strict upper
-/// triangle of c is not touched. @p tokens = 0 is a no-op.
+/// The tokens are gathered in chunks (a few MB, in the calling thread's scratch block: cpu/scratch.hpp), with the
+/// copies of one chunk running beside the tile products of the one before; fill is called concurrently, for disjoint
+/// blocks. The strict upper triangle of c is not touched. @p tokens = 0 is a no-op.
 /// @throws rsq::invalid_argument if c is not square or is empty, or tokens < 0
 template <class T, class Fill>
 void syrk_lower_update_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
