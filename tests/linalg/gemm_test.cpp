@@ -2,8 +2,13 @@
 // Tests of the kernels' matrix products (rsq/backend/cpu/gemm.hpp) against float64 products: every storage order of
 // the two factors (transposed blocks included), blocks of larger matrices, sizes past one packing block, the
 // triangular update (strict upper part untouched), on one thread, inside a parallel region, and through Eigen's
-// own multi-threaded path; and the packing buffers kept per thread and released on request.
+// own multi-threaded path; the packing buffers kept per thread and released on request; and blocks packed once
+// (packed_rows) for several products.
 #include <doctest/doctest.h>
+
+#include <cstddef>
+#include <type_traits>
+#include <vector>
 
 #include <Eigen/Core>
 
@@ -154,3 +159,48 @@ TEST_CASE("packing buffers are kept between products and released with the scrat
   rsq::cpu::release_scratch();
   CHECK(rsq::cpu::scratch_bytes() == 0);
 }
+
+#if RSQ_EIGEN_KEPT_PACKING
+TEST_CASE_TEMPLATE("packed_rows: blocks packed once give float64 products, over several slabs and odd sizes", T, float,
+                   double) {
+  // Row counts that end in every narrower panel of Eigen's kernel; depths over several slabs, the last one short.
+  for (Eigen::Index rows : {1, 5, 37, 100, 257}) {
+    for (Eigen::Index depth : {1, 300, 1500}) {
+      CAPTURE(rows);
+      CAPTURE(depth);
+      Eigen::Index const other = rows / 2 + 3;
+      matd const a = random_matrix(rows, depth, 61), b = random_matrix(other, depth, 62);
+      matd const c0 = random_matrix(rows, rows + other, 63);
+      Eigen::Index const slab = rsq::cpu::detail::packed_rows<T>::slab_depth(rows, rows, depth) / 2 + 1;
+      std::vector<std::byte, Eigen::aligned_allocator<std::byte>> sa(
+          rsq::cpu::detail::packed_rows<T>::bytes(rows, depth, slab)),
+          sb(rsq::cpu::detail::packed_rows<T>::bytes(other, depth, slab));
+      rsq::cpu::detail::packed_rows<T> const pa(sa.data(), rows, depth, slab), pb(sb.data(), other, depth, slab);
+      REQUIRE(pa.slabs() == (depth + slab - 1) / slab);
+      // Each slab from its own column-major copy with a leading dimension larger than the rows.
+      for (Eigen::Index s = 0; s < pa.slabs(); ++s) {
+        mat<T> xa = random_matrix(rows + 3, pa.depth_of(s), 64).template cast<T>();  // rows past `rows` must not be read
+        mat<T> xb = random_matrix(other + 2, pa.depth_of(s), 65).template cast<T>();
+        xa.topRows(rows) = a.middleCols(s * slab, pa.depth_of(s)).template cast<T>();
+        xb.topRows(other) = b.middleCols(s * slab, pa.depth_of(s)).template cast<T>();
+        pa.pack_slab(s, xa.data(), xa.outerStride());
+        pb.pack_slab(s, xb.data(), xb.outerStride());
+      }
+      T const alpha = T(0.5);
+      mat<T> c = c0.template cast<T>();
+      pa.syrk_update(c.leftCols(rows), alpha);
+      pa.gemm_update(c.rightCols(other), pb, alpha);
+      matd expected = c0;
+      expected.leftCols(rows) += 0.5 * a * a.transpose();
+      expected.rightCols(other) += 0.5 * a * b.transpose();
+      matd got = c.template cast<double>();
+      matd const upper_before = c0.leftCols(rows).template triangularView<Eigen::StrictlyUpper>();
+      matd const upper_after = got.leftCols(rows).template triangularView<Eigen::StrictlyUpper>();
+      CHECK(upper_after == matd(upper_before.template cast<T>().template cast<double>()));  // not touched
+      got.leftCols(rows).template triangularView<Eigen::StrictlyUpper>() =
+          expected.leftCols(rows).template triangularView<Eigen::StrictlyUpper>();
+      CHECK(rel_diff(got, expected) < (std::is_same_v<T, float> ? 1e-5 : 1e-13));
+    }
+  }
+}
+#endif

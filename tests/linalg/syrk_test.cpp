@@ -104,7 +104,7 @@ TEST_SUITE("linalg.syrk") {
     }
   }
 
-  TEST_CASE_TEMPLATE("many tokens of a row-major x: chunked through the transposing buffers", T, float, double) {
+  TEST_CASE_TEMPLATE("many tokens of a row-major x: chunked through the gathering buffers", T, float, double) {
     // 7000 tokens at n = 600 make three chunks (two buffers, one of them reused), on several threads.
     int const saved = Eigen::nbThreads();
     Eigen::setNbThreads(std::max(saved, 2));
@@ -124,10 +124,11 @@ TEST_SUITE("linalg.syrk") {
   TEST_CASE_TEMPLATE("syrk_lower_update_gathered adds the tokens its fill writes, on one thread and on several", T,
                      float, double) {
     // Tokens gathered from every other row of a row-major source, each scaled by its own factor, as the Hessian
-    // accumulator does. n = 1100 with 3000 tokens: two chunks, the task path on several threads; n = 100: one tile.
+    // accumulator does. n = 1100 with 3000 tokens: two chunks of five feature blocks, the last one of 76 rows;
+    // n = 100 and 37: one tile, whose packings end in narrower panels.
     int const saved = Eigen::nbThreads();
     for (int threads : {1, 3}) {
-      for (Eigen::Index n : {100, 1100}) {
+      for (Eigen::Index n : {37, 100, 1100}) {
         CAPTURE(threads);
         CAPTURE(n);
         Eigen::setNbThreads(threads);
@@ -143,8 +144,8 @@ TEST_SUITE("linalg.syrk") {
         rsq::cpu::syrk_lower_update_gathered<T>(
             c, tokens,
             [&](T* dst, Eigen::Index ld, Eigen::Index f0, Eigen::Index nf, Eigen::Index k0, Eigen::Index kn) {
-              for (Eigen::Index f = 0; f < nf; ++f)
-                for (Eigen::Index k = 0; k < kn; ++k) dst[k + f * ld] = T(scale(k0 + k)) * source(2 * (k0 + k), f0 + f);
+              for (Eigen::Index k = 0; k < kn; ++k)
+                for (Eigen::Index f = 0; f < nf; ++f) dst[f + k * ld] = T(scale(k0 + k)) * source(2 * (k0 + k), f0 + f);
             },
             T(0.5));
         matd ref = c0;
@@ -178,8 +179,8 @@ TEST_SUITE("linalg.syrk") {
     matd const xd = x.cast<double>();
     auto const copy_rows = [&](row_mat<float> const& src) {
       return [&src](float* dst, Eigen::Index ld, Eigen::Index f0, Eigen::Index nf, Eigen::Index k0, Eigen::Index kn) {
-        for (Eigen::Index f = 0; f < nf; ++f)
-          for (Eigen::Index k = 0; k < kn; ++k) dst[k + f * ld] = src(k0 + k, f0 + f);
+        for (Eigen::Index k = 0; k < kn; ++k)
+          for (Eigen::Index f = 0; f < nf; ++f) dst[f + k * ld] = src(k0 + k, f0 + f);
       };
     };
     matd const ref = xd.transpose() * xd;

@@ -7,13 +7,15 @@
 /// here) on the heap for every product; glibc gives that memory back to the system when it is freed, and the next
 /// product faults it in again, 4 KiB at a time. Measured on the development machine: an 8192-token Hessian update at
 /// 1024 features into a kept accumulator took 0.055–0.062 s with about 2400 page faults, against 0.040–0.047 s once
-/// the buffers are kept (docs/linalg.md). Here they come from a block per thread (cpu/scratch.hpp) that stays between calls.
+/// the buffers are kept (docs/linalg.md). Here they come from a block per thread (cpu/scratch.hpp) that stays
+/// between calls. Below them, packed_rows packs a block of a SYRK's factor once for all the tile products that read it.
 ///
 /// This reaches into Eigen 3.4's internal product API (`general_matrix_matrix_product`,
 /// `general_matrix_matrix_triangular_product`, `level3_blocking`); with another Eigen version, and outside a
 /// parallel region when Eigen has several threads (its own multi-threaded product is the better one there), the
 /// products are plain Eigen expressions.
 
+#include <algorithm>
 #include <cstddef>
 
 #include <Eigen/Core>
@@ -116,5 +118,91 @@ void gemm_update_lower(Eigen::Ref<eigen_col_matrix<T>> c, Eigen::MatrixBase<A> c
 #endif
   c.template triangularView<Eigen::Lower>() += (alpha * a) * b;
 }
+
+#if RSQ_EIGEN_KEPT_PACKING
+
+/// Rows of a factor A (rows x depth) packed once in the layouts of Eigen's GEMM kernel, both as a left operand (A)
+/// and as a right one (Aᵀ), in slabs of the depth that Eigen's blocking picks: the tiled SYRK reads every block of
+/// rows in several tile products (a 256-row block of a 1024-feature Hessian in four; a 512-row block at 4096 features
+/// in eight), and Eigen's product would pack it again for each (docs/linalg.md). Slab s holds the left packing, then
+/// the right one, each 64-byte aligned. The products are Eigen 3.4's kernels (`gebp_kernel`, `tribb_kernel`), as its
+/// `general_matrix_matrix_product` and triangular product run them.
+template <class T>
+class packed_rows {
+ public:
+  /// Slab depth of rows x cols products of depth @p depth (Eigen's single-threaded blocking).
+  [[nodiscard]] static index_t slab_depth(index_t rows, index_t cols, index_t depth) {
+    index_t kc = depth, mc = rows, nc = cols;
+    Eigen::internal::computeProductBlockingSizes<T, T, 1>(kc, mc, nc, index_t(1));
+    return kc;
+  }
+  /// Bytes of a packing of @p rows rows of depth up to @p depth in slabs of @p slab.
+  [[nodiscard]] static std::size_t bytes(index_t rows, index_t depth, index_t slab) {
+    return std::size_t((depth + slab - 1) / slab) * 2 * aligned_bytes(rows, slab);
+  }
+
+  /// A packing of @p rows rows of depth @p depth (in slabs of @p slab) in @p storage (packed_rows::bytes, 64-byte
+  /// aligned); its slabs are filled by pack_slab.
+  packed_rows(std::byte* storage, index_t rows, index_t depth, index_t slab)
+      : storage_(storage), rows_(rows), depth_(depth), slab_(slab) {}
+
+  [[nodiscard]] index_t rows() const noexcept { return rows_; }
+  [[nodiscard]] index_t slabs() const noexcept { return (depth_ + slab_ - 1) / slab_; }
+  /// Depth of slab @p s: the slab depth, less in the last slab.
+  [[nodiscard]] index_t depth_of(index_t s) const noexcept { return std::min(slab_, depth_ - s * slab_); }
+
+  /// Packs slab @p s from its rows x depth_of(s) elements, column-major with column stride @p ld.
+  void pack_slab(index_t s, T const* src, index_t ld) const {
+    typename kernels::lhs_mapper const lhs(src, ld);
+    typename kernels::rhs_mapper const rhs(src, ld);  // the same elements read as Aᵀ, row-major
+    typename kernels::pack_lhs()(lhs_of(s), lhs, depth_of(s), rows_);
+    typename kernels::pack_rhs()(rhs_of(s), rhs, depth_of(s), rows_);
+  }
+
+  /// C += alpha · A · Bᵀ for A = this, B = @p b (same depth and slabs); C is rows() x b.rows(), column-major.
+  void gemm_update(Eigen::Ref<eigen_col_matrix<T>> c, packed_rows const& b, T alpha) const {
+    typename kernels::gebp gebp;
+    for (index_t s = 0; s < slabs(); ++s)
+      gebp(typename kernels::res_mapper(c.data(), c.outerStride()), lhs_of(s), b.rhs_of(s), rows_, depth_of(s),
+           b.rows_, alpha);
+  }
+
+  /// The lower triangle of C += alpha · A · Aᵀ (C square, column-major; its strict upper part is not touched).
+  void syrk_update(Eigen::Ref<eigen_col_matrix<T>> c, T alpha) const {
+    typename kernels::tribb tribb;
+    for (index_t s = 0; s < slabs(); ++s)
+      tribb(c.data(), 1, c.outerStride(), lhs_of(s), rhs_of(s), rows_, depth_of(s), alpha);
+  }
+
+ private:
+  // The instantiations of Eigen 3.4's general_matrix_matrix_product and triangular product, for a column-major A.
+  struct kernels {
+    using traits = Eigen::internal::gebp_traits<T, T>;
+    using lhs_mapper = Eigen::internal::const_blas_data_mapper<T, Eigen::Index, Eigen::ColMajor>;
+    using rhs_mapper = Eigen::internal::const_blas_data_mapper<T, Eigen::Index, Eigen::RowMajor>;
+    using res_mapper = Eigen::internal::blas_data_mapper<T, Eigen::Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+    using pack_lhs = Eigen::internal::gemm_pack_lhs<T, Eigen::Index, lhs_mapper, traits::mr, traits::LhsProgress,
+                                                    typename traits::LhsPacket4Packing, Eigen::ColMajor>;
+    using pack_rhs = Eigen::internal::gemm_pack_rhs<T, Eigen::Index, rhs_mapper, traits::nr, Eigen::RowMajor>;
+    using gebp = Eigen::internal::gebp_kernel<T, T, Eigen::Index, res_mapper, traits::mr, traits::nr, false, false>;
+    using tribb =
+        Eigen::internal::tribb_kernel<T, T, Eigen::Index, traits::mr, traits::nr, false, false, 1, Eigen::Lower>;
+  };
+
+  [[nodiscard]] static std::size_t aligned_bytes(index_t rows, index_t slab) {
+    return (std::size_t(rows * slab) * sizeof(T) + 63) / 64 * 64;
+  }
+  [[nodiscard]] T* lhs_of(index_t s) const {
+    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s) * aligned_bytes(rows_, slab_));
+  }
+  [[nodiscard]] T* rhs_of(index_t s) const {
+    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s + 1) * aligned_bytes(rows_, slab_));
+  }
+
+  std::byte* storage_;
+  index_t rows_, depth_, slab_;
+};
+
+#endif
 
 }  // namespace rsq::cpu::detail

@@ -2,11 +2,10 @@
 #pragma once
 
 /// @file
-/// The CPU backend of rsq::hessian_accumulator: the weighted inputs √w·x are gathered in chunks, transposed so that
-/// each feature's tokens are contiguous, and added to the running sum with a SYRK on GEMM tiles (multi-threaded, the
-/// gathering of one chunk beside the products of the one before: cpu::syrk_lower_update_gathered).
+/// The CPU backend of rsq::hessian_accumulator: the weighted inputs √w·x are gathered in chunks and added to the
+/// running sum with a SYRK on GEMM tiles (multi-threaded, the gathering of one chunk beside the products of the one
+/// before: cpu::syrk_lower_update_gathered).
 
-#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -15,7 +14,6 @@
 
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
-#include "rsq/backend/cpu/transpose.hpp"
 #include "rsq/core/memory.hpp"
 #include "rsq/hessian/accumulator_api.hpp"
 
@@ -79,44 +77,23 @@ class hessian_accumulator<T, backend::cpu_eigen>
       for (index_t t = 0; t < x.rows(); ++t)
         if (w[std::size_t(t)] != 0) pending.push_back({&x(t, 0), x.stride(1), T(std::sqrt(w[std::size_t(t)]))});
     }
-    // Register tiles (cpu/transpose.hpp) when every input is T with contiguous rows, element by element otherwise.
-    bool const tiles = std::is_same_v<X, T> &&
-                       std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; });
     cpu::syrk_lower_update_gathered<T>(
         sum_, index_t(pending.size()),
         [&](T* dst, index_t ld, index_t f0, index_t nf, index_t k0, index_t kn) {
-          fill_transposed<X>(pending.data() + k0, kn, f0, nf, tiles, dst, ld);
+          for (index_t k = 0; k < kn; ++k) scale_token<X>(pending[std::size_t(k0 + k)], f0, nf, dst + k * ld);
         },
         T(1));
   }
 
-  /// dst[k + f * ld] = √w_k · x_k(f0 + f) for the @p tokens tokens at @p pending and the features f < nf: the
-  /// weighted inputs, transposed so that each feature's tokens are contiguous (the layout in which the SYRK reads the
-  /// depth fastest).
+  /// dst[f] = √w · x(f0 + f) for f < nf: a token's weighted inputs as the SYRK gathers them.
   template <class X>
-  static void fill_transposed(pending_token<X> const* pending, index_t tokens, index_t f0, index_t nf, bool tiles,
-                              T* dst, index_t ld) {
-    auto element = [&](index_t k, index_t f) {
-      dst[k + f * ld] = pending[k].root_weight * T(pending[k].x[(f0 + f) * pending[k].stride]);
-    };
-    if constexpr (std::is_same_v<X, T>) {
-      if (tiles) {  // grid (token k, feature f)
-        constexpr index_t P = cpu::detail::transpose_tile_size<T>;
-        cpu::detail::transpose_tiles<T>(
-            tokens, nf, false,
-            [&](index_t k0, index_t c0, T const** src, T* scale, T** line) {
-              for (index_t k = 0; k < P; ++k) {
-                src[k] = pending[k0 + k].x + f0 + c0;
-                scale[k] = pending[k0 + k].root_weight;
-                line[k] = dst + k0 + (c0 + k) * ld;
-              }
-            },
-            element);
-        return;
-      }
+  static void scale_token(pending_token<X> const& token, index_t f0, index_t nf, T* dst) {
+    X const* const x = token.x + f0 * token.stride;
+    if (token.stride == 1) {  // vectorized
+      for (index_t f = 0; f < nf; ++f) dst[f] = token.root_weight * T(x[f]);
+    } else {
+      for (index_t f = 0; f < nf; ++f) dst[f] = token.root_weight * T(x[f * token.stride]);
     }
-    for (index_t f = 0; f < nf; ++f)
-      for (index_t k = 0; k < tokens; ++k) element(k, f);
   }
 
   cpu::eigen_col_matrix<T> sum_;  // (features, features) Σ w x xᵀ, lower triangle valid

@@ -304,52 +304,78 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
   }
 }
 
-/// Tiled SYRK for a factor A (n x tokens) that is gathered chunk by chunk into buffers where each feature's tokens
-/// are contiguous (the layout Eigen's GEMM reads fastest as the depth): fill(dst, ld, r0, rb, q0, kq) writes
-/// A(r0 + f, q0 + k) to dst[k + f * ld]. The copies are tasks, one per chunk and block of features, and overlap the
+/// Tiled SYRK for a factor A (n x tokens) that is gathered chunk by chunk: fill(dst, ld, r0, rb, q0, kq) writes
+/// A(r0 + f, q0 + k) to dst[f + k * ld]. The copies are tasks, one per chunk and block of features, and overlap the
 /// tile products of the chunk before. Dependences: a tile waits for the copies of its two feature blocks; the copy
 /// of a block into a buffer waits for the tiles of the chunk before that still read it; the chunks' updates of one
-/// tile of C are serialised.
+/// tile of C are serialised. With Eigen 3.4 a copy task gathers its block slab by slab into a buffer of its thread
+/// that stays in cache, and packs it there for Eigen's kernel (cpu::detail::packed_rows), once for all the tiles
+/// that read it; otherwise the tiles are Eigen products of the gathered chunk.
 template <class T, class Fill>
 void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads) {
   index_t const n = c.rows(), nb = syrk_tile(n), nt = (n + nb - 1) / nb, kc = gathered_chunk(n, tokens);
-  scratch_lease const lease(std::size_t(2 * n * kc) * sizeof(T));
-  T* const buf = lease.as<T>();  // buffer b: (kc, n) column-major = A chunk row-major
-  std::vector<char> dep_storage(std::size_t(2 * nt + nt * nt));
-  char* const bdep = dep_storage.data();  // feature block p of buffer b: bdep[b * nt + p]
-  char* const cdep = bdep + 2 * nt;       // tile (i, j) of C
-  using buffer_map = Eigen::Map<const eigen_row_matrix<T>, 0, Eigen::OuterStride<>>;
   // Declared out here: deferred tasks must not refer to objects of a loop iteration that has ended.
-  auto const tile_task = [&](index_t i, index_t j, T const* chunk, index_t kq) {
-    buffer_map const ab(chunk, n, kq, Eigen::OuterStride<>(kc));
+#if RSQ_EIGEN_KEPT_PACKING
+  index_t const rows = std::min(nb, n), slab = packed_rows<T>::slab_depth(rows, rows, kc);
+  std::size_t const block_bytes = packed_rows<T>::bytes(rows, kc, slab);
+  std::size_t const gather_bytes = (std::size_t(rows * slab) * sizeof(T) + 63) / 64 * 64;
+  // Two chunks of packed blocks, and a gathering buffer per thread (not the thread's packing block: a fill may
+  // call products of its own).
+  scratch_lease const lease(2 * std::size_t(nt) * block_bytes + std::size_t(threads) * gather_bytes);
+  auto const block = [&](index_t b, index_t p, index_t kq) {  // feature block p of chunk buffer b
+    return packed_rows<T>(lease.data() + std::size_t(b * nt + p) * block_bytes, std::min(nb, n - p * nb), kq, slab);
+  };
+  std::byte* const gather_buffers = lease.data() + 2 * std::size_t(nt) * block_bytes;
+  auto const fill_task = [&](index_t b, index_t p, index_t q0, index_t kq) {
+    auto const a = block(b, p, kq);
+    T* const gathered = reinterpret_cast<T*>(gather_buffers + std::size_t(omp_get_thread_num()) * gather_bytes);
+    for (index_t s = 0; s < a.slabs(); ++s) {
+      fill(gathered, a.rows(), p * nb, a.rows(), q0 + s * slab, a.depth_of(s));
+      a.pack_slab(s, gathered, a.rows());
+    }
+  };
+  auto const tile_task = [&](index_t i, index_t j, index_t b, index_t kq) {
+    auto const a = block(b, i, kq);
+    if (i == j) return a.syrk_update(c.block(i * nb, i * nb, a.rows(), a.rows()), alpha);
+    auto const bt = block(b, j, kq);
+    a.gemm_update(c.block(i * nb, j * nb, a.rows(), bt.rows()), bt, alpha);
+  };
+#else
+  scratch_lease const lease(std::size_t(2 * n * kc) * sizeof(T));
+  T* const buf = lease.as<T>();  // chunk buffer b: (n, kc) column-major
+  auto const fill_task = [&](index_t b, index_t p, index_t q0, index_t kq) {
+    fill(buf + b * n * kc + p * nb, n, p * nb, std::min(nb, n - p * nb), q0, kq);
+  };
+  auto const tile_task = [&](index_t i, index_t j, index_t b, index_t kq) {
+    Eigen::Map<const eigen_col_matrix<T>> const ab(buf + b * n * kc, n, kq);
     index_t const r0 = i * nb, c0 = j * nb, rb = std::min(nb, n - r0), cb = std::min(nb, n - c0);
     if (i == j)
-      syrk_lower<T, eigen_row_matrix<T>>(c.block(r0, r0, rb, rb), ab.middleRows(r0, rb), alpha);
+      syrk_lower<T, eigen_col_matrix<T>>(c.block(r0, r0, rb, rb), ab.middleRows(r0, rb), alpha);
     else
       gemm_update<T>(c.block(r0, c0, rb, cb), ab.middleRows(r0, rb), ab.middleRows(c0, cb).transpose(), alpha);
   };
+#endif
+  std::vector<char> dep_storage(std::size_t(2 * nt + nt * nt));
+  char* const bdep = dep_storage.data();  // feature block p of buffer b: bdep[b * nt + p]
+  char* const cdep = bdep + 2 * nt;       // tile (i, j) of C
 
 #pragma omp parallel num_threads(threads)
 #pragma omp single
   for (index_t q0 = 0, q = 0; q0 < tokens; q0 += kc, ++q) {
     index_t const kq = std::min(kc, tokens - q0), b = q % 2;
-    T* const chunk = buf + b * n * kc;
     char* const dep = bdep + b * nt;
     for (index_t p = 0; p < nt; ++p) {
-#pragma omp task default(shared) firstprivate(p, q0, kq, chunk) depend(inout : dep[p])
-      {
-        index_t const r0 = p * nb;
-        fill(chunk + r0 * kc, kc, r0, std::min(nb, n - r0), q0, kq);
-      }
+#pragma omp task default(shared) firstprivate(p, q0, kq, b) depend(inout : dep[p])
+      fill_task(b, p, q0, kq);
     }
     for (index_t i = 0; i < nt; ++i) {
       for (index_t j = 0; j < i; ++j) {
-#pragma omp task default(shared) firstprivate(i, j, kq, chunk) depend(in : dep[i], dep[j]) \
+#pragma omp task default(shared) firstprivate(i, j, kq, b) depend(in : dep[i], dep[j]) \
     depend(inout : cdep[i * nt + j])
-        tile_task(i, j, chunk, kq);
+        tile_task(i, j, b, kq);
       }
-#pragma omp task default(shared) firstprivate(i, kq, chunk) depend(in : dep[i]) depend(inout : cdep[i * nt + i])
-      tile_task(i, i, chunk, kq);
+#pragma omp task default(shared) firstprivate(i, kq, b) depend(in : dep[i]) depend(inout : cdep[i * nt + i])
+      tile_task(i, i, b, kq);
     }
   }
 }
@@ -377,13 +403,12 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   int const threads = available_threads();
   if (threads > 1 && c.rows() > syrk_tile(c.rows())) {
     if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
-      if (a.cols() >= 1024) {
-        T const* const src = a.data();
-        index_t const lda = a.outerStride();
+      if (a.cols() >= 1024) {  // copied into compact blocks (a token per 4 KiB page and more is slow to pack)
         return syrk_lower_tasks_gathered<T>(
             c, a.cols(),
             [&](T* dst, index_t ld, index_t r0, index_t rb, index_t q0, index_t kq) {
-              transpose_copy(src + r0 + q0 * lda, lda, dst, ld, rb, kq);  // A(r0.., q0..) -> buffer
+              Eigen::Map<eigen_col_matrix<T>, 0, Eigen::OuterStride<>>(dst, rb, kq, Eigen::OuterStride<>(ld)) =
+                  a.block(r0, q0, rb, kq);
             },
             alpha, threads);
       }
@@ -394,23 +419,22 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   syrk_lower<T, Plain>(c, a, alpha);
 }
 
-/// C_lower += alpha A A^T for a gathered A (see syrk_lower_tasks_gathered) on the available threads; on one thread,
-/// chunk by chunk: the whole chunk gathered, then its SYRK.
+/// C_lower += alpha A A^T for a gathered A (see syrk_lower_tasks_gathered) on the available threads, one included;
+/// without OpenMP chunk by chunk: the whole chunk gathered, then its SYRK.
 template <class T, class Fill>
 void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
-  index_t const n = c.rows(), kc = gathered_chunk(n, tokens);
 #if defined(_OPENMP)
-  int const threads = available_threads();
-  if (threads > 1 && n > syrk_tile(n)) return syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, threads);
-#endif
+  syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, available_threads());
+#else
+  index_t const n = c.rows(), kc = gathered_chunk(n, tokens);
   scratch_lease const lease(std::size_t(n * kc) * sizeof(T));
   T* const buf = lease.as<T>();
   for (index_t q0 = 0; q0 < tokens; q0 += kc) {
     index_t const kq = std::min(kc, tokens - q0);
-    fill(buf, kc, 0, n, q0, kq);
-    Eigen::Map<const eigen_row_matrix<T>, 0, Eigen::OuterStride<>> const chunk(buf, n, kq, Eigen::OuterStride<>(kc));
-    syrk_lower_parallel<T, eigen_row_matrix<T>>(c, chunk, alpha);
+    fill(buf, n, 0, n, q0, kq);
+    syrk_lower<T, eigen_col_matrix<T>>(c, Eigen::Map<const eigen_col_matrix<T>>(buf, n, kq), alpha);
   }
+#endif
 }
 
 template <class T>
@@ -547,11 +571,11 @@ void syrk_lower_update(Eigen::Ref<eigen_col_matrix<std::type_identity_t<T>>> c, 
 
 /// SYRK for inputs that are never stored as one matrix (tokens gathered from several places, weights applied on the
 /// way): the lower triangle of @p c (n x n) += alpha Σ_k a_k a_kᵀ over @p tokens vectors a_k of n features, where
-/// fill(dst, ld, f0, nf, k0, kn) writes feature f0 + f of token k0 + k to dst[k + f * ld] for f < nf, k < kn.
+/// fill(dst, ld, f0, nf, k0, kn) writes feature f0 + f of token k0 + k to dst[f + k * ld] for f < nf, k < kn.
 ///
 /// The tokens are gathered in chunks (a few MB, in the calling thread's scratch block: cpu/scratch.hpp), with the
 /// copies of one chunk running beside the tile products of the one before; fill is called concurrently, for disjoint
-/// blocks. The strict upper triangle of c is not touched. @p tokens = 0 is a no-op.
+/// blocks of features and tokens. The strict upper triangle of c is not touched. @p tokens = 0 is a no-op.
 /// @throws rsq::invalid_argument if c is not square or is empty, or tokens < 0
 template <class T, class Fill>
 void syrk_lower_update_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
