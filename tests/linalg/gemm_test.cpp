@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -201,6 +202,40 @@ TEST_CASE_TEMPLATE("packed_rows: blocks packed once give float64 products, over 
           expected.leftCols(rows).template triangularView<Eigen::StrictlyUpper>();
       CHECK(rel_diff(got, expected) < (std::is_same_v<T, float> ? 1e-5 : 1e-13));
     }
+  }
+}
+
+TEST_CASE_TEMPLATE("packed_rows: packing straight from scaled columns writes what Eigen's packing writes", T, float,
+                   double) {
+#if defined(__x86_64__) || defined(__aarch64__)
+  CHECK_MESSAGE(rsq::cpu::detail::packed_rows<T>::direct_packing(), "Eigen's layouts as pack_slab_direct writes them");
+#endif
+  if (!rsq::cpu::detail::packed_rows<T>::direct_packing()) return;
+  for (Eigen::Index rows : {1, 3, 21, 37, 100, 257}) {
+    CAPTURE(rows);
+    Eigen::Index const depth = 700, slab = 300;
+    mat<T> const x = random_matrix(rows, depth, 71).template cast<T>();  // column k: token k
+    Eigen::VectorXd const factor = Eigen::VectorXd::Random(depth).array() + 1.5;
+    using packing = rsq::cpu::detail::packed_rows<T>;
+    std::vector<std::byte, Eigen::aligned_allocator<std::byte>> sa(packing::bytes(rows, depth, slab)), sb(sa.size());
+    packing const gathered(sa.data(), rows, depth, slab), direct(sb.data(), rows, depth, slab);
+    for (Eigen::Index s = 0; s < gathered.slabs(); ++s) {
+      mat<T> const scaled = x.middleCols(s * slab, gathered.depth_of(s)) *
+                            factor.segment(s * slab, gathered.depth_of(s)).template cast<T>().asDiagonal();
+      gathered.pack_slab(s, scaled.data(), scaled.outerStride());
+      direct.pack_slab_direct(s, [&](Eigen::Index k) {
+        return std::pair<T const*, T>(x.col(s * slab + k).data(), T(factor(s * slab + k)));
+      });
+    }
+    CHECK(sa == sb);
+    // And the products read it: C = A Aᵀ for A = x scaled, against float64.
+    matd const a = (x.template cast<double>() * factor.template cast<T>().template cast<double>().asDiagonal());
+    mat<T> c = mat<T>::Zero(rows, rows);
+    direct.syrk_update(c, T(1));
+    matd const expected = a * a.transpose();
+    matd got = c.template cast<double>();
+    got.template triangularView<Eigen::StrictlyUpper>() = expected.template triangularView<Eigen::StrictlyUpper>();
+    CHECK(rel_diff(got, expected) < (std::is_same_v<T, float> ? 1e-5 : 1e-13));
   }
 }
 #endif

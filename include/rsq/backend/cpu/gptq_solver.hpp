@@ -173,6 +173,9 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
             // Along the rows, P rows are read side by side, more streams than the hardware prefetcher follows: each
             // row's line four tiles ahead is asked for (0.21–0.25 ms instead of 0.28–0.31 ms).
             if (!permuted && c0 + 4 * P < cols) Eigen::internal::prefetch(src[k] + 4 * P);
+            // Down the columns, the same lines four tiles further down (cold 512-row panel, five alternating runs:
+            // medians 0.29–0.31 ms instead of 0.30–0.36 ms).
+            if (permuted && rt + 5 * P <= n) Eigen::internal::prefetch(&w(r0 + rt + 4 * P + k, c0));
           }
         },
         element);

@@ -6,8 +6,10 @@
 /// running sum with a SYRK on GEMM tiles (multi-threaded, the gathering of one chunk beside the products of the one
 /// before: cpu::syrk_lower_update_gathered).
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -77,12 +79,18 @@ class hessian_accumulator<T, backend::cpu_eigen>
       for (index_t t = 0; t < x.rows(); ++t)
         if (w[std::size_t(t)] != 0) pending.push_back({&x(t, 0), x.stride(1), T(std::sqrt(w[std::size_t(t)]))});
     }
-    cpu::syrk_lower_update_gathered<T>(
-        sum_, index_t(pending.size()),
-        [&](T* dst, index_t ld, index_t f0, index_t nf, index_t k0, index_t kn) {
-          for (index_t k = 0; k < kn; ++k) scale_token<X>(pending[std::size_t(k0 + k)], f0, nf, dst + k * ld);
-        },
-        T(1));
+    auto const fill = [&](T* dst, index_t ld, index_t f0, index_t nf, index_t k0, index_t kn) {
+      for (index_t k = 0; k < kn; ++k) scale_token<X>(pending[std::size_t(k0 + k)], f0, nf, dst + k * ld);
+    };
+    index_t const tokens = index_t(pending.size());
+    if constexpr (std::is_same_v<X, T>) {
+      // Contiguous inputs of the accumulator's type are packed for the products without a copy.
+      if (std::all_of(pending.begin(), pending.end(), [](auto const& p) { return p.stride == 1; }))
+        return cpu::detail::linalg::syrk_lower_gathered<T>(sum_, tokens, fill, T(1), [&](index_t k) {
+          return std::pair<T const*, T>(pending[std::size_t(k)].x, pending[std::size_t(k)].root_weight);
+        });
+    }
+    cpu::syrk_lower_update_gathered<T>(sum_, tokens, fill, T(1));
   }
 
   /// dst[f] = √w · x(f0 + f) for f < nf: a token's weighted inputs as the SYRK gathers them.

@@ -311,8 +311,9 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
 /// tile of C are serialised. With Eigen 3.4 a copy task gathers its block slab by slab into a buffer of its thread
 /// that stays in cache, and packs it there for Eigen's kernel (cpu::detail::packed_rows), once for all the tiles
 /// that read it; otherwise the tiles are Eigen products of the gathered chunk.
-template <class T, class Fill>
-void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads) {
+template <class T, class Fill, class Columns = std::nullptr_t>
+void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads,
+                               Columns const& columns = nullptr) {
   index_t const n = c.rows(), nb = syrk_tile(n), nt = (n + nb - 1) / nb, kc = gathered_chunk(n, tokens);
   // Declared out here: deferred tasks must not refer to objects of a loop iteration that has ended.
 #if RSQ_EIGEN_KEPT_PACKING
@@ -328,6 +329,16 @@ void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T
   std::byte* const gather_buffers = lease.data() + 2 * std::size_t(nt) * block_bytes;
   auto const fill_task = [&](index_t b, index_t p, index_t q0, index_t kq) {
     auto const a = block(b, p, kq);
+    if constexpr (!std::is_null_pointer_v<Columns>) {
+      if (packed_rows<T>::direct_packing()) {
+        for (index_t s = 0; s < a.slabs(); ++s)
+          a.pack_slab_direct(s, [&](index_t k) {
+            auto const [x, scale] = columns(q0 + s * slab + k);
+            return std::pair<T const*, T>(x + p * nb, scale);
+          });
+        return;
+      }
+    }
     T* const gathered = reinterpret_cast<T*>(gather_buffers + std::size_t(omp_get_thread_num()) * gather_bytes);
     for (index_t s = 0; s < a.slabs(); ++s) {
       fill(gathered, a.rows(), p * nb, a.rows(), q0 + s * slab, a.depth_of(s));
@@ -420,12 +431,14 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
 }
 
 /// C_lower += alpha A A^T for a gathered A (see syrk_lower_tasks_gathered) on the available threads, one included;
-/// without OpenMP chunk by chunk: the whole chunk gathered, then its SYRK.
-template <class T, class Fill>
-void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha) {
+/// without OpenMP chunk by chunk: the whole chunk gathered, then its SYRK. Where A's columns are contiguous vectors
+/// of T times a factor, @p columns(k) may give them ({pointer, factor}), and the packing reads them without a copy.
+template <class T, class Fill, class Columns = std::nullptr_t>
+void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, Columns const& columns = nullptr) {
 #if defined(_OPENMP)
-  syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, available_threads());
+  syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, available_threads(), columns);
 #else
+  (void)columns;
   index_t const n = c.rows(), kc = gathered_chunk(n, tokens);
   scratch_lease const lease(std::size_t(n * kc) * sizeof(T));
   T* const buf = lease.as<T>();
