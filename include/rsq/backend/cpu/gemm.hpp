@@ -144,7 +144,7 @@ class packed_rows {
   }
 
   /// A packing of @p rows rows of depth @p depth (in slabs of @p slab) in @p storage (packed_rows::bytes, 64-byte
-  /// aligned); its slabs are filled by pack_slab.
+  /// aligned); its slabs are filled by pack_slab or pack_slab_direct.
   packed_rows(std::byte* storage, index_t rows, index_t depth, index_t slab)
       : storage_(storage), rows_(rows), depth_(depth), slab_(slab) {}
 
@@ -163,23 +163,22 @@ class packed_rows {
 
   /// Packs slab @p s straight from its columns (tokens): @p column(k) gives a pointer to the rows() contiguous
   /// elements of column k of the slab and a factor to scale them by. One pass writes both layouts, where pack_slab
-  /// needs a gathered copy and two passes (the Hessian's 8192 tokens at 1024 features: fill and pack took 13 % of
-  /// the cycles, this 5 %). Only where direct_packing() holds.
+  /// needs a gathered copy and two passes (the Hessian's 8192 tokens at 1024 features: gathering and packing took
+  /// 13 % of the cycles, this 8 %). Only where direct_packing() holds.
   template <class Column>
   void pack_slab_direct(index_t s, Column const& column) const {
     index_t const ks = depth_of(s);
     T* const lhs = lhs_of(s);
     T* const rhs = rhs_of(s);
-    index_t widths[8];  // the left operand's panel widths past the full-width ones (at most one of each)
-    index_t const full = rows_ / kernels::traits::mr * kernels::traits::mr;
-    index_t tail = 0;
-    for (index_t r = full; r < rows_; r += widths[tail++]) widths[tail] = lhs_width(rows_ - r);
+    constexpr index_t mr = kernels::traits::mr;
+    index_t const full = rows_ / mr * mr;  // rows in panels of the full width; narrower panels after them
     for (index_t k = 0; k < ks; ++k) {
       auto const [x, scale] = column(k);
-      for (index_t r = 0; r < full; r += kernels::traits::mr)
-        scaled_copy<kernels::traits::mr>(x + r, scale, lhs + r * ks + k * kernels::traits::mr);
-      for (index_t t = 0, r = full; t < tail; r += widths[t++])
-        for (index_t i = 0; i < widths[t]; ++i) lhs[r * ks + k * widths[t] + i] = scale * x[r + i];
+      for (index_t r = 0; r < full; r += mr) scaled_copy<mr>(x + r, scale, lhs + r * ks + k * mr);
+      for (index_t r = full, w = 0; r < rows_; r += w) {
+        w = lhs_width(rows_ - r);
+        for (index_t i = 0; i < w; ++i) lhs[r * ks + k * w + i] = scale * x[r + i];
+      }
       index_t j = 0;
       for (; j + 4 <= rows_; j += 4) scaled_copy<4>(x + j, scale, rhs + j * ks + k * 4);
       for (; j < rows_; ++j) rhs[j * ks + k] = scale * x[j];

@@ -310,7 +310,8 @@ void syrk_lower_tasks(col_ref<T> c, factor_ref<Plain> const& a, T alpha, int thr
 /// of a block into a buffer waits for the tiles of the chunk before that still read it; the chunks' updates of one
 /// tile of C are serialised. With Eigen 3.4 a copy task gathers its block slab by slab into a buffer of its thread
 /// that stays in cache, and packs it there for Eigen's kernel (cpu::detail::packed_rows), once for all the tiles
-/// that read it; otherwise the tiles are Eigen products of the gathered chunk.
+/// that read it, or with @p columns (see syrk_lower_gathered) packs it straight from A's columns; otherwise the tiles
+/// are Eigen products of the gathered chunk.
 template <class T, class Fill, class Columns = std::nullptr_t>
 void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, int threads,
                                Columns const& columns = nullptr) {
@@ -435,6 +436,7 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
 /// of T times a factor, @p columns(k) may give them ({pointer, factor}), and the packing reads them without a copy.
 template <class T, class Fill, class Columns = std::nullptr_t>
 void syrk_lower_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T alpha, Columns const& columns = nullptr) {
+  if (tokens == 0) return;
 #if defined(_OPENMP)
   syrk_lower_tasks_gathered<T>(c, tokens, fill, alpha, available_threads(), columns);
 #else
