@@ -320,7 +320,7 @@ void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T
 #if RSQ_EIGEN_KEPT_PACKING
   index_t const rows = std::min(nb, n), slab = packed_rows<T>::slab_depth(rows, rows, kc);
   std::size_t const block_bytes = packed_rows<T>::bytes(rows, kc, slab);
-  std::size_t const gather_bytes = (std::size_t(rows * slab) * sizeof(T) + 63) / 64 * 64;
+  std::size_t const gather_bytes = line_bytes<T>(rows * slab);
   // Two chunks of packed blocks, and a gathering buffer per thread (not the thread's packing block: a fill may
   // call products of its own).
   scratch_lease const lease(2 * std::size_t(nt) * block_bytes + std::size_t(threads) * gather_bytes);
@@ -415,14 +415,14 @@ void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
   int const threads = available_threads();
   if (threads > 1 && c.rows() > syrk_tile(c.rows())) {
     if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
-      if (a.cols() >= 1024) {  // copied into compact blocks (a token per 4 KiB page and more is slow to pack)
+      if (a.cols() >= 1024) {  // A's columns are contiguous tokens: packed straight from them, or copied first
         return syrk_lower_tasks_gathered<T>(
             c, a.cols(),
             [&](T* dst, index_t ld, index_t r0, index_t rb, index_t q0, index_t kq) {
               Eigen::Map<eigen_col_matrix<T>, 0, Eigen::OuterStride<>>(dst, rb, kq, Eigen::OuterStride<>(ld)) =
                   a.block(r0, q0, rb, kq);
             },
-            alpha, threads);
+            alpha, threads, [&](index_t k) { return std::pair<T const*, T>(a.col(k).data(), T(1)); });
       }
     }
     return syrk_lower_tasks<T, Plain>(c, a, alpha, threads);
