@@ -17,9 +17,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #include "support/median_seconds.hpp"
-#endif
 
 namespace {
 

@@ -70,63 +70,76 @@ struct panel_ref {
   [[nodiscard]] T* col(index_t j) const noexcept { return data + j * ld; }
 };
 
-/// Rows per chunk of the leaf kernel: four AVX-512 registers of floats, so four independent chains of a column's
-/// quantization (two divisions deep) are in flight; with 16 rows the kernel was latency-bound at 2.3× the time.
+/// Rows the leaf kernel works on at a time: four AVX-512 registers of floats, so four independent chains of a
+/// column's quantization (two divisions deep) are in flight; with 16 rows the kernel was latency-bound at 2.3× the
+/// time. Panels are padded to a multiple of it.
 inline constexpr index_t gptq_leaf_rows = 64;
 
 /// The leaf of the in-block recursion: columns [c0, c0 + nl) of a panel (nl ≤ gptq_leaf_columns), every earlier
 /// column's error already applied to them. Each column is quantized (spec §6 step 7: code = clamp(round(x/s) + z,
 /// 0, max_code), q = s·(code − z), scaled error (x − q)/d, loss Σ(x − q)²/(2d²), the reference's arithmetic operation
-/// by operation) and its error propagated to the leaf's later columns. Rows go in chunks of gptq_leaf_rows with the
-/// leaf's columns in a local array, so every update is one vector FMA in L1. @p rows is a multiple of the chunk.
+/// by operation) and its error propagated to the leaf's later columns. Left-looking, in registers: for each group of
+/// rows, column i is loaded once, the errors of the leaf's columns before it are applied (in column order, as the
+/// reference applies them), and it is quantized before it is stored: one load per update instead of the two loads
+/// and a store of updating every later column in memory (docs/gptq.md). @p rows is a multiple of gptq_leaf_rows.
 /// On return the columns hold q; the codes and scaled errors (error column e0 + i for column c0 + i) are written.
 template <class T>
 void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err, index_t rows, index_t c0,
                 index_t e0, index_t nl, T const* const* scale, T const* const* zero, panel_ref<const T> u, T max_code,
                 double* loss) {
-  constexpr index_t R = gptq_leaf_rows, L = gptq_leaf_columns;
-  T x[L][R];
-  T sq[L][R] = {};  // per-lane Σ (x − q)², summed over the chunks
-  for (index_t rc = 0; rc < rows; rc += R) {
-    for (index_t i = 0; i < nl; ++i) std::copy_n(wk.col(c0 + i) + rc, R, x[i]);
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // packet types as template arguments (as in transpose.hpp)
+#endif
+  using namespace Eigen::internal;
+  using Packet = packet_of<T>;
+  constexpr index_t P = unpacket_traits<Packet>::size;
+  // Packets per group of rows: independent chains for the updates' FMAs and the quantization's divisions.
+  constexpr index_t K = std::min<index_t>(4, gptq_leaf_rows / P), G = K * P;
+  static_assert(gptq_leaf_rows % G == 0);
+  constexpr index_t L = gptq_leaf_columns;
+  Packet sq[L][K];  // per-lane Σ (x − q)² of each column
+  for (index_t i = 0; i < nl; ++i)
+    for (index_t k = 0; k < K; ++k) sq[i][k] = pzero(Packet{});
+  Packet const lo = pzero(Packet{}), hi = pset1<Packet>(max_code);
+  for (index_t r0 = 0; r0 < rows; r0 += G) {
     for (index_t i = 0; i < nl; ++i) {
-      T const* s = scale[i] + rc;
-      T const* z = zero[i] + rc;
-      T const d = u.col(c0 + i)[c0 + i];
-      T* ev = err.col(e0 + i) + rc;
-      T cv[R];
-#if defined(_OPENMP)
-#pragma omp simd
-#endif
-      for (index_t r = 0; r < R; ++r) {
-        T const xv = x[i][r];
-        T c = std::nearbyint(xv / s[r]) + z[r];
-        c = c < T(0) ? T(0) : (c > max_code ? max_code : c);
-        T const q = s[r] * (c - z[r]);
-        T const diff = xv - q;
-        x[i][r] = q;
-        cv[r] = c;
-        ev[r] = diff / d;
-        sq[i][r] += diff * diff;
+      T* x = wk.col(c0 + i) + r0;
+      Packet a[K];
+      for (index_t k = 0; k < K; ++k) a[k] = ploadu<Packet>(x + k * P);
+      for (index_t j = 0; j < i; ++j) {  // x −= e_j · U(j, i), fused where there is FMA (as in the GEMMs)
+        Packet const minus_u = pset1<Packet>(-u.col(c0 + i)[c0 + j]);
+        T const* ej = err.col(e0 + j) + r0;
+        for (index_t k = 0; k < K; ++k) a[k] = pmadd(ploadu<Packet>(ej + k * P), minus_u, a[k]);
       }
-      std::uint8_t* code = codes.col(c0 + i) + rc;
-      for (index_t r = 0; r < R; ++r) code[r] = static_cast<std::uint8_t>(cv[r]);
-      for (index_t j = i + 1; j < nl; ++j) {
-        T const uij = u.col(c0 + j)[c0 + i];
-#if defined(_OPENMP)
-#pragma omp simd
-#endif
-        for (index_t r = 0; r < R; ++r) x[j][r] -= ev[r] * uij;
+      T const* s = scale[i] + r0;
+      T const* z = zero[i] + r0;
+      Packet const d = pset1<Packet>(u.col(c0 + i)[c0 + i]);
+      T* ev = err.col(e0 + i) + r0;
+      alignas(64) T cv[G];
+      for (index_t k = 0; k < K; ++k) {
+        Packet const sk = ploadu<Packet>(s + k * P), zk = ploadu<Packet>(z + k * P);
+        Packet const c = pmin(pmax(padd(print(pdiv(a[k], sk)), zk), lo), hi);
+        Packet const q = pmul(sk, psub(c, zk));
+        Packet const diff = psub(a[k], q);
+        pstoreu(x + k * P, q);
+        pstoreu(ev + k * P, pdiv(diff, d));
+        pstore(cv + k * P, c);
+        sq[i][k] = pmadd(diff, diff, sq[i][k]);
       }
+      std::uint8_t* code = codes.col(c0 + i) + r0;
+      for (index_t r = 0; r < G; ++r) code[r] = static_cast<std::uint8_t>(cv[r]);
     }
-    for (index_t i = 0; i < nl; ++i) std::copy_n(x[i], R, wk.col(c0 + i) + rc);
   }
   for (index_t i = 0; i < nl; ++i) {
-    T acc = T(0);
-    for (index_t r = 0; r < R; ++r) acc += sq[i][r];
+    Packet acc = sq[i][0];
+    for (index_t k = 1; k < K; ++k) acc = padd(acc, sq[i][k]);
     double const d = double(u.col(c0 + i)[c0 + i]);
-    loss[i] += double(acc) / (2.0 * d * d);
+    loss[i] += double(predux(acc)) / (2.0 * d * d);
   }
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 }
 
 /// A thread's workspace for the panels it solves, cut from scratch memory (kept between calls: cpu/scratch.hpp,
@@ -166,7 +179,7 @@ void load_panel(matrix_view<const T> w, index_t r0, index_t n, std::vector<index
     // then write to scattered columns of the panel); down the panel's columns, permuted, 0.26–0.28 ms.
     transpose_tiles<T>(
         n, cols, !permuted,
-        [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
+        [&](index_t rt, index_t c0, T const** src, T** dst) {
           for (index_t k = 0; k < P; ++k) {
             src[k] = &w(r0 + rt + k, c0);
             dst[k] = &pan(rt, position[std::size_t(c0 + k)]);
@@ -194,7 +207,7 @@ void store_panel(Pan const& pan, index_t r0, index_t n, std::vector<index_t> con
   constexpr index_t P = transpose_tile_size<T>;
   transpose_tiles<T>(
       n, pan.cols(), true,
-      [&](index_t rt, index_t c0, T const** src, T*, T** dst) {
+      [&](index_t rt, index_t c0, T const** src, T** dst) {
         for (index_t k = 0; k < P; ++k) {
           src[k] = &pan(rt, position[std::size_t(c0 + k)]);
           dst[k] = out + (r0 + rt + k) * ld_out + c0;

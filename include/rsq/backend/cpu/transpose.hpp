@@ -83,21 +83,21 @@ inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* co
 }
 #endif
 
-/// One register tile: element i of every source line k (P contiguous elements at src[k], scaled by scale[k]; bytes
-/// are not scaled) goes to dst[i][k], P contiguous elements per destination line.
+/// One register tile: element i of every source line k (P contiguous elements at src[k]) goes to dst[i][k], P
+/// contiguous elements per destination line.
 // Flattened: Eigen's ptranspose must be inlined here, under the pragmas below (an out-of-line copy of it raises
 // GCC 12's warnings where they do not reach).
 template <class T>
 #if defined(__GNUC__)
 [[gnu::flatten]]
 #endif
-void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
+void transpose_tile(T const* const* src, T* const* dst) {
   using Packet = packet_of<T>;
   constexpr int P = int(transpose_tile_size<T>);
   if constexpr (P == 1) {
-    dst[0][0] = scale[0] * src[0][0];
+    dst[0][0] = src[0][0];
   } else if constexpr (std::is_same_v<T, std::uint8_t>) {
-    transpose_byte_tile(src, dst);  // bytes are copied, never scaled
+    transpose_byte_tile(src, dst);
   } else {
     // Packet types carry vector attributes that a template argument drops (Eigen's own kernels silence this too),
     // and GCC 12 takes the deliberately undefined operands of AVX-512's unpack intrinsics for uninitialized reads.
@@ -110,9 +110,7 @@ void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
 #endif
 #endif
     Eigen::internal::PacketBlock<Packet, P> block;
-    for (int k = 0; k < P; ++k)
-      block.packet[k] =
-          Eigen::internal::pmul(Eigen::internal::pset1<Packet>(scale[k]), Eigen::internal::ploadu<Packet>(src[k]));
+    for (int k = 0; k < P; ++k) block.packet[k] = Eigen::internal::ploadu<Packet>(src[k]);
     Eigen::internal::ptranspose(block);
     for (int i = 0; i < P; ++i) Eigen::internal::pstoreu(dst[i], block.packet[i]);
 #if defined(__GNUC__)
@@ -122,9 +120,8 @@ void transpose_tile(T const* const* src, T const* scale, T* const* dst) {
 }
 
 /// The loop shared by the transposes, over a (rows × cols) grid of tile positions: for each whole P × P tile at
-/// (r0, c0), lines(r0, c0, src, scale, dst) names its P source and P destination lines (and may scale the source
-/// lines; scale[k] is 1 on entry) and transpose_tile moves element i of source line k, times scale[k], to element k
-/// of destination line i; every element outside whole tiles goes through element(r, c). With @p rows_outer the
+/// (r0, c0), lines(r0, c0, src, dst) names its P source and P destination lines and transpose_tile moves element i
+/// of source line k to element k of destination line i; every element outside whole tiles goes through element(r, c). With @p rows_outer the
 /// tiles go along c for each r0, else along r for each c0.
 template <class T, class Lines, class Element>
 void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, Element element) {
@@ -132,11 +129,9 @@ void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, E
   index_t const rows_whole = rows / P * P, cols_whole = cols / P * P;
   T const* src[P];
   T* dst[P];
-  T scale[P];
   auto tile = [&](index_t r0, index_t c0) {
-    std::fill_n(scale, P, T(1));
-    lines(r0, c0, src, scale, dst);
-    transpose_tile(src, scale, dst);
+    lines(r0, c0, src, dst);
+    transpose_tile(src, dst);
   };
   if (rows_outer) {
     for (index_t r0 = 0; r0 < rows_whole; r0 += P)
@@ -157,7 +152,7 @@ void transpose_copy(T const* src, index_t ld_src, T* dst, index_t ld_dst, index_
   constexpr index_t P = transpose_tile_size<T>;
   transpose_tiles<T>(
       rows, cols, ld_src < ld_dst,
-      [&](index_t r0, index_t c0, T const** s, T*, T** d) {
+      [&](index_t r0, index_t c0, T const** s, T** d) {
         for (index_t k = 0; k < P; ++k) {
           s[k] = src + r0 + (c0 + k) * ld_src;
           d[k] = dst + c0 + (r0 + k) * ld_dst;
