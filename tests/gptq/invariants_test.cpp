@@ -6,6 +6,8 @@
 #include <Eigen/Dense>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 
 #include <rsq/gptq/proxy_loss.hpp>
 #include <rsq/gptq/solve.hpp>
@@ -221,6 +223,44 @@ TEST_SUITE("gptq.solve") {
         }
       CHECK(mismatches == 0);
     }
+  }
+
+  TEST_CASE("a NaN or Inf anywhere in W is reported with its position by a solve with a factorization") {
+    // The CPU solver checks W as it loads its panels: tile interiors, edge columns (150 = 9 · 16 + 6), edge rows of a
+    // last partial panel (1100 rows: panels of up to 512), the strided (column-major) load, static groups (checked
+    // up front), with and without act-order's permutation, float and double.
+    auto const l = random_layer(1100, 150, 21);
+    auto check_type = [&]<class T>(T) {
+      using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+      RowMajor const w = l.w.cast<T>();
+      ColMajor const h = l.h.cast<T>();
+      grid_spec const g{.bits = 4};
+      for (int variant = 0; variant < 3; ++variant) {
+        rsq::gptq::options const o{.group_size = variant == 0 ? -1 : 32, .act_order = variant != 1,
+                                   .static_groups = variant == 2};
+        auto const f = rsq::gptq::factor(rsq::backend::cpu_eigen{}, h, o);
+        REQUIRE(f.ok());
+        for (auto [r, c] : {std::pair{700, 33}, {5, 149}, {1099, 17}, {1099, 149}, {0, 0}}) {
+          for (T bad : {T(NAN), T(INFINITY), -T(INFINITY)}) {
+            RowMajor wr = w;
+            wr(r, c) = bad;
+            ColMajor const wc = wr;
+            std::string const where = "at row " + std::to_string(r) + ", column " + std::to_string(c);
+            CAPTURE(variant);
+            CAPTURE(where);
+            CHECK_THROWS_WITH_AS((void)rsq::gptq::solve(rsq::backend::cpu_eigen{}, wr, f, g, o),
+                                 doctest::Contains(where.c_str()), rsq::invalid_argument);
+            CHECK_THROWS_WITH_AS((void)rsq::gptq::solve(rsq::backend::cpu_eigen{}, wc, f, g, o),
+                                 doctest::Contains(where.c_str()), rsq::invalid_argument);
+          }
+        }
+        auto const clean = rsq::gptq::solve(rsq::backend::cpu_eigen{}, w, f, g, o);  // and a finite W still solves
+        CHECK(clean.ok());
+      }
+    };
+    check_type(float{});
+    check_type(double{});
   }
 
   TEST_CASE("a recycled result gives the fresh result, reusing the arrays whose sizes match") {

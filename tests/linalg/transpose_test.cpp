@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include <rsq/backend/cpu/transpose.hpp>
@@ -53,6 +55,32 @@ TEST_CASE_TEMPLATE("transpose_tile reads and writes through the given line point
   CHECK(ok);
   for (rsq::index_t i = 0; i < p; ++i)  // the lines between were not written
     for (rsq::index_t k = 0; k < p; ++k) CHECK(dst[std::size_t((2 * i + 1) * p + k)] == T(0));
+}
+
+TEST_CASE_TEMPLATE("transpose_tile with the finiteness check flags a NaN or Inf at every place of a tile", T, float,
+                   double) {
+  constexpr rsq::index_t p = rsq::cpu::detail::transpose_tile_size<T>;
+  std::vector<T> src(std::size_t(p * p)), dst(std::size_t(p * p));
+  T const* lines[p];
+  T* out[p];
+  for (rsq::index_t k = 0; k < p; ++k) {
+    lines[k] = src.data() + k * p;
+    out[k] = dst.data() + k * p;
+  }
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = T(1e30) * T(i % 2 ? -1 : 1);  // large but finite
+  CHECK(rsq::cpu::detail::transpose_tile<T, true>(lines, out));
+  int flagged = 0, moved = 0;
+  for (std::size_t at = 0; at < src.size(); ++at)
+    for (T bad : {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                  -std::numeric_limits<T>::infinity()}) {
+      T const keep = src[at];
+      src[at] = bad;
+      flagged += !rsq::cpu::detail::transpose_tile<T, true>(lines, out);
+      moved += std::memcmp(&dst[(at % std::size_t(p)) * std::size_t(p) + at / std::size_t(p)], &bad, sizeof(T)) == 0;
+      src[at] = keep;
+    }
+  CHECK(flagged == 3 * p * p);
+  CHECK(moved == 3 * p * p);  // still transposed
 }
 
 TEST_CASE("byte tiles: every byte of a tile (16 x 16 with SSE2, else 8 x 8) lands in its transposed place") {

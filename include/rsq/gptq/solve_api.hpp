@@ -24,13 +24,19 @@ namespace detail {
 ///   factorization<T, B> factor(B const&, matrix_view<const T> h, options const&);
 ///   result<T> solve(B const&, matrix_view<const T> w, factorization<T, B> const&, quant::grid_spec const&,
 ///                   options const&, result<T>&& recycled);
-/// Arguments arrive validated; `recycled` is a result whose arrays may be reused (empty when there is none). The
-/// primary template is a readable dead end.
+/// Arguments arrive validated, except the weight's values for a solver that declares
+/// `static constexpr bool checks_weight_values = true`: it throws rsq::invalid_argument for a NaN or Inf in W itself,
+/// as validate_weight() would, where it reads W anyway. `recycled` is a result whose arrays may be reused (empty when
+/// there is none). The primary template is a readable dead end.
 template <class B>
 struct solver {
   static_assert(sizeof(B) == 0,
                 "rsq: no GPTQ solver for this backend; include <rsq/gptq/solve.hpp> (CPU) or <rsq/cuda.hpp> (CUDA)");
 };
+
+/// Whether solver<B> checks the weight's values itself (see solver).
+template <class B>
+inline constexpr bool solver_checks_weight_values = requires { requires solver<B>::checks_weight_values; };
 
 /// Throws unless @p f can be used to solve a weight with @p cols columns under @p opt.
 inline void check_factorization(factorization_info const& f, index_t cols, options const& opt) {
@@ -81,7 +87,10 @@ template <backend_tag B, class T>
 template <backend_tag B, class T>
 [[nodiscard]] result<T> solve(B const& backend, matrix_view<const T> w, factorization<T, B> const& f,
                               quant::grid_spec const& grid, options const& opt, result<T>&& recycled) {
-  detail::validate_weight(w, grid, opt);
+  if constexpr (detail::solver_checks_weight_values<B>)
+    detail::validate_weight_shape(w, grid, opt);
+  else
+    detail::validate_weight(w, grid, opt);
   detail::check_factorization(f, w.cols(), opt);
   return detail::solver<B>::template solve<T>(backend, w, f, grid, opt, std::move(recycled));
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -84,18 +85,22 @@ inline void transpose_byte_tile(std::uint8_t const* const* src, std::uint8_t* co
 #endif
 
 /// One register tile: element i of every source line k (P contiguous elements at src[k]) goes to dst[i][k], P
-/// contiguous elements per destination line.
+/// contiguous elements per destination line. With @p CheckFinite, returns whether every element moved is finite (a
+/// product with zero per packet, summed: NaN if any element is NaN or Inf), so that a copy needs no second read of
+/// its source to validate it; otherwise returns true.
 // Flattened: Eigen's ptranspose must be inlined here, under the pragmas below (an out-of-line copy of it raises
 // GCC 12's warnings where they do not reach).
-template <class T>
+template <class T, bool CheckFinite = false>
 #if defined(__GNUC__)
 [[gnu::flatten]]
 #endif
-void transpose_tile(T const* const* src, T* const* dst) {
+bool transpose_tile(T const* const* src, T* const* dst) {
   using Packet = packet_of<T>;
   constexpr int P = int(transpose_tile_size<T>);
+  static_assert(!(CheckFinite && std::is_integral_v<T>), "only floating-point tiles are checked");
   if constexpr (P == 1) {
     dst[0][0] = src[0][0];
+    if constexpr (CheckFinite) return std::isfinite(src[0][0]);
   } else if constexpr (std::is_same_v<T, std::uint8_t>) {
     transpose_byte_tile(src, dst);
   } else {
@@ -109,29 +114,37 @@ void transpose_tile(T const* const* src, T* const* dst) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #endif
-    Eigen::internal::PacketBlock<Packet, P> block;
-    for (int k = 0; k < P; ++k) block.packet[k] = Eigen::internal::ploadu<Packet>(src[k]);
-    Eigen::internal::ptranspose(block);
-    for (int i = 0; i < P; ++i) Eigen::internal::pstoreu(dst[i], block.packet[i]);
+    using namespace Eigen::internal;
+    PacketBlock<Packet, P> block;
+    for (int k = 0; k < P; ++k) block.packet[k] = ploadu<Packet>(src[k]);
+    [[maybe_unused]] Packet zeros = pzero(Packet{});
+    if constexpr (CheckFinite)
+      for (int k = 0; k < P; ++k) zeros = pmadd(block.packet[k], pzero(Packet{}), zeros);
+    ptranspose(block);
+    for (int i = 0; i < P; ++i) pstoreu(dst[i], block.packet[i]);
+    if constexpr (CheckFinite) return predux(zeros) == T(0);
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
   }
+  return true;
 }
 
 /// The loop shared by the transposes, over a (rows × cols) grid of tile positions: for each whole P × P tile at
 /// (r0, c0), lines(r0, c0, src, dst) names its P source and P destination lines and transpose_tile moves element i
-/// of source line k to element k of destination line i; every element outside whole tiles goes through element(r, c). With @p rows_outer the
-/// tiles go along c for each r0, else along r for each c0.
-template <class T, class Lines, class Element>
-void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, Element element) {
+/// of source line k to element k of destination line i; every element outside whole tiles goes through
+/// element(r, c). With @p rows_outer the tiles go along c for each r0, else along r for each c0. Returns whether
+/// every tile was finite with @p CheckFinite (the elements are the caller's to check), else true.
+template <class T, bool CheckFinite = false, class Lines, class Element>
+bool transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, Element element) {
   constexpr index_t P = transpose_tile_size<T>;
   index_t const rows_whole = rows / P * P, cols_whole = cols / P * P;
   T const* src[P];
   T* dst[P];
+  bool finite = true;
   auto tile = [&](index_t r0, index_t c0) {
     lines(r0, c0, src, dst);
-    transpose_tile(src, dst);
+    finite &= transpose_tile<T, CheckFinite>(src, dst);
   };
   if (rows_outer) {
     for (index_t r0 = 0; r0 < rows_whole; r0 += P)
@@ -142,6 +155,7 @@ void transpose_tiles(index_t rows, index_t cols, bool rows_outer, Lines lines, E
   }
   for (index_t r = 0; r < rows; ++r)
     for (index_t c = (r < rows_whole ? cols_whole : 0); c < cols; ++c) element(r, c);
+  return finite;
 }
 
 /// dst = srcᵀ for a column-major (rows × cols) src and a column-major (cols × rows) dst, leading dimensions
