@@ -316,6 +316,13 @@ TEST_SUITE("gptq.solve") {
     auto const fail = rsq::gptq::solve(rsq::backend::cpu_eigen{}, w, neg, {}, {});
     CHECK(fail.info == rsq::gptq::status::not_positive_definite);
     CHECK(fail.damp_attempts == 50);
+    // A failed factorization loads no panel, but a NaN in W is still reported first.
+    auto const failed = rsq::gptq::factor(rsq::backend::cpu_eigen{}, neg, {});
+    REQUIRE_FALSE(failed.ok());
+    Mat wn = w;
+    wn(1, 4) = NAN;
+    CHECK_THROWS_WITH_AS((void)rsq::gptq::solve(rsq::backend::cpu_eigen{}, wn, failed, grid_spec{}, {}),
+                         doctest::Contains("at row 1, column 4"), rsq::invalid_argument);
   }
 
   TEST_CASE("bad arguments are rejected with messages that name them") {

@@ -119,7 +119,9 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
       alignas(64) T cv[G];
       for (index_t k = 0; k < K; ++k) {
         Packet const sk = ploadu<Packet>(s + k * P), zk = ploadu<Packet>(z + k * P);
-        Packet const c = pmin(pmax(padd(print(pdiv(a[k], sk)), zk), lo), hi);
+        // clamp(round(x/s) + z, 0, max_code); a NaN (only from overflow: W is checked) clamps to 0, so that the
+        // conversion of codes to bytes below is always defined.
+        Packet const c = pmin(pmax<Eigen::PropagateNumbers>(padd(print(pdiv(a[k], sk)), zk), lo), hi);
         Packet const q = pmul(sk, psub(c, zk));
         Packet const diff = psub(a[k], q);
         pstoreu(x + k * P, q);
@@ -269,7 +271,10 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   auto const& u = f.u;
 
   res = gptq::detail::start_result(f, std::move(res));
-  if (!f.ok()) return res;
+  if (!f.ok()) {  // no panel is loaded: W is checked here (a bad W is reported before a failed factorization)
+    rsq::detail::check_finite(w, "gptq::solve: weight");
+    return res;
+  }
 
   // Every element of these is written below.
   quant::quantized_weight<T>& qw = res.weight;
