@@ -56,7 +56,7 @@ class kept_blocking : public Eigen::internal::level3_blocking<T, T> {
     index_t unblocked = cols;
     Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc,
                                                           column_blocking ? this->m_nc : unblocked, index_t(1));
-    std::size_t const a_bytes = (std::size_t(this->m_mc * this->m_kc) * sizeof(T) + 63) / 64 * 64;
+    std::size_t const a_bytes = line_bytes<T>(std::size_t(this->m_mc * this->m_kc));
     std::byte* const p = packing_block().reserve(a_bytes + std::size_t(this->m_kc * this->m_nc) * sizeof(T));
     this->m_blockA = reinterpret_cast<T*>(p);
     this->m_blockB = reinterpret_cast<T*>(p + a_bytes);
@@ -123,12 +123,6 @@ void gemm_update_lower(Eigen::Ref<eigen_col_matrix<T>> c, Eigen::MatrixBase<A> c
 
 #if RSQ_EIGEN_KEPT_PACKING
 
-/// Bytes of @p count elements of T rounded up to whole 64-byte lines (packings start on a line).
-template <class T>
-[[nodiscard]] constexpr std::size_t line_bytes(index_t count) {
-  return (std::size_t(count) * sizeof(T) + 63) / 64 * 64;
-}
-
 /// Rows of a factor A (rows x depth) packed once in the layouts of Eigen's GEMM kernel, both as a left operand (A)
 /// and as a right one (Aᵀ), in slabs of the depth that Eigen's blocking picks: the tiled SYRK reads every block of
 /// rows in several tile products (a 256-row block of a 1024-feature Hessian in four; a 512-row block at 4096 features
@@ -146,7 +140,7 @@ class packed_rows {
   }
   /// Bytes of a packing of @p rows rows of depth up to @p depth in slabs of @p slab.
   [[nodiscard]] static std::size_t bytes(index_t rows, index_t depth, index_t slab) {
-    return std::size_t((depth + slab - 1) / slab) * 2 * line_bytes<T>(rows * slab);
+    return std::size_t((depth + slab - 1) / slab) * 2 * line_bytes<T>(std::size_t(rows * slab));
   }
 
   /// A packing of @p rows rows of depth @p depth (in slabs of @p slab) in @p storage (packed_rows::bytes, 64-byte
@@ -270,10 +264,10 @@ class packed_rows {
   }
 
   [[nodiscard]] T* lhs_of(index_t s) const {
-    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s) * line_bytes<T>(rows_ * slab_));
+    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s) * line_bytes<T>(std::size_t(rows_ * slab_)));
   }
   [[nodiscard]] T* rhs_of(index_t s) const {
-    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s + 1) * line_bytes<T>(rows_ * slab_));
+    return reinterpret_cast<T*>(storage_ + std::size_t(2 * s + 1) * line_bytes<T>(std::size_t(rows_ * slab_)));
   }
 
   std::byte* storage_;

@@ -288,10 +288,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   rsq::detail::advise_huge_pages(res.dequantized.data(), res.dequantized.size() * sizeof(T));
 
   // Static groups: one grid per (row, group) of original columns, after the dead-column step, fitted up front (rows
-  // in parallel), from a W checked first. Per-row grids and dynamic groups are fitted panel by panel, below, from
-  // panels whose load found them finite.
+  // in parallel; a NaN or Inf only makes grids that are never used: its panel's load reports it). Per-row grids and
+  // dynamic groups are fitted panel by panel, below, from panels whose load found them finite.
   if (opt.static_groups) {
-    rsq::detail::check_finite(w, "gptq::solve: weight");
 #if defined(_OPENMP)
 #pragma omp parallel
 #endif

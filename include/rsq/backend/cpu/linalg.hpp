@@ -320,7 +320,7 @@ void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T
 #if RSQ_EIGEN_KEPT_PACKING
   index_t const rows = std::min(nb, n), slab = packed_rows<T>::slab_depth(rows, rows, kc);
   std::size_t const block_bytes = packed_rows<T>::bytes(rows, kc, slab);
-  std::size_t const gather_bytes = line_bytes<T>(rows * slab);
+  std::size_t const gather_bytes = line_bytes<T>(std::size_t(rows * slab));
   // Two chunks of packed blocks, and a gathering buffer per thread (not the thread's packing block: a fill may
   // call products of its own).
   scratch_lease const lease(2 * std::size_t(nt) * block_bytes + std::size_t(threads) * gather_bytes);

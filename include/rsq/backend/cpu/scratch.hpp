@@ -102,6 +102,13 @@ class scratch_lease {
   std::byte* data_;
 };
 
+/// Bytes of @p count elements of T rounded up to whole 64-byte lines: what an array cut from scratch memory takes, so
+/// that the next one starts on a line.
+template <class T>
+[[nodiscard]] constexpr std::size_t line_bytes(std::size_t count) noexcept {
+  return (count * sizeof(T) + 63) / 64 * 64;
+}
+
 /// Carves 64-byte-aligned arrays out of a block in order; with a null base it only counts the bytes (the same
 /// sequence of `take` calls sizes the block and then cuts it).
 class scratch_carver {
@@ -110,7 +117,7 @@ class scratch_carver {
   template <class T>
   T* take(std::size_t count) noexcept {
     T* const p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
-    used_ += (count * sizeof(T) + 63) / 64 * 64;
+    used_ += line_bytes<T>(count);
     return p;
   }
   [[nodiscard]] std::size_t bytes() const noexcept { return used_; }
