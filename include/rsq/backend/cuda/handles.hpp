@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "rsq/backend/cuda/check.hpp"
+#include "rsq/backend/cuda/memory.hpp"
 
 namespace rsq::cuda::detail {
 
@@ -72,9 +73,7 @@ class context {
     if (bytes > b.second || !b.first) {
       if (b.first) RSQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // work queued on the old buffer must finish
       b.first.reset();
-      void* p = nullptr;
-      RSQ_CUDA_CHECK(cudaMalloc(&p, bytes > 0 ? bytes : 1));
-      b.first.reset(p);
+      b.first.reset(runtime_api<>::allocate(bytes > 0 ? bytes : 1));
       b.second = bytes;
     }
     return b.first.get();

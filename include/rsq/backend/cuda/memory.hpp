@@ -12,7 +12,9 @@
 #include <utility>
 #include <vector>
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/error.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
@@ -35,7 +37,7 @@ namespace detail {
 /// rsq_cuda.cu), so that the definitions may be compiled into several objects of one program without clashing.
 template <class = void>
 struct runtime_api {
-  static void* allocate(std::size_t bytes);                // cudaMalloc; throws cuda_error
+  static void* allocate(std::size_t bytes);                // cudaMalloc; throws cuda_error naming bytes asked, free
   static void release(void* p) noexcept;                   // cudaFree
   static memory_space where(void const* p);                // cudaPointerGetAttributes
   static void copy(void* dst, void const* src, std::size_t bytes, CUstream_st* stream);  // cudaMemcpyAsync + sync
@@ -150,3 +152,52 @@ class device_matrix {
 };
 
 }  // namespace rsq::cuda
+
+namespace rsq {
+
+/// A view of a device matrix (pass it to the CUDA backend's entry points; never dereference it on the host).
+template <class T>
+[[nodiscard]] matrix_view<T> view(cuda::device_matrix<T>& m) noexcept {
+  return m.view();
+}
+template <class T>
+[[nodiscard]] matrix_view<const T> view(cuda::device_matrix<T> const& m) noexcept {
+  return m.view();
+}
+/// A view of a device array.
+template <class T>
+[[nodiscard]] vector_view<T> view(cuda::device_array<T>& a) noexcept {
+  return vector_view<T>(a.data(), a.size());
+}
+template <class T>
+[[nodiscard]] vector_view<const T> view(cuda::device_array<T> const& a) noexcept {
+  return vector_view<const T>(a.data(), a.size());
+}
+
+}  // namespace rsq
+
+namespace rsq::backend {
+
+/// The CUDA backend's memory (algorithm::memory, <rsq/backend/memory.hpp>): cudaMalloc'd device memory on the device
+/// current at allocation; copies are ordered on the backend's stream.
+template <>
+struct implementation<algorithm::memory, cuda> {
+  static constexpr bool available = true;
+
+  template <class T>
+  using array = rsq::cuda::device_array<T>;
+  template <class T>
+  using matrix = rsq::cuda::device_matrix<T>;
+
+  template <class T>
+  static matrix<T> make_matrix(cuda const&, index_t rows, index_t cols) {
+    return matrix<T>(rows, cols);
+  }
+  static bool resident(cuda const&, void const* p) { return rsq::cuda::is_device_pointer(p); }
+  static void copy(cuda const& be, void* dst, void const* src, std::size_t bytes) {
+    rsq::cuda::detail::runtime_api<>::copy(dst, src, bytes, be.stream);
+  }
+  static void synchronize(cuda const& be) { rsq::cuda::synchronize(be); }
+};
+
+}  // namespace rsq::backend

@@ -12,7 +12,20 @@ namespace rsq::cuda::detail {
 template <class D>
 void* runtime_api<D>::allocate(std::size_t bytes) {
   void* p = nullptr;
-  RSQ_CUDA_CHECK(cudaMalloc(&p, bytes));
+  cudaError_t const e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    std::size_t free = 0, total = 0;
+    int device = -1;
+    (void)cudaGetDevice(&device);
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) (void)cudaGetLastError();
+    throw cuda_error(cuda_error::source::runtime, int(e),
+                     rsq::detail::concat("rsq: device ", device, " cannot hold ", bytes, " more bytes (",
+                                         double(bytes) / double(1 << 20), " MiB asked for, ",
+                                         double(free) / double(1 << 20), " MiB free of ",
+                                         double(total) / double(1 << 20), " MiB)"));
+  }
+  RSQ_CUDA_CHECK(e);
   return p;
 }
 
