@@ -40,7 +40,8 @@ template gptq::result<double> gptq_solve<double>(matrix_view<const double>,
 
 namespace rsq::model {
 
-template quantized_model quantize_model<backend::cpu_eigen>(llama_model const&, rsq::matrix_view<const std::int32_t>,
+template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model const&,
+                                                            rsq::matrix_view<const std::int32_t>,
                                                             quantize_options const&, quantize_observer const&);
 
 }  // namespace rsq::model

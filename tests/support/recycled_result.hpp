@@ -8,7 +8,7 @@
 #include <utility>
 
 #include <rsq/core/tensor.hpp>
-#include <rsq/gptq/solve_api.hpp>
+#include <rsq/gptq/solve.hpp>
 
 namespace rsq_test {
 

@@ -22,7 +22,7 @@ struct pack_gptq {};           ///< AutoGPTQ / GPTQModel int32 packing          
 
 // Rotate.
 struct hadamard_transform {};  ///< rows x ← diag(post)·op(H)·diag(pre)·x                <rsq/rotation/hadamard.hpp>
-struct scale_columns {};       ///< W ← W·diag(g) (RMSNorm fusion)                     <rsq/linalg/scale.hpp>
+struct elementwise {};         ///< conversions float ↔ double, W ← W·diag(g)          <rsq/linalg/elementwise.hpp>
 
 // Scale: token importance.
 struct attncon {};             ///< attention received per token, from P or from Q/K   <rsq/importance/attncon.hpp>

@@ -14,6 +14,7 @@
 ///   static void copy(B const&, void* dst, void const* src, std::size_t bytes);  // any direction; ordered on the
 ///                                                              // backend's stream, returns when dst may be read
 ///   static void synchronize(B const&);                         // waits for the work queued on the backend
+///   static std::size_t bytes_in_use(B const&);                 // memory of a device in use (0: not measured)
 /// and the allocation throws rsq::invalid_argument naming the bytes asked for and free when they do not fit.
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <type_traits>
 
 #include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/cpu/memory.hpp"  // host memory is always there: the CPU backend's memory
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
@@ -47,6 +49,12 @@ void synchronize(B const& be) {
   implementation_t<algorithm::memory, B>::synchronize(be);
 }
 
+/// Memory of the backend's device in use now, in bytes (0 where the backend does not measure it: the CPU).
+template <backend_tag B>
+[[nodiscard]] std::size_t bytes_in_use(B const& be) {
+  return implementation_t<algorithm::memory, B>::bytes_in_use(be);
+}
+
 /// Copies @p n elements from @p src to @p dst, each in host memory or in @p be's memory; returns when dst can be read.
 template <backend_tag B, class T>
 void copy(B const& be, T* dst, T const* src, index_t n) {
@@ -67,7 +75,7 @@ template <backend_tag B, class T>
   if (m.is_contiguous()) {
     copy(be, out.data(), m.data(), m.size());
   } else {
-    RSQ_EXPECTS(!resident(be, m.data()) || std::is_same_v<B, cpu_eigen>,
+    RSQ_EXPECTS((!resident(be, m.data()) || std::is_same_v<B, cpu_eigen>),
                 "to_backend: a strided view of backend memory must be contiguous");
     auto packed = rsq::make_matrix_for_overwrite<V>(m.rows(), m.cols());
     for (index_t i = 0; i < m.rows(); ++i)

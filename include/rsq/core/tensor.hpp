@@ -62,5 +62,12 @@ template <class T, std::size_t N>
 [[nodiscard]] tensor_view<T, N> view(xt::xtensor<T, N>& a) {
   return tensor_view<T, N>(a);
 }
+/// The view of an owned array of another backend's memory (e.g. rsq::cuda::device_matrix), which offers view():
+/// code written once for every backend (backend::matrix<T, B>) calls rsq::view on both kinds.
+template <class A>
+  requires requires(A& a) { a.view(); }
+[[nodiscard]] auto view(A& a) {
+  return a.view();
+}
 
 }  // namespace rsq

@@ -180,9 +180,9 @@ void escalate(factor_plan<T>& p, options const& opt, TryFactor&& try_factor) {
 
 /// The result a solve starts from: the factorization's outcome (every outcome, failure included) and permutation in
 /// @p recycled, whose arrays the solve then overwrites, or, when the factorization failed, in a result without arrays.
-template <class T>
-[[nodiscard]] result<T> start_result(factorization_info const& f, result<T>&& recycled) {
-  result<T> r = f.ok() ? std::move(recycled) : result<T>{};
+template <class T, class B>
+[[nodiscard]] result<T, B> start_result(factorization_info const& f, result<T, B>&& recycled) {
+  result<T, B> r = f.ok() ? std::move(recycled) : result<T, B>{};
   r.info = f.info;
   r.damp_used = f.damp_used;
   r.damp_percent_used = f.damp_percent_used;

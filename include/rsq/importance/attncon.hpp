@@ -28,26 +28,20 @@
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/dispatch.hpp"
+#include "rsq/backend/memory.hpp"
+#include "rsq/importance/attncon_options.hpp"
 #include "rsq/importance/context.hpp"
 #include "rsq/importance/normalize.hpp"
 
 namespace rsq::importance {
 
-/// Options of the AttnCon score computation.
-struct attncon_options {
-  /// Queries per block when working from queries and keys: the working set is query_block × L logits per thread.
-  index_t query_block = 64;
-  /// Softmax scale of the logits q·k; 0 means 1/√head_dim, as in LLaMA/Mistral/Qwen attention.
-  double softmax_scale = 0;
-  /// Given probabilities: every row's causal part Σ_{k ≤ i} A[h, i, k] must be within this of 1. The default
-  /// accepts probabilities rounded to bf16 (as the reference's are) and rejects logits or non-causal attention.
-  double row_sum_tolerance = 1e-2;
-};
-
 namespace detail {
 
 inline void validate(attncon_options const& opt) {
   RSQ_EXPECTS(opt.query_block >= 1, "attncon: query_block must be >= 1, got ", opt.query_block);
+  RSQ_EXPECTS(opt.block_bytes > 0, "attncon: block_bytes must be positive, got ", opt.block_bytes);
   RSQ_EXPECTS(std::isfinite(opt.softmax_scale) && opt.softmax_scale >= 0,
               "attncon: softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", opt.softmax_scale);
   RSQ_EXPECTS(opt.row_sum_tolerance >= 0, "attncon: row_sum_tolerance must be >= 0, got ", opt.row_sum_tolerance);
@@ -336,6 +330,67 @@ template <std::floating_point T>
   return detail::causal_attention(tensor_view<const T, 3>(queries), tensor_view<const T, 3>(keys), opt);
 }
 
+/// AttnCon raw scores of one sequence on backend @p be (the first argument of every algorithm), from causal attention
+/// probabilities @p attention (heads, tokens, tokens) or from @p queries (heads, tokens, head_dim) and @p keys
+/// (kv_heads, tokens, head_dim), in host memory or in the backend's memory, any strides; the same conventions and
+/// checks as the CPU functions above. @returns scores // (tokens), in host memory
+///
+/// An implementation of algorithm::attncon provides
+///   template <class T> static void from_probabilities(B const&, tensor_view<const T, 3> a, vector_view<T> out,
+///                                                     attncon_options const&);
+///   template <class T> static void from_queries_keys(B const&, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
+///                                                    vector_view<T> out, attncon_options const&);
+/// (options and shapes checked; values checked there; @p out (tokens) in the backend's memory).
+template <backend_tag B, std::floating_point T>
+[[nodiscard]] rsq::vector<T> attncon_scores(B const& be, tensor_view<const T, 3> attention,
+                                            attncon_options const& opt = {}) {
+  detail::validate(opt);
+  RSQ_EXPECTS(attention.data() != nullptr && attention.extent(0) >= 1 && attention.extent(1) >= 1 &&
+                  attention.extent(1) == attention.extent(2),
+              "attncon: attention must be (heads x tokens x tokens) with heads, tokens >= 1, got ",
+              rsq::detail::shape_string(attention));
+  auto out = backend::make_matrix<T>(be, 1, attention.extent(1));
+  backend::implementation_t<algorithm::attncon, B>::template from_probabilities<T>(
+      be, attention, vector_view<T>(rsq::view(out).data(), attention.extent(1)), opt);
+  auto host = rsq::vector<T>::from_shape({std::size_t(rsq::view(out).cols())});  // (tokens)
+  backend::copy(be, host.data(), rsq::view(out).data(), rsq::view(out).cols());
+  return host;
+}
+
+/// AttnCon raw scores from queries and keys on backend @p be, written into @p out (tokens) in the backend's memory
+/// (device memory for CUDA: the scores stay where the engine's tensors are).
+template <backend_tag B, std::floating_point T>
+void attncon_scores_qk(B const& be, tensor_view<const T, 3> queries, tensor_view<const T, 3> keys, vector_view<T> out,
+                       attncon_options const& opt = {}) {
+  detail::validate(opt);
+  RSQ_EXPECTS(queries.extent(0) >= 1 && queries.extent(1) >= 1 && queries.extent(2) >= 1,
+              "attncon: queries must be (heads x tokens x head_dim) with no empty axis, got ",
+              rsq::detail::shape_string(queries));
+  RSQ_EXPECTS(keys.extent(0) >= 1 && keys.extent(1) == queries.extent(1) && keys.extent(2) == queries.extent(2),
+              "attncon: keys ", rsq::detail::shape_string(keys),
+              " must be (kv_heads x tokens x head_dim) with the tokens and head_dim of queries ",
+              rsq::detail::shape_string(queries));
+  RSQ_EXPECTS(queries.extent(0) % keys.extent(0) == 0, "attncon: the ", queries.extent(0),
+              " query heads are not a multiple of the ", keys.extent(0), " key heads (GQA)");
+  RSQ_EXPECTS(queries.data() != nullptr && keys.data() != nullptr, "attncon: queries and keys must both be given");
+  RSQ_EXPECTS(out.extent(0) == queries.extent(1) && out.stride(0) == 1 && out.data() != nullptr &&
+                  backend::resident(be, out.data()),
+              "attncon: the scores must be a contiguous vector of ", queries.extent(1),
+              " tokens in the backend's memory");
+  backend::implementation_t<algorithm::attncon, B>::template from_queries_keys<T>(be, queries, keys, out, opt);
+}
+
+/// AttnCon raw scores from queries and keys on backend @p be. @returns scores // (tokens), in host memory
+template <backend_tag B, std::floating_point T>
+[[nodiscard]] rsq::vector<T> attncon_scores_qk(B const& be, tensor_view<const T, 3> queries,
+                                               tensor_view<const T, 3> keys, attncon_options const& opt = {}) {
+  auto out = backend::make_matrix<T>(be, 1, queries.extent(1));
+  attncon_scores_qk<B, T>(be, queries, keys, vector_view<T>(rsq::view(out).data(), queries.extent(1)), opt);
+  auto host = rsq::vector<T>::from_shape({std::size_t(rsq::view(out).cols())});  // (tokens)
+  backend::copy(be, host.data(), rsq::view(out).data(), rsq::view(out).cols());
+  return host;
+}
+
 /// The AttnCon policy (§4.2): raw scores from ctx.attention when present, otherwise from ctx.queries / ctx.keys,
 /// then `normalization` (default: min-max to [0.005, 1], the RSQ scripts' setting).
 struct attncon {
@@ -364,3 +419,26 @@ struct attncon {
 };
 
 }  // namespace rsq::importance
+
+namespace rsq::backend {
+
+/// The CPU backend of importance::attncon_scores / attncon_scores_qk (host memory in and out).
+template <>
+struct implementation<algorithm::attncon, cpu_eigen> {
+  static constexpr bool available = true;
+
+  template <class T>
+  static void from_probabilities(cpu_eigen const&, tensor_view<const T, 3> a, vector_view<T> out,
+                                 importance::attncon_options const& opt) {
+    auto const s = importance::detail::attncon_scores_probs(a, opt);
+    for (index_t t = 0; t < out.extent(0); ++t) out(t) = s(std::size_t(t));
+  }
+  template <class T>
+  static void from_queries_keys(cpu_eigen const&, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
+                                vector_view<T> out, importance::attncon_options const& opt) {
+    auto const s = importance::detail::attncon_scores_qk(q, k, opt);
+    for (index_t t = 0; t < out.extent(0); ++t) out(t) = s(std::size_t(t));
+  }
+};
+
+}  // namespace rsq::backend

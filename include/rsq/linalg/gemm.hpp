@@ -33,9 +33,10 @@ void gemm(B const& be, matrix_view<const T> a, op op_a, matrix_view<const T> b, 
   RSQ_EXPECTS(cols(a, op_a) == rows(b, op_b) && c.rows() == rows(a, op_a) && c.cols() == cols(b, op_b),
               "gemm: op(A) ", rows(a, op_a), " x ", cols(a, op_a), " times op(B) ", rows(b, op_b), " x ",
               cols(b, op_b), " does not give C ", rsq::detail::shape_string(c));
+  // (xtensor gives an axis of extent 1 the stride 0: a single column is contiguous whatever its stride.)
   for (auto const* m : {&a, &b})
-    RSQ_EXPECTS(m->stride(1) == 1 || m->size() == 0, "gemm: operands need contiguous rows (column stride 1)");
-  RSQ_EXPECTS(c.stride(1) == 1 || c.size() == 0, "gemm: C needs contiguous rows (column stride 1)");
+    RSQ_EXPECTS(m->stride(1) == 1 || m->cols() <= 1, "gemm: operands need contiguous rows (column stride 1)");
+  RSQ_EXPECTS(c.stride(1) == 1 || c.cols() <= 1, "gemm: C needs contiguous rows (column stride 1)");
   if (c.size() == 0) return;
   RSQ_EXPECTS(backend::resident(be, c.data()) && (a.size() == 0 || backend::resident(be, a.data())) &&
                   (b.size() == 0 || backend::resident(be, b.data())),

@@ -2,43 +2,56 @@
 #pragma once
 
 /// @file
-/// CPU forward pass of a Llama-architecture model (Eigen GEMMs; OpenMP through Eigen and over attention heads),
-/// batched over equal-length sequences, with hooks that hand a quantizer what it needs:
-///  - the input of every linear layer, (tokens, in_features), exactly what multiplies Wᵀ (after any input
+/// The forward pass of a Llama-architecture model on any backend, built from the pieces of rsq::nn (RMSNorm, linear
+/// layers, RoPE, causal attention, SwiGLU, the language-model head), batched over equal-length sequences, with hooks
+/// that hand a quantizer what it needs:
+///  - the input of every linear layer, (tokens, in_features), exactly what multiplies Wᵀ (after any online
 ///    transform), for the Hessians (spec §5);
-///  - every layer's causal attention probabilities, (heads, L, L) per sequence, for AttnCon (spec §4.2);
-///  - the post-RoPE queries and keys, per sequence, for a streaming AttnCon that never materialises the
-///    probabilities.
-///
-/// The pieces a layer-by-layer quantization pipeline needs are separate calls: embed(), forward_layer() (one
-/// decoder layer on (sequences, L, dim) inputs), final_logits() / hidden_loss() (final RMSNorm + classifier), and
-/// the whole forward() / next_token_loss().
+///  - every layer's causal attention probabilities, (heads, L, L) per sequence, for AttnCon from probabilities
+///    (spec §4.2; materialised on the host: meant for tests and small models);
+///  - the post-RoPE queries and keys, per sequence, for a streaming AttnCon that never materialises them.
 ///
 /// The model: x = embedding[token]; per layer x += wo(attn(rope(wq n), rope(wk n), wv n)) with n = RMSNorm(x),
 /// then x += w2(silu(w1 n) ⊙ w3 n) with n = RMSNorm(x); logits = classifier(RMSNorm(x)). RMSNorm(x) =
 /// g ⊙ x / sqrt(mean(x²) + eps); RoPE rotates the adjacent pairs (2i, 2i+1) of each head by pos·theta^(-2i/hs);
 /// query head h attends with KV head h / (n_heads / n_kv_heads); scores are scaled by 1/sqrt(head_size) and
-/// causally masked. Positions start at 0 in every sequence.
+/// causally masked. Positions start at 0 in every sequence. A rotated model applies its online Hadamards
+/// (llama_model::online) to the inputs of wo and w2.
+///
+/// Activations live in the backend's memory as (tokens, features) row-major matrices, the tokens of the sequences one
+/// after another. The pieces a layer-by-layer quantization pipeline needs are separate calls (attention_inputs,
+/// attention_output, ffn_input, ffn_hidden); forward_layer chains them. The host functions at the end (embed,
+/// forward_layer, final_logits, hidden_loss, forward, next_token_loss on xtensor activations) run the same code on
+/// the CPU backend.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
-#include <limits>
 #include <vector>
 
-#include <Eigen/Core>
-
-#include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/memory.hpp"
+#include "rsq/backend/memory.hpp"
+#include "rsq/backend/tags.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
+#include "rsq/core/precision.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/importance/attncon.hpp"
 #include "rsq/model/llama.hpp"
+#include "rsq/nn/attention.hpp"
+#include "rsq/nn/embedding.hpp"
+#include "rsq/nn/linear.hpp"
+#include "rsq/nn/loss.hpp"
+#include "rsq/nn/rms_norm.hpp"
+#include "rsq/nn/rope.hpp"
+#include "rsq/nn/swiglu.hpp"
 
 namespace rsq::model {
 
-/// Activations of a batch: (sequences, tokens, features).
+/// Activations of a batch on the host: (sequences, tokens, features).
 using activations = xt::xtensor<float, 3>;
 
 /// Where a linear-input hook is called from.
@@ -55,13 +68,14 @@ struct attention_site {
   index_t sequence = 0;   ///< sequence within the batch
 };
 
-/// Callbacks of the forward pass. Empty ones cost nothing; they are called from the calling thread, in order.
+/// Callbacks of the forward pass. Empty ones cost nothing; they are called from the calling thread, in order, with
+/// views of the backend's memory (device memory for CUDA).
 struct forward_hooks {
-  /// The input @p x of a linear layer, (sequences * tokens, in_features): what multiplies Wᵀ, after the layer's
-  /// input transform (wo, w2). wq, wk and wv get the same input, as do w1 and w3: one call per linear.
+  /// The input @p x of a linear layer, (sequences * tokens, in_features): what multiplies Wᵀ, after the online
+  /// transforms (wo, w2). wq, wk and wv get the same input, as do w1 and w3: one call per linear.
   std::function<void(linear_site const&, rsq::matrix_view<const float> x)> linear_input;
-  /// Causal softmax attention @p probs of one sequence, (n_heads, L, L): probs(h, query, key), zero above the
-  /// diagonal, rows summing to 1.
+  /// Causal softmax attention @p probs of one sequence, (n_heads, L, L) in host memory: probs(h, query, key), zero
+  /// above the diagonal, rows summing to 1. Computed from the post-RoPE queries and keys on the host.
   std::function<void(attention_site const&, rsq::batch_view<const float> probs)> attention_probs;
   /// Post-RoPE queries @p q, (n_heads, L, head_size), and keys @p k, (n_kv_heads, L, head_size), of one sequence
   /// (strided views into the layer's buffers). probs(h) = causal_softmax(q(h) k(h / kv_group)ᵀ / sqrt(head_size)).
@@ -76,102 +90,230 @@ struct loss_result {
   double perplexity = 0;   ///< exp(mean)
 };
 
-namespace detail {
-
-using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using row_map = Eigen::Map<row_matrix>;
-using const_row_map = Eigen::Map<const row_matrix>;
-
-inline const_row_map map(rsq::matrix<float> const& w) {
-  return const_row_map(w.data(), index_t(w.shape()[0]), index_t(w.shape()[1]));
-}
-
-/// y = RMSNorm(x) row by row: g ⊙ x / sqrt(mean(x²) + eps).
-template <class In>
-void rms_norm(In const& x, rsq::vector<float> const& g, float eps, row_map y) {
-  Eigen::Map<const Eigen::RowVectorXf> gain(g.data(), index_t(g.size()));
-  for (index_t i = 0; i < x.rows(); ++i) {
-    float const ms = x.row(i).squaredNorm() / float(x.cols());
-    float const inv = 1.f / std::sqrt(ms + eps);
-    y.row(i) = (x.row(i) * inv).cwiseProduct(gain);
-  }
-}
-
-/// cos/sin of pos·theta^(-2i/head_size) for pos < L, i < head_size/2, each (L, head_size/2), computed in double.
-struct rope_tables {
-  row_matrix cos, sin;
+/// Options of the forward pass.
+struct forward_options {
+  /// Inputs of the matrix products (linear layers, attention, the classifier): fp32, or bf16 as an opt-in.
+  matmul_precision precision = matmul_precision::fp32;
 };
 
-inline rope_tables make_rope(llama_config const& c, index_t L) {
-  index_t const half = c.head_size() / 2;
-  rope_tables t{row_matrix(L, half), row_matrix(L, half)};
-  for (index_t i = 0; i < half; ++i) {
-    double const freq = std::pow(c.rope_theta, -double(2 * i) / double(c.head_size()));
-    for (index_t p = 0; p < L; ++p) {
-      t.cos(p, i) = float(std::cos(double(p) * freq));
-      t.sin(p, i) = float(std::sin(double(p) * freq));
+/// The weights of a decoder layer as views of host memory or of the memory of the backend that runs it.
+struct layer_weights {
+  vector_view<const float> rms_att;  ///< (dim)
+  vector_view<const float> rms_ffn;  ///< (dim)
+  matrix_view<const float> wq, wk, wv, wo, w1, w2, w3;
+
+  [[nodiscard]] matrix_view<const float> weight(linear_id l) const noexcept {
+    switch (l) {
+      case linear_id::wq: return wq;
+      case linear_id::wk: return wk;
+      case linear_id::wv: return wv;
+      case linear_id::wo: return wo;
+      case linear_id::w1: return w1;
+      case linear_id::w2: return w2;
+      case linear_id::w3: return w3;
     }
+    return wq;
   }
-  return t;
+};
+
+/// Views of the weights of a host layer (the CPU backend computes on them directly).
+[[nodiscard]] inline layer_weights weights_of(decoder_layer const& l) {
+  return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
+          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3)};
 }
 
-/// Rotates the pairs (2i, 2i+1) of every head of x, (sequences * L, heads * head_size), in place.
-inline void apply_rope(row_map x, rope_tables const& t, index_t L, index_t head_size) {
-  index_t const half = head_size / 2, heads = x.cols() / head_size;
-  for (index_t r = 0; r < x.rows(); ++r) {
-    index_t const pos = r % L;
-    float* row = x.data() + r * x.cols();
-    for (index_t h = 0; h < heads; ++h) {
-      float* v = row + h * head_size;
-      for (index_t i = 0; i < half; ++i) {
-        float const c = t.cos(pos, i), s = t.sin(pos, i);
-        float const a = v[2 * i], b = v[2 * i + 1];
-        v[2 * i] = a * c - b * s;
-        v[2 * i + 1] = a * s + b * c;
-      }
+/// Buffers of the forward pass in backend B's memory, kept from call to call: they only grow, so that a pipeline
+/// that runs a layer over and over neither reallocates nor touches fresh pages (the first touch of host memory costs
+/// about 10 µs per 4 KiB on the development machines).
+template <backend_tag B>
+class forward_workspace {
+ public:
+  /// The named buffers of a layer.
+  enum class buffer { norm, q, k, v, attention, gate, up, scores, count_ };
+
+  explicit forward_workspace(B const& be) : be_(be) {}
+
+  /// A (rows, cols) buffer (contents unspecified; the same memory as the last call for that buffer when it fits).
+  [[nodiscard]] matrix_view<float> get(buffer b, index_t rows, index_t cols) {
+    auto& slot = slots_[std::size_t(b)];
+    if (rows * cols > slot.capacity) {
+      slot.data = backend::make_matrix<float>(be_, 1, rows * cols);
+      slot.capacity = rows * cols;
     }
+    return matrix_view<float>(rsq::view(slot.data).data(), rows, cols);
   }
+
+  [[nodiscard]] B const& backend() const noexcept { return be_; }
+
+ private:
+  struct slot_type {
+    backend::matrix<float, B> data{};
+    index_t capacity = 0;
+  };
+  B be_;
+  std::array<slot_type, std::size_t(buffer::count_)> slots_{};
+};
+
+/// Everything a decoder layer's pieces need besides the activations.
+template <backend_tag B>
+struct layer_context {
+  B be;                            ///< where it runs
+  llama_config const& config;
+  layer_weights weights;           ///< in be's memory
+  online_transforms const& online;  ///< the model's online Hadamards
+  index_t seq_len = 0;             ///< tokens per sequence
+  int layer = 0;                   ///< index, for the hooks
+  forward_workspace<B>& workspace;
+  forward_options options{};
+  forward_hooks const* hooks = nullptr;
+};
+
+namespace detail {
+
+template <backend_tag B>
+void call_linear(layer_context<B> const& ctx, linear_id l, matrix_view<const float> x) {
+  if (ctx.hooks == nullptr || !ctx.hooks->linear_input) return;
+  ctx.hooks->linear_input(linear_site{ctx.layer, l, x.rows() / ctx.seq_len, ctx.seq_len}, x);
 }
 
-/// Causal softmax attention of one (sequence, query head): writes probs (L, L) and out (L, head_size).
-/// Query rows go in blocks of 64 that only see keys up to the block's last row, which skips about half of the
-/// masked score and PV products.
-inline void head_attention(const_row_map q, const_row_map k, const_row_map v, index_t row0, index_t qcol,
-                           index_t kcol, index_t L, index_t hs, float* probs, row_map out) {
-  constexpr index_t block = 64;
-  Eigen::Map<row_matrix> P(probs, L, L);
-  float const scale = 1.f / std::sqrt(float(hs));
-  for (index_t i0 = 0; i0 < L; i0 += block) {
-    index_t const rows = std::min(block, L - i0), keys = i0 + rows;
-    auto Pb = P.block(i0, 0, rows, keys);
-    Pb.noalias() = q.block(row0 + i0, qcol, rows, hs) * k.block(row0, kcol, keys, hs).transpose();
-    for (index_t r = 0; r < rows; ++r) {
-      index_t const i = i0 + r;
-      // Causal softmax of row i over keys 0..i (Eigen's vectorised exp); scale > 0, so the max commutes with it.
-      auto seg = P.row(i).head(i + 1).array();
-      float const mx = seg.maxCoeff();
-      seg = ((seg - mx) * scale).exp();
-      seg *= 1.f / seg.sum();
-      P.row(i).tail(L - i - 1).setZero();
-    }
-    out.block(row0 + i0, qcol, rows, hs).noalias() = Pb * v.block(row0, kcol, keys, hs);
+/// (heads, L, head_dim) view of one sequence's rows of a (tokens, heads·head_dim) matrix.
+inline batch_view<const float> heads_of(matrix_view<const float> m, index_t sequence, index_t seq_len,
+                                        index_t head_dim) {
+  return batch_view<const float>(m.data() + sequence * seq_len * m.stride(0), {m.cols() / head_dim, seq_len, head_dim},
+                                 {head_dim, m.stride(0), 1});
+}
+
+template <backend_tag B>
+void call_attention_hooks(layer_context<B> const& ctx, matrix_view<const float> q, matrix_view<const float> k) {
+  if (ctx.hooks == nullptr || (!ctx.hooks->rope_qk && !ctx.hooks->attention_probs)) return;
+  index_t const L = ctx.seq_len, hd = ctx.config.head_size(), S = q.rows() / L;
+  std::vector<float> hq, hk;  // host copies for the probabilities
+  for (index_t s = 0; s < S; ++s) {
+    auto const qs = heads_of(q, s, L, hd), ks = heads_of(k, s, L, hd);
+    if (ctx.hooks->rope_qk) ctx.hooks->rope_qk(attention_site{ctx.layer, s}, qs, ks);
+    if (!ctx.hooks->attention_probs) continue;
+    index_t const H = qs.extent(0), KV = ks.extent(0);
+    hq.resize(std::size_t(L * q.cols()));
+    hk.resize(std::size_t(L * k.cols()));
+    backend::copy(ctx.be, hq.data(), q.data() + s * L * q.stride(0), L * q.cols());
+    backend::copy(ctx.be, hk.data(), k.data() + s * L * k.stride(0), L * k.cols());
+    auto const probs = importance::causal_attention(
+        batch_view<const float>(hq.data(), {H, L, hd}, {hd, q.cols(), 1}),
+        batch_view<const float>(hk.data(), {KV, L, hd}, {hd, k.cols(), 1}));  // (heads, L, L)
+    ctx.hooks->attention_probs(attention_site{ctx.layer, s}, rsq::view(probs));
   }
-}
-
-inline void call_linear(forward_hooks const& hooks, int layer, linear_id l, index_t S, index_t L, row_map x) {
-  if (!hooks.linear_input) return;
-  hooks.linear_input(linear_site{layer, l, S, L}, rsq::matrix_view<const float>(x.data(), x.rows(), x.cols()));
-}
-
-inline void call_transform(input_transform const& f, row_map x, char const* which) {
-  if (!f) return;
-  f(rsq::matrix_view<float>(x.data(), x.rows(), x.cols()));
-  for (index_t i = 0; i < x.size(); ++i)
-    RSQ_EXPECTS(std::isfinite(x.data()[i]), "forward_layer: the ", which,
-                " input transform produced a non-finite value at element ", i);
 }
 
 }  // namespace detail
+
+/// The attention block's inputs from the residual stream @p x (tokens, dim): n = RMSNorm(x) (the input of wq, wk and
+/// wv), q = rope(n·Wqᵀ), k = rope(n·Wkᵀ) and, unless @p with_values is false, v = n·Wvᵀ, into the workspace
+/// buffers norm, q, k, v. (Without values: the queries and keys an AttnCon importance needs.)
+template <backend_tag B>
+void attention_inputs(layer_context<B> const& ctx, matrix_view<const float> x, bool with_values = true) {
+  auto const& c = ctx.config;
+  auto& ws = ctx.workspace;
+  using buf = typename forward_workspace<B>::buffer;
+  index_t const T = x.rows();
+  auto const n = ws.get(buf::norm, T, c.dim);
+  nn::rms_norm(ctx.be, x, ctx.weights.rms_att, c.norm_eps, n);
+  detail::call_linear(ctx, linear_id::wq, n);
+  detail::call_linear(ctx, linear_id::wk, n);
+  detail::call_linear(ctx, linear_id::wv, n);
+  auto const q = ws.get(buf::q, T, c.dim), k = ws.get(buf::k, T, c.kv_dim());
+  nn::linear_options const lin{.accumulate = false, .precision = ctx.options.precision};
+  nn::linear(ctx.be, n, ctx.weights.wq, q, lin);
+  nn::linear(ctx.be, n, ctx.weights.wk, k, lin);
+  if (with_values) nn::linear(ctx.be, n, ctx.weights.wv, ws.get(buf::v, T, c.kv_dim()), lin);
+  nn::rope_options const rope{.seq_len = ctx.seq_len, .head_dim = c.head_size(), .theta = c.rope_theta};
+  nn::rope(ctx.be, q, rope);
+  nn::rope(ctx.be, k, rope);
+  detail::call_attention_hooks(ctx, q, k);
+}
+
+/// The options of the layer's causal attention.
+template <backend_tag B>
+[[nodiscard]] nn::attention_options attention_options_of(layer_context<B> const& ctx) {
+  auto const& c = ctx.config;
+  return {.seq_len = ctx.seq_len, .heads = c.n_heads, .kv_heads = c.n_kv_heads, .head_dim = c.head_size(),
+          .softmax_scale = 0, .precision = ctx.options.precision};
+}
+
+/// The raw AttnCon scores (sequences, L) of the layer from the workspace's q and k (after attention_inputs), without
+/// the attention output: the importances of RSQ (spec §4.2), in @p scores (backend memory).
+template <backend_tag B>
+void attncon_scores(layer_context<B> const& ctx, index_t tokens, matrix_view<float> scores) {
+  using buf = typename forward_workspace<B>::buffer;
+  auto& ws = ctx.workspace;
+  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, ctx.config.dim), ws.get(buf::k, tokens, ctx.config.kv_dim()),
+                       {}, {}, attention_options_of(ctx), scores);
+}
+
+/// The attention block's output before wo: softmax attention of the workspace's q, k, v (after attention_inputs),
+/// then the model's online Hadamard across heads; in the workspace buffer `attention` (tokens, dim), which it returns.
+template <backend_tag B>
+matrix_view<float> attention_output(layer_context<B> const& ctx, index_t tokens) {
+  auto const& c = ctx.config;
+  auto& ws = ctx.workspace;
+  using buf = typename forward_workspace<B>::buffer;
+  auto const a = ws.get(buf::attention, tokens, c.dim);
+  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, c.dim), ws.get(buf::k, tokens, c.kv_dim()),
+                       ws.get(buf::v, tokens, c.kv_dim()), a, attention_options_of(ctx));
+  if (ctx.online.heads) {
+    // Each token's (heads, head_dim) block x ← H x: the rows (t, j, ·) of the (tokens, head_dim, heads) view.
+    index_t const hd = c.head_size();
+    ctx.online.heads->apply(ctx.be, tensor_view<float, 3>(a.data(), {tokens, hd, index_t(c.n_heads)},
+                                                          {a.stride(0), 1, hd}));
+  }
+  detail::call_linear(ctx, linear_id::wo, a);
+  return a;
+}
+
+/// The FFN block's input from the residual stream @p x: n = RMSNorm(x), the input of w1 and w3, in the workspace
+/// buffer `norm`, which it returns.
+template <backend_tag B>
+matrix_view<float> ffn_input(layer_context<B> const& ctx, matrix_view<const float> x) {
+  using buf = typename forward_workspace<B>::buffer;
+  auto const n = ctx.workspace.get(buf::norm, x.rows(), ctx.config.dim);
+  nn::rms_norm(ctx.be, x, ctx.weights.rms_ffn, ctx.config.norm_eps, n);
+  detail::call_linear(ctx, linear_id::w1, n);
+  detail::call_linear(ctx, linear_id::w3, n);
+  return n;
+}
+
+/// The input of w2 from the FFN input @p n (after ffn_input): silu(n·W1ᵀ) ⊙ n·W3ᵀ, then the model's online Hadamard;
+/// in the workspace buffer `gate` (tokens, hidden_dim), which it returns.
+template <backend_tag B>
+matrix_view<float> ffn_hidden(layer_context<B> const& ctx, matrix_view<const float> n) {
+  auto const& c = ctx.config;
+  using buf = typename forward_workspace<B>::buffer;
+  index_t const T = n.rows();
+  auto const gate = ctx.workspace.get(buf::gate, T, c.hidden_dim), up = ctx.workspace.get(buf::up, T, c.hidden_dim);
+  nn::linear_options const lin{.accumulate = false, .precision = ctx.options.precision};
+  nn::linear(ctx.be, n, ctx.weights.w1, gate, lin);
+  nn::linear(ctx.be, n, ctx.weights.w3, up, lin);
+  nn::swiglu(ctx.be, gate, up);
+  if (ctx.online.down) ctx.online.down->apply(ctx.be, gate);
+  detail::call_linear(ctx, linear_id::w2, gate);
+  return gate;
+}
+
+/// x += in·Wᵀ: a residual update by the linear @p l (wo or w2) of the layer.
+template <backend_tag B>
+void residual_update(layer_context<B> const& ctx, linear_id l, matrix_view<const float> in, matrix_view<float> x) {
+  nn::linear(ctx.be, in, ctx.weights.weight(l), x, {.accumulate = true, .precision = ctx.options.precision});
+}
+
+/// One decoder layer on the residual stream @p x (sequences·seq_len, dim), in place, on ctx.be.
+template <backend_tag B>
+void forward_layer(layer_context<B> const& ctx, matrix_view<float> x) {
+  attention_inputs(ctx, x);
+  residual_update(ctx, linear_id::wo, attention_output(ctx, x.rows()), x);
+  auto const n = ffn_input(ctx, x);
+  residual_update(ctx, linear_id::w2, ffn_hidden(ctx, n), x);
+}
+
+// ---- Host functions on xtensor activations (the CPU backend) -------------------------------------------------------
 
 /// The token embeddings of @p tokens, (sequences, L) ids, as (sequences, L, dim).
 /// @throws rsq::invalid_argument for an empty batch or an id outside [0, vocab_size).
@@ -182,107 +324,37 @@ inline void call_transform(input_transform const& f, row_map x, char const* whic
   RSQ_EXPECTS(V == m.config.vocab_size && D == m.config.dim, "embed: token_embedding must be (", m.config.vocab_size,
               " x ", m.config.dim, "), got ", rsq::detail::shape_string(rsq::view(m.token_embedding)));
   activations x(activations::shape_type{std::size_t(tokens.rows()), std::size_t(tokens.cols()), std::size_t(D)});
-  for (index_t s = 0; s < tokens.rows(); ++s)
-    for (index_t t = 0; t < tokens.cols(); ++t) {
-      std::int32_t const id = tokens(s, t);
-      RSQ_EXPECTS(id >= 0 && index_t(id) < V, "embed: token id ", id, " at (", s, ", ", t,
-                  ") is outside the vocabulary [0, ", V, ")");
-      std::copy_n(m.token_embedding.data() + index_t(id) * D, D, x.data() + (s * tokens.cols() + t) * D);
-    }
+  nn::embed(backend::cpu_eigen{}, tokens, rsq::view(m.token_embedding),
+            matrix_view<float>(x.data(), tokens.rows() * tokens.cols(), D));
   return x;
 }
 
 /// One decoder layer on @p x, (sequences, L, dim): returns the layer's output (sequences, L, dim) and calls the
-/// hooks with @p layer_index as the layer. Each sequence is independent and starts at position 0.
+/// hooks with @p layer_index as the layer. Each sequence is independent and starts at position 0. Without @p online
+/// transforms the layer computes a plain model's layer.
 /// @throws rsq::invalid_argument if shapes do not match the config, L exceeds config.seq_len, or x has NaN/Inf.
 [[nodiscard]] inline activations forward_layer(llama_config const& c, decoder_layer const& layer, int layer_index,
-                                               rsq::batch_view<const float> x, forward_hooks const& hooks = {}) {
+                                               rsq::batch_view<const float> x, forward_hooks const& hooks = {},
+                                               online_transforms const& online = {}) {
   validate(c);
   validate(c, layer, layer_index);
   index_t const S = x.extent(0), L = x.extent(1), D = c.dim;
-  RSQ_EXPECTS(S > 0 && L > 0 && x.extent(2) == D, "forward_layer: x must be (sequences x L x ", D, ") with S, L > 0, got ",
-              rsq::detail::shape_string(x));
+  RSQ_EXPECTS(S > 0 && L > 0 && x.extent(2) == D, "forward_layer: x must be (sequences x L x ", D,
+              ") with S, L > 0, got ", rsq::detail::shape_string(x));
   RSQ_EXPECTS(L <= c.seq_len, "forward_layer: sequence length ", L, " exceeds the model's seq_len ", c.seq_len);
-  index_t const T = S * L, H = c.n_heads, hs = c.head_size(), KV = c.kv_dim(), F = c.hidden_dim,
-                group = c.kv_group();
-
   activations out(activations::shape_type{std::size_t(S), std::size_t(L), std::size_t(D)});
-  detail::row_map X(out.data(), T, D);  // (tokens, dim) the residual stream
   for (index_t s = 0; s < S; ++s)
     for (index_t t = 0; t < L; ++t)
       for (index_t j = 0; j < D; ++j) {
         float const v = x(s, t, j);
         RSQ_EXPECTS(std::isfinite(v), "forward_layer: x has a non-finite value (", v, ") at (", s, ", ", t, ", ", j,
                     ")");
-        X(s * L + t, j) = v;
+        out(s, t, j) = v;
       }
-
-  // Attention block.
-  detail::row_matrix n(T, D);  // (tokens, dim)
-  detail::row_map N(n.data(), T, D);
-  detail::rms_norm(X, layer.rms_att, c.norm_eps, N);
-  detail::call_linear(hooks, layer_index, linear_id::wq, S, L, N);
-  detail::call_linear(hooks, layer_index, linear_id::wk, S, L, N);
-  detail::call_linear(hooks, layer_index, linear_id::wv, S, L, N);
-  detail::row_matrix q(T, D), k(T, KV), v(T, KV);  // (tokens, dim), (tokens, kv_dim) x2
-  q.noalias() = n * detail::map(layer.wq).transpose();
-  k.noalias() = n * detail::map(layer.wk).transpose();
-  v.noalias() = n * detail::map(layer.wv).transpose();
-  auto const rope = detail::make_rope(c, L);
-  detail::apply_rope(detail::row_map(q.data(), T, D), rope, L, hs);
-  detail::apply_rope(detail::row_map(k.data(), T, KV), rope, L, hs);
-  if (hooks.rope_qk)
-    for (index_t s = 0; s < S; ++s)
-      hooks.rope_qk(attention_site{layer_index, s},
-                    rsq::batch_view<const float>(q.data() + s * L * D, {H, L, hs}, {hs, D, 1}),
-                    rsq::batch_view<const float>(k.data() + s * L * KV, {c.n_kv_heads, L, hs}, {hs, KV, 1}));
-
-  detail::row_matrix att(T, D);  // (tokens, dim) concatenated head outputs
-  detail::const_row_map Qm(q.data(), T, D), Km(k.data(), T, KV), Vm(v.data(), T, KV);
-  detail::row_map A(att.data(), T, D);
-  if (hooks.attention_probs) {
-    // The hook needs every head of a sequence at once: (heads, L, L) per sequence.
-    std::vector<float> probs(std::size_t(H * L * L));
-    for (index_t s = 0; s < S; ++s) {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-      for (index_t h = 0; h < H; ++h)
-        detail::head_attention(Qm, Km, Vm, s * L, h * hs, (h / group) * hs, L, hs, probs.data() + h * L * L, A);
-      hooks.attention_probs(attention_site{layer_index, s}, rsq::batch_view<const float>(probs.data(), {H, L, L}));
-    }
-  } else {
-#if defined(_OPENMP)
-#pragma omp parallel
-#endif
-    {
-      std::vector<float> probs(std::size_t(L * L));  // per-thread scratch
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic)
-#endif
-      for (index_t sh = 0; sh < S * H; ++sh) {
-        index_t const s = sh / H, h = sh % H;
-        detail::head_attention(Qm, Km, Vm, s * L, h * hs, (h / group) * hs, L, hs, probs.data(), A);
-      }
-    }
-  }
-  detail::call_transform(layer.wo_input_transform, A, "wo");
-  detail::call_linear(hooks, layer_index, linear_id::wo, S, L, A);
-  X.noalias() += att * detail::map(layer.wo).transpose();
-
-  // FFN block.
-  detail::rms_norm(X, layer.rms_ffn, c.norm_eps, N);
-  detail::call_linear(hooks, layer_index, linear_id::w1, S, L, N);
-  detail::call_linear(hooks, layer_index, linear_id::w3, S, L, N);
-  detail::row_matrix gate(T, F), up(T, F);  // (tokens, hidden) x2
-  gate.noalias() = n * detail::map(layer.w1).transpose();
-  up.noalias() = n * detail::map(layer.w3).transpose();
-  // SwiGLU: silu(gate) ⊙ up, with silu(g) = g / (1 + exp(-g)).
-  gate = (gate.array() / (1.f + (-gate.array()).exp()) * up.array()).matrix();
-  detail::row_map G(gate.data(), T, F);
-  detail::call_transform(layer.w2_input_transform, G, "w2");
-  detail::call_linear(hooks, layer_index, linear_id::w2, S, L, G);
-  X.noalias() += gate * detail::map(layer.w2).transpose();
+  forward_workspace<backend::cpu_eigen> ws(backend::cpu_eigen{});
+  layer_context<backend::cpu_eigen> const ctx{backend::cpu_eigen{}, c, weights_of(layer), online, L, layer_index, ws,
+                                              {}, &hooks};
+  forward_layer(ctx, matrix_view<float>(out.data(), S * L, D));
   return out;
 }
 
@@ -291,50 +363,27 @@ inline void call_transform(input_transform const& f, row_map x, char const* whic
   auto const& c = m.config;
   RSQ_EXPECTS(h.extent(0) > 0 && h.extent(1) > 0 && h.extent(2) == c.dim,
               "final_logits: h must be (sequences x L x ", c.dim, "), got ", rsq::detail::shape_string(h));
-  RSQ_EXPECTS(index_t(m.rms_final.size()) == c.dim, "final_logits: rms_final must have ", c.dim, " elements, got ",
-              m.rms_final.size());
-  RSQ_EXPECTS(index_t(m.classifier.shape()[0]) == c.vocab_size && index_t(m.classifier.shape()[1]) == c.dim,
-              "final_logits: classifier must be (", c.vocab_size, " x ", c.dim, "), got ",
-              rsq::detail::shape_string(rsq::view(m.classifier)));
-  index_t const S = h.extent(0), L = h.extent(1), D = c.dim, V = c.vocab_size;
-  detail::row_matrix x(S * L, D);  // (tokens, dim)
-  for (index_t s = 0; s < S; ++s)
-    for (index_t t = 0; t < L; ++t)
-      for (index_t j = 0; j < D; ++j) x(s * L + t, j) = h(s, t, j);
-  detail::row_matrix n(S * L, D);
-  detail::rms_norm(detail::const_row_map(x.data(), S * L, D), m.rms_final, c.norm_eps, detail::row_map(n.data(), S * L, D));
+  RSQ_EXPECTS(h.is_contiguous(), "final_logits: h must be contiguous");
+  index_t const S = h.extent(0), L = h.extent(1), V = c.vocab_size;
   activations logits(activations::shape_type{std::size_t(S), std::size_t(L), std::size_t(V)});
-  detail::row_map(logits.data(), S * L, V).noalias() = n * detail::map(m.classifier).transpose();
+  nn::final_logits(backend::cpu_eigen{}, matrix_view<const float>(h.data(), S * L, c.dim), rsq::view(m.rms_final),
+                   rsq::view(m.classifier), c.norm_eps, matrix_view<float>(logits.data(), S * L, V));
   return logits;
 }
 
 /// Next-token loss of hidden states @p h, (sequences, L, dim), against @p tokens, (sequences, L): position t
-/// predicts tokens(s, t + 1). The classifier runs one sequence at a time, so (L, vocab) is the largest buffer.
+/// predicts tokens(s, t + 1).
 [[nodiscard]] inline loss_result hidden_loss(llama_model const& m, rsq::batch_view<const float> h,
                                              rsq::matrix_view<const std::int32_t> tokens) {
   RSQ_EXPECTS(tokens.rows() == h.extent(0) && tokens.cols() == h.extent(1), "hidden_loss: tokens ",
               rsq::detail::shape_string(tokens), " do not match the hidden states ", rsq::detail::shape_string(h));
   RSQ_EXPECTS(tokens.cols() >= 2, "hidden_loss: sequences need at least 2 tokens, got ", tokens.cols());
-  loss_result r;
-  index_t const S = h.extent(0), L = h.extent(1), V = m.config.vocab_size;
-  for (index_t s = 0; s < S; ++s) {
-    auto const logits = final_logits(m, rsq::batch_view<const float>(h.data() + s * h.stride(0), {1, L, h.extent(2)},
-                                                                     {h.stride(0), h.stride(1), h.stride(2)}));
-    for (index_t t = 0; t + 1 < L; ++t) {
-      std::int32_t const target = tokens(s, t + 1);
-      RSQ_EXPECTS(target >= 0 && target < V, "hidden_loss: token id ", target, " at (", s, ", ", t + 1,
-                  ") is outside the vocabulary [0, ", V, ")");
-      // log-sum-exp with the max subtracted (float, vectorised), accumulated in double.
-      Eigen::Map<const Eigen::ArrayXf> z(logits.data() + t * V, V);
-      float const mx = z.maxCoeff();
-      double const sum = double((z - mx).exp().sum());
-      r.sum += double(mx) + std::log(sum) - double(z(target));
-      ++r.count;
-    }
-  }
-  r.mean = r.sum / double(r.count);
-  r.perplexity = std::exp(r.mean);
-  return r;
+  RSQ_EXPECTS(h.is_contiguous(), "hidden_loss: h must be contiguous");
+  auto const s = nn::next_token_loss(backend::cpu_eigen{}, matrix_view<const float>(h.data(), h.extent(0) * h.extent(1),
+                                                                                    h.extent(2)),
+                                     rsq::view(m.rms_final), rsq::view(m.classifier), tokens,
+                                     {.seq_len = tokens.cols(), .norm_eps = m.config.norm_eps});
+  return {s.sum, s.count, s.sum / double(s.count), std::exp(s.sum / double(s.count))};
 }
 
 /// Hidden states after the last decoder layer, (sequences, L, dim), for @p tokens (sequences, L).
@@ -342,8 +391,15 @@ inline void call_transform(input_transform const& f, row_map x, char const* whic
                                                 forward_hooks const& hooks = {}) {
   validate(m);
   activations x = embed(m, tokens);
-  for (std::size_t l = 0; l < m.layers.size(); ++l)
-    x = forward_layer(m.config, m.layers[l], int(l), rsq::batch_view<const float>(x), hooks);
+  index_t const S = tokens.rows(), L = tokens.cols();
+  RSQ_EXPECTS(L <= m.config.seq_len, "forward: sequence length ", L, " exceeds the model's seq_len ",
+              m.config.seq_len);
+  forward_workspace<backend::cpu_eigen> ws(backend::cpu_eigen{});
+  for (std::size_t l = 0; l < m.layers.size(); ++l) {
+    layer_context<backend::cpu_eigen> const ctx{backend::cpu_eigen{}, m.config, weights_of(m.layers[l]), m.online,
+                                                L, int(l), ws, {}, &hooks};
+    forward_layer(ctx, matrix_view<float>(x.data(), S * L, m.config.dim));
+  }
   return x;
 }
 

@@ -11,7 +11,7 @@
 
 #include <array>
 #include <cstdint>
-#include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +20,7 @@
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/rotation/hadamard.hpp"
 
 namespace rsq::model {
 
@@ -100,10 +101,17 @@ inline constexpr linear_id all_linears[] = {linear_id::wq, linear_id::wk, linear
   return "?";
 }
 
-/// An in-place transform of a linear layer's input, (tokens, in_features), applied before the matmul: the online
-/// Hadamards of a rotated model (spec §2.3) on the inputs of wo (o_proj) and w2 (down_proj). It must not change
-/// the shape; the forward's linear-input hook sees the transformed input.
-using input_transform = std::function<void(rsq::matrix_view<float>)>;
+/// The online Hadamards of a rotated model (spec §2.3), the same for every layer, applied by the forward pass on every
+/// backend before the matmul of wo (o_proj) and w2 (down_proj); the linear-input hooks and the Hessians see the
+/// transformed inputs. Empty pointers: none (a plain model).
+struct online_transforms {
+  /// H = M_{n_h}/√n_h across the heads of wo's input: with each token's input x as (n_heads, head_dim), x ← H x.
+  std::shared_ptr<rotation::hadamard const> heads;
+  /// H = M_I/√I on every row of w2's input, x ← H x (I = hidden_dim).
+  std::shared_ptr<rotation::hadamard const> down;
+
+  [[nodiscard]] bool any() const noexcept { return heads != nullptr || down != nullptr; }
+};
 
 /// The weights of one decoder layer. A quantization pipeline swaps a weight by assigning a new matrix of the same
 /// shape (e.g. `layer.wq = dequantized;`). RMSNorm without gains (a rotated model) is expressed with gains of ones.
@@ -117,8 +125,6 @@ struct decoder_layer {
   rsq::matrix<float> w1;       ///< (hidden_dim, dim) gate
   rsq::matrix<float> w2;       ///< (dim, hidden_dim) down
   rsq::matrix<float> w3;       ///< (hidden_dim, dim) up
-  input_transform wo_input_transform;  ///< optional, on the (tokens, dim) attention output before wo
-  input_transform w2_input_transform;  ///< optional, on the (tokens, hidden_dim) SwiGLU output before w2
 
   /// The weight of linear @p l.
   [[nodiscard]] rsq::matrix<float>& weight(linear_id l) noexcept {
@@ -146,6 +152,7 @@ struct llama_model {
   std::vector<decoder_layer> layers;   ///< n_layers of them
   rsq::vector<float> rms_final;        ///< (dim) gains of the final RMSNorm
   rsq::matrix<float> classifier;       ///< (vocab_size, dim)
+  online_transforms online;            ///< the online Hadamards of a rotated model (none for a plain model)
 };
 
 /// (rows, cols) that linear @p l of a layer has under config @p c.
@@ -201,6 +208,10 @@ inline void validate(llama_model const& m, bool check_finite = false) {
               " elements, got ", m.rms_final.size());
   RSQ_EXPECTS(m.layers.size() == std::size_t(c.n_layers), "llama_model: config has ", c.n_layers,
               " layers, the model holds ", m.layers.size());
+  RSQ_EXPECTS(!m.online.heads || m.online.heads->size() == c.n_heads, "llama_model: the online Hadamard across heads "
+              "has length ", m.online.heads ? m.online.heads->size() : 0, ", the model has ", c.n_heads, " heads");
+  RSQ_EXPECTS(!m.online.down || m.online.down->size() == c.hidden_dim, "llama_model: the online Hadamard of w2's "
+              "input has length ", m.online.down ? m.online.down->size() : 0, ", hidden_dim is ", c.hidden_dim);
   for (std::size_t i = 0; i < m.layers.size(); ++i) validate(c, m.layers[i], int(i));
   if (!check_finite) return;
   rsq::detail::check_finite(rsq::view(m.token_embedding), "llama_model: token_embedding");

@@ -15,8 +15,15 @@
 ///     of a rotated model), the importance-weighted Hessian H = (2/N) Σ_j Σ_t w_jt x_jt x_jtᵀ (w = L·r^p/Σr^p per
 ///     sequence, §5.1) is accumulated once per group (q/k/v share one, w1/w3 share one), and GPTQ (§6) quantizes each
 ///     linear of the group;
-///  4. the quantized layer's outputs become the next layer's inputs (computed from the w2 pass: its FP-w2 output plus
-///     G·(W2_q − W2)ᵀ, with G the w2 input it saw, instead of a fifth forward pass).
+///  4. the quantized layer's outputs become the next layer's inputs.
+///
+/// Everything runs on the backend given as the first argument: the calibration activations, the rotation and its
+/// online Hadamards, the importances, the Hessians, one factorization per shared Hessian (q/k/v; w1/w3), the solves
+/// and the next layer's inputs stay in the backend's memory; only the layer being quantized has its weights there
+/// (so a model larger than a GPU's memory still runs), and its results go back to the host model when it is done.
+/// Each group's Hessian needs only the part of the layer before the group: the passes over the calibration tokens
+/// (in chunks of sequences) recompute no more than that (q/k/v: the normalised input; o: the attention with the
+/// quantized q/k/v, kept for the residual; w1/w3: the normalised residual; w2: the SwiGLU of the quantized w1/w3).
 ///
 /// Methods: `rtn` (round to nearest, no calibration), `gptq` (GPTQ, no rotation, uniform tokens), `quarot` (rotation
 /// of spec §2 + GPTQ, uniform tokens), `rsq` (rotation + GPTQ with AttnCon token importance). Defaults are those of
@@ -38,9 +45,7 @@
 #include <variant>
 #include <vector>
 
-#include <Eigen/Core>
-
-#include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
@@ -50,9 +55,11 @@
 #include "rsq/gptq/result.hpp"
 #include "rsq/gptq/solve.hpp"
 #include "rsq/hessian/accumulator.hpp"
+#include "rsq/hessian/options.hpp"
 #include "rsq/hessian/weights.hpp"
 #include "rsq/importance/policy.hpp"
 #include "rsq/importance/token_frequency.hpp"
+#include "rsq/linalg/elementwise.hpp"
 #include "rsq/model/calibration.hpp"
 #include "rsq/model/forward.hpp"
 #include "rsq/model/llama.hpp"
@@ -118,6 +125,12 @@ struct quantize_options {
   /// QuaRot-RTN, `rotate = false` with rsq is importance-scaled GPTQ without rotation (ablations).
   std::optional<bool> rotate = std::nullopt;
   bool double_precision = false;      ///< accumulate Hessians and solve in float64 (default: float32, as the reference)
+  forward_options forward = {};       ///< calibration forward passes: fp32, or bf16 products as an opt-in
+  hessian::options hessian = {};      ///< Hessian arithmetic: strict, or TF32 / bf16 inputs as opt-ins
+  /// Calibration tokens per chunk of a pass (whole sequences); 0 chooses about 1 GiB of layer buffers.
+  index_t chunk_tokens = 0;
+  /// Report tr((W − Q)·H·(W − Q)ᵀ) per linear (a float64 product per linear on the backend).
+  bool proxy_loss = true;
 
   /// Throws rsq::invalid_argument naming the first bad option.
   void validate() const {
@@ -130,6 +143,9 @@ struct quantize_options {
                 "quantize options: rtn uses no calibration, so a token-importance policy does not apply");
     RSQ_EXPECTS(method != quant_method::rtn || expand_factor == 1,
                 "quantize options: rtn uses no calibration, so expand_factor does not apply");
+    RSQ_EXPECTS(chunk_tokens >= 0, "quantize options: chunk_tokens must be >= 0 (0: automatic), got ", chunk_tokens);
+    RSQ_EXPECTS(!double_precision || hessian.precision == hessian::precision::strict,
+                "quantize options: the TF32 and bf16 Hessians are float opt-ins; double_precision accumulates in fp64");
   }
 
   /// Whether the model is rotated first (see `rotate`).
@@ -160,8 +176,11 @@ struct linear_report {
   gptq::status info = gptq::status::ok;
   int damp_attempts = 0;         ///< factorization attempts (1 = the first damping sufficed; 0 for rtn)
   double damp_percent_used = 0;  ///< k · percdamp of the successful (or last) attempt
-  /// GPTQ: the proxy loss tr((W − Q)·H·(W − Q)ᵀ) with the undamped H; rtn: ‖W − Q‖²_F.
+  /// GPTQ: the proxy loss tr((W − Q)·H·(W − Q)ᵀ) with the undamped H (0 without quantize_options::proxy_loss);
+  /// rtn: ‖W − Q‖²_F.
   double loss = 0;
+  /// GPTQ: Σ (w − q)²/(2 d²) over the weight, the reference's printed "error"; rtn: 0.
+  double gptq_loss = 0;
   double seconds = 0;
 };
 
@@ -178,14 +197,18 @@ struct layer_report {
   }
 };
 
-/// Seconds spent in each part of quantize_model() (a part's hook time is not counted in `forward`).
+/// Seconds spent in each part of quantize_model() (each part waits for the backend's work before it is timed).
 struct pipeline_timings {
-  double rotation = 0;    ///< rotate_model
-  double importance = 0;  ///< token importances (policy)
-  double forward = 0;     ///< calibration forward passes (embedding, layers)
-  double hessian = 0;     ///< Hessian accumulation
-  double solver = 0;      ///< GPTQ / RTN and the loss of each linear
-  double total = 0;       ///< the whole call
+  double rotation = 0;       ///< rotating the embeddings and every layer
+  double importance = 0;     ///< token importances (policy)
+  double forward = 0;        ///< calibration forward passes (embedding, layers)
+  double hessian = 0;        ///< Hessian accumulation
+  double factorization = 0;  ///< one factorization per shared Hessian
+  double solver = 0;         ///< GPTQ solves / round to nearest
+  double loss = 0;           ///< the proxy loss of each linear
+  double copies = 0;         ///< weights to the backend and results back to the host model
+  double total = 0;          ///< the whole call
+  std::size_t peak_backend_bytes = 0;  ///< most backend memory in use at a layer's end (device backends; 0 on CPU)
 };
 
 /// Result of quantize_model().
@@ -241,41 +264,106 @@ using clock = std::chrono::steady_clock;
   return std::chrono::duration<double>(clock::now() - t0).count();
 }
 
-/// RAII adder of elapsed seconds.
-class stopwatch {
+/// Adds the seconds of a scope to @p sink, after waiting for the work the scope queued on the backend.
+template <backend_tag B>
+class phase {
  public:
-  explicit stopwatch(double& sink) : sink_(sink), t0_(clock::now()) {}
-  ~stopwatch() { sink_ += seconds_since(t0_); }
-  stopwatch(stopwatch const&) = delete;
-  stopwatch& operator=(stopwatch const&) = delete;
+  phase(B const& be, double& sink) : be_(be), sink_(sink), t0_(clock::now()) {}
+  ~phase() {
+    try {
+      backend::synchronize(be_);
+    } catch (...) {  // the failure surfaces at the next call on the backend
+    }
+    sink_ += seconds_since(t0_);
+  }
+  phase(phase const&) = delete;
+  phase& operator=(phase const&) = delete;
 
  private:
+  B const& be_;
   double& sink_;
   clock::time_point t0_;
 };
 
-template <class T>
-[[nodiscard]] rsq::matrix<T> cast_matrix(rsq::matrix<float> const& w) {
-  if constexpr (std::is_same_v<T, float>) {
-    return w;
-  } else {
-    auto d = rsq::matrix<T>::from_shape(w.shape());
-    std::copy(w.begin(), w.end(), d.begin());
-    return d;
-  }
+[[nodiscard]] inline bool is_uniform(importance::any_policy const& p) {
+  return std::holds_alternative<importance::uniform>(p.get());
 }
 
-template <class T>
-[[nodiscard]] rsq::matrix<float> cast_matrix_back(rsq::matrix<T>&& w) {
-  if constexpr (std::is_same_v<T, float>) {
-    return std::move(w);
-  } else {
-    auto f = rsq::matrix<float>::from_shape(w.shape());
-    std::transform(w.begin(), w.end(), f.begin(), [](T v) { return float(v); });
-    return f;
+/// A decoder layer's weights in the backend's memory: the host layer's own arrays when they are already there (the
+/// CPU backend), copies otherwise. A layer made from a const host layer is only read (weights()).
+template <backend_tag B>
+class resident_layer {
+ public:
+  resident_layer(B const& be, decoder_layer const& layer) : be_(be) {
+    // The views are writable so that the pipeline can rotate and quantize the layers it owns through
+    // mutable_weights(); a const layer (evaluate) is only read.
+    auto& host = const_cast<decoder_layer&>(layer);
+    resident_ = backend::resident(be, host.wq.data());
+    auto const vec = [&](rsq::vector<float>& v) {
+      if (resident_) return vector_view<float>(v.data(), index_t(v.size()));
+      owned_.push_back(backend::to_backend(be, matrix_view<const float>(v.data(), 1, index_t(v.size()))));
+      return vector_view<float>(rsq::view(owned_.back()).data(), index_t(v.size()));
+    };
+    auto const mat = [&](rsq::matrix<float>& m) {
+      if (resident_) return rsq::view(m);
+      owned_.push_back(backend::to_backend(be, matrix_view<const float>(rsq::view(m))));
+      return rsq::view(owned_.back());
+    };
+    owned_.reserve(9);
+    w_ = {vec(host.rms_att), vec(host.rms_ffn), mat(host.wq), mat(host.wk), mat(host.wv),
+          mat(host.wo),      mat(host.w1),      mat(host.w2), mat(host.w3)};
   }
+
+  [[nodiscard]] layer_weights_mut const& mutable_weights() const noexcept { return w_; }
+  [[nodiscard]] layer_weights weights() const noexcept {
+    return {w_.rms_att, w_.rms_ffn, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3};
+  }
+  [[nodiscard]] matrix_view<float> weight(linear_id l) const noexcept {
+    switch (l) {
+      case linear_id::wq: return w_.wq;
+      case linear_id::wk: return w_.wk;
+      case linear_id::wv: return w_.wv;
+      case linear_id::wo: return w_.wo;
+      case linear_id::w1: return w_.w1;
+      case linear_id::w2: return w_.w2;
+      case linear_id::w3: return w_.w3;
+    }
+    return w_.wq;
+  }
+
+  /// Copies the gains back to the host layer (the weights go back one by one as they are quantized).
+  void download_gains(decoder_layer& host) const {
+    if (resident_) return;
+    backend::copy(be_, host.rms_att.data(), w_.rms_att.data(), w_.rms_att.extent(0));
+    backend::copy(be_, host.rms_ffn.data(), w_.rms_ffn.data(), w_.rms_ffn.extent(0));
+  }
+
+ private:
+  B be_;
+  bool resident_ = true;
+  std::vector<backend::matrix<float, B>> owned_;
+  layer_weights_mut w_{};
+};
+
+/// A host array as the backend sees it: the array itself when it is in the backend's memory, else a copy.
+template <backend_tag B>
+struct backend_array {
+  backend::matrix<float, B> owned{};
+  matrix_view<const float> view{};
+};
+template <backend_tag B>
+[[nodiscard]] backend_array<B> on_backend(B const& be, matrix_view<const float> host) {
+  backend_array<B> a;
+  if (backend::resident(be, host.data()) && host.is_contiguous()) {
+    a.view = host;
+  } else {
+    a.owned = backend::to_backend(be, host);
+    a.view = rsq::view(a.owned);
+  }
+  return a;
 }
 
+/// The quantized weight in host memory as float (the solver may run in double).
 template <class T>
 [[nodiscard]] quant::quantized_weight<float> to_float_weight(quant::quantized_weight<T>&& q) {
   if constexpr (std::is_same_v<T, float>) {
@@ -293,240 +381,337 @@ template <class T>
   }
 }
 
-[[nodiscard]] inline bool is_uniform(importance::any_policy const& p) {
-  return std::holds_alternative<importance::uniform>(p.get());
+/// Sequences per chunk of a calibration pass: about 1 GiB of layer buffers unless @p chunk_tokens is given.
+[[nodiscard]] inline index_t chunk_sequences(llama_config const& c, index_t sequences, index_t seq_len,
+                                             index_t chunk_tokens) {
+  index_t const per_token = index_t(sizeof(float)) * (3 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim);
+  index_t const tokens = chunk_tokens > 0 ? chunk_tokens : std::max<index_t>(1, (index_t(1) << 30) / per_token);
+  return std::clamp<index_t>(tokens / seq_len, 1, sequences);
 }
 
-/// The layer loop of quantize_model() for GPTQ methods, with Hessians and solves in precision T.
-template <class T, backend_tag Backend>
-void quantize_layers(quantized_model& q, rsq::matrix<std::int32_t> const& tokens, quantize_options const& opt,
-                     importance::any_policy const& policy, quantize_observer const& obs) {
-  auto& m = q.model;
-  auto const& c = m.config;
-  index_t const S = index_t(tokens.shape()[0]), L = index_t(tokens.shape()[1]), D = c.dim;
-  auto& tm = q.timings;
-  bool const weighted = !is_uniform(policy);
-  importance::needs const needs = policy.requirements();
-  hessian::weighting const wt{.importance_power = opt.importance_power};
-
-  // Token ids and counts for the policies that read them (after expansion, aligned with the sequences).
-  rsq::matrix<std::int64_t> ids64;
-  std::optional<importance::token_frequency> freq;
-  if (needs.token_ids || needs.token_frequency) {
-    ids64 = rsq::matrix<std::int64_t>::from_shape(tokens.shape());
-    std::copy(tokens.begin(), tokens.end(), ids64.begin());
-    if (needs.token_frequency) freq = importance::token_frequency::from_sequences(rsq::view(std::as_const(ids64)));
+/// The layer loop of quantize_model() for the GPTQ methods on backend B, Hessians and solves in precision T.
+template <class T, backend_tag B>
+class layer_quantizer {
+ public:
+  layer_quantizer(B const& be, quantized_model& q, rsq::matrix<std::int32_t> const& tokens,
+                  quantize_options const& opt, importance::any_policy const& policy,
+                  std::optional<rotation_plan> const& rotation, quantize_observer const& obs)
+      : be_(be), q_(q), c_(q.model.config), tokens_(tokens), opt_(opt), policy_(policy), rotation_(rotation),
+        obs_(obs), ws_(be), S_(index_t(tokens.shape()[0])), L_(index_t(tokens.shape()[1])),
+        chunk_(chunk_sequences(c_, S_, L_, opt.chunk_tokens)) {
+    needs_ = policy.requirements();
+    if (!is_uniform(policy)) importance_ = rsq::make_matrix<float>(S_, L_);
+    if (needs_.token_ids || needs_.token_frequency) {
+      ids64_ = rsq::matrix<std::int64_t>::from_shape(tokens.shape());
+      std::copy(tokens.begin(), tokens.end(), ids64_.begin());
+      if (needs_.token_frequency)
+        freq_ = importance::token_frequency::from_sequences(rsq::view(std::as_const(ids64_)));
+    }
   }
 
-  activations x;
-  {
-    stopwatch sw(tm.forward);
-    x = embed(m, rsq::view(tokens));  // (S, L, dim)
+  /// Quantizes every layer; stops at the first Hessian that stays not positive definite (recorded in q).
+  void run(matrix_view<const float> embedding) {
+    auto& tm = q_.timings;
+    {
+      phase<B> p(be_, tm.forward);
+      x_ = backend::make_matrix<float>(be_, S_ * L_, c_.dim);  // (tokens, dim) the residual stream
+      nn::embed(be_, rsq::view(tokens_), embedding, rsq::view(x_));
+    }
+    for (int l = 0; l < c_.n_layers; ++l) {
+      if (!layer(l)) return;
+      tm.peak_backend_bytes = std::max(tm.peak_backend_bytes, backend::bytes_in_use(be_));
+    }
   }
 
-  for (int l = 0; l < c.n_layers; ++l) {
-    auto const t_layer = clock::now();
-    decoder_layer& layer = m.layers[std::size_t(l)];
-    layer_report report{.layer = l, .n_layers = c.n_layers, .linears = {}, .seconds = 0};
-    auto& weights = q.weights[std::size_t(l)];
+ private:
+  using buf = typename forward_workspace<B>::buffer;
 
-    auto base_context = [&](index_t j) {
-      importance::sequence_context ctx;
-      ctx.tokens = L;
-      if (needs.x_in) ctx.x_in = rsq::batch_view<const float>(x)[j];
-      if (needs.token_ids) ctx.token_ids = rsq::view(std::as_const(ids64))[j];
-      if (freq) ctx.frequencies = &*freq;
-      return ctx;
-    };
+  [[nodiscard]] matrix_view<float> rows(matrix_view<float> m, index_t s0, index_t s1) const {
+    return matrix_view<float>(m.data() + s0 * L_ * m.stride(0), {(s1 - s0) * L_, m.cols()}, m.strides());
+  }
+  [[nodiscard]] batch_view<const float> as_batch(matrix_view<const float> m) const {
+    return batch_view<const float>(m.data(), {m.rows() / L_, L_, m.cols()}, {L_ * m.stride(0), m.stride(0), 1});
+  }
+  [[nodiscard]] matrix_view<const float> importance_rows(index_t s0, index_t s1) const {
+    if (importance_.size() == 0) return {};
+    return matrix_view<const float>(importance_.data() + s0 * L_, s1 - s0, L_);
+  }
 
-    // Pass 1, the full-precision layer: the q/k/v inputs and the importances (§5.2: once per layer, before any of
-    // its linears is quantized). The importances of attention policies come from the post-RoPE Q/K of each sequence
-    // while the forward runs; the others need the layer's FP output, so they are computed after it.
-    rsq::matrix<float> r;  // (S, L) importances; empty when uniform
-    if (weighted) r = rsq::make_matrix<float>(S, L);
-    hessian_accumulator<T> acc_qkv(D, {}, wt);
-    std::vector<float> qkv_in;                            // (S·L, dim), kept until the importances are known
-    std::vector<std::vector<float>> saved_q, saved_k;     // per sequence, when a policy needs Q/K and x_out
-    double hook_seconds = 0;
-    forward_hooks hooks;
-    hooks.linear_input = [&](linear_site const& s, rsq::matrix_view<const float> in) {
-      if (s.linear != linear_id::wq) return;
-      stopwatch hw(hook_seconds);
-      if (!weighted) {
-        stopwatch sw(tm.hessian);
-        acc_qkv.add(rsq::batch_view<const float>(in.data(), {S, L, in.cols()}), rsq::matrix_view<const float>{});
-      } else {
-        qkv_in.assign(in.data(), in.data() + in.size());
+  /// Runs @p f(s0, s1) for every chunk of sequences [s0, s1).
+  template <class F>
+  void for_chunks(F&& f) {
+    for (index_t s0 = 0; s0 < S_; s0 += chunk_) f(s0, std::min(S_, s0 + chunk_));
+  }
+
+  [[nodiscard]] layer_context<B> context(resident_layer<B> const& w, int l) {
+    return layer_context<B>{be_, c_, w.weights(), q_.model.online, L_, l, ws_, opt_.forward, nullptr};
+  }
+
+  /// The importances of the sequences [s0, s1) from the full-precision layer (spec §5.2), into importance_.
+  void chunk_importances(layer_context<B> const& ctx, index_t s0, index_t s1, matrix_view<const float> x) {
+    auto& tm = q_.timings;
+    phase<B> p(be_, tm.importance);
+    index_t const n = s1 - s0;
+    if (auto const* ac = std::get_if<importance::attncon>(&policy_.get())) {
+      // AttnCon streamed from the FP queries and keys: no values, no output, no L x L probabilities.
+      auto const scores = ws_.get(buf::scores, n, L_);
+      auto aopt = attention_options_of(ctx);
+      aopt.softmax_scale = ac->attention.softmax_scale;
+      nn::causal_attention(be_, ws_.get(buf::q, n * L_, c_.dim), ws_.get(buf::k, n * L_, c_.kv_dim()), {}, {}, aopt,
+                           scores);
+      auto const host = backend::to_host(be_, matrix_view<const float>(scores));  // (n, L)
+      for (index_t j = 0; j < n; ++j) {
+        auto const r = importance::normalize(vector_view<const float>(&host(j, 0), L_), ac->normalization);
+        std::copy(r.begin(), r.end(), &importance_(s0 + j, 0));
       }
-    };
-    if (weighted && needs.attention)
-      hooks.rope_qk = [&](attention_site const& s, rsq::batch_view<const float> qv, rsq::batch_view<const float> kv) {
-        stopwatch hw(hook_seconds);
-        stopwatch iw(tm.importance);
-        if (needs.x_out) {
-          auto copy = [](rsq::batch_view<const float> v) {
-            std::vector<float> o;
-            o.reserve(std::size_t(v.size()));
-            for (index_t a = 0; a < v.extent(0); ++a)
-              for (index_t b = 0; b < v.extent(1); ++b)
-                for (index_t e = 0; e < v.extent(2); ++e) o.push_back(v(a, b, e));
-            return o;
-          };
-          saved_q.push_back(copy(qv));
-          saved_k.push_back(copy(kv));
-          return;
-        }
-        auto ctx = base_context(s.sequence);
-        ctx.queries = qv;
-        ctx.keys = kv;
-        auto const rj = policy.weights(ctx);  // (L)
-        std::copy(rj.begin(), rj.end(), &r(s.sequence, 0));
-      };
-    activations fp_out;
-    {
-      auto const t0 = clock::now();
-      fp_out = forward_layer(c, layer, l, rsq::batch_view<const float>(x), hooks);
-      tm.forward += seconds_since(t0) - hook_seconds;
-    }
-    if (weighted) {
-      if (!needs.attention || needs.x_out) {
-        stopwatch iw(tm.importance);
-        index_t const H = c.n_heads, KV = c.n_kv_heads, hs = c.head_size();
-        for (index_t j = 0; j < S; ++j) {
-          auto ctx = base_context(j);
-          if (needs.x_out) ctx.x_out = rsq::batch_view<const float>(fp_out)[j];
-          if (needs.attention) {
-            ctx.queries = rsq::tensor_view<const float, 3>(saved_q[std::size_t(j)].data(), {H, L, hs});
-            ctx.keys = rsq::tensor_view<const float, 3>(saved_k[std::size_t(j)].data(), {KV, L, hs});
-          }
-          auto const rj = policy.weights(ctx);  // (L)
-          std::copy(rj.begin(), rj.end(), &r(j, 0));
-        }
-      }
-      if (obs.on_importances) obs.on_importances(l, rsq::view(std::as_const(r)));
-      stopwatch sw(tm.hessian);
-      acc_qkv.add(rsq::batch_view<const float>(qkv_in.data(), {S, L, D}), rsq::matrix_view<const float>(r));
-      qkv_in = {};
-    }
-    rsq::matrix_view<const float> const rv = weighted ? rsq::matrix_view<const float>(r) : rsq::matrix_view<const float>{};
-
-    // Quantizes the linears of group g with Hessian h; false (and the failure recorded) if one is not positive
-    // definite.
-    auto solve_group = [&](std::size_t g, rsq::matrix<T> const& h) -> bool {
-      if (obs.on_hessian) {
-        auto hd = rsq::matrix<double>::from_shape(h.shape());
-        std::copy(h.begin(), h.end(), hd.begin());
-        obs.on_hessian(l, true_sequential_groups[g][0], hd);
-      }
-      for (int i = 0; i < true_sequential_group_sizes[g]; ++i) {
-        linear_id const id = true_sequential_groups[g][std::size_t(i)];
-        auto const t0 = clock::now();
-        stopwatch sw(tm.solver);
-        auto const w = cast_matrix<T>(layer.weight(id));  // (out, in)
-        auto res = gptq::solve(Backend{}, w, h, opt.grid, opt.solver);
-        linear_report lr{.linear = id,
-                         .info = res.info,
-                         .damp_attempts = res.damp_attempts,
-                         .damp_percent_used = res.damp_percent_used,
-                         .loss = res.ok() ? gptq::proxy_loss(w, res.dequantized, h) : 0.0,
-                         .seconds = 0};
-        if (!res.ok()) {
-          lr.seconds = seconds_since(t0);
-          report.linears.push_back(lr);
-          q.info = res.info;
-          q.failed_layer = l;
-          q.failed_linear = id;
-          return false;
-        }
-        layer.weight(id) = cast_matrix_back<T>(std::move(res.dequantized));
-        weights[std::size_t(id)] = to_float_weight<T>(std::move(res.weight));
-        lr.seconds = seconds_since(t0);
-        report.linears.push_back(lr);
-      }
-      return true;
-    };
-
-    // Passes 2-4: the Hessian of a later group from the layer with the earlier groups quantized. The w2 pass also
-    // keeps its input G (after the online Hadamard) and the layer output, from which the quantized layer's output
-    // follows without another forward pass.
-    std::vector<float> w2_in;  // (S·L, hidden)
-    activations w2_pass_out;   // (S, L, dim) with w2 still in full precision
-    auto group_hessian = [&](linear_id hook_id, index_t features) {
-      hessian_accumulator<T> acc(features, {}, wt);
-      double hook_s = 0;
-      forward_hooks hk;
-      hk.linear_input = [&](linear_site const& s, rsq::matrix_view<const float> in) {
-        if (s.linear != hook_id) return;
-        stopwatch hw(hook_s);
-        {
-          stopwatch sw(tm.hessian);
-          acc.add(rsq::batch_view<const float>(in.data(), {S, L, features}), rv);
-        }
-        if (hook_id == linear_id::w2) w2_in.assign(in.data(), in.data() + in.size());
-      };
-      auto const t0 = clock::now();
-      auto out = forward_layer(c, layer, l, rsq::batch_view<const float>(x), hk);
-      if (hook_id == linear_id::w2) w2_pass_out = std::move(out);
-      tm.forward += seconds_since(t0) - hook_s;
-      stopwatch sw(tm.hessian);
-      return acc.hessian();
-    };
-
-    auto finish_layer = [&] {
-      report.seconds = seconds_since(t_layer);
-      q.layers.push_back(report);
-      if (obs.on_layer) obs.on_layer(q.layers.back());
-    };
-
-    rsq::matrix<T> h;
-    {
-      stopwatch sw(tm.hessian);
-      h = acc_qkv.hessian();
-    }
-    bool ok = solve_group(0, h);
-    if (ok) ok = solve_group(1, group_hessian(linear_id::wo, D));
-    if (ok) ok = solve_group(2, group_hessian(linear_id::w1, D));
-    rsq::matrix<float> const w2_fp = layer.w2;  // (dim, hidden)
-    if (ok) ok = solve_group(3, group_hessian(linear_id::w2, c.hidden_dim));
-    if (!ok) {
-      finish_layer();
       return;
     }
-    // The quantized layer's outputs are the next layer's inputs: the w2 pass computed x_mid + G·W2ᵀ with the FP
-    // W2, so adding G·(W2_q − W2)ᵀ gives the output of the fully quantized layer (to float rounding) without a fifth
-    // forward pass.
-    {
-      stopwatch sw(tm.forward);
-      Eigen::MatrixXf delta = cpu::as_eigen(rsq::view(layer.w2)) - cpu::as_eigen(rsq::view(w2_fp));  // (dim, hidden)
-      Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const> g(w2_in.data(), S * L,
-                                                                                               c.hidden_dim);
-      Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(w2_pass_out.data(),
-                                                                                             S * L, D);
-      out.noalias() += g * delta.transpose();
-      x = std::move(w2_pass_out);
-      w2_in = {};
+    // Any other policy on host copies of what it reads.
+    auto const x_in = backend::to_host(be_, x);  // (n·L, dim)
+    rsq::matrix<float> x_out;
+    if (needs_.x_out) {
+      auto y = backend::make_matrix<float>(be_, x.rows(), x.cols());
+      linalg::convert(be_, x, rsq::view(y));
+      forward_layer(ctx, rsq::view(y));
+      x_out = backend::to_host(be_, matrix_view<const float>(rsq::view(y)));
     }
-    finish_layer();
+    index_t const H = c_.n_heads, KV = c_.n_kv_heads, hd = c_.head_size();
+    rsq::matrix<float> qh, kh;
+    if (needs_.attention) {
+      qh = backend::to_host(be_, matrix_view<const float>(ws_.get(buf::q, n * L_, c_.dim)));
+      kh = backend::to_host(be_, matrix_view<const float>(ws_.get(buf::k, n * L_, c_.kv_dim())));
+    }
+    for (index_t j = 0; j < n; ++j) {
+      importance::sequence_context sc;
+      sc.tokens = L_;
+      if (needs_.x_in) sc.x_in = matrix_view<const float>(&x_in(j * L_, 0), L_, c_.dim);
+      if (needs_.x_out) sc.x_out = matrix_view<const float>(&x_out(j * L_, 0), L_, c_.dim);
+      if (needs_.token_ids) sc.token_ids = rsq::view(std::as_const(ids64_))[s0 + j];
+      if (freq_) sc.frequencies = &*freq_;
+      if (needs_.attention) {
+        sc.queries = batch_view<const float>(&qh(j * L_, 0), {H, L_, hd}, {hd, c_.dim, 1});
+        sc.keys = batch_view<const float>(&kh(j * L_, 0), {KV, L_, hd}, {hd, c_.kv_dim(), 1});
+      }
+      auto const r = policy_.weights(sc);  // (L)
+      std::copy(r.begin(), r.end(), &importance_(s0 + j, 0));
+    }
   }
-}
+
+  /// Adds the chunk [s0, s1) of a group's input @p in (chunk tokens, features) to @p acc.
+  void accumulate(hessian_accumulator<T, B>& acc, matrix_view<const float> in, index_t s0, index_t s1) {
+    phase<B> p(be_, q_.timings.hessian);
+    if (importance_.size() == 0) acc.add(as_batch(in), matrix_view<const float>{});
+    else acc.add(as_batch(in), importance_rows(s0, s1));
+  }
+
+  /// Quantizes the linears @p ids of layer @p l with the Hessian of @p acc; false (and the failure recorded) if it
+  /// is not positive definite. Each quantized weight replaces its full-precision one on the backend and in the host
+  /// model.
+  bool solve_group(int l, resident_layer<B> const& w, hessian_accumulator<T, B> const& acc,
+                   std::initializer_list<linear_id> ids, layer_report& report) {
+    auto& tm = q_.timings;
+    auto& host_layer = q_.model.layers[std::size_t(l)];
+    backend::matrix<T, B> h;
+    {
+      phase<B> p(be_, tm.hessian);
+      h = acc.hessian_resident();
+    }
+    if (obs_.on_hessian) {
+      auto const hh = backend::to_host(be_, matrix_view<const T>(rsq::view(h)));
+      auto hd = rsq::matrix<double>::from_shape(hh.shape());
+      std::copy(hh.begin(), hh.end(), hd.begin());
+      obs_.on_hessian(l, *ids.begin(), hd);
+    }
+    std::optional<gptq::factorization<T, B>> f;
+    {
+      phase<B> p(be_, tm.factorization);
+      f.emplace(gptq::factor(be_, matrix_view<const T>(rsq::view(h)), opt_.solver));
+    }
+    for (linear_id id : ids) {
+      auto const t0 = clock::now();
+      auto const wf = w.weight(id);  // (out, in) float on the backend
+      // The solver's precision: the float weight itself, or a float64 copy.
+      backend::matrix<T, B> wt;
+      matrix_view<const T> wv;
+      if constexpr (std::is_same_v<T, float>) {
+        wv = wf;
+      } else {
+        wt = backend::make_matrix<T>(be_, wf.rows(), wf.cols());
+        linalg::convert(be_, matrix_view<const float>(wf), rsq::view(wt));
+        wv = rsq::view(wt);
+      }
+      std::optional<gptq::result<T, B>> res;
+      {
+        phase<B> p(be_, tm.solver);
+        res.emplace(gptq::solve_resident(be_, wv, *f, opt_.grid, opt_.solver));
+      }
+      linear_report lr{.linear = id, .info = res->info, .damp_attempts = res->damp_attempts,
+                       .damp_percent_used = res->damp_percent_used, .loss = 0, .gptq_loss = 0, .seconds = 0};
+      if (!res->ok()) {
+        lr.seconds = seconds_since(t0);
+        report.linears.push_back(lr);
+        q_.info = res->info;
+        q_.failed_layer = l;
+        q_.failed_linear = id;
+        return false;
+      }
+      if (opt_.proxy_loss) {
+        phase<B> p(be_, tm.loss);
+        lr.loss = gptq::proxy_loss(be_, wv, matrix_view<const T>(rsq::view(res->dequantized)),
+                                   matrix_view<const T>(rsq::view(h)));
+      }
+      {
+        // Q replaces W on the backend (the next groups' passes run with it) and in the host model.
+        phase<B> p(be_, tm.copies);
+        linalg::convert(be_, matrix_view<const T>(rsq::view(res->dequantized)), wf);
+        auto host = gptq::to_host(be_, std::move(*res));
+        for (auto v : host.column_loss) lr.gptq_loss += double(v);
+        auto& hw = host_layer.weight(id);
+        if (hw.data() != wf.data()) backend::copy(be_, hw.data(), wf.data(), wf.size());
+        q_.weights[std::size_t(l)][std::size_t(id)] = to_float_weight<T>(std::move(host.weight));
+      }
+      lr.seconds = seconds_since(t0);
+      report.linears.push_back(lr);
+    }
+    return true;
+  }
+
+  /// One layer: rotation, importances, the four true-sequential groups, the next layer's inputs.
+  bool layer(int l) {
+    auto const t_layer = clock::now();
+    auto& tm = q_.timings;
+    auto& host_layer = q_.model.layers[std::size_t(l)];
+    layer_report report{.layer = l, .n_layers = c_.n_layers, .linears = {}, .seconds = 0};
+    std::optional<resident_layer<B>> w;
+    {
+      phase<B> p(be_, tm.copies);
+      w.emplace(be_, host_layer);
+    }
+    if (rotation_) {
+      phase<B> p(be_, tm.rotation);
+      rotate_layer(be_, *rotation_, c_, w->mutable_weights());
+    }
+    w->download_gains(host_layer);
+    auto ctx = context(*w, l);
+    hessian::weighting const wt{.importance_power = opt_.importance_power};
+    index_t const D = c_.dim, F = c_.hidden_dim, T_all = S_ * L_;
+    auto const x = rsq::view(x_);
+
+    // Group q/k/v: the importances from the full-precision layer (once per layer, before any of its linears is
+    // quantized), and the normalised inputs.
+    hessian_accumulator<T, B> acc_qkv(D, be_, wt, opt_.hessian);
+    for_chunks([&](index_t s0, index_t s1) {
+      auto const xc = rows(x, s0, s1);
+      if (importance_.size() > 0) {
+        {
+          phase<B> p(be_, tm.forward);
+          attention_inputs(ctx, xc, /*with_values=*/false);
+        }
+        chunk_importances(ctx, s0, s1, xc);
+      } else {
+        phase<B> p(be_, tm.forward);
+        nn::rms_norm(be_, xc, ctx.weights.rms_att, c_.norm_eps, ws_.get(buf::norm, xc.rows(), D));
+      }
+      accumulate(acc_qkv, ws_.get(buf::norm, xc.rows(), D), s0, s1);
+    });
+    if (obs_.on_importances && importance_.size() > 0) obs_.on_importances(l, rsq::view(std::as_const(importance_)));
+    auto finish = [&](bool ok) {
+      report.seconds = seconds_since(t_layer);
+      q_.layers.push_back(report);
+      if (obs_.on_layer) obs_.on_layer(q_.layers.back());
+      return ok;
+    };
+    if (!solve_group(l, *w, acc_qkv, {linear_id::wq, linear_id::wk, linear_id::wv}, report)) return finish(false);
+
+    // Group o: the attention output of the quantized q/k/v (kept: the residual needs it once o is quantized).
+    auto attention_all = backend::make_matrix<float>(be_, T_all, D);  // (tokens, dim)
+    hessian_accumulator<T, B> acc_o(D, be_, wt, opt_.hessian);
+    for_chunks([&](index_t s0, index_t s1) {
+      auto const xc = rows(x, s0, s1);
+      auto const ac = rows(rsq::view(attention_all), s0, s1);
+      {
+        phase<B> p(be_, tm.forward);
+        attention_inputs(ctx, xc);
+        linalg::convert(be_, matrix_view<const float>(attention_output(ctx, xc.rows())), ac);
+      }
+      accumulate(acc_o, ac, s0, s1);
+    });
+    if (!solve_group(l, *w, acc_o, {linear_id::wo}, report)) return finish(false);
+    {
+      phase<B> p(be_, tm.forward);
+      residual_update(ctx, linear_id::wo, rsq::view(attention_all), x);  // x ← h = x + A·Wo_qᵀ
+      attention_all = {};
+    }
+
+    // Group w1/w3: the normalised residual.
+    hessian_accumulator<T, B> acc_ffn(D, be_, wt, opt_.hessian);
+    for_chunks([&](index_t s0, index_t s1) {
+      matrix_view<float> n;
+      {
+        phase<B> p(be_, tm.forward);
+        n = ffn_input(ctx, rows(x, s0, s1));
+      }
+      accumulate(acc_ffn, n, s0, s1);
+    });
+    if (!solve_group(l, *w, acc_ffn, {linear_id::w1, linear_id::w3}, report)) return finish(false);
+
+    // Group w2: SwiGLU of the quantized w1/w3 (recomputed for the residual unless one chunk holds every token).
+    hessian_accumulator<T, B> acc_down(F, be_, wt, opt_.hessian);
+    bool const keep_hidden = chunk_ >= S_;  // one chunk: the workspace holds it still
+    for_chunks([&](index_t s0, index_t s1) {
+      matrix_view<float> g;
+      {
+        phase<B> p(be_, tm.forward);
+        g = ffn_hidden(ctx, ffn_input(ctx, rows(x, s0, s1)));
+      }
+      accumulate(acc_down, g, s0, s1);
+    });
+    if (!solve_group(l, *w, acc_down, {linear_id::w2}, report)) return finish(false);
+    {
+      phase<B> p(be_, tm.forward);
+      for_chunks([&](index_t s0, index_t s1) {
+        auto const xc = rows(x, s0, s1);
+        auto const g = keep_hidden ? ws_.get(buf::gate, xc.rows(), F) : ffn_hidden(ctx, ffn_input(ctx, xc));
+        residual_update(ctx, linear_id::w2, g, xc);  // the quantized layer's output: the next layer's input
+      });
+    }
+    return finish(true);
+  }
+
+  B be_;
+  quantized_model& q_;
+  llama_config const& c_;
+  rsq::matrix<std::int32_t> const& tokens_;
+  quantize_options const& opt_;
+  importance::any_policy const& policy_;
+  std::optional<rotation_plan> const& rotation_;
+  quantize_observer const& obs_;
+  forward_workspace<B> ws_;
+  index_t S_, L_, chunk_;
+  importance::needs needs_{};
+  rsq::matrix<float> importance_;  // (S, L) host; empty when uniform
+  rsq::matrix<std::int64_t> ids64_;
+  std::optional<importance::token_frequency> freq_;
+  backend::matrix<float, B> x_;  // (S·L, dim) the residual stream, in the backend's memory
+};
 
 }  // namespace pipeline_detail
 
-/// Quantizes @p fp with the method and options @p opt (see the file comment), calibrated on @p calibration, the
-/// windows of token ids (sequences, L) before expansion (e.g. from sample_windows(); unused by rtn, which may pass
-/// an empty view).
+/// Quantizes @p fp with the method and options @p opt (see the file comment) on backend @p be, calibrated on
+/// @p calibration, the windows of token ids (sequences, L) before expansion (e.g. from sample_windows(); unused by
+/// rtn, which may pass an empty view).
 ///
 /// A Hessian that stays not positive definite through the damping escalation stops the run: the result then has
 /// `info == gptq::status::not_positive_definite`, `failed_layer` and `failed_linear` set, and the layers before
 /// it quantized. Nothing is printed; pass an observer for progress.
 ///
-/// @tparam Backend where the GPTQ solves run (e.g. `quantize_model<backend::cuda>(...)` with <rsq/cuda.hpp>); the
-///         forward passes and the Hessians run on the CPU. Being a template also keeps the whole layer loop out of
-///         translation units that include this header without calling it (a minute of compile time otherwise).
-/// @throws rsq::invalid_argument for bad options, a malformed or already rotated model, calibration windows that
-///         are empty, longer than the model's seq_len or hold ids outside the vocabulary
-template <backend_tag Backend = backend::cpu_eigen>
-[[nodiscard]] quantized_model quantize_model(llama_model const& fp, rsq::matrix_view<const std::int32_t> calibration,
+/// @param be `rsq::backend::cpu_eigen{}`, or `rsq::backend::cuda{stream}` with <rsq/cuda.hpp>: every step runs there
+/// @throws rsq::invalid_argument for bad options, a malformed or already rotated model, NaN/Inf weights, calibration
+///         windows that are empty, longer than the model's seq_len or hold ids outside the vocabulary, sizes without
+///         a Hadamard construction; rsq::cuda_error when the device cannot hold a layer (naming the bytes)
+template <backend_tag B>
+[[nodiscard]] quantized_model quantize_model(B const& be, llama_model const& fp,
+                                             rsq::matrix_view<const std::int32_t> calibration,
                                              quantize_options const& opt = {}, quantize_observer const& obs = {}) {
   using namespace pipeline_detail;
   auto const t_start = clock::now();
@@ -534,6 +719,26 @@ template <backend_tag Backend = backend::cpu_eigen>
   validate(fp, /*check_finite=*/true);
   expect_plain(fp, "quantize_model");
   auto const& c = fp.config;
+  std::optional<rotation_plan> rotation;
+  if (opt.rotates_model()) rotation = plan_rotation(c, opt.rotation);  // an unsupported size fails here
+
+  importance::any_policy const policy = opt.effective_policy();
+  rsq::matrix<std::int32_t> tokens;  // (sequences, L) contiguous, expanded by cyclic shifts (§8.2)
+  if (opt.method != quant_method::rtn) {
+    RSQ_EXPECTS(calibration.rows() > 0 && calibration.cols() >= 1,
+                "quantize_model: the calibration windows are empty ", rsq::detail::shape_string(calibration));
+    RSQ_EXPECTS(calibration.cols() <= c.seq_len, "quantize_model: calibration windows of ", calibration.cols(),
+                " tokens exceed the model's seq_len ", c.seq_len);
+    tokens = rsq::make_matrix<std::int32_t>(calibration.rows(), calibration.cols());
+    for (index_t s = 0; s < calibration.rows(); ++s)
+      for (index_t t = 0; t < calibration.cols(); ++t) {
+        std::int32_t const id = calibration(s, t);
+        RSQ_EXPECTS(id >= 0 && id < c.vocab_size, "quantize_model: calibration token id ", id, " at (", s, ", ", t,
+                    ") is outside the vocabulary [0, ", c.vocab_size, ")");
+        tokens(s, t) = id;
+      }
+    if (opt.expand_factor > 1) tokens = expand_cyclic(rsq::view(std::as_const(tokens)), opt.expand_factor);
+  }
 
   quantized_model q;
   q.model = fp;
@@ -543,34 +748,71 @@ template <backend_tag Backend = backend::cpu_eigen>
   q.group_size = opt.solver.group_size;
   q.importance_power = opt.importance_power;
   q.expand_factor = opt.expand_factor;
+  q.policy = opt.method == quant_method::rtn ? "none" : std::string(policy.name());
+  q.calibration_sequences = index_t(tokens.shape()[0]);
+  q.calibration_tokens = tokens.size() > 0 ? index_t(tokens.shape()[1]) : 0;
 
-  if (opt.rotates_model()) {
-    stopwatch sw(q.timings.rotation);
-    q.rotation = rotate_model(q.model, opt.rotation);
+  // The embeddings: rotated on the backend (they stay there for the calibration's embedding lookup).
+  if (rotation && opt.rotation.center_embeddings) center_embeddings(q.model);
+  backend::matrix<float, B> embedding_copy;
+  matrix_view<float> embedding = rsq::view(q.model.token_embedding);
+  if (!backend::resident(be, embedding.data())) {
+    phase<B> p(be, q.timings.copies);
+    embedding_copy = backend::to_backend(be, matrix_view<const float>(embedding));
+    embedding = rsq::view(embedding_copy);
   }
+  if (rotation) {
+    phase<B> p(be, q.timings.rotation);
+    auto const resident_or_copy = [&](auto& host) {
+      return backend::to_backend(be, matrix_view<const float>(host.data(), 1, index_t(host.size())));
+    };
+    if (embedding.data() == q.model.token_embedding.data()) {  // the backend computes on host memory
+      rotate_embeddings(be, *rotation, embedding, rsq::view(q.model.classifier), rsq::view(q.model.rms_final));
+    } else {
+      auto cls = backend::to_backend(be, matrix_view<const float>(rsq::view(q.model.classifier)));
+      auto gains = resident_or_copy(q.model.rms_final);
+      rotate_embeddings(be, *rotation, embedding, rsq::view(cls),
+                        vector_view<float>(rsq::view(gains).data(), index_t(q.model.rms_final.size())));
+      backend::copy(be, q.model.token_embedding.data(), embedding.data(), embedding.size());
+      backend::copy(be, q.model.classifier.data(), rsq::view(cls).data(), rsq::view(cls).size());
+      backend::copy(be, q.model.rms_final.data(), rsq::view(gains).data(), index_t(q.model.rms_final.size()));
+    }
+    q.model.online = rotation->online;
+    q.rotation = rotation->record;
+  }
+
   if (opt.method == quant_method::rtn) {
-    q.policy = "none";
     for (int l = 0; l < c.n_layers; ++l) {
       auto const t_layer = clock::now();
       layer_report report{.layer = l, .n_layers = c.n_layers, .linears = {}, .seconds = 0};
       auto& layer = q.model.layers[std::size_t(l)];
+      resident_layer<B> w(be, layer);
+      if (rotation) {
+        phase<B> p(be, q.timings.rotation);
+        rotate_layer(be, *rotation, c, w.mutable_weights());
+      }
+      w.download_gains(layer);
       for (std::size_t g = 0; g < true_sequential_groups.size(); ++g)
         for (int i = 0; i < true_sequential_group_sizes[g]; ++i) {
           linear_id const id = true_sequential_groups[g][std::size_t(i)];
           auto const t0 = clock::now();
-          stopwatch sw(q.timings.solver);
-          auto qw = quant::quantize_rtn(rsq::matrix_view<const float>(layer.weight(id)), opt.grid,
-                                        opt.solver.group_size);
+          quant::quantized_weight<float> qw;
+          {
+            phase<B> p(be, q.timings.solver);
+            qw = quant::quantize_rtn(be, matrix_view<const float>(w.weight(id)), opt.grid, opt.solver.group_size);
+          }
           auto deq = quant::dequantize(qw);  // (out, in)
+          auto const wh = backend::to_host(be, matrix_view<const float>(w.weight(id)));  // the rotated W
           double err = 0;
           for (std::size_t k = 0; k < deq.size(); ++k) {
-            double const d = double(layer.weight(id).data()[k]) - double(deq.data()[k]);
+            double const d = double(wh.data()[k]) - double(deq.data()[k]);
             err += d * d;
           }
           layer.weight(id) = std::move(deq);
           q.weights[std::size_t(l)][std::size_t(id)] = std::move(qw);
           report.linears.push_back({.linear = id, .info = gptq::status::ok, .damp_attempts = 0,
-                                    .damp_percent_used = 0, .loss = err, .seconds = seconds_since(t0)});
+                                    .damp_percent_used = 0, .loss = err, .gptq_loss = 0,
+                                    .seconds = seconds_since(t0)});
         }
       report.seconds = seconds_since(t_layer);
       q.layers.push_back(report);
@@ -580,56 +822,81 @@ template <backend_tag Backend = backend::cpu_eigen>
     return q;
   }
 
-  RSQ_EXPECTS(calibration.rows() > 0 && calibration.cols() >= 1,
-              "quantize_model: the calibration windows are empty ", rsq::detail::shape_string(calibration));
-  RSQ_EXPECTS(calibration.cols() <= c.seq_len, "quantize_model: calibration windows of ", calibration.cols(),
-              " tokens exceed the model's seq_len ", c.seq_len);
-  importance::any_policy const policy = opt.effective_policy();
-  q.policy = std::string(policy.name());
-
-  // Contiguous copy of the windows, expanded by cyclic shifts (§8.2).
-  auto tokens = rsq::make_matrix<std::int32_t>(calibration.rows(), calibration.cols());  // (sequences, L)
-  for (index_t s = 0; s < calibration.rows(); ++s)
-    for (index_t t = 0; t < calibration.cols(); ++t) tokens(s, t) = calibration(s, t);
-  if (opt.expand_factor > 1) tokens = expand_cyclic(rsq::view(std::as_const(tokens)), opt.expand_factor);
-  q.calibration_sequences = index_t(tokens.shape()[0]);
-  q.calibration_tokens = index_t(tokens.shape()[1]);
-
-  if (opt.double_precision)
-    quantize_layers<double, Backend>(q, tokens, opt, policy, obs);
-  else
-    quantize_layers<float, Backend>(q, tokens, opt, policy, obs);
+  if (opt.double_precision) {
+    layer_quantizer<double, B> lq(be, q, tokens, opt, policy, rotation, obs);
+    lq.run(embedding);
+  } else {
+    layer_quantizer<float, B> lq(be, q, tokens, opt, policy, rotation, obs);
+    lq.run(embedding);
+  }
   q.timings.total = seconds_since(t_start);
   return q;
 }
 
+/// quantize_model() on backend B (default: the CPU), e.g. `quantize_model(model, calibration, opt)`.
+template <backend_tag B = backend::cpu_eigen>
+[[nodiscard]] quantized_model quantize_model(llama_model const& fp, rsq::matrix_view<const std::int32_t> calibration,
+                                             quantize_options const& opt = {}, quantize_observer const& obs = {}) {
+  return quantize_model(B{}, fp, calibration, opt, obs);
+}
+
 /// Mean next-token loss and perplexity of @p m over the evaluation windows @p windows (sequences, L) (e.g. from
-/// consecutive_windows()), run @p batch windows at a time; the online transforms of a rotated model apply.
+/// consecutive_windows()) on backend @p be, @p batch windows at a time; the online transforms of a rotated model
+/// apply. Layer by layer over all windows, so that every layer goes to the backend once.
 /// @throws rsq::invalid_argument for empty windows, windows longer than the model's seq_len, batch < 1
-[[nodiscard]] inline loss_result evaluate(llama_model const& m, rsq::matrix_view<const std::int32_t> windows,
-                                          index_t batch = 16) {
+template <backend_tag B>
+[[nodiscard]] loss_result evaluate(B const& be, llama_model const& m, rsq::matrix_view<const std::int32_t> windows,
+                                   index_t batch = 16, forward_options const& fopt = {}) {
   RSQ_EXPECTS(windows.rows() > 0 && windows.cols() >= 2, "evaluate: need at least one window of 2 or more tokens, got ",
               rsq::detail::shape_string(windows));
   RSQ_EXPECTS(windows.cols() <= m.config.seq_len, "evaluate: windows of ", windows.cols(),
               " tokens exceed the model's seq_len ", m.config.seq_len);
   RSQ_EXPECTS(batch >= 1, "evaluate: batch must be at least 1, got ", batch);
-  loss_result total;
-  for (index_t s0 = 0; s0 < windows.rows(); s0 += batch) {
-    index_t const n = std::min(batch, windows.rows() - s0);
-    rsq::matrix_view<const std::int32_t> const part(&windows(s0, 0), {n, windows.cols()},
-                                                    {windows.stride(0), windows.stride(1)});
-    auto const r = next_token_loss(m, part);
-    total.sum += r.sum;
-    total.count += r.count;
+  validate(m);
+  auto const& c = m.config;
+  index_t const S = windows.rows(), L = windows.cols();
+  auto ids = rsq::make_matrix<std::int32_t>(S, L);  // contiguous
+  for (index_t s = 0; s < S; ++s)
+    for (index_t t = 0; t < L; ++t) ids(s, t) = windows(s, t);
+  auto x = backend::make_matrix<float>(be, S * L, c.dim);  // (tokens, dim)
+  {
+    auto const e = pipeline_detail::on_backend(be, rsq::view(m.token_embedding));
+    nn::embed(be, rsq::view(std::as_const(ids)), e.view, rsq::view(x));
   }
-  total.mean = total.sum / double(total.count);
-  total.perplexity = std::exp(total.mean);
-  return total;
+  forward_workspace<B> ws(be);
+  for (std::size_t l = 0; l < m.layers.size(); ++l) {
+    pipeline_detail::resident_layer<B> const w(be, m.layers[l]);
+    layer_context<B> const ctx{be, c, w.weights(), m.online, L, int(l), ws, fopt, nullptr};
+    for (index_t s0 = 0; s0 < S; s0 += batch) {
+      index_t const s1 = std::min(S, s0 + batch);
+      forward_layer(ctx, matrix_view<float>(rsq::view(x).data() + s0 * L * c.dim, (s1 - s0) * L, c.dim));
+    }
+  }
+  auto const gains = pipeline_detail::on_backend(be, matrix_view<const float>(m.rms_final.data(), 1, c.dim));
+  auto const cls = pipeline_detail::on_backend(be, rsq::view(m.classifier));
+  nn::loss_sum total;
+  for (index_t s0 = 0; s0 < S; s0 += batch) {
+    index_t const s1 = std::min(S, s0 + batch);
+    auto const part = nn::next_token_loss(
+        be, matrix_view<const float>(rsq::view(x).data() + s0 * L * c.dim, (s1 - s0) * L, c.dim),
+        vector_view<const float>(gains.view.data(), c.dim), cls.view,
+        matrix_view<const std::int32_t>(&ids(s0, 0), s1 - s0, L),
+        {.seq_len = L, .norm_eps = c.norm_eps, .precision = fopt.precision});
+    total.sum += part.sum;
+    total.count += part.count;
+  }
+  return {total.sum, total.count, total.sum / double(total.count), std::exp(total.sum / double(total.count))};
+}
+
+/// evaluate() on the CPU backend.
+[[nodiscard]] inline loss_result evaluate(llama_model const& m, rsq::matrix_view<const std::int32_t> windows,
+                                          index_t batch = 16) {
+  return evaluate(backend::cpu_eigen{}, m, windows, batch);
 }
 
 #if defined(RSQ_EXTERN_TEMPLATES)
 // The layer loop on the CPU backend lives in the translation unit that includes <rsq/instantiate.hpp>.
-extern template quantized_model quantize_model<backend::cpu_eigen>(llama_model const&,
+extern template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model const&,
                                                                    rsq::matrix_view<const std::int32_t>,
                                                                    quantize_options const&, quantize_observer const&);
 #endif

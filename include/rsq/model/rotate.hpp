@@ -3,7 +3,7 @@
 
 /// @file
 /// Whole-model rotation of a Llama-architecture model as QuaRot and RSQ do it (spec §2), function-preserving in
-/// exact arithmetic:
+/// exact arithmetic, on any backend:
 ///  1. **norm fusion** (§2.1): the RMSNorm gains move into the linears that read the normalised stream
 ///     (q/k/v ← W·diag(γ_att), w1/w3 ← W·diag(γ_ffn), classifier ← W·diag(γ_final)); the gains become ones;
 ///  2. optional **embedding centring** (§2.1, off by default): E ← E − mean over the hidden axis. The reference does
@@ -14,13 +14,16 @@
 ///  4. **fixed Hadamards** (§2.3): w2 gets the offline `had_in` (W2 ← W2·Hᵀ, H = M_I/√I) and an *online* Hadamard
 ///     H on its input; wv gets H_{h_d}/√h_d on each head's output features, so every head's attention output is
 ///     multiplied by it, and wo gets the matching offline fold plus an online Hadamard across heads,
-///     (M_{n_h}/√n_h ⊗ I_{h_d}) (the reference's "partial" online transform). The online parts are attached to the
-///     model as `decoder_layer::w2_input_transform` and `wo_input_transform`, so the forward pass and its hooks see
-///     the transformed inputs (the Hessians of w2 and wo are built from them, as in the reference).
-/// Everything is computed in float64 and cast to float once.
+///     (M_{n_h}/√n_h ⊗ I_{h_d}) (the reference's "partial" online transform). The online parts are the model's
+///     `online` transforms, which the forward pass applies on every backend (the Hessians of w2 and wo are built from
+///     the transformed inputs, as in the reference).
+/// Every weight is rotated in float64 and rounded to float once. plan_rotation() plans everything up front (an
+/// unsupported size fails before any weight changes); rotate_layer() and rotate_embeddings() rotate a layer's or the
+/// embeddings' weights where they are (the model pipeline rotates each layer on its backend as it gets there);
+/// rotate_model() does the whole host model.
 ///
 /// `fold_online_transforms` multiplies the online transforms back into wo and w2, which gives a plain model (no
-/// input transforms, still rotated) that an unmodified llama2c runner computes.
+/// online transforms, still rotated) that an unmodified llama2c runner computes.
 
 #include <algorithm>
 #include <cstdint>
@@ -29,12 +32,12 @@
 #include <variant>
 #include <vector>
 
-#include <Eigen/Core>
-
-#include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/memory.hpp"
+#include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/linalg/elementwise.hpp"
 #include "rsq/model/llama.hpp"
 #include "rsq/rotation/any_rotation.hpp"
 #include "rsq/rotation/hadamard.hpp"
@@ -78,116 +81,144 @@ struct rotation_record {
   bool centered_embeddings = false;
 };
 
-/// The online transform of wo's input in a rotated model: each token's (n_heads, head_dim) block x ← H x with
-/// H = M_{n_h}/√n_h (spec §2.3 "partial" online Hadamard; mixes heads, not features within a head).
-class heads_online_hadamard {
- public:
-  heads_online_hadamard(index_t heads, index_t head_dim, rotation::hadamard_options const& opt = {})
-      : h_(std::make_shared<rotation::hadamard const>(heads, opt)), heads_(heads), head_dim_(head_dim) {
-    RSQ_EXPECTS(head_dim > 0, "heads_online_hadamard: head_dim must be positive, got ", head_dim);
-  }
-
-  /// x (tokens, heads · head_dim), in place.
-  template <std::floating_point T>
-  void operator()(matrix_view<T> x) const {
-    RSQ_EXPECTS(x.cols() == heads_ * head_dim_, "heads_online_hadamard: the input has ", x.cols(),
-                " features, expected heads x head_dim = ", heads_ * head_dim_);
-    index_t const n = x.rows();
-    if (n == 0) return;
-    // Gather to (tokens · head_dim, heads) so that every transform runs on a contiguous row.
-    std::vector<T> buf(std::size_t(n * heads_ * head_dim_));
-    for (index_t t = 0; t < n; ++t)
-      for (index_t h = 0; h < heads_; ++h)
-        for (index_t j = 0; j < head_dim_; ++j) buf[std::size_t((t * head_dim_ + j) * heads_ + h)] = x(t, h * head_dim_ + j);
-    h_->apply(matrix_view<T>(buf.data(), n * head_dim_, heads_));
-    for (index_t t = 0; t < n; ++t)
-      for (index_t h = 0; h < heads_; ++h)
-        for (index_t j = 0; j < head_dim_; ++j) x(t, h * head_dim_ + j) = buf[std::size_t((t * head_dim_ + j) * heads_ + h)];
-  }
-
-  [[nodiscard]] rotation::hadamard const& transform() const noexcept { return *h_; }
-
- private:
-  std::shared_ptr<rotation::hadamard const> h_;
-  index_t heads_;
-  index_t head_dim_;
+/// Everything a model's rotation needs, planned up front from the config (rotate_options): the residual Q, the fixed
+/// Hadamards and the online transforms.
+struct rotation_plan {
+  rotation_record record;
+  rotation::any_rotation residual;            ///< Q (n = dim)
+  rotation::hadamard_rotation down;           ///< W2 ← W2·Hᵀ row by row: had_in of spec §2.3 (n = hidden_dim)
+  rotation::hadamard_rotation value_heads;    ///< I ⊗ H_{h_d}ᵀ/√h_d, folded into wv's output features
+  rotation::hadamard_rotation output_heads;   ///< I ⊗ H_{h_d}ᵀ/√h_d, folded into wo's input features
+  online_transforms online;                   ///< the online Hadamards the rotated model runs with
 };
 
-/// The online transform of w2's input in a rotated model: each row x ← H x with H = M_I/√I (spec §2.3).
-class down_online_hadamard {
- public:
-  explicit down_online_hadamard(index_t hidden, rotation::hadamard_options const& opt = {})
-      : h_(std::make_shared<rotation::hadamard const>(hidden, opt)) {}
+/// Plans the rotation of a model with config @p c (nothing is changed yet).
+/// @throws rsq::invalid_argument for a hidden_dim / head count / head size without a Hadamard construction (see
+///         rsq/rotation/hadamard_plan.hpp)
+[[nodiscard]] inline rotation_plan plan_rotation(llama_config const& c, rotate_options const& opt = {}) {
+  index_t const d = c.dim, hd = c.head_size();
+  rotation::any_rotation q = opt.kind == residual_rotation::randomized_hadamard
+                                 ? rotation::any_rotation(rotation::randomized_hadamard(d, opt.seed, opt.hadamard))
+                                 : rotation::any_rotation(rotation::random_orthogonal(d, opt.seed));
+  auto down = rotation::exact_hadamard(c.hidden_dim, opt.hadamard);
+  auto const heads = rotation::exact_hadamard(c.n_heads, opt.hadamard);
+  auto v_heads = rotation::per_head_hadamard(c.n_kv_heads, hd, opt.hadamard);
+  auto o_heads = rotation::per_head_hadamard(c.n_heads, hd, opt.hadamard);
+  online_transforms online{std::make_shared<rotation::hadamard const>(heads.transform()),
+                           std::make_shared<rotation::hadamard const>(down.transform())};
+  rotation_record rec{opt.kind, rotation::descriptor_of(q), down.descriptor(), heads.descriptor(),
+                      v_heads.descriptor(), c.n_heads, hd, opt.center_embeddings};
+  return {std::move(rec), std::move(q), std::move(down), std::move(v_heads), std::move(o_heads), std::move(online)};
+}
 
-  /// x (tokens, hidden), in place.
-  template <std::floating_point T>
-  void operator()(matrix_view<T> x) const {
-    if (x.rows() == 0) return;
-    h_->apply(x);
-  }
-
-  [[nodiscard]] rotation::hadamard const& transform() const noexcept { return *h_; }
-
- private:
-  std::shared_ptr<rotation::hadamard const> h_;
+/// The writable weights of one decoder layer, in host memory or a backend's memory.
+struct layer_weights_mut {
+  vector_view<float> rms_att, rms_ffn;
+  matrix_view<float> wq, wk, wv, wo, w1, w2, w3;
 };
+
+/// Writable views of a host layer.
+[[nodiscard]] inline layer_weights_mut writable_weights_of(decoder_layer& l) {
+  return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
+          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3)};
+}
 
 namespace pipeline_detail {
 
-using dmatrix = rsq::matrix<double>;
-
-[[nodiscard]] inline dmatrix to_double(rsq::matrix<float> const& w) {
-  dmatrix d = dmatrix::from_shape(w.shape());
-  std::copy(w.begin(), w.end(), d.begin());
-  return d;
+/// W ← f(W) computed in float64: W (float, @p be's memory) widened, transformed by @p f, rounded back once.
+template <backend_tag B, class F>
+void in_double(B const& be, matrix_view<float> w, F&& f) {
+  auto d = backend::make_matrix<double>(be, w.rows(), w.cols());
+  linalg::convert(be, matrix_view<const float>(w), rsq::view(d));
+  f(rsq::view(d));
+  linalg::convert(be, matrix_view<const double>(rsq::view(d)), w);
 }
 
-[[nodiscard]] inline rsq::matrix<float> to_float(dmatrix const& d) {
-  rsq::matrix<float> w = rsq::matrix<float>::from_shape(d.shape());
-  std::transform(d.begin(), d.end(), w.begin(), [](double v) { return float(v); });
-  return w;
+/// Every gain 1 (RMSNorm without gains after the fusion).
+template <backend_tag B>
+void set_ones(B const& be, vector_view<float> g) {
+  std::vector<float> ones(static_cast<std::size_t>(g.extent(0)), 1.f);
+  backend::copy(be, g.data(), ones.data(), g.extent(0));
 }
 
-/// W ← W·diag(g) (columns scaled by the gains).
-inline void scale_columns(dmatrix& w, rsq::vector<float> const& g) {
-  std::size_t const rows = w.shape()[0], cols = w.shape()[1];
-  for (std::size_t i = 0; i < rows; ++i)
-    for (std::size_t j = 0; j < cols; ++j) w(i, j) *= double(g(j));
-}
-
-[[nodiscard]] inline rsq::vector<float> ones(index_t n) {
-  auto v = rsq::make_vector<float>(n);
-  std::fill(v.begin(), v.end(), 1.f);
-  return v;
-}
-
-inline void expect_plain(llama_model const& m, char const* who) {
-  for (std::size_t l = 0; l < m.layers.size(); ++l)
-    RSQ_EXPECTS(!m.layers[l].wo_input_transform && !m.layers[l].w2_input_transform, who, ": layer ", l,
-                " already has online input transforms (the model is already rotated)");
+/// Each row of @p w (rows, heads·head_dim), seen as (heads, head_dim), ← (H ⊗ I) row: the transform across heads.
+template <backend_tag B, class T>
+void across_heads(B const& be, rotation::hadamard const& h, matrix_view<T> w, index_t head_dim) {
+  h.apply(be, tensor_view<T, 3>(w.data(), {w.rows(), head_dim, h.size()}, {w.stride(0), w.stride(1), head_dim * w.stride(1)}));
 }
 
 }  // namespace pipeline_detail
+
+/// Rotates one decoder layer's weights @p w (float, in @p be's memory) as @p p plans it (file comment, steps 1, 3, 4),
+/// in float64; the gains become ones.
+template <backend_tag B>
+void rotate_layer(B const& be, rotation_plan const& p, llama_config const& c, layer_weights_mut const& w) {
+  using pipeline_detail::in_double;
+  auto const right = [&](matrix_view<double> m) { std::visit([&](auto const& r) { r.apply_right(be, m); }, p.residual); };
+  auto const left_t = [&](matrix_view<double> m) {
+    std::visit([&](auto const& r) { r.apply_left_transpose(be, m); }, p.residual);
+  };
+  auto const fused = [&](vector_view<float> gains) {
+    return [&, gains](matrix_view<double> m) {
+      linalg::scale_columns(be, m, vector_view<const float>(gains));
+      right(m);
+    };
+  };
+  in_double(be, w.wq, fused(w.rms_att));
+  in_double(be, w.wk, fused(w.rms_att));
+  in_double(be, w.wv, [&](matrix_view<double> m) {
+    fused(w.rms_att)(m);
+    p.value_heads.apply_left_transpose(be, m);  // each head's output features ← H_hd/√hd · (...)
+  });
+  in_double(be, w.w1, fused(w.rms_ffn));
+  in_double(be, w.w3, fused(w.rms_ffn));
+  in_double(be, w.wo, [&](matrix_view<double> m) {
+    left_t(m);
+    // wo ← wo·Aᵀ with A = (M_nh/√nh ⊗ I)(I ⊗ H_hd/√hd): each row w ← A w.
+    p.output_heads.apply_right(be, m);
+    pipeline_detail::across_heads(be, *p.online.heads, m, c.head_size());
+  });
+  in_double(be, w.w2, [&](matrix_view<double> m) {
+    left_t(m);
+    p.down.apply_right(be, m);  // had_in: each row w ← H w
+  });
+  pipeline_detail::set_ones(be, w.rms_att);
+  pipeline_detail::set_ones(be, w.rms_ffn);
+}
+
+/// Rotates the token embedding (E ← E·Q) and the classifier (W ← W·diag(γ_final)·Q) in @p be's memory; the final
+/// gains become ones.
+template <backend_tag B>
+void rotate_embeddings(B const& be, rotation_plan const& p, matrix_view<float> embedding,
+                       matrix_view<float> classifier, vector_view<float> rms_final) {
+  auto const right = [&](matrix_view<double> m) { std::visit([&](auto const& r) { r.apply_right(be, m); }, p.residual); };
+  pipeline_detail::in_double(be, embedding, right);
+  pipeline_detail::in_double(be, classifier, [&](matrix_view<double> m) {
+    linalg::scale_columns(be, m, vector_view<const float>(rms_final));
+    right(m);
+  });
+  pipeline_detail::set_ones(be, rms_final);
+}
 
 /// Fuses the RMSNorm gains into the linears that follow them (spec §2.1; in float64): wq, wk, wv ← W·diag(rms_att),
 /// w1, w3 ← W·diag(rms_ffn), classifier ← W·diag(rms_final); every gain becomes 1. Function-preserving.
 /// @throws rsq::invalid_argument for a malformed model or NaN/Inf weights.
 inline void fuse_norms(llama_model& m) {
   validate(m, /*check_finite=*/true);
-  using namespace pipeline_detail;
+  backend::cpu_eigen const be{};
+  auto const scaled = [&](vector_view<float> g) {
+    return [g, &be](matrix_view<double> w) { linalg::scale_columns(be, w, vector_view<const float>(g)); };
+  };
   for (auto& L : m.layers) {
-    for (linear_id id : {linear_id::wq, linear_id::wk, linear_id::wv, linear_id::w1, linear_id::w3}) {
-      auto w = to_double(L.weight(id));
-      scale_columns(w, id == linear_id::w1 || id == linear_id::w3 ? L.rms_ffn : L.rms_att);
-      L.weight(id) = to_float(w);
-    }
-    L.rms_att = ones(m.config.dim);
-    L.rms_ffn = ones(m.config.dim);
+    for (linear_id id : {linear_id::wq, linear_id::wk, linear_id::wv})
+      pipeline_detail::in_double(be, rsq::view(L.weight(id)), scaled(rsq::view(L.rms_att)));
+    for (linear_id id : {linear_id::w1, linear_id::w3})
+      pipeline_detail::in_double(be, rsq::view(L.weight(id)), scaled(rsq::view(L.rms_ffn)));
+    pipeline_detail::set_ones(be, rsq::view(L.rms_att));
+    pipeline_detail::set_ones(be, rsq::view(L.rms_ffn));
   }
-  auto c = to_double(m.classifier);
-  scale_columns(c, m.rms_final);
-  m.classifier = to_float(c);
-  m.rms_final = ones(m.config.dim);
+  pipeline_detail::in_double(be, rsq::view(m.classifier), scaled(rsq::view(m.rms_final)));
+  pipeline_detail::set_ones(be, rsq::view(m.rms_final));
 }
 
 /// E ← E − mean over the hidden axis, per token (spec §2.1). NOT function-preserving for RMSNorm models: the model
@@ -203,113 +234,59 @@ inline void center_embeddings(llama_model& m) {
   }
 }
 
-/// Attaches the online Hadamards that @p r describes to every layer of @p m (wo and w2 input transforms).
+/// Sets the online Hadamards that @p r describes on @p m (the model's `online` transforms).
 inline void attach_online_transforms(llama_model& m, rotation_record const& r) {
   auto const& c = m.config;
   RSQ_EXPECTS(r.down_online.n == c.hidden_dim && r.heads_online.n == c.n_heads && r.head_dim == c.head_size(),
               "attach_online_transforms: the rotation record does not match the model (hidden ", c.hidden_dim,
               ", heads ", c.n_heads, ", head size ", c.head_size(), ")");
-  down_online_hadamard const down(c.hidden_dim, r.down_online.hadamard);
-  heads_online_hadamard const heads(c.n_heads, c.head_size(), r.heads_online.hadamard);
-  RSQ_EXPECTS(down.transform().plan().to_string() == r.down_online.construction &&
-                  heads.transform().plan().to_string() == r.heads_online.construction,
+  auto down = std::make_shared<rotation::hadamard const>(c.hidden_dim, r.down_online.hadamard);
+  auto heads = std::make_shared<rotation::hadamard const>(c.n_heads, r.heads_online.hadamard);
+  RSQ_EXPECTS(down->plan().to_string() == r.down_online.construction &&
+                  heads->plan().to_string() == r.heads_online.construction,
               "attach_online_transforms: the recorded Hadamard constructions differ from what this rsq builds");
-  for (auto& L : m.layers) {
-    L.w2_input_transform = [down](rsq::matrix_view<float> x) { down(x); };
-    L.wo_input_transform = [heads](rsq::matrix_view<float> x) { heads(x); };
-  }
+  m.online = {std::move(heads), std::move(down)};
+}
+
+/// Throws unless @p m is a plain model (no online transforms: not rotated yet).
+inline void expect_plain(llama_model const& m, char const* who) {
+  RSQ_EXPECTS(!m.online.any(), who, ": the model already has online transforms (it is already rotated)");
 }
 
 /// Rotates @p m in place (see the file comment: norm fusion, optional embedding centring, residual rotation Q, the
-/// fixed Hadamards with their online parts attached as input transforms). The rotated model computes the same
+/// fixed Hadamards, the online Hadamards set as the model's online transforms). The rotated model computes the same
 /// function as @p m (to float rounding) unless `center_embeddings` is set.
 /// @returns what was done, for the manifest and for attach_online_transforms()
 /// @throws rsq::invalid_argument for a malformed or already rotated model, or a hidden_dim / head count / head size
 ///         without a Hadamard construction (see rsq/rotation/hadamard_plan.hpp)
 inline rotation_record rotate_model(llama_model& m, rotate_options const& opt = {}) {
-  using namespace pipeline_detail;
   validate(m, /*check_finite=*/true);
   expect_plain(m, "rotate_model");
-  auto const& c = m.config;
-  index_t const d = c.dim, hd = c.head_size();
-
-  // Plan everything first, so that an unsupported size leaves the model untouched.
-  rotation::any_rotation q = opt.kind == residual_rotation::randomized_hadamard
-                                 ? rotation::any_rotation(rotation::randomized_hadamard(d, opt.seed, opt.hadamard))
-                                 : rotation::any_rotation(rotation::random_orthogonal(d, opt.seed));
-  auto const down = rotation::exact_hadamard(c.hidden_dim, opt.hadamard);
-  auto const heads = rotation::exact_hadamard(c.n_heads, opt.hadamard);
-  auto const v_heads = rotation::per_head_hadamard(c.n_kv_heads, hd, opt.hadamard);
-  auto const o_heads = rotation::per_head_hadamard(c.n_heads, hd, opt.hadamard);
-  heads_online_hadamard const heads_online(c.n_heads, hd, opt.hadamard);
-  down_online_hadamard const down_online(c.hidden_dim, opt.hadamard);
-
-  rotation_record rec{opt.kind,        rotation::descriptor_of(q), down.descriptor(), heads.descriptor(),
-                      v_heads.descriptor(), c.n_heads,              hd,                opt.center_embeddings};
-
-  fuse_norms(m);
+  auto const p = plan_rotation(m.config, opt);  // an unsupported size fails here, with the model untouched
+  backend::cpu_eigen const be{};
   if (opt.center_embeddings) center_embeddings(m);
-
-  auto right = [&](dmatrix& w) { std::visit([&](auto const& r) { r.apply_right(rsq::view(w)); }, q); };
-  auto left_t = [&](dmatrix& w) { std::visit([&](auto const& r) { r.apply_left_transpose(rsq::view(w)); }, q); };
-
-  auto e = to_double(m.token_embedding);  // (vocab, dim)
-  right(e);
-  m.token_embedding = to_float(e);
-  auto cls = to_double(m.classifier);  // (vocab, dim)
-  right(cls);
-  m.classifier = to_float(cls);
-
-  for (auto& L : m.layers) {
-    for (linear_id id : {linear_id::wq, linear_id::wk, linear_id::w1, linear_id::w3}) {
-      auto w = to_double(L.weight(id));
-      right(w);
-      L.weight(id) = to_float(w);
-    }
-    auto wv = to_double(L.wv);  // (kv_dim, dim)
-    right(wv);
-    v_heads.apply_left_transpose(rsq::view(wv));  // each head's output features ← H_hd/√hd · (...)
-    L.wv = to_float(wv);
-
-    auto wo = to_double(L.wo);  // (dim, dim)
-    left_t(wo);
-    // wo ← wo·Aᵀ with A = (M_nh/√nh ⊗ I)(I ⊗ H_hd/√hd): each row w ← A w.
-    o_heads.apply_right(rsq::view(wo));
-    heads_online(rsq::view(wo));
-    L.wo = to_float(wo);
-
-    auto w2 = to_double(L.w2);  // (dim, hidden)
-    left_t(w2);
-    down_online(rsq::view(w2));  // had_in: each row w ← H w
-    L.w2 = to_float(w2);
-  }
-  attach_online_transforms(m, rec);
-  return rec;
+  rotate_embeddings(be, p, rsq::view(m.token_embedding), rsq::view(m.classifier), rsq::view(m.rms_final));
+  for (auto& L : m.layers) rotate_layer(be, p, m.config, writable_weights_of(L));
+  m.online = p.online;
+  return p.record;
 }
 
-/// Multiplies every layer's online input transforms back into its weights (wo, w2) and removes them: the result is a
-/// plain model (rotated weights, gains of ones) that computes the same function with an unmodified forward pass.
-/// Works for any input transform: its matrix is probed by applying it to the identity (in float), and W ← W·Fᵀ with
-/// F = transform(I) is computed in float64.
+/// Multiplies the online transforms back into every layer's wo and w2 (in float64) and removes them: the result is
+/// a plain model (rotated weights, gains of ones) that computes the same function with an unmodified forward pass.
+/// With x ← F x applied before W, W·F x = (W·F) x: each row w of W becomes Fᵀ w.
 inline void fold_online_transforms(llama_model& m) {
-  using namespace pipeline_detail;
-  auto fold = [](rsq::matrix<float>& w, input_transform& f) {
-    if (!f) return;
-    index_t const n = index_t(w.shape()[1]);
-    auto probe = rsq::make_matrix<float>(n, n);  // (n, n) identity, then F
-    for (index_t i = 0; i < n; ++i) probe(i, i) = 1.f;
-    f(rsq::view(probe));
-    Eigen::MatrixXd const fm = cpu::as_eigen(rsq::view(std::as_const(probe))).cast<double>();
-    auto wd = to_double(w);
-    Eigen::MatrixXd const folded = cpu::as_eigen(rsq::view(std::as_const(wd))) * fm.transpose();
-    cpu::as_eigen(rsq::view(wd)) = folded;
-    w = to_float(wd);
-    f = nullptr;
-  };
+  backend::cpu_eigen const be{};
   for (auto& L : m.layers) {
-    fold(L.wo, L.wo_input_transform);
-    fold(L.w2, L.w2_input_transform);
+    if (m.online.heads)
+      pipeline_detail::in_double(be, rsq::view(L.wo), [&](matrix_view<double> w) {
+        index_t const hd = m.config.head_size();
+        m.online.heads->apply_transpose(
+            be, tensor_view<double, 3>(w.data(), {w.rows(), hd, m.online.heads->size()}, {w.stride(0), 1, hd}));
+      });
+    if (m.online.down)
+      pipeline_detail::in_double(be, rsq::view(L.w2), [&](matrix_view<double> w) { m.online.down->apply_transpose(be, w); });
   }
+  m.online = {};
 }
 
 }  // namespace rsq::model

@@ -7,6 +7,7 @@
 
 #include <string_view>
 
+#include "rsq/backend/cpu/memory.hpp"
 #include "rsq/backend/memory.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
@@ -18,8 +19,9 @@ namespace rsq::nn::detail {
 template <backend_tag B, class T, std::size_t N>
 void expect_operand(B const& be, tensor_view<T, N> m, std::string_view who, std::string_view what) {
   RSQ_EXPECTS(m.data() != nullptr && m.size() > 0, who, ": ", what, " is empty ", rsq::detail::shape_string(m));
-  RSQ_EXPECTS(m.stride(N - 1) == 1, who, ": ", what, " must have contiguous rows (last stride 1), got stride ",
-              m.stride(N - 1));
+  // (xtensor gives an axis of extent 1 the stride 0: such an axis is contiguous whatever its stride.)
+  RSQ_EXPECTS(m.stride(N - 1) == 1 || m.extent(N - 1) == 1, who, ": ", what,
+              " must have contiguous rows (last stride 1), got stride ", m.stride(N - 1));
   RSQ_EXPECTS(backend::resident(be, m.data()), who, ": ", what,
               " is not in the backend's memory (device memory of the current device for the CUDA backend)");
 }

@@ -17,13 +17,20 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/cpu/memory.hpp"
+#include "rsq/backend/dispatch.hpp"
+#include "rsq/backend/memory.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
 #include "rsq/pack/bitstream.hpp"
+#include "rsq/quant/quantized_weight.hpp"
 
 namespace rsq::pack {
 
@@ -33,19 +40,23 @@ enum class zero_format {
   v2,  ///< GPTQModel's internal format: stores the zero as is.
 };
 
-/// A weight in the GPTQ checkpoint layout (AutoGPTQ / GPTQModel tensor names and shapes).
-struct gptq_tensors {
-  xt::xtensor<std::int32_t, 2> qweight;  ///< (in_features·bits/32, out_features)
-  xt::xtensor<std::int32_t, 2> qzeros;   ///< (groups, out_features·bits/32)
-  xt::xtensor<float, 2> scales;          ///< (groups, out_features)
-  xt::xtensor<std::int32_t, 1> g_idx;    ///< (in_features): group of each input column
-  int bits = 4;                          ///< 2, 3, 4 or 8
-  zero_format format = zero_format::v1;  ///< how qzeros stores the zeros
+/// A weight in the GPTQ checkpoint layout (AutoGPTQ / GPTQModel tensor names and shapes), in the memory of backend B.
+template <class B>
+struct basic_gptq_tensors {
+  backend::matrix<std::int32_t, B> qweight;  ///< (in_features·bits/32, out_features)
+  backend::matrix<std::int32_t, B> qzeros;   ///< (groups, out_features·bits/32)
+  backend::matrix<float, B> scales;          ///< (groups, out_features)
+  backend::array<std::int32_t, B> g_idx;     ///< (in_features): group of each input column
+  int bits = 4;                              ///< 2, 3, 4 or 8
+  zero_format format = zero_format::v1;      ///< how qzeros stores the zeros
 
-  [[nodiscard]] index_t in_features() const { return index_t(g_idx.size()); }
-  [[nodiscard]] index_t out_features() const { return index_t(scales.shape()[1]); }
-  [[nodiscard]] index_t groups() const { return index_t(scales.shape()[0]); }
+  [[nodiscard]] index_t in_features() const { return rsq::view(g_idx).extent(0); }
+  [[nodiscard]] index_t out_features() const { return rsq::view(scales).cols(); }
+  [[nodiscard]] index_t groups() const { return rsq::view(scales).rows(); }
 };
+
+/// The GPTQ checkpoint tensors in host memory, as written to files.
+using gptq_tensors = basic_gptq_tensors<backend::cpu_eigen>;
 
 /// A weight in the solver's layout: dequantized W[r, c] = scales(r, g_idx[c])·(codes(r, c) − zeros(r, g_idx[c])).
 struct unpacked_weight {
@@ -241,25 +252,101 @@ template <class S>
 
 }  // namespace detail
 
-/// Packs a GPTQ result into the AutoGPTQ / GPTQModel int32 checkpoint layout.
+namespace detail {
+
+/// The checks of pack_gptq that read only shapes (values are checked by the backend, where they live).
+template <class S>
+void check_pack_shapes(matrix_view<const std::uint8_t> codes, matrix_view<const S> scales,
+                       matrix_view<const S> zeros, vector_view<const std::int32_t> g_idx, int bits) {
+  check_bits(bits, "pack_gptq");
+  index_t const rows = codes.rows(), cols = codes.cols();
+  RSQ_EXPECTS(rows > 0 && cols > 0, "pack_gptq: codes (out_features x in_features) is empty: ", shape_string(codes));
+  check_whole_words(cols, bits, "pack_gptq", "in_features");
+  check_whole_words(rows, bits, "pack_gptq", "out_features");
+  RSQ_EXPECTS(scales.rows() == rows && scales.cols() > 0, "pack_gptq: scales must be (out_features x groups) with ",
+              rows, " rows and at least one group, got ", shape_string(scales));
+  RSQ_EXPECTS(zeros.rows() == scales.rows() && zeros.cols() == scales.cols(),
+              "pack_gptq: zeros must have the shape of scales ", shape_string(scales), ", got ", shape_string(zeros));
+  RSQ_EXPECTS(g_idx.extent(0) == cols, "pack_gptq: g_idx must have one entry per input column (", cols, "), got ",
+              g_idx.extent(0));
+}
+
+}  // namespace detail
+
+/// Packs a GPTQ result into the AutoGPTQ / GPTQModel int32 checkpoint layout on backend @p be, leaving the tensors in
+/// its memory (device memory for CUDA); the bit layout is the same on every backend (pack/bitstream.hpp).
+///
+/// An implementation of algorithm::pack_gptq provides
+///   template <class S> static basic_gptq_tensors<B> pack(B const&, matrix_view<const std::uint8_t> codes,
+///       matrix_view<const S> scales, matrix_view<const S> zeros, vector_view<const std::int32_t> g_idx, int bits,
+///       zero_format);                          // shapes checked; values (g_idx range, zeros, scales) checked there
+///   static gptq_tensors to_host(B const&, basic_gptq_tensors<B> const&);
+///
 /// @param codes  (out_features, in_features) integer codes in [0, 2^bits − 1], original column order
-/// @param scales (out_features, groups), finite (stored as float)
+/// @param scales (out_features, groups), finite (stored as float; S = float or double)
 /// @param zeros  (out_features, groups), integers in [0, 2^bits − 1]; at least 1 with zero_format::v1
 /// @param g_idx  (in_features) group of each input column, in [0, groups)
 /// @param bits   2, 3, 4 or 8; in_features and out_features must be multiples of 32/gcd(bits, 32)
 /// @param fmt    zero-point convention of qzeros (v1: AutoGPTQ "gptq" checkpoints, v2: GPTQModel)
+/// Every array in host memory or in @p be's memory.
 /// @throws rsq::invalid_argument naming the argument, and the row/column/group of a bad value
+template <backend_tag B, class S>
+[[nodiscard]] basic_gptq_tensors<B> pack_gptq_resident(B const& be, matrix_view<const std::uint8_t> codes,
+                                                       matrix_view<const S> scales, matrix_view<const S> zeros,
+                                                       vector_view<const std::int32_t> g_idx, int bits,
+                                                       zero_format fmt = zero_format::v1) {
+  detail::check_pack_shapes(codes, scales, zeros, g_idx, bits);
+  return backend::implementation_t<algorithm::pack_gptq, B>::template pack<S>(be, codes, scales, zeros, g_idx, bits,
+                                                                              fmt);
+}
+
+/// Tensors of another backend's memory, copied to host memory (waits for the backend).
+template <backend_tag B>
+[[nodiscard]] gptq_tensors to_host(B const& be, basic_gptq_tensors<B>&& t) {
+  if constexpr (std::is_same_v<basic_gptq_tensors<B>, gptq_tensors>) {
+    (void)be;
+    return std::move(t);
+  } else {
+    return backend::implementation_t<algorithm::pack_gptq, B>::to_host(be, t);
+  }
+}
+
+/// pack_gptq_resident() followed by to_host(): the checkpoint tensors in host memory, on any backend.
+template <backend_tag B, class S>
+[[nodiscard]] gptq_tensors pack_gptq(B const& be, matrix_view<const std::uint8_t> codes, matrix_view<const S> scales,
+                                     matrix_view<const S> zeros, vector_view<const std::int32_t> g_idx, int bits,
+                                     zero_format fmt = zero_format::v1) {
+  return to_host(be, pack_gptq_resident<B, S>(be, codes, scales, zeros, g_idx, bits, fmt));
+}
+
+/// Packs a quantized weight of backend B (e.g. gptq::result<T, B>::weight) on that backend, tensors in host memory.
+template <backend_tag B, class T>
+[[nodiscard]] gptq_tensors pack_gptq(B const& be, quant::quantized_weight<T, B> const& q,
+                                     zero_format fmt = zero_format::v1) {
+  return pack_gptq<B, T>(be, rsq::view(q.codes), rsq::view(q.scales), rsq::view(q.zeros), rsq::view(q.g_idx),
+                         q.bits, fmt);
+}
+
+/// The same, tensors left in the backend's memory.
+template <backend_tag B, class T>
+[[nodiscard]] basic_gptq_tensors<B> pack_gptq_resident(B const& be, quant::quantized_weight<T, B> const& q,
+                                                       zero_format fmt = zero_format::v1) {
+  return pack_gptq_resident<B, T>(be, rsq::view(q.codes), rsq::view(q.scales), rsq::view(q.zeros),
+                                  rsq::view(q.g_idx), q.bits, fmt);
+}
+
+/// Packs on the CPU (the host arrays of a solver result), see pack_gptq_resident.
 [[nodiscard]] inline gptq_tensors pack_gptq(matrix_view<const std::uint8_t> codes, matrix_view<const float> scales,
                                             matrix_view<const float> zeros, vector_view<const std::int32_t> g_idx,
                                             int bits, zero_format fmt = zero_format::v1) {
-  return detail::pack_gptq<float>(codes, scales, zeros, g_idx, bits, fmt);
+  return pack_gptq<backend::cpu_eigen, float>(backend::cpu_eigen{}, codes, scales, zeros, g_idx, bits, fmt);
 }
 
 /// Same, for a solver that ran in double: scales are rounded to float, zeros must still be exact integers.
 [[nodiscard]] inline gptq_tensors pack_gptq(matrix_view<const std::uint8_t> codes, matrix_view<const double> scales,
                                             matrix_view<const double> zeros, vector_view<const std::int32_t> g_idx,
                                             int bits, zero_format fmt = zero_format::v1) {
-  return detail::pack_gptq<double>(codes, scales, zeros, g_idx, bits, fmt);
+  return pack_gptq<backend::cpu_eigen, double>(backend::cpu_eigen{}, codes, scales, zeros, g_idx, bits, fmt);
 }
 
 /// Unpacks checkpoint tensors (for example loaded from a GPTQ checkpoint) into the solver's layout.
@@ -376,3 +463,20 @@ template <class S>
 [[nodiscard]] inline rsq::matrix<float> dequantize(gptq_tensors const& t) { return dequantize(unpack_gptq(t)); }
 
 }  // namespace rsq::pack
+
+namespace rsq::backend {
+
+/// The CPU backend of pack::pack_gptq (host memory in, host memory out).
+template <>
+struct implementation<algorithm::pack_gptq, cpu_eigen> {
+  static constexpr bool available = true;
+
+  template <class S>
+  static pack::gptq_tensors pack(cpu_eigen const&, matrix_view<const std::uint8_t> codes, matrix_view<const S> scales,
+                                 matrix_view<const S> zeros, vector_view<const std::int32_t> g_idx, int bits,
+                                 pack::zero_format fmt) {
+    return pack::detail::pack_gptq<S>(codes, scales, zeros, g_idx, bits, fmt);
+  }
+};
+
+}  // namespace rsq::backend

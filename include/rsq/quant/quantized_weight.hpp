@@ -7,25 +7,28 @@
 
 #include <cstdint>
 
+#include "rsq/backend/cpu/memory.hpp"
+#include "rsq/backend/memory.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 
 namespace rsq::quant {
 
-/// Codes, scales, zeros and group indices of a (rows, cols) = (out_features, in_features) weight.
+/// Codes, scales, zeros and group indices of a (rows, cols) = (out_features, in_features) weight, in the memory of
+/// backend B (host memory by default; `quantized_weight<T, backend::cuda>` holds device arrays).
 /// Dequantized weight: W[r, c] = scales(r, g) · (codes(r, c) − zeros(r, g)) with g = g_idx(c).
-template <class T>
+template <class T, class B = backend::cpu_eigen>
 struct quantized_weight {
   int bits = 0;
-  rsq::matrix<std::uint8_t> codes;  ///< (rows, cols), original column order, values in [0, 2^bits − 1]
-  rsq::matrix<T> scales;            ///< (rows, groups)
-  rsq::matrix<T> zeros;             ///< (rows, groups), integer-valued
-  rsq::vector<std::int32_t> g_idx;  ///< (cols): group of each input column (AutoGPTQ convention)
+  backend::matrix<std::uint8_t, B> codes;  ///< (rows, cols), original column order, values in [0, 2^bits − 1]
+  backend::matrix<T, B> scales;            ///< (rows, groups)
+  backend::matrix<T, B> zeros;             ///< (rows, groups), integer-valued
+  backend::array<std::int32_t, B> g_idx;   ///< (cols): group of each input column (AutoGPTQ convention)
 
-  [[nodiscard]] index_t rows() const noexcept { return index_t(codes.shape()[0]); }
-  [[nodiscard]] index_t cols() const noexcept { return index_t(codes.shape()[1]); }
-  [[nodiscard]] index_t groups() const noexcept { return index_t(scales.shape()[1]); }
+  [[nodiscard]] index_t rows() const noexcept { return rsq::view(codes).rows(); }
+  [[nodiscard]] index_t cols() const noexcept { return rsq::view(codes).cols(); }
+  [[nodiscard]] index_t groups() const noexcept { return rsq::view(scales).cols(); }
 };
 
 /// The dequantized weight (rows, cols) of @p q.

@@ -25,6 +25,9 @@
 
 #include <Eigen/Core>
 
+#include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/cpu/hadamard.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
@@ -238,6 +241,50 @@ class hadamard {
     apply_impl(rows, transpose, pre.empty() ? nullptr : pre.data(), post.empty() ? nullptr : post.data());
   }
 
+  /// The same transform on backend @p be (the first argument of every algorithm): @p rows in host memory or in the
+  /// backend's memory (device memory for CUDA), any strides.
+  ///
+  /// An implementation of algorithm::hadamard_transform provides
+  ///   template <class H, class T> static void run(B const&, H const& h, tensor_view<T, 3> rows, bool transpose,
+  ///                                               std::span<std::int8_t const> pre, std::span<std::int8_t const> post);
+  /// (arguments checked; h is this transform: h.plan(), h.scaling(); rows(a, b, :) for every a, b is one row).
+  /// @throws rsq::invalid_argument as apply_with_signs(rows, ...), and for what a backend cannot take (docs/cuda.md)
+  template <backend_tag B, std::floating_point T>
+  void apply_with_signs(B const& be, matrix_view<T> rows, bool transpose, std::span<std::int8_t const> pre,
+                        std::span<std::int8_t const> post) const {
+    apply_with_signs(be, tensor_view<T, 3>(rows.data(), {1, rows.rows(), rows.cols()},
+                                           {rows.rows() * rows.stride(0), rows.stride(0), rows.stride(1)}),
+                     transpose, pre, post);
+  }
+  /// The transform of every row (a, b, :) of a batch of matrices @p rows (batch, rows, n), on backend @p be: e.g. the
+  /// online Hadamard across the heads of each token's attention output, (tokens, head_dim, heads) with strides
+  /// (dim, 1, head_dim).
+  template <backend_tag B, std::floating_point T>
+  void apply_with_signs(B const& be, tensor_view<T, 3> rows, bool transpose, std::span<std::int8_t const> pre,
+                        std::span<std::int8_t const> post) const {
+    RSQ_EXPECTS(rows.extent(2) == plan_.n, "hadamard::apply_with_signs: rows have length ", rows.extent(2),
+                ", the transform has length ", plan_.n, " (the array is ", ::rsq::detail::shape_string(rows), ")");
+    RSQ_EXPECTS(rows.size() > 0 && rows.data() != nullptr, "hadamard::apply_with_signs: the array is empty ",
+                ::rsq::detail::shape_string(rows));
+    RSQ_EXPECTS(pre.empty() || index_t(pre.size()) == plan_.n, "hadamard::apply_with_signs: ", pre.size(),
+                " signs before the transform, expected ", plan_.n);
+    RSQ_EXPECTS(post.empty() || index_t(post.size()) == plan_.n, "hadamard::apply_with_signs: ", post.size(),
+                " signs after the transform, expected ", plan_.n);
+    backend::implementation_t<algorithm::hadamard_transform, B>::run(be, *this, rows, transpose, pre, post);
+  }
+  /// Each row x of @p rows (a matrix or a batch of matrices) becomes H x, on backend @p be.
+  template <backend_tag B, std::floating_point T, std::size_t N>
+    requires(N == 2 || N == 3)
+  void apply(B const& be, tensor_view<T, N> rows) const {
+    apply_with_signs(be, rows, false, {}, {});
+  }
+  /// Each row x of @p rows becomes Hᵀ x, on backend @p be.
+  template <backend_tag B, std::floating_point T, std::size_t N>
+    requires(N == 2 || N == 3)
+  void apply_transpose(B const& be, tensor_view<T, N> rows) const {
+    apply_with_signs(be, rows, true, {}, {});
+  }
+
   /// The matrix H (n, n) in float64 (orthonormal unless reference_float32 scaling), so that apply() maps x to H x.
   [[nodiscard]] rsq::matrix<double> dense() const {
     auto h = rsq::matrix<double>::from_shape({std::size_t(plan_.n), std::size_t(plan_.n)});  // (n, n)
@@ -447,12 +494,17 @@ class hadamard {
   std::vector<index_t> offsets_;              // block-diagonal: first element of each block
 };
 
-/// Convenience: each row x of @p rows becomes M_n x/√n with n = rows.cols() (plans the transform on every call;
-/// keep a rsq::rotation::hadamard to reuse a plan).
+/// Convenience: each row x of @p rows becomes M_n x/√n with n = rows.cols(), on backend @p be (plans the transform
+/// on every call; keep a rsq::rotation::hadamard to reuse a plan).
+template <backend_tag B, std::floating_point T>
+void hadamard_transform(B const& be, matrix_view<T> rows, hadamard_options const& opt = {}) {
+  RSQ_EXPECTS(rows.cols() > 0, "hadamard_transform: the matrix is empty ", ::rsq::detail::shape_string(rows));
+  hadamard(rows.cols(), opt).apply(be, rows);
+}
+/// The same on the CPU backend.
 template <std::floating_point T>
 void hadamard_transform(matrix_view<T> rows, hadamard_options const& opt = {}) {
-  RSQ_EXPECTS(rows.cols() > 0, "hadamard_transform: the matrix is empty ", ::rsq::detail::shape_string(rows));
-  hadamard(rows.cols(), opt).apply(rows);
+  hadamard_transform(backend::cpu_eigen{}, rows, opt);
 }
 
 }  // namespace rsq::rotation

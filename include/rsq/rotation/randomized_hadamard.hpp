@@ -75,6 +75,28 @@ class hadamard_rotation {
     h_.apply_with_signs(transposed(w), true, {}, signs());  // columns: c <- s ⊙ (Hᵀ c)
   }
 
+  /// The same four products on backend @p be (W in host memory or the backend's memory, any strides).
+  template <backend_tag B, std::floating_point T>
+  void apply_right(B const& be, matrix_view<T> w) const {
+    detail::check_side(w, size(), true, name(), "apply_right");
+    h_.apply_with_signs(be, w, false, signs(), {});
+  }
+  template <backend_tag B, std::floating_point T>
+  void apply_right_transpose(B const& be, matrix_view<T> w) const {
+    detail::check_side(w, size(), true, name(), "apply_right_transpose");
+    h_.apply_with_signs(be, w, true, {}, signs());
+  }
+  template <backend_tag B, std::floating_point T>
+  void apply_left_transpose(B const& be, matrix_view<T> w) const {
+    detail::check_side(w, size(), false, name(), "apply_left_transpose");
+    h_.apply_with_signs(be, transposed(w), false, signs(), {});
+  }
+  template <backend_tag B, std::floating_point T>
+  void apply_left(B const& be, matrix_view<T> w) const {
+    detail::check_side(w, size(), false, name(), "apply_left");
+    h_.apply_with_signs(be, transposed(w), true, {}, signs());
+  }
+
   /// Q (n, n) in float64.
   [[nodiscard]] rsq::matrix<double> dense() const {
     auto q = rsq::matrix<double>::from_shape({std::size_t(size()), std::size_t(size())});  // (n, n)

@@ -33,7 +33,9 @@
 #include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/preprocess.hpp"
 #include "rsq/gptq/result.hpp"
-#include "rsq/gptq/solve_api.hpp"
+#include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/dispatch.hpp"
+#include "rsq/gptq/options.hpp"
 #include "rsq/quant/grid.hpp"
 
 #if defined(_OPENMP)
@@ -474,23 +476,25 @@ extern template gptq::result<double> gptq_solve<double>(matrix_view<const double
 
 }  // namespace rsq::cpu::detail
 
-namespace rsq::gptq::detail {
+namespace rsq::backend {
 
-/// The CPU backend of gptq::factor() and gptq::solve().
+/// The CPU backend of gptq::factor() and gptq::solve() (<rsq/gptq/solve.hpp>): H is validated here, W as the solver
+/// loads its panels (the first NaN or Inf is named by position either way).
 template <>
-struct solver<backend::cpu_eigen> {
-  static constexpr bool checks_weight_values = true;  // as it loads the weight's panels
+struct implementation<algorithm::gptq, cpu_eigen> {
+  static constexpr bool available = true;
+
   template <class T>
-  static factorization<T, backend::cpu_eigen> factor(backend::cpu_eigen const&, matrix_view<const T> h,
-                                                     options const& opt) {
+  static gptq::factorization<T, cpu_eigen> factor(cpu_eigen const&, matrix_view<const T> h,
+                                                  gptq::options const& opt) {
+    gptq::detail::validate_hessian(h);
     return cpu::detail::gptq_factor(h, opt);
   }
   template <class T>
-  static result<T> solve(backend::cpu_eigen const&, matrix_view<const T> w,
-                         factorization<T, backend::cpu_eigen> const& f, quant::grid_spec const& grid,
-                         options const& opt, result<T>&& recycled) {
+  static gptq::result<T> solve(cpu_eigen const&, matrix_view<const T> w, gptq::factorization<T, cpu_eigen> const& f,
+                               quant::grid_spec const& grid, gptq::options const& opt, gptq::result<T>&& recycled) {
     return cpu::detail::gptq_solve(w, f, grid, opt, std::move(recycled));
   }
 };
 
-}  // namespace rsq::gptq::detail
+}  // namespace rsq::backend

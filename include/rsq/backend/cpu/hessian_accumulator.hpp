@@ -2,9 +2,10 @@
 #pragma once
 
 /// @file
-/// The CPU backend of rsq::hessian_accumulator: the weighted inputs √w·x are gathered in chunks and added to the
-/// running sum with a SYRK on GEMM tiles (multi-threaded, the gathering of one chunk beside the products of the one
-/// before: cpu::syrk_lower_update_gathered).
+/// The CPU backend of rsq::hessian_accumulator (algorithm::hessian_accumulation, <rsq/hessian/accumulator.hpp>): the
+/// weighted inputs √w·x are gathered in chunks and added to the running sum with a SYRK on GEMM tiles
+/// (multi-threaded, the gathering of one chunk beside the products of the one before:
+/// cpu::syrk_lower_update_gathered).
 
 #include <algorithm>
 #include <cmath>
@@ -14,26 +15,30 @@
 
 #include <Eigen/Core>
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/linalg.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/core/memory.hpp"
-#include "rsq/hessian/accumulator_api.hpp"
+#include "rsq/core/tensor.hpp"
+#include "rsq/hessian/options.hpp"
 
-namespace rsq {
+namespace rsq::backend {
 
-/// CPU backend of the importance-weighted Hessian (see <rsq/hessian/accumulator_api.hpp>).
+template <>
+struct implementation<algorithm::hessian_accumulation, cpu_eigen> {
+  static constexpr bool available = true;
+
+  /// The running sum Σ w x xᵀ of a CPU accumulator (tf32 and bf16 precisions compute strict fp32 here).
+  template <class T>
+  class accumulator;
+};
+
 template <class T>
-class hessian_accumulator<T, backend::cpu_eigen>
-    : public hessian::detail::accumulator_base<hessian_accumulator<T, backend::cpu_eigen>, T> {
-  using base = hessian::detail::accumulator_base<hessian_accumulator<T, backend::cpu_eigen>, T>;
-  friend base;
-
+class implementation<algorithm::hessian_accumulation, cpu_eigen>::accumulator {
  public:
-  using backend_type = backend::cpu_eigen;
-
-  /// An empty accumulator for inputs of @p features features.
-  explicit hessian_accumulator(index_t features, backend::cpu_eigen = {}, hessian::weighting wt = {})
-      : base(features, wt) {
+  /// An empty sum for inputs of @p features features.
+  accumulator(cpu_eigen const&, index_t features, hessian::options const&) {
     // Zeroed by columns in parallel: first touches of fresh pages, not the zeroing, are the cost (64 MB at 4096
     // features: 170 ms on one core of the development machines).
     sum_.resize(features, features);
@@ -44,31 +49,21 @@ class hessian_accumulator<T, backend::cpu_eigen>
     for (index_t j = 0; j < features; ++j) sum_.col(j).setZero();
   }
 
-  /// Adds everything @p other accumulated (disjoint data): the result equals one accumulator over all of it.
-  void merge(hessian_accumulator const& other) {
-    this->merge_counts(other);
-    sum_ += other.sum_;
-  }
+  /// Adds the sum of @p other (disjoint data).
+  void merge(accumulator const& other) { sum_ += other.sum_; }
 
-  /// H = (2 / sequences) · Σ w x xᵀ (features, features), symmetric. All zeros before the first add.
-  [[nodiscard]] rsq::matrix<T> hessian() const {
-    index_t const n = this->features();
-    auto h = rsq::make_matrix<T>(n, n);
-    T const scale = this->hessian_scale();
+  /// scale · Σ w x xᵀ (features, features), symmetric.
+  [[nodiscard]] rsq::matrix<T> hessian(T scale) const {
+    index_t const n = sum_.rows();
+    auto h = rsq::make_matrix_for_overwrite<T>(n, n);
     for (index_t i = 0; i < n; ++i)
       for (index_t j = 0; j <= i; ++j) h(i, j) = h(j, i) = scale * sum_(i, j);
     return h;
   }
+  /// The same: host memory is the CPU backend's own.
+  [[nodiscard]] rsq::matrix<T> hessian_resident(T scale) const { return hessian(scale); }
 
- private:
-  /// A token to add: its inputs (@p stride apart) and √w.
-  template <class X>
-  struct pending_token {
-    X const* x;
-    index_t stride;
-    T root_weight;
-  };
-
+  /// Adds the sequences x_of(j), j < count (checked), with token weights @p weights[j].
   template <class XOf>
   void accumulate(index_t count, XOf x_of, std::vector<std::vector<double>> const& weights) {
     using X = std::remove_cvref_t<decltype(*x_of(0).data())>;
@@ -93,6 +88,15 @@ class hessian_accumulator<T, backend::cpu_eigen>
     cpu::syrk_lower_update_gathered<T>(sum_, tokens, fill, T(1));
   }
 
+ private:
+  /// A token to add: its inputs (@p stride apart) and √w.
+  template <class X>
+  struct pending_token {
+    X const* x;
+    index_t stride;
+    T root_weight;
+  };
+
   /// dst[f] = √w · x(f0 + f) for f < nf: a token's weighted inputs as the SYRK gathers them.
   template <class X>
   static void scale_token(pending_token<X> const& token, index_t f0, index_t nf, T* dst) {
@@ -107,4 +111,4 @@ class hessian_accumulator<T, backend::cpu_eigen>
   cpu::eigen_col_matrix<T> sum_;  // (features, features) Σ w x xᵀ, lower triangle valid
 };
 
-}  // namespace rsq
+}  // namespace rsq::backend

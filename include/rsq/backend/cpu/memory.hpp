@@ -32,6 +32,7 @@ struct implementation<algorithm::memory, cpu_eigen> {
     if (bytes > 0 && dst != src) std::memmove(dst, src, bytes);
   }
   static void synchronize(cpu_eigen const&) noexcept {}
+  static std::size_t bytes_in_use(cpu_eigen const&) noexcept { return 0; }
 };
 
 }  // namespace rsq::backend

@@ -2,55 +2,58 @@
 #pragma once
 
 /// @file
-/// AttnCon (spec §4.2) on the GPU: s_t = Σ_h Σ_{i ≥ t} A_h[i, t], from causal attention probabilities or straight from
-/// queries and keys (after RoPE), with the conventions of rsq::importance::attncon_scores / attncon_scores_qk
-/// (<rsq/importance/attncon.hpp>): causal mask, logits scaled by softmax_scale (0: 1/√head_dim), GQA with query head h
-/// reading KV head h div (heads / kv_heads), sums in double. From Q/K, the logits of a block of queries against the
+/// The CUDA backend of AttnCon (algorithm::attncon, <rsq/importance/attncon.hpp>, spec §4.2):
+/// s_t = Σ_h Σ_{i ≥ t} A_h[i, t], from causal attention probabilities or straight from queries and keys (after RoPE),
+/// with the conventions of the CPU: causal mask, logits scaled by softmax_scale (0: 1/√head_dim), GQA with query head
+/// h reading KV head h div (heads / kv_heads), sums in double. From Q/K, the logits of a block of queries against the
 /// keys they see are one strided-batched cuBLAS GEMM per KV group (never an L x L matrix per head beyond the block);
 /// row maxima and sums, then the column sums of exp(S − max)/sum, are kernels.
 /// Declarations only; definitions in <rsq/backend/cuda/impl/attncon.cuh>.
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/memory.hpp"
-#include "rsq/backend/tags.hpp"
-#include "rsq/core/tensor.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/importance/attncon_options.hpp"
 
-namespace rsq::cuda {
+namespace rsq::cuda::detail {
 
-/// Options of the GPU AttnCon (the fields of importance::attncon_options that apply, with the same defaults).
-struct attncon_options {
-  /// Softmax scale of the logits q·k; 0 means 1/√head_dim.
-  double softmax_scale = 0;
-  /// Given probabilities: every row's causal part must sum to 1 within this.
-  double row_sum_tolerance = 1e-2;
-  /// Device memory for the logits of one block of queries (all heads of a KV group).
-  index_t block_bytes = index_t(256) << 20;
+/// The definitions behind implementation<algorithm::attncon, cuda> (impl/attncon.cuh); @p out in device memory.
+template <class T>
+void attncon_probabilities_impl(backend::cuda const& be, tensor_view<const T, 3> a, vector_view<T> out,
+                                importance::attncon_options const& opt);
+template <class T>
+void attncon_queries_keys_impl(backend::cuda const& be, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
+                               vector_view<T> out, importance::attncon_options const& opt);
+
+#define RSQ_CUDA_ATTNCON_EXTERN(T)                                                                                 \
+  extern template void attncon_probabilities_impl<T>(backend::cuda const&, tensor_view<const T, 3>, vector_view<T>, \
+                                                     importance::attncon_options const&);                         \
+  extern template void attncon_queries_keys_impl<T>(backend::cuda const&, tensor_view<const T, 3>,                 \
+                                                    tensor_view<const T, 3>, vector_view<T>,                       \
+                                                    importance::attncon_options const&);
+RSQ_CUDA_ATTNCON_EXTERN(float)
+RSQ_CUDA_ATTNCON_EXTERN(double)
+#undef RSQ_CUDA_ATTNCON_EXTERN
+
+}  // namespace rsq::cuda::detail
+
+namespace rsq::backend {
+
+template <>
+struct implementation<algorithm::attncon, cuda> {
+  static constexpr bool available = true;
+
+  template <class T>
+  static void from_probabilities(cuda const& be, tensor_view<const T, 3> a, vector_view<T> out,
+                                 importance::attncon_options const& opt) {
+    rsq::cuda::detail::attncon_probabilities_impl<T>(be, a, out, opt);
+  }
+  template <class T>
+  static void from_queries_keys(cuda const& be, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
+                                vector_view<T> out, importance::attncon_options const& opt) {
+    rsq::cuda::detail::attncon_queries_keys_impl<T>(be, q, k, out, opt);
+  }
 };
 
-/// AttnCon raw scores of one sequence from causal attention probabilities @p attention (heads, tokens, tokens) in
-/// host or device memory (only the causal part is read). @returns scores // (tokens), in host memory
-/// @throws rsq::invalid_argument for a bad shape, a NaN/Inf or negative probability, or a row whose causal part does
-///         not sum to 1 within row_sum_tolerance (naming head and row)
-template <class T>
-[[nodiscard]] rsq::vector<T> attncon_scores(backend::cuda const& be, tensor_view<const T, 3> attention,
-                                            attncon_options const& opt = {});
-
-/// AttnCon raw scores from @p queries (heads, tokens, head_dim) and @p keys (kv_heads, tokens, head_dim), host or
-/// device memory. @returns scores // (tokens), in host memory
-/// @throws rsq::invalid_argument for shapes that do not match, heads not a multiple of kv_heads, NaN/Inf
-///
-/// Example: `auto s = rsq::cuda::attncon_scores_qk(be, q_view, k_view); auto r = rsq::importance::normalize(s);`
-template <class T>
-[[nodiscard]] rsq::vector<T> attncon_scores_qk(backend::cuda const& be, tensor_view<const T, 3> queries,
-                                               tensor_view<const T, 3> keys, attncon_options const& opt = {});
-
-extern template rsq::vector<float> attncon_scores<float>(backend::cuda const&, tensor_view<const float, 3>,
-                                                         attncon_options const&);
-extern template rsq::vector<double> attncon_scores<double>(backend::cuda const&, tensor_view<const double, 3>,
-                                                           attncon_options const&);
-extern template rsq::vector<float> attncon_scores_qk<float>(backend::cuda const&, tensor_view<const float, 3>,
-                                                            tensor_view<const float, 3>, attncon_options const&);
-extern template rsq::vector<double> attncon_scores_qk<double>(backend::cuda const&, tensor_view<const double, 3>,
-                                                              tensor_view<const double, 3>, attncon_options const&);
-
-}  // namespace rsq::cuda
+}  // namespace rsq::backend

@@ -2,13 +2,15 @@
 #pragma once
 
 /// @file
-/// The GPTQ solver on the GPU (spec §6), behind the same front end as the CPU solver (<rsq/gptq/solve_api.hpp>):
-///   auto f = rsq::gptq::factor(rsq::backend::cuda{stream}, H, opt);          // once per distinct H
-///   auto r = rsq::gptq::solve(rsq::backend::cuda{stream}, W, f, grid, opt);  // host result, like the CPU's
-/// plus entry points that also take device-resident inputs and keep results on the device (rsq::cuda::factor,
-/// rsq::cuda::solve_device). Semantics are exactly the CPU backend's (<rsq/backend/cpu/gptq_solver.hpp>): per-row
-/// grids fitted on the original W, dynamic groups refitted on the global W when their first column is reached,
-/// static groups fitted up front, the escalation ladder and status of preprocess.hpp.
+/// The GPTQ solver on the GPU (spec §6): the CUDA implementation of algorithm::gptq behind gptq::factor(),
+/// gptq::solve() and gptq::solve_resident() (<rsq/gptq/solve.hpp>):
+///   auto f = rsq::gptq::factor(rsq::backend::cuda{stream}, h, opt);                   // once per distinct H
+///   auto r = rsq::gptq::solve(rsq::backend::cuda{stream}, w, f, grid, opt);           // host result
+///   auto d = rsq::gptq::solve_resident(rsq::backend::cuda{stream}, w, f, grid, opt);  // result in device memory
+/// H and W may be in host or device memory (device memory is checked on the device, with the host's messages).
+/// Semantics are exactly the CPU backend's (<rsq/backend/cpu/gptq_solver.hpp>): per-row grids fitted on the original
+/// W, dynamic groups refitted on the global W when their first column is reached, static groups fitted up front, the
+/// escalation ladder and status of preprocess.hpp.
 ///
 /// This header only declares: the definitions (cuSOLVER, cuBLAS and the kernels) are in
 /// <rsq/backend/cuda/impl/gptq_solver.cuh>, compiled by nvcc in rsq_cuda.cu and instantiated for float and double.
@@ -18,14 +20,15 @@
 #include <utility>
 #include <vector>
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/memory.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
 #include "rsq/gptq/factorization.hpp"
 #include "rsq/gptq/options.hpp"
 #include "rsq/gptq/result.hpp"
-#include "rsq/gptq/solve_api.hpp"
 #include "rsq/quant/grid.hpp"
 
 namespace rsq::cuda {
@@ -43,19 +46,18 @@ enum class triangular_inverse {
   trtri,      ///< cusolverDnXtrtri (n³/3 flops)
 };
 
-/// Options of the CUDA factorization (aggregate with defaults; see docs/cuda.md for the measurements behind them).
-struct factor_options {
-  factor_precision precision = factor_precision::fp64;
-  triangular_inverse inverse = triangular_inverse::recursive;
-};
-
-/// Knobs of the CUDA solver for benchmarks and diagnostics (per thread; defaults are what the library uses).
+/// Knobs of the CUDA backend for benchmarks and diagnostics (per thread; the defaults are what the library uses and
+/// were measured best, docs/cuda.md).
 struct solver_tuning {
   /// Columns whose lazy block updates are applied together: after each block of B columns only the rest of its span
   /// is updated (small GEMMs), and W right of the span gets one GEMM with k = span per span. Same arithmetic, fewer
   /// and larger GEMMs. A span ≤ B gives the reference's per-block updates; dynamic groups whose size does not divide
   /// the span use per-block updates (their refits must see every completed block).
   index_t lazy_span = 1024;
+  /// Precision of the factorization of a float Hessian.
+  factor_precision precision = factor_precision::fp64;
+  /// How the factorization inverts the triangular factor.
+  triangular_inverse inverse = triangular_inverse::recursive;
   /// Record the time of each phase in profile() (synchronizes the stream around every phase: slower).
   bool profile = false;
   /// Threads per CTA of the Hadamard kernel (256, 512 or 1024; 0 chooses by row length).
@@ -94,134 +96,55 @@ class factorization<T, backend::cuda> : public factorization_info {
 
 }  // namespace rsq::gptq
 
-namespace rsq::cuda {
+namespace rsq::cuda::detail {
 
-/// A GPTQ result kept in device memory (for engines that go on with it on the GPU, e.g. packing, and to time the
-/// copy back separately). All matrices are row-major, original column order.
-template <class T>
-struct device_result {
-  gptq::factorization_info info;  ///< status, perm, damping, as the factorization gave them
-  int bits = 0;
-  index_t rows = 0, cols = 0, groups = 0;
-  device_matrix<std::uint8_t> codes;  ///< (rows, cols)
-  device_matrix<T> dequantized;       ///< (rows, cols): scales(r, g)·(codes(r, c) − zeros(r, g)), g = g_idx(c)
-  device_matrix<T> scales;            ///< (rows, groups)
-  device_matrix<T> zeros;             ///< (rows, groups)
-  device_array<std::int32_t> g_idx;   ///< (cols)
-  device_array<T> column_loss;        ///< (cols)
-
-  [[nodiscard]] bool ok() const noexcept { return info.ok(); }
-  /// The result in host memory, the same types as the CPU backend's (waits for the stream); the arrays of
-  /// @p recycled, a host result the caller no longer needs, are reused where their sizes match.
-  [[nodiscard]] gptq::result<T> to_host(backend::cuda const& be = {}, gptq::result<T>&& recycled = {}) const;
-};
-
-namespace detail {
-/// The implementations; @p validate = false when the host front end (gptq::factor / gptq::solve) already checked the
-/// arguments.
+/// The definitions behind implementation<algorithm::gptq, cuda> (impl/gptq_solver.cuh).
 template <class T>
 [[nodiscard]] gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matrix_view<const T> h,
-                                                                gptq::options const& opt, factor_options const& fopt,
-                                                                bool validate);
+                                                                gptq::options const& opt);
 template <class T>
-[[nodiscard]] device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T> w,
-                                                 gptq::factorization<T, backend::cuda> const& f,
-                                                 quant::grid_spec const& grid, gptq::options const& opt,
-                                                 bool validate);
-
-extern template gptq::factorization<float, backend::cuda> factor_impl<float>(backend::cuda const&,
-                                                                             matrix_view<const float>,
-                                                                             gptq::options const&,
-                                                                             factor_options const&, bool);
-extern template gptq::factorization<double, backend::cuda> factor_impl<double>(backend::cuda const&,
-                                                                               matrix_view<const double>,
-                                                                               gptq::options const&,
-                                                                               factor_options const&, bool);
-extern template device_result<float> solve_device_impl<float>(backend::cuda const&, matrix_view<const float>,
-                                                              gptq::factorization<float, backend::cuda> const&,
-                                                              quant::grid_spec const&, gptq::options const&, bool);
-extern template device_result<double> solve_device_impl<double>(backend::cuda const&, matrix_view<const double>,
-                                                                gptq::factorization<double, backend::cuda> const&,
-                                                                quant::grid_spec const&, gptq::options const&, bool);
-}  // namespace detail
-
-extern template struct device_result<float>;
-extern template struct device_result<double>;
-
-/// gptq::factor() on the GPU, for a Hessian @p h (cols, cols) in host or device memory (device memory is validated
-/// on the device: finite, symmetric to 1e-3·max|diag H|, as on the host). Factor once per distinct H (q/k/v share
-/// one, gate/up share one) and pass the result to solve()/solve_device() for every weight that shares it.
-/// @throws rsq::invalid_argument for a bad H or options, rsq::cuda_error for a CUDA failure
-///
-/// Example: `auto f = rsq::cuda::factor(rsq::backend::cuda{stream}, h_view, {.act_order = true});`
+[[nodiscard]] gptq::result<T, backend::cuda> solve_impl(backend::cuda const& be, matrix_view<const T> w,
+                                                        gptq::factorization<T, backend::cuda> const& f,
+                                                        quant::grid_spec const& grid, gptq::options const& opt);
 template <class T>
-[[nodiscard]] gptq::factorization<T, backend::cuda> factor(backend::cuda const& be, matrix_view<const T> h,
-                                                           gptq::options const& opt = {},
-                                                           factor_options const& fopt = {}) {
-  return detail::factor_impl<T>(be, h, opt, fopt, true);
-}
+[[nodiscard]] gptq::result<T> to_host_impl(backend::cuda const& be, gptq::result<T, backend::cuda> const& r,
+                                           gptq::result<T>&& recycled);
 
-/// gptq::solve() on the GPU with the result left in device memory. @p w (rows, cols) may be in host or device
-/// memory, any strides (device memory is checked for NaN/Inf on the device).
-/// @throws rsq::invalid_argument as gptq::solve(), rsq::cuda_error for a CUDA failure
-///
-/// Example: `auto r = rsq::cuda::solve_device(be, w_view, f, {.bits = 4}, {.group_size = 128}); auto h = r.to_host(be);`
-template <class T>
-[[nodiscard]] device_result<T> solve_device(backend::cuda const& be, matrix_view<const T> w,
-                                            gptq::factorization<T, backend::cuda> const& f,
-                                            quant::grid_spec const& grid, gptq::options const& opt = {}) {
-  return detail::solve_device_impl<T>(be, w, f, grid, opt, true);
-}
+#define RSQ_CUDA_GPTQ_EXTERN(T)                                                                                     \
+  extern template gptq::factorization<T, backend::cuda> factor_impl<T>(backend::cuda const&, matrix_view<const T>, \
+                                                                       gptq::options const&);                      \
+  extern template gptq::result<T, backend::cuda> solve_impl<T>(                                                    \
+      backend::cuda const&, matrix_view<const T>, gptq::factorization<T, backend::cuda> const&,                    \
+      quant::grid_spec const&, gptq::options const&);                                                              \
+  extern template gptq::result<T> to_host_impl<T>(backend::cuda const&, gptq::result<T, backend::cuda> const&,     \
+                                                  gptq::result<T>&&);
+RSQ_CUDA_GPTQ_EXTERN(float)
+RSQ_CUDA_GPTQ_EXTERN(double)
+#undef RSQ_CUDA_GPTQ_EXTERN
 
-/// solve_device() followed by device_result::to_host(): what gptq::solve(backend::cuda, ...) returns.
-template <class T>
-[[nodiscard]] gptq::result<T> solve(backend::cuda const& be, matrix_view<const T> w,
-                                    gptq::factorization<T, backend::cuda> const& f, quant::grid_spec const& grid,
-                                    gptq::options const& opt = {}) {
-  return solve_device<T>(be, w, f, grid, opt).to_host(be);
-}
+}  // namespace rsq::cuda::detail
 
-/// factor() for any viewable H (Eigen, xtensor, views of host or device memory, writable or not).
-template <viewable<2> HA>
-[[nodiscard]] auto factor(backend::cuda const& be, HA const& h, gptq::options const& opt = {},
-                          factor_options const& fopt = {}) {
-  auto const hv = make_const_view<2>(h);
-  using T = typename decltype(hv)::value_type;
-  return factor<T>(be, hv, opt, fopt);
-}
+namespace rsq::backend {
 
-/// solve_device() for any viewable W.
-template <viewable<2> WA, class T>
-[[nodiscard]] device_result<T> solve_device(backend::cuda const& be, WA const& w,
-                                            gptq::factorization<T, backend::cuda> const& f,
-                                            quant::grid_spec const& grid, gptq::options const& opt = {}) {
-  return solve_device<T>(be, matrix_view<const T>(make_const_view<2>(w)), f, grid, opt);
-}
-
-/// solve() for any viewable W.
-template <viewable<2> WA, class T>
-[[nodiscard]] gptq::result<T> solve(backend::cuda const& be, WA const& w, gptq::factorization<T, backend::cuda> const& f,
-                                    quant::grid_spec const& grid, gptq::options const& opt = {}) {
-  return solve<T>(be, matrix_view<const T>(make_const_view<2>(w)), f, grid, opt);
-}
-
-}  // namespace rsq::cuda
-
-namespace rsq::gptq::detail {
-
-/// The CUDA backend of gptq::factor() and gptq::solve() (arguments arrive validated on the host).
+/// The CUDA backend of gptq::factor(), gptq::solve() and gptq::solve_resident() (<rsq/gptq/solve.hpp>).
 template <>
-struct solver<backend::cuda> {
+struct implementation<algorithm::gptq, cuda> {
+  static constexpr bool available = true;
+
   template <class T>
-  static factorization<T, backend::cuda> factor(backend::cuda const& be, matrix_view<const T> h,
-                                                options const& opt) {
-    return cuda::detail::factor_impl<T>(be, h, opt, {}, false);
+  static gptq::factorization<T, cuda> factor(cuda const& be, matrix_view<const T> h, gptq::options const& opt) {
+    return rsq::cuda::detail::factor_impl<T>(be, h, opt);
   }
   template <class T>
-  static result<T> solve(backend::cuda const& be, matrix_view<const T> w, factorization<T, backend::cuda> const& f,
-                         quant::grid_spec const& grid, options const& opt, result<T>&& recycled) {
-    return cuda::detail::solve_device_impl<T>(be, w, f, grid, opt, false).to_host(be, std::move(recycled));
+  static gptq::result<T, cuda> solve(cuda const& be, matrix_view<const T> w, gptq::factorization<T, cuda> const& f,
+                                     quant::grid_spec const& grid, gptq::options const& opt,
+                                     gptq::result<T, cuda>&& /*recycled: device results are not recycled*/) {
+    return rsq::cuda::detail::solve_impl<T>(be, w, f, grid, opt);
+  }
+  template <class T>
+  static gptq::result<T> to_host(cuda const& be, gptq::result<T, cuda> const& r, gptq::result<T>&& recycled) {
+    return rsq::cuda::detail::to_host_impl<T>(be, r, std::move(recycled));
   }
 };
 
-}  // namespace rsq::gptq::detail
+}  // namespace rsq::backend

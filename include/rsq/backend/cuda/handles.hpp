@@ -99,11 +99,18 @@ class context {
   std::vector<unsigned char> host_;
 };
 
-/// The context of the calling thread for the current device and @p stream.
+/// The context of the calling thread for the current device and @p stream. A stream (or device) left in an error
+/// state by earlier work is reported here, before this call queues anything: rsq::cuda_error naming the error.
 inline context& context_for(cudaStream_t stream) {
   thread_local std::map<std::pair<int, cudaStream_t>, std::unique_ptr<context>> contexts;
   int device = 0;
   RSQ_CUDA_CHECK(cudaGetDevice(&device));
+  if (cudaError_t const e = cudaStreamQuery(stream); e != cudaSuccess && e != cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    throw cuda_error(cuda_error::source::runtime, int(e),
+                     rsq::detail::concat("rsq: the backend's stream is in an error state before the call: ",
+                                         cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
+  }
   auto& c = contexts[{device, stream}];
   if (!c) c = std::make_unique<context>(device, stream);
   return *c;

@@ -2,14 +2,13 @@
 #pragma once
 
 /// @file
-/// The CUDA backend of rsq::hessian_accumulator (spec §5.1): H = (2/N) Σ_j Σ_t w_jt x_jt x_jtᵀ, with the same token
-/// weights, argument checks and running sum as the CPU backend (<rsq/hessian/accumulator_api.hpp>). The weighted
-/// inputs √w·x are staged on the device in chunks of tokens and added to the sum by a cuBLAS SYRK (fp32 or fp64) or
-/// a tensor-core GEMM (TF32, or bf16 inputs with fp32 accumulation; opt-in, see cuda::hessian_options).
+/// The CUDA backend of rsq::hessian_accumulator (algorithm::hessian_accumulation, <rsq/hessian/accumulator.hpp>):
+/// the running sum Σ w x xᵀ lives in device memory, on the device current at construction. The weighted inputs √w·x
+/// are staged on the device in chunks of tokens and added by a cuBLAS SYRK (fp32 or fp64) or a tensor-core GEMM
+/// (TF32, or bf16 inputs with fp32 accumulation; hessian::options::precision, opt-in).
 ///
-/// Inputs may be in host memory (checked and weighted on the host, exactly as on the CPU, then uploaded) or in device
-/// memory (checked for NaN/Inf and weighted on the device: pass a `matrix_view<const X>` / `batch_view<const X>` of
-/// device memory, X = float or double). Importances may be in host or device memory.
+/// Host inputs arrive checked and weighted by the front end (exactly as on the CPU) and are uploaded; device inputs
+/// (float or double, any strides) are checked for NaN/Inf on the device, with the host's message, and weighted there.
 ///
 /// Declarations only (no CUDA header, no Eigen): the definitions are in
 /// <rsq/backend/cuda/impl/hessian_accumulator.cuh>, instantiated for float and double by rsq_cuda.cu.
@@ -18,131 +17,85 @@
 #include <type_traits>
 #include <vector>
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/memory.hpp"
-#include "rsq/backend/tags.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
-#include "rsq/hessian/accumulator_api.hpp"
+#include "rsq/hessian/options.hpp"
+#include "rsq/hessian/weights.hpp"
 
-namespace rsq::cuda {
+namespace rsq::backend {
 
-/// Arithmetic of the CUDA Hessian update.
-enum class hessian_precision {
-  strict,  ///< T's own precision: fp32 SYRK for float (no TF32), fp64 SYRK for double (the default)
-  tf32,    ///< TF32 tensor-core GEMM with fp32 accumulation (float only; opt-in)
-  bf16,    ///< √w·x rounded to bf16, tensor-core GEMM with fp32 accumulation (float only; opt-in)
-};
+template <>
+struct implementation<algorithm::hessian_accumulation, cuda> {
+  static constexpr bool available = true;
 
-/// Options of the CUDA accumulator.
-struct hessian_options {
-  hessian_precision precision = hessian_precision::strict;
-  /// Tokens staged per update; 0 chooses about 512 MB of staging (at least 1024, at most 65536 tokens).
-  index_t chunk_tokens = 0;
-};
+  /// The running sum of a CUDA accumulator. Move-only.
+  template <class T>
+  class accumulator {
+   public:
+    accumulator(cuda const& be, index_t features, hessian::options const& opt);
 
-}  // namespace rsq::cuda
-
-namespace rsq {
-
-/// CUDA backend of the importance-weighted Hessian (see <rsq/hessian/accumulator_api.hpp>). Move-only: the running
-/// sum lives in device memory, on the device current at construction.
-///
-/// Example:
-///   rsq::hessian_accumulator<float, rsq::backend::cuda> acc(4096, rsq::backend::cuda{stream}, {},
-///                                                            {.precision = rsq::cuda::hessian_precision::tf32});
-///   acc.add(x_device_view, importances);  // (tokens, 4096) on the device, (tokens) on the host or device
-///   rsq::cuda::device_matrix<float> h = acc.hessian_device();
-template <class T>
-class hessian_accumulator<T, backend::cuda>
-    : public hessian::detail::accumulator_base<hessian_accumulator<T, backend::cuda>, T> {
-  using base = hessian::detail::accumulator_base<hessian_accumulator<T, backend::cuda>, T>;
-  friend base;
-
- public:
-  using backend_type = backend::cuda;
-
-  /// An empty accumulator for inputs of @p features features.
-  /// @throws rsq::invalid_argument for features ≤ 0, a bad weighting, or a TF32/bf16 precision with T = double
-  explicit hessian_accumulator(index_t features, backend::cuda be = {}, hessian::weighting wt = {},
-                               cuda::hessian_options opt = {});
-
-  using base::add;
-  /// Adds one sequence @p x (tokens, features), in host or device memory, with optional importances @p r (tokens).
-  template <class X, class R = float>
-  void add(matrix_view<const X> x, vector_view<const R> r = {}) {
-    if (!cuda::is_device_pointer(x.data())) return base::add(x, r);
-    add_device(batch_view<const X>(x.data(), {1, x.rows(), x.cols()}, {x.rows() * x.stride(0), x.stride(0), x.stride(1)}),
-               r.data() ? matrix_view<const R>(r.data(), {1, r.extent(0)}, {r.extent(0) * r.stride(0), r.stride(0)})
-                        : matrix_view<const R>{});
-  }
-  /// Adds a batch @p x (sequences, tokens, features), in host or device memory, with optional importances @p r
-  /// (sequences, tokens).
-  template <class X, class R = float>
-  void add(batch_view<const X> x, matrix_view<const R> r = {}) {
-    if (!cuda::is_device_pointer(x.data())) return base::add(x, r);
-    add_device(x, r);
-  }
-  /// Writable views (e.g. of device memory) are read only.
-  template <class X, std::size_t N>
-    requires(!std::is_const_v<X> && (N == 2 || N == 3))
-  void add(tensor_view<X, N> x) {
-    add(tensor_view<const X, N>(x));
-  }
-
-  /// Adds everything @p other accumulated (disjoint data); @p other may live on another device (peer copy).
-  void merge(hessian_accumulator const& other);
-
-  /// Sequences and tokens added (host and device inputs).
-  [[nodiscard]] index_t sequences() const noexcept { return base::sequences() + device_sequences_; }
-  [[nodiscard]] index_t tokens() const noexcept { return base::tokens() + device_tokens_; }
-
-  /// H = (2 / sequences) · Σ w x xᵀ (features, features), symmetric, in host memory. All zeros before the first add.
-  [[nodiscard]] rsq::matrix<T> hessian() const;
-  /// The same H in device memory (row-major, symmetric), for rsq::cuda::factor.
-  [[nodiscard]] cuda::device_matrix<T> hessian_device() const;
-
-  [[nodiscard]] backend::cuda const& backend() const noexcept { return be_; }
-  [[nodiscard]] cuda::hessian_options const& options() const noexcept { return opt_; }
-  [[nodiscard]] int device() const noexcept { return device_; }
-
- private:
-  /// Host inputs, already checked and weighted by the base: gathered as √w·x in T on the host (as the CPU backend
-  /// does), uploaded and added chunk by chunk.
-  template <class XOf>
-  void accumulate(index_t count, XOf x_of, std::vector<std::vector<double>> const& weights) {
-    index_t const features = this->features(), chunk = chunk_tokens();
-    std::vector<T> buf(static_cast<std::size_t>(chunk * features));  // (tokens, features) weighted inputs
-    index_t fill = 0;
-    for (index_t j = 0; j < count; ++j) {
-      auto const x = x_of(j);
-      auto const& w = weights[std::size_t(j)];
-      for (index_t t = 0; t < x.rows(); ++t) {
-        if (w[std::size_t(t)] == 0) continue;
-        T const s = T(std::sqrt(w[std::size_t(t)]));
-        T* row = buf.data() + fill * features;
-        for (index_t f = 0; f < features; ++f) row[f] = s * T(x(t, f));
-        if (++fill == chunk) {
-          update_from_host(buf.data(), fill);
-          fill = 0;
+    /// Host sequences (checked, weighted): gathered as √w·x in T on the host, uploaded and added chunk by chunk.
+    template <class XOf>
+    void accumulate(index_t count, XOf x_of, std::vector<std::vector<double>> const& weights) {
+      index_t const features = features_, chunk = chunk_tokens();
+      std::vector<T> buf(static_cast<std::size_t>(chunk * features));  // (tokens, features) weighted inputs
+      index_t fill = 0;
+      for (index_t j = 0; j < count; ++j) {
+        auto const x = x_of(j);
+        auto const& w = weights[std::size_t(j)];
+        for (index_t t = 0; t < x.rows(); ++t) {
+          if (w[std::size_t(t)] == 0) continue;
+          T const s = T(std::sqrt(w[std::size_t(t)]));
+          T* row = buf.data() + fill * features;
+          for (index_t f = 0; f < features; ++f) row[f] = s * T(x(t, f));
+          if (++fill == chunk) {
+            update_from_host(buf.data(), fill);
+            fill = 0;
+          }
         }
       }
+      if (fill > 0) update_from_host(buf.data(), fill);
     }
-    if (fill > 0) update_from_host(buf.data(), fill);
-  }
 
-  [[nodiscard]] index_t chunk_tokens() const noexcept;
-  void update_from_host(T const* rows, index_t tokens);  // (tokens, features) contiguous host rows
-  template <class X, class R>
-  void add_device(batch_view<const X> x, matrix_view<const R> r);
+    /// Device sequences @p x (sequences, tokens, features), float or double, with importances @p r (sequences,
+    /// tokens) in host or device memory; checked here (messages number sequences from @p first_sequence).
+    template <class X, class R>
+    void add_resident(batch_view<const X> x, matrix_view<const R> r, hessian::weighting const& wt,
+                      index_t first_sequence);
 
-  backend::cuda be_;
-  cuda::hessian_options opt_;
-  int device_ = 0;
-  cuda::device_array<T> sum_;  // (features, features) column-major Σ w x xᵀ, lower triangle valid
-  index_t device_sequences_ = 0, device_tokens_ = 0;
+    void merge(accumulator const& other);  ///< @p other may live on another device (peer copy)
+    [[nodiscard]] rsq::matrix<T> hessian(T scale) const;
+    [[nodiscard]] rsq::cuda::device_matrix<T> hessian_resident(T scale) const;
+
+   private:
+    [[nodiscard]] index_t chunk_tokens() const noexcept;
+    void update_from_host(T const* rows, index_t tokens);  // (tokens, features) contiguous host rows
+
+    cuda be_;
+    hessian::options opt_;
+    index_t features_ = 0;
+    int device_ = 0;
+    rsq::cuda::device_array<T> sum_;  // (features, features) column-major Σ w x xᵀ, lower triangle valid
+  };
 };
 
-extern template class hessian_accumulator<float, backend::cuda>;
-extern template class hessian_accumulator<double, backend::cuda>;
+#define RSQ_CUDA_HESSIAN_EXTERN(T)                                                                                  \
+  extern template class implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>;                     \
+  extern template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<float, \
+                                                                                                  float>(          \
+      batch_view<const float>, matrix_view<const float>, hessian::weighting const&, index_t);                      \
+  extern template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<float, \
+                                                                                                  double>(         \
+      batch_view<const float>, matrix_view<const double>, hessian::weighting const&, index_t);                     \
+  extern template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<       \
+      double, float>(batch_view<const double>, matrix_view<const float>, hessian::weighting const&, index_t);      \
+  extern template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<       \
+      double, double>(batch_view<const double>, matrix_view<const double>, hessian::weighting const&, index_t);
+RSQ_CUDA_HESSIAN_EXTERN(float)
+RSQ_CUDA_HESSIAN_EXTERN(double)
+#undef RSQ_CUDA_HESSIAN_EXTERN
 
-}  // namespace rsq
+}  // namespace rsq::backend

@@ -40,12 +40,14 @@ struct runtime_api {
   static void* allocate(std::size_t bytes);                // cudaMalloc; throws cuda_error naming bytes asked, free
   static void release(void* p) noexcept;                   // cudaFree
   static memory_space where(void const* p);                // cudaPointerGetAttributes
+  static int device_of(void const* p);                     // the device of device memory, −1 for host memory
   static void copy(void* dst, void const* src, std::size_t bytes, CUstream_st* stream);  // cudaMemcpyAsync + sync
   static void copy_2d(void* dst, std::size_t dpitch, void const* src, std::size_t spitch, std::size_t width,
                       std::size_t height, CUstream_st* stream);  // cudaMemcpy2DAsync + sync
   static void fill_zero(void* dst, std::size_t bytes, CUstream_st* stream);  // cudaMemsetAsync
   static void synchronize(CUstream_st* stream);            // cudaStreamSynchronize
   static int device_count() noexcept;                      // 0 without a device or driver
+  static std::size_t bytes_in_use();                       // cudaMemGetInfo: total − free on the current device
   static int current_device();                             // cudaGetDevice
 };
 extern template struct runtime_api<void>;
@@ -98,6 +100,9 @@ class device_array {
   [[nodiscard]] T* data() const noexcept { return ptr_; }
   [[nodiscard]] index_t size() const noexcept { return size_; }
   [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+  /// A view of the device memory (pass it to the CUDA backend's entry points; never dereference it on the host).
+  [[nodiscard]] vector_view<T> view() noexcept { return vector_view<T>(ptr_, size_); }
+  [[nodiscard]] vector_view<const T> view() const noexcept { return vector_view<const T>(ptr_, size_); }
 
   /// Copies @p host (size() elements) to the device and waits for the copy.
   void upload(T const* host, backend::cuda const& be = {}) {
@@ -153,29 +158,6 @@ class device_matrix {
 
 }  // namespace rsq::cuda
 
-namespace rsq {
-
-/// A view of a device matrix (pass it to the CUDA backend's entry points; never dereference it on the host).
-template <class T>
-[[nodiscard]] matrix_view<T> view(cuda::device_matrix<T>& m) noexcept {
-  return m.view();
-}
-template <class T>
-[[nodiscard]] matrix_view<const T> view(cuda::device_matrix<T> const& m) noexcept {
-  return m.view();
-}
-/// A view of a device array.
-template <class T>
-[[nodiscard]] vector_view<T> view(cuda::device_array<T>& a) noexcept {
-  return vector_view<T>(a.data(), a.size());
-}
-template <class T>
-[[nodiscard]] vector_view<const T> view(cuda::device_array<T> const& a) noexcept {
-  return vector_view<const T>(a.data(), a.size());
-}
-
-}  // namespace rsq
-
 namespace rsq::backend {
 
 /// The CUDA backend's memory (algorithm::memory, <rsq/backend/memory.hpp>): cudaMalloc'd device memory on the device
@@ -198,6 +180,7 @@ struct implementation<algorithm::memory, cuda> {
     rsq::cuda::detail::runtime_api<>::copy(dst, src, bytes, be.stream);
   }
   static void synchronize(cuda const& be) { rsq::cuda::synchronize(be); }
+  static std::size_t bytes_in_use(cuda const&) { return rsq::cuda::detail::runtime_api<>::bytes_in_use(); }
 };
 
 }  // namespace rsq::backend

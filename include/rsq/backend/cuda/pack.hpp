@@ -2,9 +2,10 @@
 #pragma once
 
 /// @file
-/// Packing a GPTQ result into the AutoGPTQ / GPTQModel int32 checkpoint layout on the GPU, straight from a
-/// device-resident solver result: the same tensors, bit for bit, as rsq::pack::pack_gptq on the host
-/// (<rsq/pack/gptq_format.hpp>; the bit layout is <rsq/pack/bitstream.hpp>, shared with the kernels).
+/// The CUDA backend of pack::pack_gptq / pack_gptq_resident (<rsq/pack/gptq_format.hpp>): packing into the
+/// AutoGPTQ / GPTQModel int32 checkpoint layout on the GPU, the same tensors bit for bit as the host packer (the bit
+/// layout is <rsq/pack/bitstream.hpp>, shared with the kernels). Inputs in device or host memory; the checks of the
+/// values (g_idx range, integer zeros, scales that fit a float) name the first bad element as the host packer does.
 /// Declarations only; definitions in <rsq/backend/cuda/impl/pack.cuh>.
 
 #include <cstdint>
@@ -17,49 +18,50 @@
 #pragma nv_diag_suppress 20015
 #endif
 
-#include "rsq/backend/cuda/gptq_solver.hpp"
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/memory.hpp"
+#include "rsq/backend/dispatch.hpp"
 #include "rsq/pack/gptq_format.hpp"
 
+namespace rsq::cuda::detail {
 
-namespace rsq::cuda {
+/// The definitions behind implementation<algorithm::pack_gptq, cuda> (impl/pack.cuh).
+template <class S>
+[[nodiscard]] pack::basic_gptq_tensors<backend::cuda> pack_impl(backend::cuda const& be,
+                                                                matrix_view<const std::uint8_t> codes,
+                                                                matrix_view<const S> scales, matrix_view<const S> zeros,
+                                                                vector_view<const std::int32_t> g_idx, int bits,
+                                                                pack::zero_format fmt);
+template <class B>
+[[nodiscard]] pack::gptq_tensors packed_to_host(B const& be, pack::basic_gptq_tensors<B> const& t);
 
-/// The GPTQ checkpoint tensors in device memory (see pack::gptq_tensors for shapes and meaning).
-struct device_gptq_tensors {
-  device_matrix<std::int32_t> qweight;  ///< (in_features·bits/32, out_features)
-  device_matrix<std::int32_t> qzeros;   ///< (groups, out_features·bits/32)
-  device_matrix<float> scales;          ///< (groups, out_features)
-  device_array<std::int32_t> g_idx;     ///< (in_features)
-  int bits = 4;
-  pack::zero_format format = pack::zero_format::v1;
+extern template pack::basic_gptq_tensors<backend::cuda> pack_impl<float>(
+    backend::cuda const&, matrix_view<const std::uint8_t>, matrix_view<const float>, matrix_view<const float>,
+    vector_view<const std::int32_t>, int, pack::zero_format);
+extern template pack::basic_gptq_tensors<backend::cuda> pack_impl<double>(
+    backend::cuda const&, matrix_view<const std::uint8_t>, matrix_view<const double>, matrix_view<const double>,
+    vector_view<const std::int32_t>, int, pack::zero_format);
+extern template pack::gptq_tensors packed_to_host<backend::cuda>(backend::cuda const&,
+                                                                pack::basic_gptq_tensors<backend::cuda> const&);
 
-  /// The same tensors in host memory (waits for the stream). (A template only so that its one definition, in
-  /// rsq_cuda.cu, may be compiled into several objects of a program.)
-  template <class B = backend::cuda>
-  [[nodiscard]] pack::gptq_tensors to_host(B const& be = {}) const;
+}  // namespace rsq::cuda::detail
+
+namespace rsq::backend {
+
+/// The CUDA backend of pack::pack_gptq (<rsq/pack/gptq_format.hpp>).
+template <>
+struct implementation<algorithm::pack_gptq, cuda> {
+  static constexpr bool available = true;
+
+  template <class S>
+  static pack::basic_gptq_tensors<cuda> pack(cuda const& be, matrix_view<const std::uint8_t> codes,
+                                             matrix_view<const S> scales, matrix_view<const S> zeros,
+                                             vector_view<const std::int32_t> g_idx, int bits, pack::zero_format fmt) {
+    return rsq::cuda::detail::pack_impl<S>(be, codes, scales, zeros, g_idx, bits, fmt);
+  }
+  static pack::gptq_tensors to_host(cuda const& be, pack::basic_gptq_tensors<cuda> const& t) {
+    return rsq::cuda::detail::packed_to_host<cuda>(be, t);
+  }
 };
 
-/// Packs the device result @p r (codes, scales, zeros, g_idx) on the GPU.
-/// @throws rsq::invalid_argument as pack::pack_gptq: bits not in {2, 3, 4, 8}, in/out features that do not fill whole
-///         int32 words, a zero of 0 with zero_format::v1 (naming row and group), a scale that overflows float, or a
-///         result that is not ok()
-///
-/// Example: `auto packed = rsq::cuda::pack_gptq_device(be, rsq::cuda::solve_device(be, w, f, {.bits = 4}));`
-template <class T>
-[[nodiscard]] device_gptq_tensors pack_gptq_device(backend::cuda const& be, device_result<T> const& r,
-                                                   pack::zero_format fmt = pack::zero_format::v1);
-
-/// pack_gptq_device() followed by to_host(): what pack::pack_gptq gives for the host result.
-template <class T>
-[[nodiscard]] pack::gptq_tensors pack_gptq(backend::cuda const& be, device_result<T> const& r,
-                                           pack::zero_format fmt = pack::zero_format::v1) {
-  return pack_gptq_device<T>(be, r, fmt).to_host(be);
-}
-
-extern template pack::gptq_tensors device_gptq_tensors::to_host<backend::cuda>(backend::cuda const&) const;
-extern template device_gptq_tensors pack_gptq_device<float>(backend::cuda const&, device_result<float> const&,
-                                                            pack::zero_format);
-extern template device_gptq_tensors pack_gptq_device<double>(backend::cuda const&, device_result<double> const&,
-                                                             pack::zero_format);
-
-}  // namespace rsq::cuda
+}  // namespace rsq::backend

@@ -10,75 +10,72 @@
 #define RSQ_WITH_CUDA 1
 #endif
 
-
 #include "rsq/backend/cuda/impl/attncon.cuh"
+#include "rsq/backend/cuda/impl/elementwise.cuh"
 #include "rsq/backend/cuda/impl/gptq_solver.cuh"
-#include "rsq/backend/cuda/impl/hadamard.cuh"
+#include "rsq/backend/cuda/impl/hadamard_transform.cuh"
 #include "rsq/backend/cuda/impl/hessian_accumulator.cuh"
 #include "rsq/backend/cuda/impl/pack.cuh"
+#include "rsq/backend/cuda/impl/rtn.cuh"
 #include "rsq/backend/cuda/impl/runtime.cuh"
 
 namespace rsq::cuda::detail {
 template struct runtime_api<void>;
 
-template gptq::factorization<float, backend::cuda> factor_impl<float>(backend::cuda const&, matrix_view<const float>,
-                                                                      gptq::options const&, factor_options const&,
-                                                                      bool);
-template gptq::factorization<double, backend::cuda> factor_impl<double>(backend::cuda const&,
-                                                                        matrix_view<const double>,
-                                                                        gptq::options const&, factor_options const&,
-                                                                        bool);
-template device_result<float> solve_device_impl<float>(backend::cuda const&, matrix_view<const float>,
-                                                       gptq::factorization<float, backend::cuda> const&,
-                                                       quant::grid_spec const&, gptq::options const&, bool);
-template device_result<double> solve_device_impl<double>(backend::cuda const&, matrix_view<const double>,
-                                                         gptq::factorization<double, backend::cuda> const&,
-                                                         quant::grid_spec const&, gptq::options const&, bool);
+#define RSQ_CUDA_INSTANTIATE(T)                                                                                     \
+  template gptq::factorization<T, backend::cuda> factor_impl<T>(backend::cuda const&, matrix_view<const T>,        \
+                                                                gptq::options const&);                             \
+  template gptq::result<T, backend::cuda> solve_impl<T>(backend::cuda const&, matrix_view<const T>,                \
+                                                        gptq::factorization<T, backend::cuda> const&,              \
+                                                        quant::grid_spec const&, gptq::options const&);            \
+  template gptq::result<T> to_host_impl<T>(backend::cuda const&, gptq::result<T, backend::cuda> const&,            \
+                                           gptq::result<T>&&);                                                     \
+  template pack::basic_gptq_tensors<backend::cuda> pack_impl<T>(                                                   \
+      backend::cuda const&, matrix_view<const std::uint8_t>, matrix_view<const T>, matrix_view<const T>,           \
+      vector_view<const std::int32_t>, int, pack::zero_format);                                                    \
+  template void hadamard_transform_impl<T>(backend::cuda const&, rotation::hadamard_plan const&,                   \
+                                           rotation::hadamard_scaling, tensor_view<T, 3>, bool,                       \
+                                           std::span<std::int8_t const>, std::span<std::int8_t const>);            \
+  template void attncon_probabilities_impl<T>(backend::cuda const&, tensor_view<const T, 3>, vector_view<T>,       \
+                                              importance::attncon_options const&);                                 \
+  template void attncon_queries_keys_impl<T>(backend::cuda const&, tensor_view<const T, 3>, tensor_view<const T, 3>, \
+                                             vector_view<T>, importance::attncon_options const&);                  \
+  template quant::quantized_weight<T, backend::cuda> rtn_impl<T>(backend::cuda const&, matrix_view<const T>,       \
+                                                                 quant::grid_spec const&, index_t);
+RSQ_CUDA_INSTANTIATE(float)
+RSQ_CUDA_INSTANTIATE(double)
+#undef RSQ_CUDA_INSTANTIATE
+
+template void axpy_impl<float>(backend::cuda const&, float, matrix_view<const float>, matrix_view<float>);
+template void axpy_impl<double>(backend::cuda const&, double, matrix_view<const double>, matrix_view<double>);
+template double dot_impl<float>(backend::cuda const&, matrix_view<const float>, matrix_view<const float>);
+template double dot_impl<double>(backend::cuda const&, matrix_view<const double>, matrix_view<const double>);
+template void convert_impl<float, double>(backend::cuda const&, matrix_view<const float>, matrix_view<double>);
+template void convert_impl<double, float>(backend::cuda const&, matrix_view<const double>, matrix_view<float>);
+template void convert_impl<float, float>(backend::cuda const&, matrix_view<const float>, matrix_view<float>);
+template void convert_impl<double, double>(backend::cuda const&, matrix_view<const double>, matrix_view<double>);
+template void scale_columns_impl<double, float>(backend::cuda const&, matrix_view<double>, vector_view<const float>);
+template void scale_columns_impl<float, float>(backend::cuda const&, matrix_view<float>, vector_view<const float>);
+template pack::gptq_tensors packed_to_host<backend::cuda>(backend::cuda const&,
+                                                          pack::basic_gptq_tensors<backend::cuda> const&);
 }  // namespace rsq::cuda::detail
 
-namespace rsq::cuda {
-template struct device_result<float>;
-template struct device_result<double>;
-template pack::gptq_tensors device_gptq_tensors::to_host<backend::cuda>(backend::cuda const&) const;
-template device_gptq_tensors pack_gptq_device<float>(backend::cuda const&, device_result<float> const&,
-                                                     pack::zero_format);
-template void hadamard_transform<float>(backend::cuda const&, matrix_view<float>, rotation::hadamard_options const&,
-                                        std::span<std::int8_t const>, std::span<std::int8_t const>, bool);
-template void hadamard_transform<double>(backend::cuda const&, matrix_view<double>, rotation::hadamard_options const&,
-                                         std::span<std::int8_t const>, std::span<std::int8_t const>, bool);
-template rsq::vector<float> attncon_scores<float>(backend::cuda const&, tensor_view<const float, 3>,
-                                                  attncon_options const&);
-template rsq::vector<double> attncon_scores<double>(backend::cuda const&, tensor_view<const double, 3>,
-                                                    attncon_options const&);
-template rsq::vector<float> attncon_scores_qk<float>(backend::cuda const&, tensor_view<const float, 3>,
-                                                     tensor_view<const float, 3>, attncon_options const&);
-template rsq::vector<double> attncon_scores_qk<double>(backend::cuda const&, tensor_view<const double, 3>,
-                                                       tensor_view<const double, 3>, attncon_options const&);
-template device_gptq_tensors pack_gptq_device<double>(backend::cuda const&, device_result<double> const&,
-                                                      pack::zero_format);
-}  // namespace rsq::cuda
-
-namespace rsq {
-template class hessian_accumulator<float, backend::cuda>;
-template class hessian_accumulator<double, backend::cuda>;
-template void hessian_accumulator<float, backend::cuda>::add_device<float, float>(batch_view<const float>,
-                                                                                 matrix_view<const float>);
-template void hessian_accumulator<float, backend::cuda>::add_device<float, double>(batch_view<const float>,
-                                                                                  matrix_view<const double>);
-template void hessian_accumulator<float, backend::cuda>::add_device<double, float>(batch_view<const double>,
-                                                                                  matrix_view<const float>);
-template void hessian_accumulator<float, backend::cuda>::add_device<double, double>(batch_view<const double>,
-                                                                                   matrix_view<const double>);
-template void hessian_accumulator<double, backend::cuda>::add_device<float, float>(batch_view<const float>,
-                                                                                  matrix_view<const float>);
-template void hessian_accumulator<double, backend::cuda>::add_device<float, double>(batch_view<const float>,
-                                                                                   matrix_view<const double>);
-template void hessian_accumulator<double, backend::cuda>::add_device<double, float>(batch_view<const double>,
-                                                                                   matrix_view<const float>);
-template void hessian_accumulator<double, backend::cuda>::add_device<double, double>(batch_view<const double>,
-                                                                                    matrix_view<const double>);
-}  // namespace rsq
-
+namespace rsq::backend {
+#define RSQ_CUDA_INSTANTIATE_HESSIAN(T)                                                                             \
+  template class implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>;                            \
+  template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<float, float>( \
+      batch_view<const float>, matrix_view<const float>, hessian::weighting const&, index_t);                      \
+  template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<float, double>( \
+      batch_view<const float>, matrix_view<const double>, hessian::weighting const&, index_t);                     \
+  template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<double, float>( \
+      batch_view<const double>, matrix_view<const float>, hessian::weighting const&, index_t);                     \
+  template void implementation<algorithm::hessian_accumulation, cuda>::accumulator<T>::add_resident<double,        \
+                                                                                                   double>(        \
+      batch_view<const double>, matrix_view<const double>, hessian::weighting const&, index_t);
+RSQ_CUDA_INSTANTIATE_HESSIAN(float)
+RSQ_CUDA_INSTANTIATE_HESSIAN(double)
+#undef RSQ_CUDA_INSTANTIATE_HESSIAN
+}  // namespace rsq::backend
 
 // The CUDA translation unit stays Eigen-free (nvcc and Eigen do not mix well; docs/design.md).
 #ifdef EIGEN_WORLD_VERSION

@@ -59,41 +59,28 @@ void gemm_strided_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperatio
                                                sb, &beta, c, int(ldc), sc, int(batch)));
 }
 
-inline void validate(attncon_options const& opt) {
-  RSQ_EXPECTS(std::isfinite(opt.softmax_scale) && opt.softmax_scale >= 0,
-              "attncon: softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim)), got ", opt.softmax_scale);
-  RSQ_EXPECTS(opt.row_sum_tolerance >= 0, "attncon: row_sum_tolerance must be >= 0, got ", opt.row_sum_tolerance);
-  RSQ_EXPECTS(opt.block_bytes > 0, "attncon: block_bytes must be positive, got ", opt.block_bytes);
-}
-
-}  // namespace rsq::cuda::detail
-
-namespace rsq::cuda {
 
 template <class T>
-rsq::vector<T> attncon_scores(backend::cuda const& be, tensor_view<const T, 3> a, attncon_options const& opt) {
-  detail::validate(opt);
-  RSQ_EXPECTS(a.data() != nullptr && a.extent(0) >= 1 && a.extent(1) >= 1 && a.extent(1) == a.extent(2),
-              "attncon: attention must be (heads x tokens x tokens) with heads, tokens >= 1, got ",
-              rsq::detail::shape_string(a));
-  auto& ctx = detail::context_for(be.stream);
+void attncon_probabilities_impl(backend::cuda const& be, tensor_view<const T, 3> a, vector_view<T> out,
+                                importance::attncon_options const& opt) {
+  auto& ctx = context_for(be.stream);
   cudaStream_t const s = ctx.stream();
   index_t const heads = a.extent(0), L = a.extent(1);
-  bool const on_device = is_device_pointer(a.data());
+  bool const on_device = resident_here(a.data(), "attncon: the attention probabilities");
   device_array<T> copy;
   kernels::array3<T> ref{a.data(), a.stride(0), a.stride(1), a.stride(2)};
   if (!on_device) {
-    copy = detail::to_device_3d(a, false, s);
+    copy = to_device_3d(a, false, s);
     ref = {copy.data(), L * L, L, 1};
   }
-  auto* rec = detail::fresh_record(ctx);
+  auto* rec = fresh_record(ctx);
   device_array<double> row_sums(heads * L), partial(heads * L);
   kernels::probs_rows_kernel<<<unsigned((heads * L + 7) / 8), 256, 0, s>>>(ref, heads, L, row_sums.data(), rec);
   RSQ_CUDA_CHECK_LAUNCH("probs_rows_kernel");
-  auto const bad = detail::read_back(rec, s).first_bad;
+  auto const bad = read_back(rec, s).first_bad;
   if (bad != ULLONG_MAX) {
     index_t const h = index_t(bad) / (L * L), i = index_t(bad) / L % L, k = index_t(bad) % L;
-    T const v = detail::read_back(ref.data + h * ref.s0 + i * ref.s1 + k * ref.s2, s);
+    T const v = read_back(ref.data + h * ref.s0 + i * ref.s1 + k * ref.s2, s);
     rsq::detail::throw_invalid_argument("attncon: attention probabilities must be finite and >= 0, got ", v, " at [",
                                         h, ", ", i, ", ", k, "]");
   }
@@ -106,48 +93,35 @@ rsq::vector<T> attncon_scores(backend::cuda const& be, tensor_view<const T, 3> a
   kernels::probs_columns_kernel<<<dim3(unsigned((L + 255) / 256), unsigned(heads)), 256, 0, s>>>(ref, L,
                                                                                               partial.data());
   RSQ_CUDA_CHECK_LAUNCH("probs_columns_kernel");
-  device_array<T> scores(L);
-  kernels::heads_sum_kernel<<<kernels::blocks_for(L, 256), 256, 0, s>>>(partial.data(), heads, L, scores.data());
+  kernels::heads_sum_kernel<<<kernels::blocks_for(L, 256), 256, 0, s>>>(partial.data(), heads, L, out.data());
   RSQ_CUDA_CHECK_LAUNCH("heads_sum_kernel");
-  auto out = rsq::make_vector<T>(L);  // (tokens)
-  detail::runtime_api<>::copy(out.data(), scores.data(), std::size_t(L) * sizeof(T), s);
-  return out;
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // the temporaries are freed on return
 }
 
 template <class T>
-rsq::vector<T> attncon_scores_qk(backend::cuda const& be, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
-                                 attncon_options const& opt) {
-  using rsq::detail::shape_string;
-  detail::validate(opt);
-  RSQ_EXPECTS(q.extent(0) >= 1 && q.extent(1) >= 1 && q.extent(2) >= 1,
-              "attncon: queries must be (heads x tokens x head_dim) with no empty axis, got ", shape_string(q));
-  RSQ_EXPECTS(k.extent(0) >= 1, "attncon: keys must have at least one head, got ", shape_string(k));
-  RSQ_EXPECTS(k.extent(1) == q.extent(1) && k.extent(2) == q.extent(2), "attncon: keys ", shape_string(k),
-              " must be (kv_heads x tokens x head_dim) with the tokens and head_dim of queries ", shape_string(q));
-  RSQ_EXPECTS(q.extent(0) % k.extent(0) == 0, "attncon: the ", q.extent(0), " query heads are not a multiple of the ",
-              k.extent(0), " key heads (GQA)");
-  RSQ_EXPECTS(q.data() != nullptr && k.data() != nullptr, "attncon: queries and keys must both be given");
-  auto& ctx = detail::context_for(be.stream);
+void attncon_queries_keys_impl(backend::cuda const& be, tensor_view<const T, 3> q, tensor_view<const T, 3> k,
+                               vector_view<T> out, importance::attncon_options const& opt) {
+  auto& ctx = context_for(be.stream);
   cudaStream_t const s = ctx.stream();
   index_t const heads = q.extent(0), kv = k.extent(0), L = q.extent(1), d = q.extent(2), group = heads / kv;
   // Contiguous device copies (the checks run on them, with the host messages).
-  auto const qd = detail::to_device_3d(q, is_device_pointer(q.data()), s);
-  auto const kd = detail::to_device_3d(k, is_device_pointer(k.data()), s);
-  detail::check_finite3_device(ctx, qd.data(), heads, L, d, "attncon: queries");
-  detail::check_finite3_device(ctx, kd.data(), kv, L, d, "attncon: keys");
+  auto const qd = to_device_3d(q, resident_here(q.data(), "attncon: the queries"), s);
+  auto const kd = to_device_3d(k, resident_here(k.data(), "attncon: the keys"), s);
+  check_finite3_device(ctx, qd.data(), heads, L, d, "attncon: queries");
+  check_finite3_device(ctx, kd.data(), kv, L, d, "attncon: keys");
   T const scale = T(opt.softmax_scale > 0 ? opt.softmax_scale : 1.0 / std::sqrt(double(d)));
   // Queries per block: the logits of a block, (group, qb, L), fit in block_bytes.
   index_t qb = opt.block_bytes / (group * L * index_t(sizeof(T)));
   qb = std::clamp<index_t>(qb / 32 * 32, 32, L);
-  T* sbuf = ctx.buffer<T>(detail::scratch::hessian_stage, std::size_t(group * qb * L));
-  T* stats = ctx.buffer<T>(detail::scratch::hessian_weights, std::size_t(2 * group * qb));
+  T* sbuf = ctx.buffer<T>(scratch::hessian_stage, std::size_t(group * qb * L));
+  T* stats = ctx.buffer<T>(scratch::hessian_weights, std::size_t(2 * group * qb));
   device_array<double> partial(heads * L);
   RSQ_CUDA_CHECK(cudaMemsetAsync(partial.data(), 0, std::size_t(heads * L) * sizeof(double), s));
   for (index_t g = 0; g < kv; ++g)
     for (index_t i0 = 0; i0 < L; i0 += qb) {
       index_t const nq = std::min(qb, L - i0), n = i0 + nq;  // queries of the block, keys they see
       // S[b][r][t] = scale·q_{i0+r}·k_t for the group's heads b (column-major C(t, r) = Σ_c K[t][c]·Q[i0+r][c]).
-      detail::gemm_strided_batched<T>(ctx.blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, nq, d, scale, kd.data() + g * L * d, d,
+      gemm_strided_batched<T>(ctx.blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, nq, d, scale, kd.data() + g * L * d, d,
                                       0, qd.data() + g * group * L * d + i0 * d, d, L * d, T(0), sbuf, L, qb * L,
                                       group);
       kernels::softmax_stats_kernel<<<dim3(unsigned(nq), unsigned(group)), 256, 0, s>>>(sbuf, L, qb * L, nq, i0, stats,
@@ -157,12 +131,9 @@ rsq::vector<T> attncon_scores_qk(backend::cuda const& be, tensor_view<const T, 3
           sbuf, L, qb * L, nq, i0, stats, stats + group * qb, g * group, L, partial.data());
       RSQ_CUDA_CHECK_LAUNCH("softmax_columns_kernel");
     }
-  device_array<T> scores(L);
-  kernels::heads_sum_kernel<<<kernels::blocks_for(L, 256), 256, 0, s>>>(partial.data(), heads, L, scores.data());
+  kernels::heads_sum_kernel<<<kernels::blocks_for(L, 256), 256, 0, s>>>(partial.data(), heads, L, out.data());
   RSQ_CUDA_CHECK_LAUNCH("heads_sum_kernel");
-  auto out = rsq::make_vector<T>(L);  // (tokens)
-  detail::runtime_api<>::copy(out.data(), scores.data(), std::size_t(L) * sizeof(T), s);
-  return out;
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // the temporaries are freed on return
 }
 
-}  // namespace rsq::cuda
+}  // namespace rsq::cuda::detail

@@ -81,6 +81,17 @@ template <class T, class S>
   return out;
 }
 
+/// Whether @p p is device memory of the current device (true) or host memory (false); throws rsq::invalid_argument
+/// naming @p what for memory of another device, which no kernel of this call may read.
+inline bool resident_here(void const* p, char const* what) {
+  int const d = runtime_api<>::device_of(p);
+  if (d < 0) return false;
+  int const current = runtime_api<>::current_device();
+  RSQ_EXPECTS(d == current, what, " is in the memory of device ", d, " but the backend runs on device ", current,
+              " (make that device current, or copy the data over)");
+  return true;
+}
+
 /// Copies one element of device memory to the host.
 template <class T>
 [[nodiscard]] T read_back(T const* p, cudaStream_t s) {

@@ -84,7 +84,8 @@ void invert_lower_recursive(context& ctx, F* a, index_t n, index_t lda, F* work,
 /// The factorization in precision F (float or double) of T's Hessian hd (device, contiguous).
 template <class T, class F>
 void factor_in(context& ctx, T const* hd, index_t n, gptq::detail::factor_plan<T>& plan, gptq::options const& opt,
-               factor_options const& fopt, gptq::factorization<T, backend::cuda>& f) {
+               gptq::factorization<T, backend::cuda>& f) {
+  solver_tuning const& fopt = tuning();
   cudaStream_t const s = ctx.stream();
   auto& prof = profile();
   std::vector<int> perm(plan.info.perm.begin(), plan.info.perm.end());
@@ -158,13 +159,10 @@ void factor_in(context& ctx, T const* hd, index_t n, gptq::detail::factor_plan<T
 
 template <class T>
 gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matrix_view<const T> h,
-                                                  gptq::options const& opt, factor_options const& fopt,
-                                                  bool validate) {
-  opt.validate();
+                                                  gptq::options const& opt) {
   auto& ctx = context_for(be.stream);
-  bool const on_device = where(h.data()) == memory_space::device;
-  if (validate && !on_device) gptq::detail::validate_hessian(h);
-  if (on_device) gptq::detail::validate_hessian_shape(h);
+  bool const on_device = resident_here(h.data(), "gptq::factor: the Hessian");
+  if (!on_device) gptq::detail::validate_hessian(h);
   index_t const n = h.rows();
   // A contiguous device copy unless H is one already (factor never writes to H).
   device_array<T> own;
@@ -173,7 +171,7 @@ gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matri
     own = to_device_matrix<T, T>(h, on_device, ctx.stream());
     hd = own.data();
   }
-  if (validate && on_device) {
+  if (on_device) {
     phase_timer t(ctx.stream(), profile().validate);
     validate_hessian_device(ctx, hd, n);
   }
@@ -187,10 +185,10 @@ gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matri
 
   gptq::factorization<T, backend::cuda> f;
   f.device = ctx.device();
-  if (std::is_same_v<T, double> || fopt.precision == factor_precision::fp64)
-    factor_in<T, double>(ctx, hd, n, plan, opt, fopt, f);
+  if (std::is_same_v<T, double> || tuning().precision == factor_precision::fp64)
+    factor_in<T, double>(ctx, hd, n, plan, opt, f);
   else
-    factor_in<T, float>(ctx, hd, n, plan, opt, fopt, f);
+    factor_in<T, float>(ctx, hd, n, plan, opt, f);
   static_cast<gptq::factorization_info&>(f) = std::move(plan.info);
   if (!f.ok()) f.u.reset();
   RSQ_CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));  // the scratch buffers are free for the next call's use
@@ -199,23 +197,19 @@ gptq::factorization<T, backend::cuda> factor_impl(backend::cuda const& be, matri
 
 /// The column loop and lazy updates for one weight.
 template <class T>
-device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T> w,
-                                   gptq::factorization<T, backend::cuda> const& f, quant::grid_spec const& grid,
-                                   gptq::options const& opt, bool validate) {
+gptq::result<T, backend::cuda> solve_impl(backend::cuda const& be, matrix_view<const T> w,
+                                          gptq::factorization<T, backend::cuda> const& f, quant::grid_spec const& grid,
+                                          gptq::options const& opt) {
   auto& ctx = context_for(be.stream);
   cudaStream_t const s = ctx.stream();
-  bool const on_device = where(w.data()) == memory_space::device;
-  if (validate) {
-    if (on_device) {
-      gptq::detail::validate_weight_shape(w, grid, opt);
-      phase_timer t(s, profile().validate);
-      check_finite_device(ctx, w, "gptq::solve: weight");
-    } else {
-      gptq::detail::validate_weight(w, grid, opt);
-    }
-    gptq::detail::check_factorization(f, w.cols(), opt);
+  bool const on_device = resident_here(w.data(), "gptq::solve: the weight");
+  if (on_device) {
+    phase_timer t(s, profile().validate);
+    check_finite_device(ctx, w, "gptq::solve: weight");
+  } else {
+    rsq::detail::check_finite(w, "gptq::solve: weight");
   }
-  RSQ_EXPECTS(!f.ok() || f.device == ctx.device(), "cuda::solve: the factorization lives on device ", f.device,
+  RSQ_EXPECTS(!f.ok() || f.device == ctx.device(), "gptq::solve: the factorization lives on device ", f.device,
               " but the current device is ", ctx.device());
 
   index_t const rows = w.rows(), cols = w.cols();
@@ -224,13 +218,10 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   bool const dynamic_groups = opt.group_size > 0 && !opt.static_groups;
   auto const dg = kernels::device_grid::from(grid);
 
-  device_result<T> res;
-  res.info = static_cast<gptq::factorization_info const&>(f);
-  res.bits = grid.bits;
-  res.rows = rows;
-  res.cols = cols;
-  res.groups = groups;
+  auto res = gptq::detail::start_result(f, gptq::result<T, backend::cuda>{});
   if (!f.ok()) return res;
+  auto& qw = res.weight;
+  qw.bits = grid.bits;
 
   bool const permuted = opt.act_order;
   std::vector<int> perm(f.perm.begin(), f.perm.end()), invperm(perm.size()), gcol(perm.size());
@@ -241,7 +232,7 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   std::vector<std::int32_t> g_idx(g_idx_host.begin(), g_idx_host.end());
   backend::cuda const bs{s};
   auto const gcol_d = to_device(gcol, bs);
-  res.g_idx = to_device(g_idx, bs);
+  qw.g_idx = to_device(g_idx, bs);
   device_array<int> perm_d, invperm_d;
   if (permuted) {
     perm_d = to_device(perm, bs);
@@ -250,10 +241,10 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
 
   std::optional<phase_timer> prep;
   prep.emplace(s, profile().prepare);
-  res.scales = device_matrix<T>(rows, groups);
-  res.zeros = device_matrix<T>(rows, groups);
-  T* const scales = res.scales.data();
-  T* const zeros = res.zeros.data();
+  qw.scales = device_matrix<T>(rows, groups);
+  qw.zeros = device_matrix<T>(rows, groups);
+  T* const scales = qw.scales.data();
+  T* const zeros = qw.zeros.data();
   int const fit_threads = 128, fit_warps = fit_threads / 32;
   auto fit = [&](T const* x, index_t seg_start, index_t seg_len, index_t seg_count, index_t g0) {
     index_t const tasks = rows * seg_count;
@@ -307,8 +298,8 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   index_t const B = std::min(opt.block_size, cols);
 
   device_array<std::uint8_t> codes_perm;
-  res.codes = device_matrix<std::uint8_t>(rows, cols);
-  std::uint8_t* codes_solve = res.codes.data();
+  qw.codes = device_matrix<std::uint8_t>(rows, cols);
+  std::uint8_t* codes_solve = qw.codes.data();
   if (permuted) {
     codes_perm = device_array<std::uint8_t>(rows * cols);
     codes_solve = codes_perm.data();
@@ -380,8 +371,8 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   phase_timer fin(s, prof.finalize);
   res.dequantized = device_matrix<T>(rows, cols);
   kernels::finalize_kernel<<<kernels::grid_2d(rows, cols), 256, 0, s>>>(
-      codes_solve, permuted ? invperm_d.data() : nullptr, res.g_idx.data(), scales, zeros, groups, rows, cols,
-      res.codes.data(), res.dequantized.data());
+      codes_solve, permuted ? invperm_d.data() : nullptr, qw.g_idx.data(), scales, zeros, groups, rows, cols,
+      qw.codes.data(), res.dequantized.data());
   RSQ_CUDA_CHECK_LAUNCH("finalize_kernel");
   res.column_loss = device_array<T>(cols);
   kernels::loss_reduce_kernel<<<kernels::blocks_for(cols, threads_1d), threads_1d, 0, s>>>(
@@ -391,16 +382,21 @@ device_result<T> solve_device_impl(backend::cuda const& be, matrix_view<const T>
   return res;
 }
 
-}  // namespace rsq::cuda::detail
-
-namespace rsq::cuda {
-
 template <class T>
-gptq::result<T> device_result<T>::to_host(backend::cuda const& be, gptq::result<T>&& recycled) const {
-  gptq::result<T> r = gptq::detail::start_result(info, std::move(recycled));
-  if (!info.ok()) return r;
+gptq::result<T> to_host_impl(backend::cuda const& be, gptq::result<T, backend::cuda> const& d,
+                             gptq::result<T>&& recycled) {
+  // A failed solve has no arrays (as on the CPU); a successful one reuses recycled's.
+  gptq::result<T> r = d.ok() ? std::move(recycled) : gptq::result<T>{};
+  r.info = d.info;
+  r.damp_used = d.damp_used;
+  r.damp_percent_used = d.damp_percent_used;
+  r.damp_attempts = d.damp_attempts;
+  r.failed_column = d.failed_column;
+  r.perm = d.perm;
+  if (!d.ok()) return r;
+  index_t const rows = d.weight.rows(), cols = d.weight.cols(), groups = d.weight.groups();
   auto& w = r.weight;
-  w.bits = bits;
+  w.bits = d.weight.bits;
   // Every element is copied below.
   rsq::reshape_for_overwrite(w.codes, rows, cols);
   rsq::reshape_for_overwrite(w.scales, rows, groups);
@@ -409,15 +405,15 @@ gptq::result<T> device_result<T>::to_host(backend::cuda const& be, gptq::result<
   rsq::reshape_for_overwrite(r.dequantized, rows, cols);
   rsq::reshape_for_overwrite(r.column_loss, cols);
   auto const copy = [&](auto* dst, auto const* src, index_t n) {
-    detail::runtime_api<>::copy(dst, src, std::size_t(n) * sizeof(*src), be.stream);
+    runtime_api<>::copy(dst, src, std::size_t(n) * sizeof(*src), be.stream);
   };
-  copy(w.codes.data(), codes.data(), rows * cols);
-  copy(w.scales.data(), scales.data(), rows * groups);
-  copy(w.zeros.data(), zeros.data(), rows * groups);
-  copy(w.g_idx.data(), g_idx.data(), cols);
-  copy(r.dequantized.data(), dequantized.data(), rows * cols);
-  copy(r.column_loss.data(), column_loss.data(), cols);
+  copy(w.codes.data(), d.weight.codes.data(), rows * cols);
+  copy(w.scales.data(), d.weight.scales.data(), rows * groups);
+  copy(w.zeros.data(), d.weight.zeros.data(), rows * groups);
+  copy(w.g_idx.data(), d.weight.g_idx.data(), cols);
+  copy(r.dequantized.data(), d.dequantized.data(), rows * cols);
+  copy(r.column_loss.data(), d.column_loss.data(), cols);
   return r;
 }
 
-}  // namespace rsq::cuda
+}  // namespace rsq::cuda::detail

@@ -2,7 +2,8 @@
 #pragma once
 
 /// @file
-/// Definitions of rsq::cuda::hadamard_transform (<rsq/backend/cuda/hadamard.hpp>).
+/// The Hadamard kernel's mix tables and launch (rsq::cuda::detail::dispatch_hadamard), used by
+/// <rsq/backend/cuda/impl/hadamard_transform.cuh>.
 
 #include <cmath>
 #include <cstdint>
@@ -117,63 +118,3 @@ void dispatch_hadamard(T* x, index_t ld, index_t rows, rotation::hadamard_plan c
 }
 
 }  // namespace rsq::cuda::detail
-
-namespace rsq::cuda {
-
-template <class T>
-void hadamard_transform(backend::cuda const& be, matrix_view<T> rows, rotation::hadamard_options const& opt,
-                        std::span<std::int8_t const> pre_signs, std::span<std::int8_t const> post_signs,
-                        bool transpose) {
-  index_t const n = rows.cols();
-  RSQ_EXPECTS(n > 0 && rows.rows() > 0, "cuda::hadamard_transform: the matrix is empty ",
-              rsq::detail::shape_string(rows));
-  RSQ_EXPECTS(rows.data() != nullptr, "cuda::hadamard_transform: the view has no data");
-  auto const plan = rotation::plan_hadamard(n, opt);
-  RSQ_EXPECTS(plan.kind != rotation::hadamard_kind::block_diagonal, "cuda::hadamard_transform: n = ", n,
-              " has no K·2^m construction (its plan is ", plan.to_string(),
-              "); the block-diagonal fallback runs on the CPU backend only");
-  RSQ_EXPECTS(n <= hadamard_max_length<T>, "cuda::hadamard_transform: rows of length ", n,
-              " do not fit in shared memory (at most ", hadamard_max_length<T>, " for this type)");
-  RSQ_EXPECTS(plan.k <= 256, "cuda::hadamard_transform: the construction ", plan.to_string(),
-              " has a factor of order ", plan.k, " > 256, which the GPU mix does not take");
-  for (auto const* sg : {&pre_signs, &post_signs}) {
-    RSQ_EXPECTS(sg->empty() || index_t(sg->size()) == n, "cuda::hadamard_transform: ", sg->size(),
-                " signs for rows of length ", n);
-    for (std::size_t i = 0; i < sg->size(); ++i)
-      RSQ_EXPECTS((*sg)[i] == 1 || (*sg)[i] == -1, "cuda::hadamard_transform: sign ", i, " is ", int((*sg)[i]),
-                  ", expected +1 or -1");
-  }
-  bool const on_device = is_device_pointer(rows.data());
-  if (on_device)
-    RSQ_EXPECTS(rows.stride(1) == 1 && rows.stride(0) >= n, "cuda::hadamard_transform: device rows must be contiguous "
-                "(column stride 1, row stride >= n), got strides (", rows.stride(0), ", ", rows.stride(1), ")");
-  auto& ctx = detail::context_for(be.stream);
-  cudaStream_t const s = ctx.stream();
-  double const sc = opt.scaling == rotation::hadamard_scaling::orthonormal
-                        ? 1.0 / std::sqrt(double(n))
-                        : 1.0 / double(std::sqrt(float(n)));
-  device_array<std::int8_t> pre, post;
-  if (!pre_signs.empty()) pre = to_device(std::vector<std::int8_t>(pre_signs.begin(), pre_signs.end()), be);
-  if (!post_signs.empty()) post = to_device(std::vector<std::int8_t>(post_signs.begin(), post_signs.end()), be);
-  detail::hadamard_mix const* mix = plan.k > 1 ? &detail::hadamard_mix_tables(plan, transpose) : nullptr;
-
-  device_array<T> staged;
-  T* x = rows.data();
-  index_t ld = rows.stride(0);
-  if (!on_device) {
-    staged = detail::to_device_matrix<T, T>(matrix_view<const T>(rows), false, s);
-    x = staged.data();
-    ld = n;
-  }
-  detail::dispatch_hadamard<T>(x, ld, rows.rows(), plan, mix, pre.data(), post.data(), T(sc), s);
-  if (!on_device) {
-    std::vector<T> back(static_cast<std::size_t>(rows.rows() * n));
-    detail::runtime_api<>::copy(back.data(), staged.data(), back.size() * sizeof(T), s);
-    for (index_t r = 0; r < rows.rows(); ++r)
-      for (index_t c = 0; c < n; ++c) rows(r, c) = back[std::size_t(r * n + c)];
-  } else {
-    RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // the sign arrays are freed on return
-  }
-}
-
-}  // namespace rsq::cuda

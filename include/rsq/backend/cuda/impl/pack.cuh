@@ -6,8 +6,11 @@
 /// using pack::pack_block (constexpr, __host__ __device__), so the bit layout is the host packer's by construction.
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "rsq/backend/cuda/impl/common.cuh"
 #include "rsq/backend/cuda/pack.hpp"
@@ -58,6 +61,7 @@ __global__ void pack_zeros_kernel(T const* __restrict__ zeros, T const* __restri
       T const z = zeros[r * groups + g];
       T const s = scales[r * groups + g];
       scales_t[g * rows + r] = float(s);
+      // (a NaN scale fails the comparison too)
       bool const ok = z == floor(z) && z >= T(0) && z <= T(maxq) && (!v1 || z >= T(1)) &&
                       fabs(s) <= T(3.4028234663852886e38);
       if (!ok) atomicMin(&rec->first_bad, static_cast<unsigned long long>(r * groups + g));
@@ -72,35 +76,50 @@ __global__ void pack_zeros_kernel(T const* __restrict__ zeros, T const* __restri
 
 }  // namespace rsq::cuda::kernels
 
-namespace rsq::cuda {
+namespace rsq::cuda::detail {
 
-template <class T>
-device_gptq_tensors pack_gptq_device(backend::cuda const& be, device_result<T> const& r, pack::zero_format fmt) {
-  RSQ_EXPECTS(r.ok(), "pack_gptq: the GPTQ result is not ok (", gptq::to_string(r.info.info), ")");
-  int const bits = r.bits;
-  pack::detail::check_bits(bits, "pack_gptq");
-  index_t const rows = r.rows, cols = r.cols, groups = r.groups;
-  pack::detail::check_whole_words(cols, bits, "pack_gptq", "in_features");
-  pack::detail::check_whole_words(rows, bits, "pack_gptq", "out_features");
-  auto& ctx = detail::context_for(be.stream);
+template <class S>
+pack::basic_gptq_tensors<backend::cuda> pack_impl(backend::cuda const& be, matrix_view<const std::uint8_t> codes_in,
+                                                  matrix_view<const S> scales_in, matrix_view<const S> zeros_in,
+                                                  vector_view<const std::int32_t> g_idx_in, int bits,
+                                                  pack::zero_format fmt) {
+  auto& ctx = context_for(be.stream);
   cudaStream_t const s = ctx.stream();
-  device_gptq_tensors t;
+  index_t const rows = codes_in.rows(), cols = codes_in.cols(), groups = scales_in.cols();
+  // Contiguous device copies of what is not already that (a host result, a strided view).
+  auto const dev = [&](auto v, char const* what) {
+    using V = std::remove_const_t<typename decltype(v)::element_type>;
+    bool const on_device = resident_here(v.data(), what);
+    return to_device_matrix<V, V>(v, on_device, s);
+  };
+  auto const codes = dev(codes_in, "pack_gptq: codes");
+  auto const scales = dev(scales_in, "pack_gptq: scales");
+  auto const zeros = dev(zeros_in, "pack_gptq: zeros");
+  // g_idx is small: checked on the host with the host packer's messages.
+  std::vector<std::int32_t> gi(static_cast<std::size_t>(cols));
+  if (resident_here(g_idx_in.data(), "pack_gptq: g_idx")) {
+    RSQ_EXPECTS(g_idx_in.stride(0) == 1, "pack_gptq: a device g_idx must be contiguous");
+    runtime_api<>::copy(gi.data(), g_idx_in.data(), gi.size() * sizeof(std::int32_t), s);
+  } else {
+    for (index_t c = 0; c < cols; ++c) gi[std::size_t(c)] = g_idx_in(c);
+  }
+  pack::detail::check_g_idx(vector_view<const std::int32_t>(gi.data(), cols), cols, groups, "pack_gptq");
+
+  pack::basic_gptq_tensors<backend::cuda> t;
   t.bits = bits;
   t.format = fmt;
   t.qweight = device_matrix<std::int32_t>(cols * bits / 32, rows);
   t.qzeros = device_matrix<std::int32_t>(groups, rows * bits / 32);
   t.scales = device_matrix<float>(groups, rows);
-  t.g_idx = device_array<std::int32_t>(cols);
-  RSQ_CUDA_CHECK(cudaMemcpyAsync(t.g_idx.data(), r.g_idx.data(), std::size_t(cols) * sizeof(std::int32_t),
-                                 cudaMemcpyDeviceToDevice, s));
-  auto* rec = detail::fresh_record(ctx);
+  t.g_idx = to_device(gi, be);
+  auto* rec = fresh_record(ctx);
   index_t const code_items = rows * ((cols + 31) / 32), zero_items = groups * ((rows + 31) / 32);
   auto launch = [&]<int Bits>() {
-    kernels::pack_codes_kernel<Bits><<<kernels::blocks_for(code_items, 128), 128, 0, s>>>(r.codes.data(), rows, cols,
+    kernels::pack_codes_kernel<Bits><<<kernels::blocks_for(code_items, 128), 128, 0, s>>>(codes.data(), rows, cols,
                                                                                          t.qweight.data());
     RSQ_CUDA_CHECK_LAUNCH("pack_codes_kernel");
-    kernels::pack_zeros_kernel<Bits, T><<<kernels::blocks_for(zero_items, 128), 128, 0, s>>>(
-        r.zeros.data(), r.scales.data(), rows, groups, fmt == pack::zero_format::v1, t.qzeros.data(), t.scales.data(),
+    kernels::pack_zeros_kernel<Bits, S><<<kernels::blocks_for(zero_items, 128), 128, 0, s>>>(
+        zeros.data(), scales.data(), rows, groups, fmt == pack::zero_format::v1, t.qzeros.data(), t.scales.data(),
         rec);
     RSQ_CUDA_CHECK_LAUNCH("pack_zeros_kernel");
   };
@@ -110,13 +129,14 @@ device_gptq_tensors pack_gptq_device(backend::cuda const& be, device_result<T> c
     case 4: launch.template operator()<4>(); break;
     default: launch.template operator()<8>(); break;
   }
-  auto const bad = detail::read_back(rec, s).first_bad;
+  auto const bad = read_back(rec, s).first_bad;
   if (bad != ULLONG_MAX) {
     index_t const row = index_t(bad) / groups, g = index_t(bad) % groups;
-    T const z = detail::read_back(r.zeros.data() + bad, s), sc = detail::read_back(r.scales.data() + bad, s);
-    RSQ_EXPECTS(std::abs(sc) <= T(std::numeric_limits<float>::max()), "pack_gptq: scales(row ", row, ", group ", g,
+    S const z = read_back(zeros.data() + bad, s), sc = read_back(scales.data() + bad, s);
+    RSQ_EXPECTS(std::isfinite(sc), "pack_gptq: scales has a non-finite value (", sc, ") at row ", row, ", column ", g);
+    RSQ_EXPECTS(std::abs(sc) <= S(std::numeric_limits<float>::max()), "pack_gptq: scales(row ", row, ", group ", g,
                 ") = ", sc, " overflows float");
-    if (fmt == pack::zero_format::v1 && z == T(0))
+    if (fmt == pack::zero_format::v1 && z == S(0))
       rsq::detail::throw_invalid_argument(
           "pack_gptq: zeros(row ", row, ", group ", g,
           ") is 0, which zero_format::v1 cannot store (AutoGPTQ stores zero - 1, so 0 would wrap to -1 and corrupt "
@@ -124,26 +144,27 @@ device_gptq_tensors pack_gptq_device(backend::cuda const& be, device_result<T> c
     rsq::detail::throw_invalid_argument("pack_gptq: zeros(row ", row, ", group ", g, ") = ", z,
                                         " is not an integer in [0, ", (1 << bits) - 1, "] for ", bits, "-bit codes");
   }
+  RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // the staged copies are freed on return
   return t;
 }
 
 template <class B>
-pack::gptq_tensors device_gptq_tensors::to_host(B const& be) const {
+pack::gptq_tensors packed_to_host(B const& be, pack::basic_gptq_tensors<B> const& d) {
   pack::gptq_tensors t;
-  t.bits = bits;
-  t.format = format;
-  t.qweight = xt::xtensor<std::int32_t, 2>::from_shape({std::size_t(qweight.rows()), std::size_t(qweight.cols())});
-  t.qzeros = xt::xtensor<std::int32_t, 2>::from_shape({std::size_t(qzeros.rows()), std::size_t(qzeros.cols())});
-  t.scales = xt::xtensor<float, 2>::from_shape({std::size_t(scales.rows()), std::size_t(scales.cols())});
-  t.g_idx = xt::xtensor<std::int32_t, 1>::from_shape({std::size_t(g_idx.size())});
+  t.bits = d.bits;
+  t.format = d.format;
+  t.qweight = rsq::make_matrix_for_overwrite<std::int32_t>(d.qweight.rows(), d.qweight.cols());
+  t.qzeros = rsq::make_matrix_for_overwrite<std::int32_t>(d.qzeros.rows(), d.qzeros.cols());
+  t.scales = rsq::make_matrix_for_overwrite<float>(d.scales.rows(), d.scales.cols());
+  t.g_idx = xt::xtensor<std::int32_t, 1>::from_shape({std::size_t(d.g_idx.size())});
   auto copy = [&](auto* dst, auto const* src, index_t n) {
-    detail::runtime_api<>::copy(dst, src, std::size_t(n) * sizeof(*src), be.stream);
+    runtime_api<>::copy(dst, src, std::size_t(n) * sizeof(*src), be.stream);
   };
-  copy(t.qweight.data(), qweight.data(), qweight.size());
-  copy(t.qzeros.data(), qzeros.data(), qzeros.size());
-  copy(t.scales.data(), scales.data(), scales.size());
-  copy(t.g_idx.data(), g_idx.data(), g_idx.size());
+  copy(t.qweight.data(), d.qweight.data(), d.qweight.size());
+  copy(t.qzeros.data(), d.qzeros.data(), d.qzeros.size());
+  copy(t.scales.data(), d.scales.data(), d.scales.size());
+  copy(t.g_idx.data(), d.g_idx.data(), d.g_idx.size());
   return t;
 }
 
-}  // namespace rsq::cuda
+}  // namespace rsq::cuda::detail

@@ -50,6 +50,19 @@ memory_space runtime_api<D>::where(void const* p) {
 }
 
 template <class D>
+int runtime_api<D>::device_of(void const* p) {
+  if (p == nullptr) return -1;
+  cudaPointerAttributes a{};
+  cudaError_t const e = cudaPointerGetAttributes(&a, p);
+  if (e == cudaErrorInvalidValue) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  RSQ_CUDA_CHECK(e);
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
+
+template <class D>
 void runtime_api<D>::copy(void* dst, void const* src, std::size_t bytes, CUstream_st* stream) {
   if (bytes == 0) return;
   RSQ_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
@@ -83,6 +96,13 @@ int runtime_api<D>::device_count() noexcept {
     return 0;
   }
   return n;
+}
+
+template <class D>
+std::size_t runtime_api<D>::bytes_in_use() {
+  std::size_t free = 0, total = 0;
+  RSQ_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return total - free;
 }
 
 template <class D>

@@ -63,4 +63,39 @@ __device__ __forceinline__ bool finite(T v) {
   return isfinite(v);
 }
 
+/// dst (rows, cols) contiguous ← src(r, c) at src[r·s0 + c·s1], converted to T: a strided view made contiguous.
+template <class S, class T>
+__global__ void gather_kernel(S const* __restrict__ src, index_t s0, index_t s1, index_t rows, index_t cols,
+                              T* __restrict__ dst) {
+  RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) dst[r * cols + c] = T(src[r * s0 + c * s1]);
+}
+
+/// dst (n0·n1, n2) contiguous ← src(a, b, c) at src[a·s0 + b·s1 + c·s2]: a strided batch of matrices made one
+/// contiguous matrix of rows (a, b).
+template <class T>
+__global__ void gather3_kernel(T const* __restrict__ src, index_t s0, index_t s1, index_t s2, index_t n0, index_t n1,
+                               index_t n2, T* __restrict__ dst) {
+  RSQ_FOR_ROWS(r, n0 * n1) {
+    T const* row = src + (r / n1) * s0 + (r % n1) * s1;
+    RSQ_FOR_COLS(c, n2) dst[r * n2 + c] = row[c * s2];
+  }
+}
+
+/// The inverse of gather3_kernel.
+template <class T>
+__global__ void scatter3_kernel(T const* __restrict__ src, index_t n0, index_t n1, index_t n2, T* __restrict__ dst,
+                                index_t s0, index_t s1, index_t s2) {
+  RSQ_FOR_ROWS(r, n0 * n1) {
+    T* row = dst + (r / n1) * s0 + (r % n1) * s1;
+    RSQ_FOR_COLS(c, n2) row[c * s2] = src[r * n2 + c];
+  }
+}
+
+/// The inverse of gather_kernel: dst[r·s0 + c·s1] ← src (rows, cols) contiguous.
+template <class S, class T>
+__global__ void scatter_kernel(S const* __restrict__ src, index_t rows, index_t cols, T* __restrict__ dst,
+                               index_t s0, index_t s1) {
+  RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) dst[r * s0 + c * s1] = T(src[r * cols + c]);
+}
+
 }  // namespace rsq::cuda::kernels

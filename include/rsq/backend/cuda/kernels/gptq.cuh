@@ -202,13 +202,6 @@ __global__ void __launch_bounds__(NT) gptq_block_kernel(
 // ---------------------------------------------------------------------------------------------------------------
 // Element-wise steps.
 
-/// Copies a strided (rows, cols) matrix of S into a contiguous row-major T matrix.
-template <class S, class T>
-__global__ void gather_kernel(S const* __restrict__ src, index_t s0, index_t s1, index_t rows, index_t cols,
-                              T* __restrict__ dst) {
-  RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) dst[r * cols + c] = T(src[r * s0 + c * s1]);
-}
-
 /// Zeroes the columns c of the row-major @p w with dead[c] != 0 (spec §6 step 2).
 template <class T>
 __global__ void zero_dead_kernel(T* __restrict__ w, index_t rows, index_t cols, std::uint8_t const* __restrict__ dead) {
