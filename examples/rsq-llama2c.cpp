@@ -7,7 +7,7 @@
 //               [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1]
 //               [--seed 0] [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym]
 //               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR]
-//               [--quiet]
+//               [--backend cpu|cuda] [--bf16] [--quiet]
 //
 // A "story" is a paragraph of the text (blank-line separated; story 0 of tinystories_val.txt is 85 tokens with BOS).
 // Defaults for --model/--tokenizer/--text: $RSQ_SHARED_DIR/data/..., else ../shared or ../../shared relative to the
@@ -21,6 +21,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <rsq/model/calibration.hpp>
@@ -28,6 +29,9 @@
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+#include <rsq/cuda.hpp>
+#endif
 
 #include "support/args.hpp"
 
@@ -38,12 +42,39 @@ using rsq_cli::usage_error;
 using namespace rsq::model;
 
 constexpr char usage[] =
-    "usage: rsq-llama2c [--model M.bin] [--tokenizer T.bin] [--text stories.txt] (--method rtn|gptq|quarot|rsq | "
-    "--compare)\n"
-    "       [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]\n"
-    "       [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1] [--seed 0]\n"
-    "       [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym] [--no-clip] [--damp 0.01]\n"
-    "       [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR] [--quiet]";
+    "usage: rsq-llama2c [options] (--method rtn|gptq|quarot|rsq | --compare)\n"
+    "Quantizes a llama2c model layer by layer (rotate, scale, quantize) and reports its perplexity.\n"
+    "\n"
+    "What to run:\n"
+    "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ)\n"
+    "  --compare             run fp32 and every method, print one table (no --out, --packed, --rotate)\n"
+    "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
+    "  --bf16                bf16 inputs for the calibration products and the Hessians (GPU opt-in; the CPU\n"
+    "                        computes fp32)\n"
+    "Inputs (defaults: stories260K from $RSQ_SHARED_DIR, ../shared or ../../shared):\n"
+    "  --model M.bin  --tokenizer T.bin  --text stories.txt\n"
+    "  --calib-stories A:B   calibration paragraphs (default 0:500)\n"
+    "  --eval-stories A:B    evaluation paragraphs (default 500:1000)\n"
+    "  --seqlen N            tokens per window (default 256)     --nsamples N   calibration windows (default 128)\n"
+    "  --expand K            dataset expansion by K cyclic shifts (default 1, off)\n"
+    "  --seed S              seed of the windows and of the rotation (default 0)\n"
+    "Quantizer and solver:\n"
+    "  --bits B (2-8, default 3)  --groupsize G (-1: per row)  --asym  --no-clip (MSE clip search off)\n"
+    "  --quantizer rsq|ist   grid convention (default rsq)        --damp P   relative damping (default 0.01)\n"
+    "  --act-order           quantize columns by decreasing diag(H)  --f64   Hessians and solves in float64\n"
+    "Rotation and importance:\n"
+    "  --rotation hadamard|random   residual rotation (default hadamard)   --center-embeddings  (not function-"
+    "preserving)\n"
+    "  --rotate on|off       override the method's choice of rotating\n"
+    "  --policy P            token importance: uniform, first_n:P/Q, attncon, actnorm, actdiff, tokensim, tokenfreq\n"
+    "  --r-min X --r-max Y   importance range (default 0.005, 1)    --importance-power p  (default 1)\n"
+    "Outputs:\n"
+    "  --out model.bin       the quantized model as a llama2c checkpoint (online transforms folded in)\n"
+    "  --packed DIR          GPTQ int32 tensors (.npy) and a manifest\n"
+    "  --quiet               no progress on stderr   --help, -h   this text\n"
+    "\n"
+    "Exit status: 0 success, 1 unreadable or bad files and data (or a CUDA failure), 2 bad command line,\n"
+    "3 a Hessian not positive definite even after the damping escalation.";
 
 constexpr char where_to_get[] =
     "stories260K not found: pass --model, --tokenizer and --text, or set RSQ_SHARED_DIR to a folder with "
@@ -70,6 +101,7 @@ fs::path data_path(rsq_cli::args const& a, std::string const& option, char const
 
 struct run_config {
   quantize_options opt;
+  bool cuda = false;  ///< --backend cuda
   story_range calib, eval;
   rsq::index_t seqlen = 256, nsamples = 128;
   std::uint64_t seed = 0;
@@ -96,6 +128,15 @@ run_config parse_config(rsq_cli::args const& a) {
     throw usage_error("--damp must be a finite number >= 0");
   o.solver.act_order = a.flag("act-order");
   o.double_precision = a.flag("f64");
+  rc.cuda = a.choice("backend", {"cpu", "cuda"}) == "cuda";
+#if !(defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA)
+  if (rc.cuda) throw usage_error("--backend cuda: this build has no CUDA backend (configure with -DRSQ_WITH_CUDA=ON)");
+#endif
+  if (a.flag("bf16")) {
+    if (o.double_precision) throw usage_error("--bf16 and --f64 exclude each other");
+    o.forward.precision = rsq::matmul_precision::bf16;
+    o.hessian.precision = rsq::hessian::precision::bf16;
+  }
   o.importance_power = a.number("importance-power", 1.0);
   if (!(o.importance_power > 0) || !std::isfinite(o.importance_power))
     throw usage_error("--importance-power must be positive");
@@ -164,11 +205,13 @@ struct method_outcome {
   loss_result eval;
 };
 
-/// Quantizes with @p method; returns nothing (after printing) when a Hessian stays not positive definite.
-/// The policy goes to rsq, and to a single gptq/quarot run only when --policy was given (in a comparison the
-/// baselines keep uniform tokens).
-std::optional<method_outcome> run_method(llama_model const& fp, quant_method method, run_config const& rc, bool compare,
-                                         rsq::matrix<std::int32_t> const& calib, rsq::matrix<std::int32_t> const& eval) {
+/// Quantizes with @p method on backend @p be; returns nothing (after printing) when a Hessian stays not positive
+/// definite. The policy goes to rsq, and to a single gptq/quarot run only when --policy was given (in a comparison
+/// the baselines keep uniform tokens).
+template <class B>
+std::optional<method_outcome> run_method(B const& be, llama_model const& fp, quant_method method, run_config const& rc,
+                                         bool compare, rsq::matrix<std::int32_t> const& calib,
+                                         rsq::matrix<std::int32_t> const& eval) {
   auto opt = rc.opt;
   opt.method = method;
   if (method == quant_method::rtn) {
@@ -183,7 +226,7 @@ std::optional<method_outcome> run_method(llama_model const& fp, quant_method met
     obs.on_importances = [&](int, rsq::matrix_view<const float> r) { ess = effective_tokens(r, opt.importance_power); };
     obs.on_layer = [&](layer_report const& r) { print_layer(method, r, ess); };
   }
-  method_outcome out{quantize_model(fp, rsq::view(calib), opt, obs), {}};
+  method_outcome out{quantize_model(be, fp, rsq::view(calib), opt, obs), {}};
   if (!out.q.ok()) {
     std::fprintf(stderr,
                  "rsq-llama2c: error: %s: the Hessian of layer %d %s is not positive definite even with %d x %.3g "
@@ -192,12 +235,12 @@ std::optional<method_outcome> run_method(llama_model const& fp, quant_method met
                  opt.solver.max_damp_attempts, opt.solver.damp_percent);
     return std::nullopt;
   }
-  out.eval = evaluate(out.q.model, rsq::view(eval));
+  out.eval = evaluate(be, out.q.model, rsq::view(eval), 16, opt.forward);
   return out;
 }
 
-int run(rsq_cli::args const& a) {
-  auto const rc = parse_config(a);
+template <class B>
+int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   bool const compare = a.flag("compare");
   if (compare == a.has("method")) throw usage_error("give exactly one of --method and --compare");
   quant_method method = quant_method::rsq;
@@ -250,7 +293,7 @@ int run(rsq_cli::args const& a) {
 
   std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
   if (!compare) {
-    auto const out = run_method(fp, method, rc, false, calib, eval);
+    auto const out = run_method(be, fp, method, rc, false, calib, eval);
     if (!out) return 3;
     std::printf("method %s%s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
                 std::string(to_string(method)).c_str(),
@@ -274,7 +317,7 @@ int run(rsq_cli::args const& a) {
     return 0;
   }
 
-  auto const fp_eval = evaluate(fp, rsq::view(eval));
+  auto const fp_eval = evaluate(be, fp, rsq::view(eval), 16, rc.opt.forward);
   std::printf("bits %d, group %s, seed %llu, seqlen %td, nsamples %td, expand %td, calib %td:%td, eval %td:%td "
               "(%td windows)\n",
               rc.opt.grid.bits, group.c_str(), static_cast<unsigned long long>(rc.seed), rc.seqlen, rc.nsamples,
@@ -285,7 +328,7 @@ int run(rsq_cli::args const& a) {
   std::fflush(stdout);
   int status = 0;
   for (quant_method m : all_quant_methods) {
-    auto const out = run_method(fp, m, rc, true, calib, eval);
+    auto const out = run_method(be, fp, m, rc, true, calib, eval);
     if (!out) {
       std::printf("%-8s %-10s %12s\n", std::string(to_string(m)).c_str(), "-", "failed");
       status = 3;
@@ -298,15 +341,32 @@ int run(rsq_cli::args const& a) {
   return status;
 }
 
+int run(rsq_cli::args const& a) {
+  auto const rc = parse_config(a);
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+  if (rc.cuda) {
+    if (rsq::cuda::device_count() == 0)
+      throw std::runtime_error("--backend cuda: no CUDA device is available on this machine");
+    return run(rsq::backend::cuda{}, a, rc);
+  }
+#endif
+  return run(rsq::backend::cpu_eigen{}, a, rc);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
+    for (int i = 1; i < argc; ++i)
+      if (std::string_view(argv[i]) == "-h") {
+        std::puts(usage);
+        return 0;
+      }
     rsq_cli::args a(argc, argv,
-                    {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "quiet", "help"},
+                    {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "bf16", "quiet", "help"},
                     {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
-                     "rotation", "rotate", "quantizer", "damp", "out", "packed"});
+                     "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend"});
     if (a.flag("help") || argc == 1) {
       std::puts(usage);
       return argc == 1 ? 2 : 0;

@@ -11,11 +11,18 @@
 ///   3. Quantize: GPTQ on the rotated W with the importance-weighted Hessian of the rotated inputs.
 /// The result is the quantized layer *in the rotated basis*, plus the rotation's descriptor: at inference the layer
 /// computes (x·Q)·Q̂ᵀ, or `dequantized_in_original_basis()` gives Q̂·Qᵀ to use with unrotated inputs.
+///
+/// Every step runs on the backend given first: the rotated copies of W and of the inputs, the Hessian, its
+/// factorization, the solve and the proxy loss stay in the backend's memory (H never leaves a GPU); the solver's
+/// result comes back to the host.
 
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <variant>
 
+#include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/tensor.hpp"
@@ -46,17 +53,18 @@ struct layer_options {
   quant::grid_spec grid = {};
   gptq::options solver = {};
   hessian::weighting weighting = {};                          ///< w ∝ r^importance_power
+  hessian::options hessian = {};                              ///< Hessian arithmetic (strict; TF32/bf16 opt-ins)
   std::optional<importance::any_policy> policy = std::nullopt;  ///< e.g. importance::any_policy::parse("attncon")
   std::optional<rotation::rotation_descriptor> rotation = std::nullopt;  ///< none: no rotation
 };
 
-/// The quantized layer, in the rotated basis.
-template <class T>
+/// The quantized layer, in the rotated basis; its Hessian stays in the memory of backend B.
+template <class T, class B = backend::cpu_eigen>
 struct quantized_layer {
   gptq::result<T> result;                                      ///< codes, scales, zeros, Q̂ = result.dequantized
   std::optional<rotation::rotation_descriptor> rotation;       ///< Q, to rotate inputs or rebuild the rotation
   rsq::matrix<float> importance;                               ///< (sequences, tokens) r used; empty when uniform
-  rsq::matrix<T> hessian;                                      ///< (in, in) H of the rotated inputs, undamped
+  backend::matrix<T, B> hessian;                               ///< (in, in) H of the rotated inputs, undamped
   double proxy_loss = 0;  ///< tr((W·Q − Q̂)·H·(W·Q − Q̂)ᵀ), equal to the loss in the original basis
 
   [[nodiscard]] bool ok() const noexcept { return result.ok(); }
@@ -114,58 +122,76 @@ rsq::matrix<float> layer_importance(layer_calibration<T> const& c, layer_options
 
 }  // namespace detail
 
-/// Rotates, scales and quantizes one linear layer @p w (out_features, in_features) with calibration data @p calib.
+/// Rotates, scales and quantizes one linear layer @p w (out_features, in_features) with calibration data @p calib,
+/// on backend @p be. W and the inputs may be in host memory or in the backend's memory; importances computed by a
+/// policy read host arrays (given importances may be anywhere).
 /// @throws rsq::invalid_argument for shapes that do not match, bad inputs, a policy whose inputs are missing, a
 ///         rotation of another size
 /// A Hessian that is not positive definite is a status in `result` (see gptq::solve), not an exception.
 template <backend_tag B, class T>
-[[nodiscard]] quantized_layer<T> quantize_layer(B const& backend, matrix_view<const T> w,
-                                                layer_calibration<T> const& calib, layer_options const& opt) {
+[[nodiscard]] quantized_layer<T, B> quantize_layer(B const& be, matrix_view<const T> w,
+                                                   layer_calibration<T> const& calib, layer_options const& opt) {
   RSQ_EXPECTS(calib.inputs.data() != nullptr && calib.inputs.extent(0) > 0 && calib.inputs.extent(1) > 0,
               "quantize_layer: calibration inputs are empty");
   RSQ_EXPECTS(calib.inputs.extent(2) == w.cols(), "quantize_layer: inputs ", rsq::detail::shape_string(calib.inputs),
               " do not match the weight ", rsq::detail::shape_string(w), " (expected (sequences, tokens, ", w.cols(),
               "))");
-  quantized_layer<T> out;
-  out.importance = detail::layer_importance(calib, opt);  // from the unrotated data: the policies are rotation-free
-
-  // Rotate copies of W and of the inputs.
-  rsq::matrix<T> wr = rsq::make_matrix<T>(w.rows(), w.cols());
-  for (index_t i = 0; i < w.rows(); ++i)
-    for (index_t j = 0; j < w.cols(); ++j) wr(i, j) = w(i, j);
-  xt::xtensor<T, 3> xr(typename xt::xtensor<T, 3>::shape_type{std::size_t(calib.inputs.extent(0)),
-                                                              std::size_t(calib.inputs.extent(1)),
-                                                              std::size_t(calib.inputs.extent(2))});
-  for (index_t j = 0; j < calib.inputs.extent(0); ++j)
-    for (index_t t = 0; t < calib.inputs.extent(1); ++t)
-      for (index_t f = 0; f < calib.inputs.extent(2); ++f) xr(j, t, f) = calib.inputs(j, t, f);
-  if (opt.rotation) {
+  if (opt.rotation)
     RSQ_EXPECTS(opt.rotation->n == w.cols(), "quantize_layer: the rotation is for n = ", opt.rotation->n,
                 ", the weight has ", w.cols(), " input features");
+  quantized_layer<T, B> out;
+  out.importance = detail::layer_importance(calib, opt);  // from the unrotated data: the policies are rotation-free
+
+  // Rotated copies of W (rows, cols) and of the inputs (sequences·tokens, cols), in the backend's memory.
+  index_t const seqs = calib.inputs.extent(0), tokens = calib.inputs.extent(1);
+  auto wr = backend::to_backend(be, w);
+  backend::matrix<T, B> xr;
+  {
+    auto const& in = calib.inputs;
+    bool const flat = in.stride(2) == 1 && in.stride(1) == in.extent(2) && in.stride(0) == in.extent(1) * in.extent(2);
+    if (flat) {
+      xr = backend::to_backend(be, matrix_view<const T>(in.data(), seqs * tokens, w.cols()));
+    } else {
+      RSQ_EXPECTS((!backend::resident(be, in.data()) || std::is_same_v<B, backend::cpu_eigen>),
+                  "quantize_layer: inputs in the backend's memory must be contiguous");
+      auto packed = rsq::make_matrix_for_overwrite<T>(seqs * tokens, w.cols());
+      for (index_t j = 0; j < seqs; ++j)
+        for (index_t t = 0; t < tokens; ++t)
+          for (index_t f = 0; f < w.cols(); ++f) packed(j * tokens + t, f) = in(j, t, f);
+      xr = backend::to_backend(be, matrix_view<const T>(rsq::view(packed)));
+    }
+  }
+  if (opt.rotation) {
     auto const rot = rotation::make_rotation(*opt.rotation);
     std::visit(
         [&](auto const& r) {
-          r.apply_right(rsq::view(wr));
-          rotation::apply_right(r, batch_view<T>(xr));
+          r.apply_right(be, rsq::view(wr));
+          r.apply_right(be, rsq::view(xr));
         },
         rot);
     out.rotation = opt.rotation;
   }
 
-  hessian_accumulator<T, B> acc(w.cols(), backend, opt.weighting);
-  if (out.importance.size() > 0) acc.add(xr, out.importance);
-  else acc.add(xr);
-  out.hessian = acc.hessian();
-  out.result = gptq::solve(backend, wr, out.hessian, opt.grid, opt.solver);
-  if (out.result.ok()) out.proxy_loss = gptq::proxy_loss(wr, out.result.dequantized, out.hessian);
+  hessian_accumulator<T, B> acc(w.cols(), be, opt.weighting, opt.hessian);
+  batch_view<const T> const x3(rsq::view(xr).data(), {seqs, tokens, w.cols()});
+  if (out.importance.size() > 0) acc.add(x3, matrix_view<const float>(rsq::view(out.importance)));
+  else acc.add(x3, matrix_view<const float>{});
+  out.hessian = acc.hessian_resident();
+  auto const f = gptq::factor(be, matrix_view<const T>(rsq::view(out.hessian)), opt.solver);
+  auto res = gptq::solve_resident(be, matrix_view<const T>(rsq::view(wr)), f, opt.grid, opt.solver);
+  if (res.ok())
+    out.proxy_loss = gptq::proxy_loss(be, matrix_view<const T>(rsq::view(wr)),
+                                      matrix_view<const T>(rsq::view(res.dequantized)),
+                                      matrix_view<const T>(rsq::view(out.hessian)));
+  out.result = gptq::to_host(be, std::move(res));
   return out;
 }
 
 /// quantize_layer() for any viewable weight (Eigen, xtensor, views).
 template <backend_tag B, viewable<2> WA, class T>
-[[nodiscard]] quantized_layer<T> quantize_layer(B const& backend, WA const& w, layer_calibration<T> const& calib,
-                                                layer_options const& opt) {
-  return quantize_layer<B, T>(backend, matrix_view<const T>(make_const_view<2>(w)), calib, opt);
+[[nodiscard]] quantized_layer<T, B> quantize_layer(B const& be, WA const& w, layer_calibration<T> const& calib,
+                                                   layer_options const& opt) {
+  return quantize_layer<B, T>(be, matrix_view<const T>(make_const_view<2>(w)), calib, opt);
 }
 
 }  // namespace rsq::pipeline

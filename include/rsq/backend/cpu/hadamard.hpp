@@ -31,21 +31,22 @@ struct implementation<algorithm::hadamard_transform, cpu_eigen> {
                          post);
       return;
     }
-    thread_local std::vector<T> buffer;  // (n0·n1, n), kept: the forward pass calls this for every layer
-    buffer.resize(std::size_t(n0 * n1 * n));
+    thread_local std::vector<T> kept;  // (n0·n1, n), kept: the forward pass calls this for every layer
+    kept.resize(std::size_t(n0 * n1 * n));
+    T* const buffer = kept.data();  // the calling thread's buffer, shared by the threads below
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (n0 * n1 * n > (index_t(1) << 16))
 #endif
     for (index_t a = 0; a < n0; ++a)
       for (index_t b = 0; b < n1; ++b)
-        for (index_t c = 0; c < n; ++c) buffer[std::size_t((a * n1 + b) * n + c)] = rows(a, b, c);
-    h.apply_with_signs(matrix_view<T>(buffer.data(), n0 * n1, n), transpose, pre, post);
+        for (index_t c = 0; c < n; ++c) buffer[(a * n1 + b) * n + c] = rows(a, b, c);
+    h.apply_with_signs(matrix_view<T>(buffer, n0 * n1, n), transpose, pre, post);
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (n0 * n1 * n > (index_t(1) << 16))
 #endif
     for (index_t a = 0; a < n0; ++a)
       for (index_t b = 0; b < n1; ++b)
-        for (index_t c = 0; c < n; ++c) rows(a, b, c) = buffer[std::size_t((a * n1 + b) * n + c)];
+        for (index_t c = 0; c < n; ++c) rows(a, b, c) = buffer[(a * n1 + b) * n + c];
   }
 };
 

@@ -40,7 +40,10 @@ using device_buffer = std::unique_ptr<void, device_deleter>;
 /// Named scratch buffers that only grow; work on one stream is ordered, so a buffer may be reused by the next call
 /// as soon as this one has queued its work.
 enum class scratch { solver_work, host_work, info, factor, hessian_stage, hessian_weights, hessian_upload, gptq_e, gptq_w1,
-                     reduce, count_ };
+                     reduce,
+                     gemm_a16, gemm_b16,  // linalg::gemm: bf16 copies of A and B
+                     nn_logits, nn_probs16, nn_operands16, nn_partial, nn_pointers, nn_rows, nn_ids,  // forward pass
+                     count_ };
 
 /// What the backend keeps per (thread, device, stream).
 class context {

@@ -12,9 +12,11 @@
 
 #include "rsq/backend/cuda/impl/attncon.cuh"
 #include "rsq/backend/cuda/impl/elementwise.cuh"
+#include "rsq/backend/cuda/impl/gemm.cuh"
 #include "rsq/backend/cuda/impl/gptq_solver.cuh"
 #include "rsq/backend/cuda/impl/hadamard_transform.cuh"
 #include "rsq/backend/cuda/impl/hessian_accumulator.cuh"
+#include "rsq/backend/cuda/impl/nn.cuh"
 #include "rsq/backend/cuda/impl/pack.cuh"
 #include "rsq/backend/cuda/impl/rtn.cuh"
 #include "rsq/backend/cuda/impl/runtime.cuh"
@@ -58,6 +60,12 @@ template void scale_columns_impl<double, float>(backend::cuda const&, matrix_vie
 template void scale_columns_impl<float, float>(backend::cuda const&, matrix_view<float>, vector_view<const float>);
 template pack::gptq_tensors packed_to_host<backend::cuda>(backend::cuda const&,
                                                           pack::basic_gptq_tensors<backend::cuda> const&);
+template void gemm_impl<float>(backend::cuda const&, matrix_view<const float>, linalg::op, matrix_view<const float>,
+                               linalg::op, matrix_view<float>, linalg::gemm_options const&);
+template void gemm_impl<double>(backend::cuda const&, matrix_view<const double>, linalg::op,
+                                matrix_view<const double>, linalg::op, matrix_view<double>,
+                                linalg::gemm_options const&);
+template struct nn_api<void>;
 }  // namespace rsq::cuda::detail
 
 namespace rsq::backend {
