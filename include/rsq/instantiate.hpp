@@ -40,7 +40,7 @@ template gptq::result<double> gptq_solve<double>(matrix_view<const double>,
 
 namespace rsq::model {
 
-template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model const&,
+template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model&&,
                                                             rsq::matrix_view<const std::int32_t>,
                                                             quantize_options const&, quantize_observer const&);
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -45,16 +46,6 @@ std::vector<std::int32_t> random_tokens(index_t S, index_t L, int vocab, std::ui
 
 std::vector<std::int32_t> row(std::vector<std::int32_t> const& t, index_t L, index_t s) {
   return {t.begin() + s * L, t.begin() + (s + 1) * L};
-}
-
-/// A random orthogonal matrix (QR of a seeded uniform matrix).
-Eigen::MatrixXf random_orthogonal(int n, std::uint32_t seed) {
-  rsq_test::uniform_source u(seed);
-  Eigen::MatrixXd a(n, n);
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) a(i, j) = u(1.f);
-  Eigen::HouseholderQR<Eigen::MatrixXd> qr(a);
-  return Eigen::MatrixXd(qr.householderQ()).cast<float>();
 }
 
 struct stories_fixture {
@@ -322,39 +313,41 @@ TEST_SUITE("model.forward") {
     CHECK(change > 1e-2);
   }
 
-  TEST_CASE("input transforms on wo and w2: X·Q with W·Q leaves the model unchanged, and hooks see X·Q") {
+  TEST_CASE("online Hadamards on wo and w2: F·x with W·Fᵀ leaves the model unchanged, and hooks see F·x") {
     auto const c = rsq_test::tiny_config();
     auto const m = rsq_test::random_model(c, 13);
     index_t const S = 2, L = 8;
     auto const tokens = random_tokens(S, L, c.vocab_size, 4);
     rsq::matrix_view<const std::int32_t> tv(tokens.data(), S, L);
     auto const base = forward(m, tv);
-    Eigen::MatrixXf const Qo = random_orthogonal(c.dim, 1), Qd = random_orthogonal(c.hidden_dim, 2);
+    // The dense matrices of the online transforms: across heads (H_4 ⊗ I_8 on a token's (head, j) layout) and H_48.
+    auto const heads = std::make_shared<rsq::rotation::hadamard const>(c.n_heads);
+    auto const down = std::make_shared<rsq::rotation::hadamard const>(c.hidden_dim);
+    index_t const hd = c.head_size();
+    Eigen::MatrixXf Fo = Eigen::MatrixXf::Zero(c.dim, c.dim);
+    auto const Hh = heads->dense();
+    for (index_t h = 0; h < c.n_heads; ++h)
+      for (index_t g = 0; g < c.n_heads; ++g)
+        for (index_t j = 0; j < hd; ++j) Fo(h * hd + j, g * hd + j) = float(Hh(std::size_t(h), std::size_t(g)));
+    Eigen::MatrixXf const Fd = rsq::cpu::as_eigen(rsq::view(down->dense())).cast<float>();
     auto rotated = m;
+    rotated.online = {heads, down};
     for (auto& layer : rotated.layers) {
-      auto apply = [](Eigen::MatrixXf const& Q) {
-        return [Q](rsq::matrix_view<float> x) {
-          auto X = rsq::cpu::as_eigen(x);
-          X = (X * Q).eval();
-        };
-      };
-      layer.wo_input_transform = apply(Qo);
-      layer.w2_input_transform = apply(Qd);
-      // Y = X Woᵀ = (X Q)(Wo Q)ᵀ since Q Qᵀ = I.
-      auto fold = [](rsq::matrix<float>& w, Eigen::MatrixXf const& Q) {
+      // y = W x = (W Fᵀ)(F x) since F is orthogonal.
+      auto fold = [](rsq::matrix<float>& w, Eigen::MatrixXf const& F) {
         auto W = rsq::cpu::as_eigen(rsq::view(w));
-        W = (W * Q).eval();
+        W = (W * F.transpose()).eval();
       };
-      fold(layer.wo, Qo);
-      fold(layer.w2, Qd);
+      fold(layer.wo, Fo);
+      fold(layer.w2, Fd);
     }
     int calls = 0;
     forward_hooks hooks;
     hooks.linear_input = [&](linear_site const& site, rsq::matrix_view<const float> x) {
       if (site.linear != linear_id::wo || site.layer != 0) return;
       ++calls;
-      // The hook sees the transformed input: x·Qᵀ is the untransformed attention output of the reference.
-      Eigen::MatrixXf const back = rsq::cpu::as_eigen(x) * Qo.transpose();
+      // The hook sees the transformed input, each row x·Fᵀ: x·F is the untransformed attention output.
+      Eigen::MatrixXf const back = rsq::cpu::as_eigen(x) * Fo;
       auto const ref = rsq_test::reference_forward(m, row(tokens, L, 0));
       double err = 0;
       for (index_t i = 0; i < L; ++i)
@@ -370,6 +363,11 @@ TEST_SUITE("model.forward") {
       scale = std::max(scale, double(std::abs(base.data()[i])));
     }
     CHECK(err < 1e-4 * scale);
+    // Online transforms of the wrong length are rejected before any work.
+    auto wrong = rotated;
+    wrong.online.down = std::make_shared<rsq::rotation::hadamard const>(c.dim);
+    CHECK_THROWS_WITH_AS((void)forward(wrong, tv), doctest::Contains("online Hadamard of w2's input has length 32"),
+                         rsq::invalid_argument);
   }
 
   TEST_CASE("RMSNorm without gains: gains of ones with the gains folded into the next linears (spec 2.1)") {
@@ -426,11 +424,6 @@ TEST_SUITE("model.forward") {
     CHECK_THROWS_WITH_AS((void)forward_layer(c, m.layers[0], 0, x), doctest::Contains("non-finite value (nan) at (0, 2, 5)"),
                          rsq::invalid_argument);
     x(0, 2, 5) = 0.f;
-
-    auto transform_nan = m.layers[0];
-    transform_nan.w2_input_transform = [](rsq::matrix_view<float> v) { v(0, 0) = std::numeric_limits<float>::infinity(); };
-    CHECK_THROWS_WITH_AS((void)forward_layer(c, transform_nan, 0, x), doctest::Contains("w2 input transform produced a non-finite"),
-                         rsq::invalid_argument);
 
     auto swapped = m;
     swapped.layers[1].wk = rsq::matrix<float>(rsq::matrix<float>::shape_type{16, 31});

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -102,21 +103,12 @@ llama_model rebuild(std::filesystem::path const& dir, llama_config const& c, gpt
     auto const online = manifest.substr(manifest.find("\"online\""));
     auto const down_text = json_string_value(online, "descriptor");
     auto const heads_text = json_string_value(online.substr(online.find("o_proj")), "descriptor");
-    auto const down = rsq::rotation::make_rotation(rsq::rotation::rotation_descriptor::from_string(down_text));
-    auto const heads = rsq::rotation::make_rotation(rsq::rotation::rotation_descriptor::from_string(heads_text));
-    index_t const H = c.n_heads, hs = c.head_size();
-    for (auto& L : m.layers) {
-      // x ← M x/√n per row = x·Qᵀ... with Q = M_nᵀ/√n the exact Hadamard rotation: x·Q.
-      L.w2_input_transform = [down](rsq::matrix_view<float> x) {
-        std::visit([&](auto const& r) { r.apply_right(x); }, down);
-      };
-      L.wo_input_transform = [heads, H, hs](rsq::matrix_view<float> x) {
-        for (index_t t = 0; t < x.rows(); ++t) {
-          rsq::matrix_view<float> across(&x(t, 0), {hs, H}, {x.stride(1), hs * x.stride(1)});  // (head_dim, heads)
-          std::visit([&](auto const& r) { r.apply_right(across); }, heads);
-        }
-      };
-    }
+    // Both are exact Hadamard rotations Q = M_nᵀ/√n: x·Q is the transform x ← M x/√n of each row.
+    auto const transform_of = [](std::string const& text) {
+      auto const r = rsq::rotation::make_rotation(rsq::rotation::rotation_descriptor::from_string(text));
+      return std::make_shared<rsq::rotation::hadamard const>(std::get<rsq::rotation::hadamard_rotation>(r).transform());
+    };
+    m.online = {transform_of(heads_text), transform_of(down_text)};
   }
   return m;
 }
@@ -141,10 +133,7 @@ TEST_SUITE("pipeline.export") {
       auto const path = dir / (std::string(to_string(method)) + ".bin");
       save_quantized_checkpoint(path, q);
       auto const back = load_llama2c_checkpoint(path);
-      for (auto const& L : back.layers) {
-        CHECK_FALSE(static_cast<bool>(L.wo_input_transform));
-        CHECK_FALSE(static_cast<bool>(L.w2_input_transform));
-      }
+      CHECK_FALSE(back.online.any());
       double const ppl_back = evaluate(back, rsq::view(d.eval)).perplexity;
       CHECK(std::abs(ppl_back - ppl) / ppl < 1e-5);
       auto const header = header_of(path);

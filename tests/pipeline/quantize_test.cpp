@@ -37,9 +37,9 @@ std::vector<double> attncon_reference(rsq::batch_view<const float> p, double r_m
   return s;
 }
 
-/// The inputs of linear @p id when @p layer runs on @p x, (S·L, in).
+/// The inputs of linear @p id when @p layer runs on @p x, (S·L, in), with the model's online transforms @p online.
 rsq::matrix<float> linear_input(llama_config const& c, decoder_layer const& layer, int index, activations const& x,
-                                linear_id id) {
+                                linear_id id, online_transforms const& online) {
   rsq::matrix<float> out;
   forward_hooks hooks;
   hooks.linear_input = [&](linear_site const& s, rsq::matrix_view<const float> in) {
@@ -48,7 +48,7 @@ rsq::matrix<float> linear_input(llama_config const& c, decoder_layer const& laye
     for (index_t i = 0; i < in.rows(); ++i)
       for (index_t j = 0; j < in.cols(); ++j) out(i, j) = in(i, j);
   };
-  (void)forward_layer(c, layer, index, rsq::batch_view<const float>(x), hooks);
+  (void)forward_layer(c, layer, index, rsq::batch_view<const float>(x), hooks, online);
   return out;
 }
 
@@ -113,7 +113,7 @@ TEST_SUITE("pipeline.quantize") {
             auto const want = attncon_reference(p);
             for (index_t t = 0; t < L; ++t) r(s.sequence, t) = float(want[std::size_t(t)]);
           };
-          (void)forward_layer(cfg, fp_layer, l, rsq::batch_view<const float>(x), hooks);
+          (void)forward_layer(cfg, fp_layer, l, rsq::batch_view<const float>(x), hooks, ref.online);
           auto const& got = rec.importances.at(l);
           for (index_t j = 0; j < S; ++j)
             for (index_t t = 0; t < L; ++t) CHECK(got(j, t) == doctest::Approx(r(j, t)).epsilon(1e-5));
@@ -124,12 +124,12 @@ TEST_SUITE("pipeline.quantize") {
         auto partial = fp_layer;
         for (std::size_t g = 0; g < true_sequential_groups.size(); ++g) {
           linear_id const first = true_sequential_groups[g][0];
-          auto const in = linear_input(cfg, partial, l, x, first);
+          auto const in = linear_input(cfg, partial, l, x, first, ref.online);
           auto const want = reference_hessian(rsq::view(std::as_const(in)), S, L, rp);
           CHECK(relative_matrix_difference(rec.hessians.at({l, first}), want) < 1e-4);
           if (g > 0) {
             // Calibrating on the FP layer instead gives another Hessian: the check above can fail.
-            auto const in_fp = linear_input(cfg, fp_layer, l, x, first);
+            auto const in_fp = linear_input(cfg, fp_layer, l, x, first, ref.online);
             CHECK(relative_matrix_difference(rec.hessians.at({l, first}),
                                              reference_hessian(rsq::view(std::as_const(in_fp)), S, L, rp)) > 1e-3);
           }
@@ -139,7 +139,7 @@ TEST_SUITE("pipeline.quantize") {
           }
         }
         // The next layer's inputs: the outputs of the quantized layer.
-        x = forward_layer(cfg, q_layer, l, rsq::batch_view<const float>(x));
+        x = forward_layer(cfg, q_layer, l, rsq::batch_view<const float>(x), {}, ref.online);
       }
       // Reports come in true-sequential order.
       REQUIRE(rec.layers.size() == std::size_t(cfg.n_layers));

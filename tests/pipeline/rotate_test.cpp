@@ -51,13 +51,13 @@ TEST_SUITE("pipeline.rotate") {
           CHECK(rec.residual.seed == seed);
           CHECK(rec.residual.n == cfg.dim);
           CHECK(relative_logit_difference(ref, logits_of(m, tokens)) < 1e-4);
-          // Gains are ones, the embedding is rotated (differs), the online transforms are attached.
+          // Gains are ones, the embedding is rotated (differs), the online transforms are set.
           for (auto const& L : m.layers) {
             for (float g : L.rms_att) CHECK(g == 1.f);
             for (float g : L.rms_ffn) CHECK(g == 1.f);
-            CHECK(static_cast<bool>(L.wo_input_transform));
-            CHECK(static_cast<bool>(L.w2_input_transform));
           }
+          CHECK(m.online.heads != nullptr);
+          CHECK(m.online.down != nullptr);
           for (float g : m.rms_final) CHECK(g == 1.f);
           CHECK(max_diff(m.token_embedding, fp.token_embedding) > 1e-2);
         }
@@ -149,12 +149,13 @@ TEST_SUITE("pipeline.rotate") {
   TEST_CASE("the online head Hadamard is (M_nh/√nh ⊗ I_hd) and the down Hadamard is M_I/√I") {
     for (auto const& cfg : {tiny_config(), odd_config()}) {
       index_t const H = cfg.n_heads, hs = cfg.head_size(), D = cfg.dim;
-      heads_online_hadamard const heads(H, hs);
+      auto const online = plan_rotation(cfg).online;
       auto const mh = rsq::rotation::hadamard(H).dense();  // (H, H) = M/√H
       auto x = rsq::make_matrix<double>(3, D);
       for (std::size_t i = 0; i < x.size(); ++i) x.data()[i] = std::sin(0.7 * double(i) + 0.1);
       auto y = x;
-      heads(rsq::view(y));
+      // As the forward pass applies it: the rows (t, j, ·) of the (tokens, head_dim, heads) view.
+      online.heads->apply(rsq::backend::cpu_eigen{}, rsq::tensor_view<double, 3>(y.data(), {3, hs, H}, {D, 1, hs}));
       double err = 0;
       for (index_t t = 0; t < 3; ++t)
         for (index_t h = 0; h < H; ++h)
@@ -164,12 +165,11 @@ TEST_SUITE("pipeline.rotate") {
             err = std::max(err, std::abs(s - y(t, h * hs + j)));
           }
       CHECK(err < 1e-12);
-      down_online_hadamard const down(cfg.hidden_dim);
       auto const md = rsq::rotation::hadamard(cfg.hidden_dim).dense();
       auto z = rsq::make_matrix<double>(2, cfg.hidden_dim);
       for (std::size_t i = 0; i < z.size(); ++i) z.data()[i] = std::cos(0.3 * double(i));
       auto w = z;
-      down(rsq::view(w));
+      online.down->apply(rsq::backend::cpu_eigen{}, rsq::view(w));
       double err2 = 0;
       for (index_t t = 0; t < 2; ++t)
         for (index_t i = 0; i < cfg.hidden_dim; ++i) {
@@ -190,10 +190,7 @@ TEST_SUITE("pipeline.rotate") {
       auto const rotated = logits_of(m, tokens);
       auto plain = m;
       fold_online_transforms(plain);
-      for (auto const& L : plain.layers) {
-        CHECK_FALSE(static_cast<bool>(L.wo_input_transform));
-        CHECK_FALSE(static_cast<bool>(L.w2_input_transform));
-      }
+      CHECK_FALSE(plain.online.any());
       CHECK(relative_logit_difference(rotated, logits_of(plain, tokens)) < 1e-5);
       CHECK(relative_logit_difference(logits_of(fp, tokens), logits_of(plain, tokens)) < 1e-4);
       // Folding is idempotent on a plain model.
@@ -209,7 +206,7 @@ TEST_SUITE("pipeline.rotate") {
     auto m = fp;
     auto const rec = rotate_model(m, {.seed = 4});
     auto const ref = logits_of(m, tokens);
-    for (auto& L : m.layers) L.wo_input_transform = L.w2_input_transform = nullptr;
+    m.online = {};
     CHECK(relative_logit_difference(ref, logits_of(m, tokens)) > 1e-3);
     attach_online_transforms(m, rec);
     CHECK(relative_logit_difference(ref, logits_of(m, tokens)) == 0);
@@ -241,9 +238,9 @@ TEST_SUITE("pipeline.rotate") {
     auto other = random_model(odd_config(), 1);
     CHECK_THROWS_WITH_AS(attach_online_transforms(other, rec), doctest::Contains("does not match"),
                          rsq::invalid_argument);
-    heads_online_hadamard const heads(4, 8);
     auto x = rsq::make_matrix<float>(2, 30);
-    CHECK_THROWS_WITH_AS(heads(rsq::view(x)), doctest::Contains("expected heads x head_dim = 32"),
-                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::rotation::hadamard(4).apply(rsq::backend::cpu_eigen{},
+                                                          rsq::tensor_view<float, 3>(x.data(), {2, 10, 3}, {30, 1, 10})),
+                         doctest::Contains("rows have length 3, the transform has length 4"), rsq::invalid_argument);
   }
 }

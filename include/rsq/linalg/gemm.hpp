@@ -13,8 +13,10 @@
 
 #include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cpu/gemm.hpp"
+#include "rsq/backend/cpu/memory.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/memory.hpp"
+#include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/precision.hpp"
 #include "rsq/core/view.hpp"

@@ -561,14 +561,15 @@ class layer_quantizer {
                                    matrix_view<const T>(rsq::view(h)));
       }
       {
-        // Q replaces W on the backend (the next groups' passes run with it) and in the host model.
+        // Q replaces W on the backend (the next groups' passes run with it) and in the host model; the codes, scales
+        // and zeros go to the host result.
         phase<B> p(be_, tm.copies);
         linalg::convert(be_, matrix_view<const T>(rsq::view(res->dequantized)), wf);
-        auto host = gptq::to_host(be_, std::move(*res));
-        for (auto v : host.column_loss) lr.gptq_loss += double(v);
         auto& hw = host_layer.weight(id);
         if (hw.data() != wf.data()) backend::copy(be_, hw.data(), wf.data(), wf.size());
-        q_.weights[std::size_t(l)][std::size_t(id)] = to_float_weight<T>(std::move(host.weight));
+        auto const loss = backend::to_host(be_, matrix_view<const T>(rsq::view(res->column_loss).data(), 1, wf.cols()));
+        for (auto v : loss) lr.gptq_loss += double(v);
+        q_.weights[std::size_t(l)][std::size_t(id)] = to_float_weight<T>(quant::to_host(be_, std::move(res->weight)));
       }
       lr.seconds = seconds_since(t0);
       report.linears.push_back(lr);
@@ -697,7 +698,8 @@ class layer_quantizer {
 
 }  // namespace pipeline_detail
 
-/// Quantizes @p fp with the method and options @p opt (see the file comment) on backend @p be, calibrated on
+/// Quantizes @p fp in place (it is moved into the result) with the method and options @p opt (see the file comment)
+/// on backend @p be, calibrated on
 /// @p calibration, the windows of token ids (sequences, L) before expansion (e.g. from sample_windows(); unused by
 /// rtn, which may pass an empty view).
 ///
@@ -710,7 +712,7 @@ class layer_quantizer {
 ///         windows that are empty, longer than the model's seq_len or hold ids outside the vocabulary, sizes without
 ///         a Hadamard construction; rsq::cuda_error when the device cannot hold a layer (naming the bytes)
 template <backend_tag B>
-[[nodiscard]] quantized_model quantize_model(B const& be, llama_model const& fp,
+[[nodiscard]] quantized_model quantize_model(B const& be, llama_model&& fp,
                                              rsq::matrix_view<const std::int32_t> calibration,
                                              quantize_options const& opt = {}, quantize_observer const& obs = {}) {
   using namespace pipeline_detail;
@@ -718,7 +720,7 @@ template <backend_tag B>
   opt.validate();
   validate(fp, /*check_finite=*/true);
   expect_plain(fp, "quantize_model");
-  auto const& c = fp.config;
+  auto const c = fp.config;
   std::optional<rotation_plan> rotation;
   if (opt.rotates_model()) rotation = plan_rotation(c, opt.rotation);  // an unsupported size fails here
 
@@ -741,7 +743,7 @@ template <backend_tag B>
   }
 
   quantized_model q;
-  q.model = fp;
+  q.model = std::move(fp);  // quantized in place: its weights become the dequantized ones
   q.weights.assign(std::size_t(c.n_layers), std::vector<quant::quantized_weight<float>>(std::size(all_linears)));
   q.method = opt.method;
   q.grid = opt.grid;
@@ -833,6 +835,14 @@ template <backend_tag B>
   return q;
 }
 
+/// quantize_model() of a copy of @p fp (the caller keeps the full-precision model).
+template <backend_tag B>
+[[nodiscard]] quantized_model quantize_model(B const& be, llama_model const& fp,
+                                             rsq::matrix_view<const std::int32_t> calibration,
+                                             quantize_options const& opt = {}, quantize_observer const& obs = {}) {
+  return quantize_model(be, llama_model(fp), calibration, opt, obs);
+}
+
 /// quantize_model() on backend B (default: the CPU), e.g. `quantize_model(model, calibration, opt)`.
 template <backend_tag B = backend::cpu_eigen>
 [[nodiscard]] quantized_model quantize_model(llama_model const& fp, rsq::matrix_view<const std::int32_t> calibration,
@@ -896,7 +906,7 @@ template <backend_tag B>
 
 #if defined(RSQ_EXTERN_TEMPLATES)
 // The layer loop on the CPU backend lives in the translation unit that includes <rsq/instantiate.hpp>.
-extern template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model const&,
+extern template quantized_model quantize_model<backend::cpu_eigen>(backend::cpu_eigen const&, llama_model&&,
                                                                    rsq::matrix_view<const std::int32_t>,
                                                                    quantize_options const&, quantize_observer const&);
 #endif

@@ -8,7 +8,9 @@
 ///
 /// Work per row: an in-place fast Walsh–Hadamard transform of each of the K slices of length p = n/K (radix-8 base
 /// case, then radix-4 passes whose inner loops run over contiguous memory and vectorise), then, for K > 1, a K x K
-/// times K x p matrix product with hadK/√n (Eigen). Rows are independent and run in parallel (OpenMP). Views with
+/// times K x p matrix product with hadK/√n (Eigen's kernels). Rows are independent and run in parallel (OpenMP):
+/// each row is transformed the same way whichever thread takes it, and the K x p product is rsq's tiled product
+/// (cpu/gemm.hpp) where Eigen's own would split it over threads, so results do not depend on the thread count. Views with
 /// any strides work: rows that are not contiguous are gathered in groups into a buffer, so columns of a row-major
 /// matrix (a transposed view) are transformed at nearly the speed of rows.
 ///
@@ -26,6 +28,8 @@
 #include <Eigen/Core>
 
 #include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/cpu/eigen_map.hpp"
+#include "rsq/backend/cpu/gemm.hpp"
 #include "rsq/backend/cpu/hadamard.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/core/checks.hpp"
@@ -132,9 +136,24 @@ void fwht_lanes(T* x, index_t p, index_t g) noexcept {
 }
 
 template <class T>
-using row_major_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-template <class T>
 using row_major = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// out (k, p) = mix (k, k) · in (k, p), all row-major and contiguous. A vector (p = 1) is Eigen's matrix-vector
+/// product, which runs on one thread and sums each row in a fixed order; wider products are rsq's GEMM (Eigen's
+/// would split them over threads, with sums that change with their number, where a single long row leaves this
+/// product outside a parallel region).
+template <class T>
+void mix_slices(row_major<T> const& mix, T const* in, index_t k, index_t p, T* out) {
+  if (p == 1) {
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(out, k).noalias() =
+        mix * Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(in, k);
+    return;
+  }
+  // As column-major products: outᵀ (p, k) = inᵀ (p, k) · mixᵀ (k, k).
+  Eigen::Map<cpu::eigen_col_matrix<T>> out_t(out, p, k);
+  out_t.setZero();
+  cpu::detail::gemm_update<T>(out_t, Eigen::Map<const cpu::eigen_col_matrix<T>>(in, p, k), mix.transpose(), T(1));
+}
 
 }  // namespace detail
 
@@ -391,8 +410,7 @@ class hadamard {
     T* out = buf;
     if (k > 1) {
       // (K, p*g) <- hadK/√n · (K, p*g): one product for all g rows.
-      detail::row_major_map<T> in(buf, k, p * g), res(scratch, k, p * g);
-      res.noalias() = mix * in;
+      detail::mix_slices(mix, buf, k, p * g, scratch);
       out = scratch;
       scale = T(1);
     }
@@ -440,8 +458,7 @@ class hadamard {
       return;
     }
     // hadK on the slow index: (K, p) <- hadK/√n · (K, p).
-    detail::row_major_map<T> in(row, k, p), out(scratch, k, p);
-    out.noalias() = mix * in;
+    detail::mix_slices(mix, row, k, p, scratch);
     if (post)
       for (index_t i = 0; i < n; ++i) row[i] = scratch[i] * T(post[i]);
     else

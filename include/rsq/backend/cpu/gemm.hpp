@@ -2,21 +2,29 @@
 #pragma once
 
 /// @file
-/// The matrix products of the CPU backend's kernels: Eigen's GEMM kernels, with their packing buffers kept per
-/// thread. Eigen allocates a product's packing buffers (mc·kc and kc·nc elements: 0.25–1 MiB for the tiles used
-/// here) on the heap for every product; glibc gives that memory back to the system when it is freed, and the next
-/// product faults it in again, 4 KiB at a time. Measured on the development machine: an 8192-token Hessian update at
-/// 1024 features into a kept accumulator took 0.055–0.062 s with about 2400 page faults, against 0.040–0.047 s once
-/// the buffers are kept (docs/linalg.md). Here they come from a block per thread (cpu/scratch.hpp) that stays
-/// between calls. Below them, packed_rows packs a block of a SYRK's factor once for all the tile products that read it.
+/// The matrix products of the CPU backend: Eigen's GEMM kernels, with their packing buffers kept per thread, tiled
+/// over the threads so that the result does not depend on their number, and the CPU implementation of
+/// rsq::linalg::gemm (algorithm::gemm, at the end).
+///
+/// Packing buffers: Eigen allocates a product's packing buffers (mc·kc and kc·nc elements: 0.25–1 MiB for the tiles
+/// used here) on the heap for every product; glibc gives that memory back to the system when it is freed, and the
+/// next product faults it in again, 4 KiB at a time. Measured on the development machine: an 8192-token Hessian
+/// update at 1024 features into a kept accumulator took 0.055–0.062 s with about 2400 page faults, against
+/// 0.040–0.047 s once the buffers are kept (docs/linalg.md). Here they come from a block per thread (cpu/scratch.hpp)
+/// that stays between calls. Below them, packed_rows packs a block of a SYRK's factor once for all the tile products
+/// that read it.
+///
+/// Threads: Eigen's own multi-threaded product sums in an order that depends on the thread count (tiled_product says
+/// why), so that a quantization changed with OMP_NUM_THREADS. Products here are cut into tiles by shape alone, one
+/// thread per tile, and give the bits of one single-threaded product over the whole matrix for any thread count.
 ///
 /// This reaches into Eigen 3.4's internal product API (`general_matrix_matrix_product`,
-/// `general_matrix_matrix_triangular_product`, `level3_blocking`); with another Eigen version, and outside a
-/// parallel region when Eigen has several threads (its own multi-threaded product is the better one there), the
-/// products are plain Eigen expressions.
+/// `general_matrix_matrix_triangular_product`, `level3_blocking`, `gebp_traits`); with another Eigen version the
+/// tiles are plain Eigen expressions, still independent of the thread count but no longer equal to one product.
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,9 +34,13 @@
 #include <omp.h>
 #endif
 
+#include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/scratch.hpp"
+#include "rsq/backend/dispatch.hpp"
+#include "rsq/core/precision.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/linalg/gemm_options.hpp"
 
 #if EIGEN_VERSION_AT_LEAST(3, 4, 0) && !EIGEN_VERSION_AT_LEAST(3, 4, 90)
 #define RSQ_EIGEN_KEPT_PACKING 1
@@ -38,14 +50,16 @@
 
 namespace rsq::cpu::detail {
 
-#if RSQ_EIGEN_KEPT_PACKING
-
 template <class X>
 inline constexpr int storage_order_of =
     (Eigen::internal::traits<X>::Flags & Eigen::RowMajorBit) ? Eigen::RowMajor : Eigen::ColMajor;
 
+#if RSQ_EIGEN_KEPT_PACKING
+
 /// Eigen's single-threaded blocking (what gemm_blocking_space computes) with its buffers in the calling thread's
-/// packing block. Without column blocking (the triangular product) every column of the right factor is packed.
+/// packing block. Without column blocking (the triangular product) every column of the right factor is packed. With
+/// column blocking, row blocks smaller than the rows are whole register panels (mr rows): then every row of C goes
+/// through the same path of Eigen's kernel however the rows are blocked (tiled_product relies on it).
 template <class T>
 class kept_blocking : public Eigen::internal::level3_blocking<T, T> {
  public:
@@ -56,6 +70,9 @@ class kept_blocking : public Eigen::internal::level3_blocking<T, T> {
     index_t unblocked = cols;
     Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc,
                                                           column_blocking ? this->m_nc : unblocked, index_t(1));
+    constexpr index_t mr = Eigen::internal::gebp_traits<T, T>::mr;
+    if (column_blocking && this->m_mc < rows && this->m_mc % mr != 0)
+      this->m_mc = std::max(mr, this->m_mc / mr * mr);  // Eigen leaves a block of fewer than mr rows as it is
     std::size_t const a_bytes = line_bytes<T>(std::size_t(this->m_mc * this->m_kc));
     std::byte* const p = packing_block().reserve(a_bytes + std::size_t(this->m_kc * this->m_nc) * sizeof(T));
     this->m_blockA = reinterpret_cast<T*>(p);
@@ -71,34 +88,156 @@ constexpr void check_operands() {
                 "gemm operands need a unit inner stride");
 }
 
+/// C += alpha · A · B on one thread with Eigen 3.4's blocked algorithm and kernels (general_matrix_matrix_product),
+/// its packing buffers kept: C (m, n) column-major, A (m, k) and B (k, n) stored in @p LhsOrder / @p RhsOrder with
+/// leading dimensions @p lda / @p ldb.
+template <class T, int LhsOrder, int RhsOrder>
+void sequential_product(index_t m, index_t n, index_t k, T const* a, index_t lda, T const* b, index_t ldb, T* c,
+                        index_t ldc, T alpha) {
+  kept_blocking<T> blocking(m, n, k, true);
+  Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, LhsOrder, false, T, RhsOrder, false,
+                                                 Eigen::ColMajor, 1>::run(m, n, k, a, lda, b, ldb, c, 1, ldc, alpha,
+                                                                          blocking);
+}
+
 #endif
 
-/// True where Eigen's own product should run: outside a parallel region, with several Eigen threads.
-[[nodiscard]] inline bool eigen_threads_product() {
+/// Threads a product started here may use: one inside an active parallel region (the caller's threads are busy with
+/// products of their own), Eigen's thread count elsewhere.
+[[nodiscard]] inline int product_threads() {
 #if defined(_OPENMP)
-  return !omp_in_parallel() && Eigen::nbThreads() > 1;
+  return omp_get_active_level() > 0 ? 1 : std::max(1, Eigen::nbThreads());
 #else
-  return false;
+  return 1;
+#endif
+}
+
+/// The tiles of a tiled product: C (m, n) in blocks of rows x cols, from the shape alone.
+struct product_tiles {
+  index_t rows, cols;          // rows a multiple of the kernel's mr, cols of its nr, except in the last tiles
+  index_t row_tiles, col_tiles;
+  [[nodiscard]] index_t count() const noexcept { return row_tiles * col_tiles; }
+};
+
+/// Tiles of about @p target_rows x @p target_cols (whole register panels of Eigen's kernel) for C (m, n); one tile
+/// when the product is too small to be worth splitting.
+template <class T>
+[[nodiscard]] product_tiles tiles_for(index_t m, index_t n, index_t k) {
+  // Tiles are independent products that pack their own blocks of A and B: 1/(2·cols) + 1/(2·rows) packed elements
+  // per flop (0.33 % at these sizes), against enough tiles for a balanced dynamic schedule (bench_gemm).
+  constexpr index_t target_rows = 384, target_cols = 256;
+#if RSQ_EIGEN_KEPT_PACKING
+  constexpr index_t mr = Eigen::internal::gebp_traits<T, T>::mr, nr = Eigen::internal::gebp_traits<T, T>::nr;
+#else
+  constexpr index_t mr = 16, nr = 4;
+#endif
+  if (double(m) * double(n) * double(k) < double(1 << 21)) return {m, n, 1, 1};
+  // Equal shares of about the target, rounded up to whole panels.
+  auto const split = [](index_t extent, index_t target, index_t unit) {
+    index_t const parts = (extent + target - 1) / target;
+    index_t const size = ((extent + parts - 1) / parts + unit - 1) / unit * unit;
+    return std::pair<index_t, index_t>(size, (extent + size - 1) / size);
+  };
+  auto const [rb, rt] = split(m, target_rows, mr);
+  auto const [cb, ct] = split(n, target_cols, nr);
+  return {rb, cb, rt, ct};
+}
+
+/// C += alpha · A · B (C (m, n) column-major; A (m, k), B (k, n) in storage orders @p LhsOrder, @p RhsOrder), the
+/// same bits for every thread count: outside a parallel region C is cut into tiles whose bounds depend on the shape
+/// alone, each tile one sequential product on one thread; inside one (or on one thread) the whole product is one
+/// sequential product.
+///
+/// Why the two agree bit for bit: Eigen's kernel sums each element of C over k in slabs of kc, and kc depends on k
+/// alone (computeProductBlockingSizes on one thread). Within a slab, the order of the sum depends on the path an
+/// element takes through the kernel: its row is in a panel of 3, 2 or 1 packets, a half or a quarter packet or
+/// alone (the 1-packet panels alternate two accumulators over k), its column in a panel of nr columns or alone. The
+/// paths are fixed by the row's position relative to the last whole mr panel of the rows the kernel is given, and
+/// the column's relative to the last whole nr panel. Tiles start at multiples of mr and nr and end there or at the
+/// matrix's edge, and the sequential product's own row and column blocks (kept_blocking) do too, so every element
+/// takes the path it takes in one product over the whole matrix. Eigen's own parallel product (Parallelizer.h)
+/// caps kc at 320 with several threads and hands each thread a row range of its own: its sums change with the
+/// thread count once k > 320 (or where its row ranges end in a partial panel).
+template <class T, int LhsOrder, int RhsOrder>
+void tiled_product(index_t m, index_t n, index_t k, T const* a, index_t lda, T const* b, index_t ldb, T* c,
+                   index_t ldc, T alpha) {
+  if (m == 0 || n == 0 || k == 0) return;
+#if RSQ_EIGEN_KEPT_PACKING
+  auto const tiles = tiles_for<T>(m, n, k);
+  int const threads = product_threads();
+  if (threads == 1 || tiles.count() == 1) return sequential_product<T, LhsOrder, RhsOrder>(m, n, k, a, lda, b, ldb,
+                                                                                            c, ldc, alpha);
+  index_t const count = tiles.count();
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(int(std::min<index_t>(threads, count))) schedule(dynamic, 1)
+#endif
+  for (index_t t = 0; t < count; ++t) {
+    // Column tiles outermost: neighbouring tasks share their columns of B.
+    index_t const i0 = (t % tiles.row_tiles) * tiles.rows, j0 = (t / tiles.row_tiles) * tiles.cols;
+    index_t const mt = std::min(tiles.rows, m - i0), nt = std::min(tiles.cols, n - j0);
+    T const* const at = a + (LhsOrder == Eigen::ColMajor ? i0 : i0 * lda);
+    T const* const bt = b + (RhsOrder == Eigen::ColMajor ? j0 * ldb : j0);
+    sequential_product<T, LhsOrder, RhsOrder>(mt, nt, k, at, lda, bt, ldb, c + i0 + j0 * ldc, ldc, alpha);
+  }
+#else
+  // Other Eigen versions: Eigen's products on the same tiles, each on one thread (inside the parallel region): the
+  // same bits for every thread count, though not those of one product over the whole matrix.
+  using lhs_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, LhsOrder>, 0, Eigen::OuterStride<>>;
+  using rhs_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, RhsOrder>, 0, Eigen::OuterStride<>>;
+  auto const tiles = tiles_for<T>(m, n, k);
+  index_t const count = tiles.count();
+  lhs_map const am(a, m, k, Eigen::OuterStride<>(lda));
+  rhs_map const bm(b, k, n, Eigen::OuterStride<>(ldb));
+  Eigen::Map<eigen_col_matrix<T>, 0, Eigen::OuterStride<>> cm(c, m, n, Eigen::OuterStride<>(ldc));
+#if defined(_OPENMP)
+  // A team of two at least: Eigen runs a product on its calling thread only in a team of several.
+#pragma omp parallel for num_threads(int(std::min<index_t>(std::max(2, product_threads()), count))) \
+    schedule(dynamic, 1)
+#endif
+  for (index_t t = 0; t < count; ++t) {
+    index_t const i0 = (t % tiles.row_tiles) * tiles.rows, j0 = (t / tiles.row_tiles) * tiles.cols;
+    index_t const mt = std::min(tiles.rows, m - i0), nt = std::min(tiles.cols, n - j0);
+    cm.block(i0, j0, mt, nt).noalias() += (alpha * am.middleRows(i0, mt)) * bm.middleCols(j0, nt);
+  }
 #endif
 }
 
 /// C += alpha · A · B, C column-major; A and B any direct-access blocks (transposes included) with unit inner stride.
+/// The same bits for every thread count, inside or outside a parallel region (tiled_product).
 template <class T, class A, class B>
 void gemm_update(Eigen::Ref<eigen_col_matrix<T>> c, Eigen::MatrixBase<A> const& a, Eigen::MatrixBase<B> const& b,
                  T alpha) {
   if (c.rows() == 0 || c.cols() == 0 || a.cols() == 0) return;
 #if RSQ_EIGEN_KEPT_PACKING
-  if (!eigen_threads_product()) {
-    check_operands<A, B>();
-    kept_blocking<T> blocking(c.rows(), c.cols(), a.cols(), true);
-    Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, storage_order_of<A>, false, T,
-                                                   storage_order_of<B>, false, Eigen::ColMajor, 1>::
-        run(c.rows(), c.cols(), a.cols(), a.derived().data(), a.derived().outerStride(), b.derived().data(),
-            b.derived().outerStride(), c.data(), 1, c.outerStride(), alpha, blocking);
+  check_operands<A, B>();
+#endif
+  tiled_product<T, storage_order_of<A>, storage_order_of<B>>(c.rows(), c.cols(), a.cols(), a.derived().data(),
+                                                              a.derived().outerStride(), b.derived().data(),
+                                                              b.derived().outerStride(), c.data(), c.outerStride(),
+                                                              alpha);
+}
+
+/// gemm_update for C whose rows are a multiple of 16 (the GPTQ solver's panels), such that each row of C gets the
+/// same bits whatever the number of rows: with Eigen 3.4, rows m = 3p·q + p (p = rows of one packet) would leave the
+/// last p rows to the kernel's 1-packet panel, which alternates two accumulators over k where the 3- and 2-packet
+/// panels sum in order; those products are split so that the last 4p rows go as two 2-packet panels. The solver's
+/// panels hold a number of rows that depends on the thread count, and its rows then still do not.
+template <class T, class A, class B>
+void gemm_update_row_independent(Eigen::Ref<eigen_col_matrix<T>> c, Eigen::MatrixBase<A> const& a,
+                                 Eigen::MatrixBase<B> const& b, T alpha) {
+#if RSQ_EIGEN_KEPT_PACKING
+  using traits = Eigen::internal::gebp_traits<T, T>;
+  constexpr index_t p = traits::LhsProgress;
+  index_t const m = c.rows();
+  if (traits::mr == 3 * p && m % p == 0 && m % (3 * p) == p && m >= 4 * p) {
+    index_t const head = m - 4 * p;  // a multiple of 3p
+    gemm_update<T>(c.topRows(head), a.topRows(head), b, alpha);
+    gemm_update<T>(c.middleRows(head, 2 * p), a.middleRows(head, 2 * p), b, alpha);
+    gemm_update<T>(c.bottomRows(2 * p), a.bottomRows(2 * p), b, alpha);
     return;
   }
 #endif
-  c.noalias() += (alpha * a) * b;
+  gemm_update<T>(c, a, b, alpha);
 }
 
 /// The lower triangle of C += alpha · A · B (C square, column-major; its strict upper part is not touched).
@@ -107,7 +246,7 @@ void gemm_update_lower(Eigen::Ref<eigen_col_matrix<T>> c, Eigen::MatrixBase<A> c
                        Eigen::MatrixBase<B> const& b, T alpha) {
   if (c.rows() == 0 || a.cols() == 0) return;
 #if RSQ_EIGEN_KEPT_PACKING
-  if (!eigen_threads_product()) {
+  {  // Eigen's triangular product runs on one thread in any case; this one keeps its packing buffers
     check_operands<A, B>();
     kept_blocking<T> blocking(c.rows(), c.cols(), a.cols(), false);
     Eigen::internal::general_matrix_matrix_triangular_product<Eigen::Index, T, storage_order_of<A>, false, T,
@@ -277,3 +416,53 @@ class packed_rows {
 #endif
 
 }  // namespace rsq::cpu::detail
+
+namespace rsq::backend {
+
+/// linalg::gemm on the CPU (<rsq/linalg/gemm.hpp>): C ← α·op(A)·op(B) + β·C as the column-major product
+/// Cᵀ += α·op(B)ᵀ·op(A)ᵀ on Eigen's kernels, tiled over the available threads (cpu::detail::tiled_product): the
+/// same bits for every thread count. matmul_precision::bf16 computes in fp32 here (the CPU has no bf16 products;
+/// fp32 is the more accurate answer, as <rsq/core/precision.hpp> allows).
+template <>
+struct implementation<algorithm::gemm, cpu_eigen> {
+  static constexpr bool available = true;
+
+  template <class T>
+  static void run(cpu_eigen const&, matrix_view<const T> a, linalg::op op_a, matrix_view<const T> b, linalg::op op_b,
+                  matrix_view<T> c, linalg::gemm_options const& opt) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "rsq: gemm computes in float or double");
+    index_t const m = c.rows(), n = c.cols(), k = op_a == linalg::op::none ? a.cols() : a.rows();
+    scale(c, T(opt.beta));
+    if (k == 0 || opt.alpha == 0) return;  // A and B are not read (BLAS)
+    // Row-major C (m, n) is the column-major Cᵀ (n, m) with leading dimension C's row stride; op(B)ᵀ (n, k) is B
+    // read column-major where op_b is none and row-major where it is transpose; op(A)ᵀ (k, m) likewise. A single
+    // row may come with row stride 0 (xtensor): any leading dimension serves a single column.
+    auto const ld = [](auto const& v, index_t at_least) { return v.rows() > 1 ? v.stride(0) : at_least; };
+    T const* const pa = a.data();
+    T const* const pb = b.data();
+    index_t const lda = ld(a, a.cols()), ldb = ld(b, b.cols()), ldc = ld(c, n);
+    T const alpha = T(opt.alpha);
+    bool const ta = op_a == linalg::op::transpose, tb = op_b == linalg::op::transpose;
+    using cpu::detail::tiled_product;
+    constexpr int col = Eigen::ColMajor, row = Eigen::RowMajor;
+    if (!tb && !ta) tiled_product<T, col, col>(n, m, k, pb, ldb, pa, lda, c.data(), ldc, alpha);
+    if (!tb && ta) tiled_product<T, col, row>(n, m, k, pb, ldb, pa, lda, c.data(), ldc, alpha);
+    if (tb && !ta) tiled_product<T, row, col>(n, m, k, pb, ldb, pa, lda, c.data(), ldc, alpha);
+    if (tb && ta) tiled_product<T, row, row>(n, m, k, pb, ldb, pa, lda, c.data(), ldc, alpha);
+  }
+
+ private:
+  /// C ← β·C, rows in parallel; β = 0 writes zeros without reading C (its NaNs do not propagate).
+  template <class T>
+  static void scale(matrix_view<T> c, T beta) {
+    if (beta == T(1)) return;
+    index_t const rows = c.rows(), cols = c.cols();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (c.size() >= (index_t(1) << 16) && cpu::detail::product_threads() > 1)
+#endif
+    for (index_t i = 0; i < rows; ++i)
+      for (index_t j = 0; j < cols; ++j) c(i, j) = beta == T(0) ? T(0) : beta * c(i, j);
+  }
+};
+
+}  // namespace rsq::backend

@@ -15,6 +15,8 @@
 /// a block the columns are halved recursively (the left half's errors reach the right half in one GEMM) down to
 /// leaves of 16 columns, solved by a kernel that holds 64 rows of the leaf in a local array and fuses the
 /// quantization; nearly all flops run in Eigen's GEMM kernels. docs/gptq.md has the measurements behind the shapes.
+/// How many rows a panel holds depends on the thread count; what a row computes does not (gptq_solve says how), so
+/// the results are the same bits for every thread count.
 
 #include <algorithm>
 #include <cmath>
@@ -84,11 +86,14 @@ inline constexpr index_t gptq_leaf_rows = 64;
 /// rows, column i is loaded once, the errors of the leaf's columns before it are applied (in column order, as the
 /// reference applies them), and it is quantized before it is stored: one load per update instead of the two loads
 /// and a store of updating every later column in memory (docs/gptq.md). @p rows is a multiple of gptq_leaf_rows.
-/// On return the columns hold q; the codes and scaled errors (error column e0 + i for column c0 + i) are written.
+/// On return the columns hold q; the codes and scaled errors (error column e0 + i for column c0 + i) are written, and
+/// the loss of column c0 + i over rows [64 c, 64 c + 64) of the panel goes to loss[c · loss_ld + i]: sums over fixed
+/// chunks of rows, added up in row order at the end, so that the column losses do not depend on how many rows a
+/// panel holds (which depends on the thread count).
 template <class T>
 void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err, index_t rows, index_t c0,
                 index_t e0, index_t nl, T const* const* scale, T const* const* zero, panel_ref<const T> u, T max_code,
-                double* loss) {
+                double* loss, index_t loss_ld) {
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"  // packet types as template arguments (as in transpose.hpp)
@@ -100,7 +105,7 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
   constexpr index_t K = std::min<index_t>(4, gptq_leaf_rows / P), G = K * P;
   static_assert(gptq_leaf_rows % G == 0);
   constexpr index_t L = gptq_leaf_columns;
-  Packet sq[L][K];  // per-lane Σ (x − q)² of each column
+  Packet sq[L][K];  // per-lane Σ (x − q)² of each column over the current chunk of gptq_leaf_rows rows
   for (index_t i = 0; i < nl; ++i)
     for (index_t k = 0; k < K; ++k) sq[i][k] = pzero(Packet{});
   Packet const lo = pzero(Packet{}), hi = pset1<Packet>(max_code);
@@ -134,12 +139,16 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
       std::uint8_t* code = codes.col(c0 + i) + r0;
       for (index_t r = 0; r < G; ++r) code[r] = static_cast<std::uint8_t>(cv[r]);
     }
-  }
-  for (index_t i = 0; i < nl; ++i) {
-    Packet acc = sq[i][0];
-    for (index_t k = 1; k < K; ++k) acc = padd(acc, sq[i][k]);
-    double const d = double(u.col(c0 + i)[c0 + i]);
-    loss[i] += double(predux(acc)) / (2.0 * d * d);
+    if ((r0 + G) % gptq_leaf_rows == 0) {  // the end of a chunk: its loss per column
+      double* const chunk = loss + (r0 / gptq_leaf_rows) * loss_ld;
+      for (index_t i = 0; i < nl; ++i) {
+        Packet acc = sq[i][0];
+        for (index_t k = 1; k < K; ++k) acc = padd(acc, sq[i][k]);
+        double const d = double(u.col(c0 + i)[c0 + i]);
+        chunk[i] = double(predux(acc)) / (2.0 * d * d);
+        for (index_t k = 0; k < K; ++k) sq[i][k] = pzero(Packet{});
+      }
+    }
   }
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
@@ -322,8 +331,12 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   index_t const per_thread = (rows + threads - 1) / threads;
   index_t const panel_rows = std::min(gptq_panel_rows, (per_thread + row_align - 1) / row_align * row_align);
   index_t const panels = (rows + panel_rows - 1) / panel_rows;
-  // Summed in panel order: the total does not depend on the thread count or the schedule.
-  std::vector<std::vector<double>> panel_loss(static_cast<std::size_t>(panels));
+  // The panels' rows, and so the panels' sizes, depend on the thread count; each row's arithmetic must not. The
+  // leaf kernel treats every row alike, the GEMMs go through gemm_update_row_independent, and the losses are kept
+  // per chunk of gptq_leaf_rows rows (panels start at multiples of it) and summed in row order at the end: results
+  // do not depend on the thread count or the schedule.
+  index_t const loss_chunks = (rows + gptq_leaf_rows - 1) / gptq_leaf_rows;
+  std::vector<double> chunk_loss(static_cast<std::size_t>(loss_chunks * cols));  // (chunks, cols), solve order
   std::vector<char> panel_finite(static_cast<std::size_t>(panels), 1);  // a NaN or Inf found by the panel's load
   // The grid that quantizes solve-order column j.
   auto grid_of = [&](index_t j) -> index_t {
@@ -365,8 +378,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
     for (index_t pi = 0; pi < panels; ++pi) {
       index_t const r0 = pi * panel_rows, n = std::min(panel_rows, rows - r0);
       index_t const n_pad = (n + gptq_leaf_rows - 1) / gptq_leaf_rows * gptq_leaf_rows;  // padded rows stay zero
-      auto& loss = panel_loss[std::size_t(pi)];
-      loss.assign(static_cast<std::size_t>(cols), 0.0);
+      double* const loss = chunk_loss.data() + (r0 / gptq_leaf_rows) * cols;  // this panel's chunks
       // The grid of group g for the panel's rows from its solve-order columns [col, col + len): each row's range,
       // scanned down the columns (vectorized over rows), then the grid per row. The clip search reads the values
       // again, from @p x (row r at x + r·ld, step @p step), in the order the reference sums them.
@@ -422,17 +434,18 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
               leaf_zero[i - s0] = pzero.col(grid_of(i1 + i)).data();
             }
             solve_leaf(wk_ref, codes_ref, e_ref, n_pad, i1 + s0, s0, s1 - s0, leaf_scale, leaf_zero, u_ref,
-                       T(max_code), &loss[std::size_t(i1 + s0)]);
+                       T(max_code), loss + i1 + s0, cols);
             return;
           }
           index_t const mid = s0 + ((s1 - s0) / 2 + gptq_leaf_columns - 1) / gptq_leaf_columns * gptq_leaf_columns;
           self(self, s0, mid);
-          gemm_update<T>(wk.middleCols(i1 + mid, s1 - mid), eb.middleCols(s0, mid - s0),
-                         u.block(i1 + s0, i1 + mid, mid - s0, s1 - mid), T(-1));
+          gemm_update_row_independent<T>(wk.middleCols(i1 + mid, s1 - mid), eb.middleCols(s0, mid - s0),
+                                         u.block(i1 + s0, i1 + mid, mid - s0, s1 - mid), T(-1));
           self(self, mid, s1);
         };
         solve_range(solve_range, 0, nb);
-        if (i2 < cols) gemm_update<T>(wk.middleCols(i2, cols - i2), eb, u.block(i1, i2, nb, cols - i2), T(-1));
+        if (i2 < cols)
+          gemm_update_row_independent<T>(wk.middleCols(i2, cols - i2), eb, u.block(i1, i2, nb, cols - i2), T(-1));
       }
       store_panel(wk, r0, n, position, res.dequantized.data(), cols);
       store_panel(pan_codes, r0, n, position, qw.codes.data(), cols);
@@ -452,7 +465,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   rsq::reshape_for_overwrite(res.column_loss, cols);
   for (index_t j = 0; j < cols; ++j) {
     double s = 0;
-    for (auto const& l : panel_loss) s += l[std::size_t(j)];
+    for (index_t c = 0; c < loss_chunks; ++c) s += chunk_loss[std::size_t(c * cols + j)];
     res.column_loss(perm[j]) = T(s);
   }
   return res;

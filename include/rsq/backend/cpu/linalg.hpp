@@ -6,11 +6,13 @@
 /// factor of H^-1 that GPTQ needs (spec §6 step 6), and a lower-triangle SYRK for Hessians (spec §5).
 ///
 /// Eigen 3.4's LLT and `rankUpdate` run on one thread. Here nearly all flops are matrix products:
-///  - on one thread, recursive (Gustavson-style) algorithms split each matrix in halves, so that most of the work
-///    is a few large GEMMs;
-///  - on several threads (`Eigen::nbThreads()`, OpenMP), the matrix is cut into tiles and every tile operation
-///    (tile Cholesky, tile solve, tile GEMM) is an OpenMP task with its dependences, run by one thread with the
-///    sequential recursion. The whole factorization is one parallel region with one barrier at its end.
+///  - matrices of at least two tiles are cut into tiles and every tile operation (tile Cholesky, tile solve, tile
+///    GEMM) is an OpenMP task with its dependences, run by one thread with the sequential recursion; the whole
+///    factorization is one parallel region with one barrier at its end, on `Eigen::nbThreads()` threads;
+///  - smaller ones, and builds without OpenMP, run the recursive (Gustavson-style) algorithms that split each
+///    matrix in halves, so that most of the work is a few large GEMMs.
+/// Which of the two runs depends on the size alone, never on the thread count, and every product gives the same bits
+/// on any number of threads (cpu/gemm.hpp): results are identical for every OMP_NUM_THREADS.
 ///
 /// All matrices are column-major `Eigen::Ref`s (plain matrices, maps and blocks bind without a copy). Square
 /// matrices work in place; only the lower triangle is read.
@@ -394,13 +396,15 @@ void syrk_lower_tasks_gathered(col_ref<T> c, index_t tokens, Fill const& fill, T
 
 #endif  // _OPENMP
 
-/// Runs the Cholesky and/or the inverse on the available threads: tasks when there are several threads and at
-/// least two tiles per dimension, otherwise the sequential recursions.
+/// Runs the Cholesky and/or the inverse on the available threads: tasks when there are at least two tiles per
+/// dimension, otherwise the sequential recursions. The choice depends on the size alone, one thread included: the
+/// tile algorithm sums in another order than the recursion, and a factorization must not change with the thread
+/// count (the tasks' order on each tile is fixed by their dependences, and each runs sequentially).
 template <class T>
 index_t factor_invert(col_ref<T> a, bool factor, bool invert) {
 #if defined(_OPENMP)
-  int const threads = available_threads();
-  if (threads > 1 && a.rows() >= 2 * factor_tile(a.rows())) return factor_invert_tasks<T>(a, factor, invert, threads);
+  if (a.rows() >= 2 * factor_tile(a.rows()))
+    return factor_invert_tasks<T>(a, factor, invert, available_threads());
 #endif
   if (factor)
     if (index_t const info = cholesky_recursive<T>(a); info >= 0) return info;
@@ -408,12 +412,13 @@ index_t factor_invert(col_ref<T> a, bool factor, bool invert) {
   return -1;
 }
 
-/// C_lower += alpha A A^T on the available threads.
+/// C_lower += alpha A A^T on the available threads: tiles above one tile's size (one thread included, so that the
+/// order of the sums does not depend on the thread count), else the sequential recursion.
 template <class T, class Plain>
 void syrk_lower_parallel(col_ref<T> c, factor_ref<Plain> const& a, T alpha) {
 #if defined(_OPENMP)
   int const threads = available_threads();
-  if (threads > 1 && c.rows() > syrk_tile(c.rows())) {
+  if (c.rows() > syrk_tile(c.rows())) {
     if constexpr (std::is_same_v<Plain, eigen_col_matrix<T>>) {
       if (a.cols() >= 1024) {  // A's columns are contiguous tokens: packed straight from them, or copied first
         return syrk_lower_tasks_gathered<T>(

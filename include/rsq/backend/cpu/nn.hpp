@@ -74,15 +74,14 @@ template <class T>
   return block;
 }
 
-/// Runs body(i) for i in [0, n), in parallel over items with OpenMP. Items are independent: which thread runs one
-/// does not change what it computes. The first exception is rethrown after the loop (none may leave the region).
-template <class Body>
+/// Runs body(i) for i in [0, n), in parallel over items with OpenMP: dynamically scheduled items of unequal work
+/// (blocks of queries, of tokens), or @p Even: items of equal work in static shares. Items are independent: which
+/// thread runs one does not change what it computes. The first exception is rethrown after the loop (none may leave
+/// the parallel region).
+template <bool Even = false, class Body>
 void for_each_item(index_t n, Body&& body) {
   std::exception_ptr error;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1)
-#endif
-  for (index_t i = 0; i < n; ++i) {
+  auto const run = [&](index_t i) {
     try {
       body(i);
     } catch (...) {
@@ -91,6 +90,17 @@ void for_each_item(index_t n, Body&& body) {
 #endif
       if (!error) error = std::current_exception();
     }
+  };
+  if constexpr (Even) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t i = 0; i < n; ++i) run(i);
+  } else {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+    for (index_t i = 0; i < n; ++i) run(i);
   }
   if (error) std::rethrow_exception(error);
 }
@@ -223,7 +233,7 @@ struct implementation<algorithm::rms_norm, cpu_eigen> {
   static void run(cpu_eigen const&, matrix_view<const float> x, vector_view<const float> gains, float eps,
                   matrix_view<float> y) {
     auto const items = cpu::nn_detail::split_rows(x.rows(), x.cols());
-    cpu::nn_detail::for_each_item(items.count, [&](index_t item) {
+    cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(x.rows(), r0 + items.rows_per_item);
       for (index_t r = r0; r < r1; ++r)
         cpu::nn_detail::rms_norm_row(x.data() + r * cpu::nn_detail::pitch(x), gains.data(), x.cols(), eps,
@@ -241,7 +251,7 @@ struct implementation<algorithm::rope, cpu_eigen> {
     index_t const L = opt.seq_len, d = opt.head_dim, half = d / 2, heads = x.cols() / d;
     auto const& t = cpu::nn_detail::rope_tables_for(std::min(L, x.rows()), d, opt.theta);
     auto const items = cpu::nn_detail::split_rows(x.rows(), x.cols());
-    cpu::nn_detail::for_each_item(items.count, [&](index_t item) {
+    cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(x.rows(), r0 + items.rows_per_item);
       for (index_t r = r0; r < r1; ++r) {
         float const* const c = t.cos.data() + (r % L) * half;
@@ -304,7 +314,7 @@ struct implementation<algorithm::causal_attention, cpu_eigen> {
       float* const p = probs_block();
       for (index_t b = 0; b < blocks; ++b) attention_block(a, sh / H, sh % H, b * query_block, p, ldp, acc);
     });
-    for_each_item(S, [&](index_t s) {
+    for_each_item<true>(S, [&](index_t s) {
       for (index_t t = 0; t < L; ++t) {
         double sum = 0;
         for (index_t h = 0; h < H; ++h) sum += partial[(s * H + h) * L + t];
@@ -329,14 +339,14 @@ struct implementation<algorithm::swiglu, cpu_eigen> {
     if (gate.is_contiguous() && up.is_contiguous()) {
       constexpr index_t piece = 16384;  // a multiple of 16 floats
       index_t const n = gate.size(), pieces = (n + piece - 1) / piece;
-      cpu::nn_detail::for_each_item(pieces, [&](index_t i) {
+      cpu::nn_detail::for_each_item<true>(pieces, [&](index_t i) {
         index_t const off = i * piece;
         apply(gate.data() + off, up.data() + off, std::min(piece, n - off));
       });
       return;
     }
     auto const items = cpu::nn_detail::split_rows(gate.rows(), gate.cols());
-    cpu::nn_detail::for_each_item(items.count, [&](index_t item) {
+    cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(gate.rows(), r0 + items.rows_per_item);
       for (index_t r = r0; r < r1; ++r)
         apply(gate.data() + r * cpu::nn_detail::pitch(gate), up.data() + r * cpu::nn_detail::pitch(up), gate.cols());
@@ -353,10 +363,11 @@ struct implementation<algorithm::embedding, cpu_eigen> {
                   matrix_view<float> x) {
     index_t const L = ids.cols(), D = table.cols();
     auto const items = cpu::nn_detail::split_rows(x.rows(), D);
-    cpu::nn_detail::for_each_item(items.count, [&](index_t item) {
+    cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(x.rows(), r0 + items.rows_per_item);
       for (index_t r = r0; r < r1; ++r)
-        std::copy_n(table.data() + index_t(ids(r / L, r % L)) * cpu::nn_detail::pitch(table), D, x.data() + r * cpu::nn_detail::pitch(x));
+        std::copy_n(table.data() + index_t(ids(r / L, r % L)) * cpu::nn_detail::pitch(table), D,
+                    x.data() + r * cpu::nn_detail::pitch(x));
     });
   }
 };
@@ -403,8 +414,7 @@ struct implementation<algorithm::next_token_loss, cpu_eigen> {
   }
 
   static void logits(cpu_eigen const&, matrix_view<const float> hidden, vector_view<const float> final_gains,
-                     matrix_view<const float> classifier, float norm_eps, matmul_precision,
-                     matrix_view<float> logits) {
+                     matrix_view<const float> classifier, float norm_eps, matmul_precision, matrix_view<float> logits) {
     using namespace cpu::nn_detail;
     index_t const T = hidden.rows(), D = hidden.cols(), V = classifier.rows();
     index_t const block = token_block(V), blocks = (T + block - 1) / block, ldn = padded(D);
@@ -413,8 +423,8 @@ struct implementation<algorithm::next_token_loss, cpu_eigen> {
       index_t const r0 = b * block, rows = std::min(block, T - r0);
       auto* const n = reinterpret_cast<float*>(work_block().reserve(n_bytes));  // (rows, D)
       normalize_rows(hidden, final_gains.data(), norm_eps, r0, rows, n, ldn);
-      product_abt(n, ldn, classifier.data(), cpu::nn_detail::pitch(classifier), logits.data() + r0 * cpu::nn_detail::pitch(logits),
-                  cpu::nn_detail::pitch(logits), rows, V, D);
+      product_abt(n, ldn, classifier.data(), cpu::nn_detail::pitch(classifier),
+                  logits.data() + r0 * cpu::nn_detail::pitch(logits), cpu::nn_detail::pitch(logits), rows, V, D);
     });
   }
 };

@@ -9,10 +9,10 @@
 /// cuBLAS's m = cols(C), n = rows(C), k = the inner dimension; Bᵀ is B's storage read as is (CUBLAS_OP_N when
 /// op_b = none) or transposed back (CUBLAS_OP_T when op_b = transpose), and the same for A.
 
+#include <cuda_bf16.h>
+
 #include <climits>
 #include <type_traits>
-
-#include <cuda_bf16.h>
 
 #include "rsq/backend/cuda/gemm.hpp"
 #include "rsq/backend/cuda/impl/common.cuh"
@@ -76,17 +76,15 @@ void gemm_impl(backend::cuda const& be, matrix_view<const T> a, linalg::op op_a,
       // Both operands rounded to bf16 into contiguous scratch (leading dimension = width), fp32 accumulation.
       auto* const a16 = ctx.buffer<__nv_bfloat16>(scratch::gemm_a16, std::size_t(a.rows() * a.cols()));
       auto* const b16 = ctx.buffer<__nv_bfloat16>(scratch::gemm_b16, std::size_t(b.rows() * b.cols()));
-      kernels::convert_rows_kernel<float, __nv_bfloat16>
-          <<<kernels::grid_2d(a.rows(), a.cols()), threads_1d, 0, s>>>(a.data(), lda, a.rows(), a.cols(), a16,
-                                                                        a.cols());
+      kernels::convert_rows_kernel<float, __nv_bfloat16><<<kernels::grid_2d(a.rows(), a.cols()), threads_1d, 0, s>>>(
+          a.data(), lda, a.rows(), a.cols(), a16, a.cols());
       RSQ_CUDA_CHECK_LAUNCH("convert_rows_kernel");
-      kernels::convert_rows_kernel<float, __nv_bfloat16>
-          <<<kernels::grid_2d(b.rows(), b.cols()), threads_1d, 0, s>>>(b.data(), ldb, b.rows(), b.cols(), b16,
-                                                                        b.cols());
+      kernels::convert_rows_kernel<float, __nv_bfloat16><<<kernels::grid_2d(b.rows(), b.cols()), threads_1d, 0, s>>>(
+          b.data(), ldb, b.rows(), b.cols(), b16, b.cols());
       RSQ_CUDA_CHECK_LAUNCH("convert_rows_kernel");
-      RSQ_CUBLAS_CHECK(cublasGemmEx(h, blas_op(op_b), blas_op(op_a), m, n, k, &alpha, b16, CUDA_R_16BF,
-                                    int(b.cols()), a16, CUDA_R_16BF, int(a.cols()), &beta, c.data(), CUDA_R_32F,
-                                    int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      RSQ_CUBLAS_CHECK(cublasGemmEx(h, blas_op(op_b), blas_op(op_a), m, n, k, &alpha, b16, CUDA_R_16BF, int(b.cols()),
+                                    a16, CUDA_R_16BF, int(a.cols()), &beta, c.data(), CUDA_R_32F, int(ldc),
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       return;
     }
     // Strict fp32: the context's handle uses CUBLAS_DEFAULT_MATH (no TF32).

@@ -6,14 +6,14 @@
 /// front ends (<rsq/nn/*.hpp>); here every device pointer is checked to be on the current device, sizes are checked
 /// against cuBLAS's int arguments, and every launch and library call is checked.
 
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
-
-#include <cuda_bf16.h>
 
 #include "rsq/backend/cuda/impl/common.cuh"
 #include "rsq/backend/cuda/impl/gemm.cuh"
@@ -29,9 +29,7 @@ inline constexpr int rows_per_block = threads_1d / 32;
 [[nodiscard]] constexpr index_t round_up(index_t a, index_t b) noexcept { return (a + b - 1) / b * b; }
 
 /// Blocks of threads_1d threads for @p rows rows handled one warp each (grid-stride beyond the cap).
-[[nodiscard]] inline unsigned warp_row_blocks(index_t rows) {
-  return kernels::blocks_for(rows, rows_per_block);
-}
+[[nodiscard]] inline unsigned warp_row_blocks(index_t rows) { return kernels::blocks_for(rows, rows_per_block); }
 
 /// A grid dimension for @p n items of @p per items per block, capped for grid-stride loops (y: 65535).
 [[nodiscard]] inline unsigned grid_dim(index_t n, index_t per, index_t cap) {
@@ -96,8 +94,8 @@ inline std::int32_t const* upload_ids(context& ctx, matrix_view<const std::int32
   for (index_t s = 0; s < ids.rows(); ++s)
     for (index_t t = 0; t < ids.cols(); ++t) staging[std::size_t(s * ids.cols() + t)] = ids(s, t);
   auto* const d = ctx.buffer<std::int32_t>(scratch::nn_ids, std::size_t(n));
-  RSQ_CUDA_CHECK(cudaMemcpyAsync(d, staging.data(), std::size_t(n) * sizeof(std::int32_t), cudaMemcpyHostToDevice,
-                                 ctx.stream()));
+  RSQ_CUDA_CHECK(
+      cudaMemcpyAsync(d, staging.data(), std::size_t(n) * sizeof(std::int32_t), cudaMemcpyHostToDevice, ctx.stream()));
   return d;
 }
 
@@ -119,9 +117,9 @@ inline __nv_bfloat16* classifier_bf16(context& ctx, matrix_view<const float> w, 
   if (precision != matmul_precision::bf16 || bytes > nn_tuning().bf16_classifier_bytes) return nullptr;
   index_t const offset = round_up(w.rows() * w.cols(), 8);
   auto* const w16 = ctx.buffer<__nv_bfloat16>(scratch::nn_operands16, std::size_t(offset + extra));
-  kernels::convert_rows_kernel<float, __nv_bfloat16><<<kernels::grid_2d(w.rows(), w.cols()), threads_1d, 0,
-                                                       ctx.stream()>>>(w.data(), leading_dimension(w), w.rows(),
-                                                                       w.cols(), w16, w.cols());
+  kernels::convert_rows_kernel<float, __nv_bfloat16>
+      <<<kernels::grid_2d(w.rows(), w.cols()), threads_1d, 0, ctx.stream()>>>(w.data(), leading_dimension(w), w.rows(),
+                                                                              w.cols(), w16, w.cols());
   RSQ_CUDA_CHECK_LAUNCH("convert_rows_kernel");
   return w16;
 }
@@ -147,6 +145,8 @@ struct attention_plan {
   index_t logits_elems = 0, probs16_elems = 0, operands16_elems = 0, partial_elems = 0;
 };
 
+/// The blocks and chunks are chosen as if the output and the scores were both asked for, so that the scores of the
+/// scores-only mode come from the very same products (the same batches, the same cuBLAS kernels): the same bits.
 inline attention_plan plan_attention(nn::attention_options const& opt, index_t sequences, bool with_output,
                                      bool with_scores, bool bf16) {
   auto const& tune = nn_tuning();
@@ -155,10 +155,8 @@ inline attention_plan plan_attention(nn::attention_options const& opt, index_t s
   p.ld = round_up(L, 8);  // logits rows of 32 bytes (fp32) / 16 bytes (bf16)
   auto const per_sequence = [&](index_t qb) {
     index_t const blocks = (L + qb - 1) / qb;
-    index_t bytes = H * qb * p.ld * 4;                                     // fp32 logits / P
-    if (bf16 && with_output) bytes += H * qb * p.ld * 2;                    // bf16 P
-    if (bf16) bytes += L * (H + (with_output ? 2 : 1) * KV) * d * 2;        // bf16 q, k (, v)
-    if (with_scores) bytes += KV * blocks * L * 8;                          // AttnCon partial sums
+    index_t bytes = H * qb * p.ld * 4 + KV * blocks * L * 8;          // fp32 logits / P, AttnCon partial sums
+    if (bf16) bytes += H * qb * p.ld * 2 + L * (H + 2 * KV) * d * 2;  // bf16 P; bf16 q, k, v
     return bytes;
   };
   p.qb = std::clamp<index_t>(tune.query_block, 1, L);
@@ -168,7 +166,7 @@ inline attention_plan plan_attention(nn::attention_options const& opt, index_t s
   index_t const entries = p.sequences * H;
   p.logits_elems = entries * p.qb * p.ld;
   p.probs16_elems = bf16 && with_output ? p.logits_elems : 0;
-  p.operands16_elems = bf16 ? p.sequences * L * (H + (with_output ? 2 : 1) * KV) * d : 0;
+  p.operands16_elems = bf16 ? p.sequences * L * (H + (with_output ? 2 : 1) * KV) * d + 16 : 0;  // + alignment
   p.partial_elems = with_scores ? p.sequences * KV * p.blocks * L : 0;
   return p;
 }
@@ -178,8 +176,8 @@ inline attention_plan plan_attention(nn::attention_options const& opt, index_t s
 namespace rsq::cuda::detail {
 
 template <class D>
-void nn_api<D>::rms_norm(backend::cuda const& be, matrix_view<const float> x, vector_view<const float> gains,
-                         float eps, matrix_view<float> y) {
+void nn_api<D>::rms_norm(backend::cuda const& be, matrix_view<const float> x, vector_view<const float> gains, float eps,
+                         matrix_view<float> y) {
   auto& ctx = context_for(be.stream);
   (void)resident_here(x.data(), "rms_norm: x");
   (void)resident_here(gains.data(), "rms_norm: gains");
@@ -229,8 +227,8 @@ void nn_api<D>::embedding(backend::cuda const& be, matrix_view<const std::int32_
 
 template <class D>
 void nn_api<D>::causal_attention(backend::cuda const& be, matrix_view<const float> q, matrix_view<const float> k,
-                                 matrix_view<const float> v, matrix_view<float> out,
-                                 nn::attention_options const& opt, matrix_view<float> scores) {
+                                 matrix_view<const float> v, matrix_view<float> out, nn::attention_options const& opt,
+                                 matrix_view<float> scores) {
   auto& ctx = context_for(be.stream);
   cudaStream_t const st = ctx.stream();
   bool const with_output = out.data() != nullptr, with_scores = scores.data() != nullptr;
@@ -256,9 +254,9 @@ void nn_api<D>::causal_attention(backend::cuda const& be, matrix_view<const floa
 
   // Scratch, each slot asked for once (a slot that grows frees its old memory).
   auto* const logits = ctx.buffer<float>(scratch::nn_logits, std::size_t(plan.logits_elems));  // (entries, qb, ld)
-  auto* const probs16 =
-      plan.probs16_elems > 0 ? ctx.buffer<__nv_bfloat16>(scratch::nn_probs16, std::size_t(plan.probs16_elems))
-                             : nullptr;  // (entries, qb, ld)
+  auto* const probs16 = plan.probs16_elems > 0
+                            ? ctx.buffer<__nv_bfloat16>(scratch::nn_probs16, std::size_t(plan.probs16_elems))
+                            : nullptr;  // (entries, qb, ld)
   auto* const ops16 = plan.operands16_elems > 0
                           ? ctx.buffer<__nv_bfloat16>(scratch::nn_operands16, std::size_t(plan.operands16_elems))
                           : nullptr;
@@ -283,11 +281,11 @@ void nn_api<D>::causal_attention(backend::cuda const& be, matrix_view<const floa
     if (bf16) {
       // The chunk's q, k (and v) rounded to bf16, contiguous: (ns·L, H·d), (ns·L, KV·d), (ns·L, KV·d).
       __nv_bfloat16* const q16 = ops16;
-      __nv_bfloat16* const k16 = q16 + ns * L * H * d;
-      __nv_bfloat16* const v16 = k16 + ns * L * KV * d;
+      __nv_bfloat16* const k16 = q16 + round_up(ns * L * H * d, 8);  // each array on a 16-byte boundary
+      __nv_bfloat16* const v16 = k16 + round_up(ns * L * KV * d, 8);
       auto const convert = [&](float const* src, index_t ld, index_t cols, __nv_bfloat16* dst) {
-        kernels::convert_rows_kernel<float, __nv_bfloat16><<<kernels::grid_2d(ns * L, cols), threads_1d, 0, st>>>(
-            src + s0 * L * ld, ld, ns * L, cols, dst, cols);
+        kernels::convert_rows_kernel<float, __nv_bfloat16>
+            <<<kernels::grid_2d(ns * L, cols), threads_1d, 0, st>>>(src + s0 * L * ld, ld, ns * L, cols, dst, cols);
         RSQ_CUDA_CHECK_LAUNCH("convert_rows_kernel");
       };
       convert(q.data(), qld, H * d, q16);
@@ -330,16 +328,16 @@ void nn_api<D>::causal_attention(backend::cuda const& be, matrix_view<const floa
       RSQ_CUDA_CHECK_LAUNCH("softmax_rows_kernel");
       if (with_scores) {
         dim3 const grid(grid_dim(n, threads_1d, 1024), grid_dim(ns * KV, 1, 65535));
-        kernels::attention_columns_kernel<<<grid, threads_1d, 0, st>>>(logits, plan.ld, entry_stride, nq, i0, ns, H,
-                                                                       KV, group, plan.blocks, b, L, partial);
+        kernels::attention_columns_kernel<<<grid, threads_1d, 0, st>>>(logits, plan.ld, entry_stride, nq, i0, ns, H, KV,
+                                                                       group, plan.blocks, b, L, partial);
         RSQ_CUDA_CHECK_LAUNCH("attention_columns_kernel");
       }
       if (with_output) {
         // out rows i0.., column-major (d × nq) per entry: C(c, r) = Σ_t V(t, c)·P(r, t) = Vᵀ·Pᵀ, both as stored.
         if (bf16)
           RSQ_CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(nq), int(n), &one, v_ptr,
-                                               CUDA_R_16BF, int(v_ld), p_ptr, CUDA_R_16BF, int(plan.ld), &zero,
-                                               out_ptr, CUDA_R_32F, int(old), int(entries), CUBLAS_COMPUTE_32F,
+                                               CUDA_R_16BF, int(v_ld), p_ptr, CUDA_R_16BF, int(plan.ld), &zero, out_ptr,
+                                               CUDA_R_32F, int(old), int(entries), CUBLAS_COMPUTE_32F,
                                                CUBLAS_GEMM_DEFAULT));
         else
           RSQ_CUBLAS_CHECK(cublasSgemmBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, int(d), int(nq), int(n), &one,
@@ -376,9 +374,10 @@ nn::loss_sum nn_api<D>::next_token_loss(backend::cuda const& be, matrix_view<con
   std::int32_t const* const ids_d = upload_ids(ctx, ids);
   __nv_bfloat16* const w16 = classifier_bf16(ctx, classifier, opt.precision, block * dim);
   auto* const z = ctx.buffer<float>(scratch::nn_logits, std::size_t(block * ldz));  // (block, ld) logits
-  void* const normed = w16 != nullptr ? static_cast<void*>(w16 + round_up(V * dim, 8))
-                                      : static_cast<void*>(ctx.buffer<float>(scratch::nn_rows,
-                                                                             std::size_t(block * dim)));  // (block, dim)
+  void* const normed = w16 != nullptr
+                           ? static_cast<void*>(w16 + round_up(V * dim, 8))
+                           : static_cast<void*>(ctx.buffer<float>(scratch::nn_rows,
+                                                                  std::size_t(block * dim)));  // (block, dim)
   auto* const terms = ctx.buffer<double>(scratch::nn_partial, std::size_t(T + 1));  // (T) terms, then their sum
   for (index_t r0 = 0; r0 < T; r0 += block) {
     index_t const rows = std::min(block, T - r0);
@@ -411,9 +410,10 @@ void nn_api<D>::logits(backend::cuda const& be, matrix_view<const float> hidden,
   index_t const block = std::clamp<index_t>(nn_tuning().loss_bytes / (dim * index_t(sizeof(float))), 1, T);
   for (index_t n : {V, dim, ldl, block, leading_dimension(classifier)}) expect_int(n, "final_logits");
   __nv_bfloat16* const w16 = classifier_bf16(ctx, classifier, precision, block * dim);
-  void* const normed = w16 != nullptr ? static_cast<void*>(w16 + round_up(V * dim, 8))
-                                      : static_cast<void*>(ctx.buffer<float>(scratch::nn_rows,
-                                                                             std::size_t(block * dim)));  // (block, dim)
+  void* const normed = w16 != nullptr
+                           ? static_cast<void*>(w16 + round_up(V * dim, 8))
+                           : static_cast<void*>(ctx.buffer<float>(scratch::nn_rows,
+                                                                  std::size_t(block * dim)));  // (block, dim)
   for (index_t r0 = 0; r0 < T; r0 += block) {
     index_t const rows = std::min(block, T - r0);
     if (w16 != nullptr)

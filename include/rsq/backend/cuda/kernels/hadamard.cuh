@@ -26,6 +26,7 @@
 /// loaded), the last pass storing straight to global memory when K = 1; for K > 1, every thread mixes one column b of
 /// the (K, p) view: 16 outputs at a time, each a ±sum of the K inputs read from shared memory (hadK, or hadKᵀ).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -350,14 +351,13 @@ __device__ __forceinline__ float warp_max(float v) {
 // Conflict-free shared-memory layouts.
 
 /// The shared-memory word of element i of a tile: phys(i) = i ^ (z(i) << 2), z(i) the XOR of the 3-bit vectors f[k]
-/// over the set bits k >= 5 of i. It only permutes the four 16-byte chunks... of each 128-byte line (bits 2..4 of the
-/// word index; bits 0, 1 stay, so 16-byte chunks stay whole), so it is a bijection on any tile of whole lines, and
-/// linear: phys(i ^ j) = phys(i) ^ phys(j) ^ ... for disjoint bit sets phys(i | j) = phys(i) ^ (z(j) << 2) ^ j.
+/// over the set bits k >= 5 of i. It only permutes the 16-byte chunks inside each 128-byte line (XOR on bits 2..4 of
+/// the word index; bits 0, 1 stay, so 16-byte chunks stay whole), so it is a bijection on any tile of whole lines,
+/// and it is linear over GF(2): phys(i | j) = phys(i) ^ phys(j) for i, j without common bits.
 struct swizzle {
   std::uint8_t f[24] = {};
   __host__ __device__ constexpr unsigned z(unsigned i) const {
     unsigned r = 0;
-#pragma unroll
     for (int k = 5; k < 24; ++k)
       if ((i >> k) & 1u) r ^= f[k];
     return r;
@@ -491,6 +491,29 @@ __device__ __forceinline__ float flip(float v, unsigned mask, int b) {
   return __uint_as_float(__float_as_uint(v) ^ ((mask >> b) << 31));
 }
 
+/// Makes @p v unknown to the optimizer (no instruction): values derived from it are not hoisted out of a loop.
+__device__ __forceinline__ void opaque(unsigned& v) {
+#ifndef RSQ_HADAMARD_EMULATE
+  asm volatile("" : "+r"(v));
+#endif
+}
+
+/// The sign bits of 4 consecutive ±1 bytes (bit j set when byte j is negative): bit 7 of each byte, gathered by one
+/// multiplication (the four partial products land on bits 28..31 without carries).
+__device__ __forceinline__ unsigned sign_nibble(unsigned w) { return (((w >> 7) & 0x01010101u) * 0x10204080u) >> 28; }
+
+/// Word addresses base ^ c for constants c whose bits other than 2..4 are zero in base (the window or chunk bits of a
+/// thread's values): one base per value of c's bits 2..4, so that every access is a register plus an immediate
+/// instead of a register per access (which had cost the 64-register kernels their spills).
+struct xor_bases {
+  unsigned b[8];
+  __device__ __forceinline__ explicit xor_bases(unsigned base) {
+#pragma unroll
+    for (int s = 0; s < 8; ++s) b[s] = base ^ (unsigned(s) << 2);
+  }
+  __device__ __forceinline__ unsigned at(unsigned c) const { return b[(c >> 2) & 7u] + (c & ~28u); }
+};
+
 // ---------------------------------------------------------------------------------------------------------------------
 // K = 1: fwht_kernel.
 
@@ -585,14 +608,6 @@ __global__ void __launch_bounds__(NT, 1024 / NT) fwht_kernel(fwht_args a) {
   }
   constexpr int LAST = L.nw - 1, LO = L.lo[LAST];
   unsigned const rl = iw[LAST] >> M, cl = iw[LAST] & (N - 1);
-  // Sign bits, once per CTA: pre for the 32 phase-0 values (bit 4f + v), post for the 32 last-window values.
-  unsigned pre = 0, post = 0;
-  if (a.pre)
-#pragma unroll
-    for (int r = 0; r < 32; ++r) pre |= unsigned(a.pre[c0 + ((unsigned(r) >> 2) << H) + (r & 3)] < 0) << r;
-  if (a.post)
-#pragma unroll
-    for (int q = 0; q < 32; ++q) post |= unsigned(a.post[cl + (unsigned(q) << LO)] < 0) << q;
 
   // The staging copy of tile `tile` (chunks c = t + NT·k, contiguous; this thread's chunks f < 6, strided) and, when
   // strided, the last two chunks of this thread into registers.
@@ -622,8 +637,22 @@ __global__ void __launch_bounds__(NT, 1024 / NT) fwht_kernel(fwht_args a) {
 
   index_t tile = blockIdx.x;
   if (a.prefetch && tile < a.tiles) fetch(tile);
+  // Sign bits, once per CTA, while the first copy is in flight: pre for the 32 phase-0 values (bit 4f + v: 4 bytes
+  // per chunk), post for the 32 last-window values (bit q; in batches of 8 loads, so that no registers spill).
+  unsigned pre = 0, post = 0;
+  if (a.pre)
+#pragma unroll
+    for (int f = 0; f < 8; ++f)
+      pre |= sign_nibble(*reinterpret_cast<unsigned const*>(a.pre + c0 + (unsigned(f) << H))) << (4 * f);
+  if (a.post)
+#pragma unroll 1
+    for (int q0 = 0; q0 < 32; q0 += 8)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) post |= unsigned(a.post[cl + (unsigned(q0 + q) << LO)] < 0) << (q0 + q);
   for (; tile < a.tiles; tile += gridDim.x) {
     index_t const rbase = tile << RB;
+    opaque(pre);  // else the 64 per-value sign masks are hoisted out of the loop into 64 registers
+    opaque(post);
     float v[32];
     // Phase 0: 8 chunks, scale and pre-signs, stages on bits {0, 1} ∪ [H, H+3), into the tile.
     if (a.prefetch) {
@@ -649,23 +678,30 @@ __global__ void __launch_bounds__(NT, 1024 / NT) fwht_kernel(fwht_args a) {
 #pragma unroll
     for (int r = 0; r < 32; ++r) v[r] = flip(v[r] * a.scale, pre, r);
     butterflies<31u>(v);
+    {
+      xor_bases const ba(p0);
 #pragma unroll
-    for (int f = 0; f < 8; ++f)
-      *reinterpret_cast<float4*>(work + (p0 ^ O.chunk[f])) = float4{v[4 * f], v[4 * f + 1], v[4 * f + 2], v[4 * f + 3]};
+      for (int f = 0; f < 8; ++f)
+        *reinterpret_cast<float4*>(work + ba.at(O.chunk[f])) = float4{v[4 * f], v[4 * f + 1], v[4 * f + 2], v[4 * f + 3]};
+    }
     __syncthreads();
     if (a.prefetch && tile + index_t(gridDim.x) < a.tiles) fetch(tile + gridDim.x);  // in flight until the next tile
     // A middle window: 32 words, 5 stages, back in place.
     if constexpr (L.nw == 2) {
+      xor_bases const ba(pw[0]);
 #pragma unroll
-      for (int q = 0; q < 32; ++q) v[q] = work[pw[0] ^ O.win[0][q]];
+      for (int q = 0; q < 32; ++q) v[q] = work[ba.at(O.win[0][q])];
       butterflies<L.mask[0]>(v);
 #pragma unroll
-      for (int q = 0; q < 32; ++q) work[pw[0] ^ O.win[0][q]] = v[q];
+      for (int q = 0; q < 32; ++q) work[ba.at(O.win[0][q])] = v[q];
       __syncthreads();
     }
     // The last window: its stages, the post-signs, to global memory (the 32 values of a thread are in one row).
+    {
+      xor_bases const ba(pw[LAST]);
 #pragma unroll
-    for (int q = 0; q < 32; ++q) v[q] = work[pw[LAST] ^ O.win[LAST][q]];
+      for (int q = 0; q < 32; ++q) v[q] = work[ba.at(O.win[LAST][q])];
+    }
     butterflies<L.mask[LAST]>(v);
     if (index_t const r = rbase + index_t(rl); r < a.rows) {
       float* const dst = a.x + r * a.ld + index_t(cl);
@@ -734,6 +770,27 @@ inline mix_plan plan_mix(int k, int m, int split, bool prefetch, int threads, un
   return pl;
 }
 
+/// The A fragments of op(hadK) for mix_kernel (host side): (mt, mt, 32 lanes, 4 words), word w of lane
+/// (g = lane/4, t = lane%4) of tile (mi, ki) holds rows 16·mi + g + 8·(w & 1), columns 16·ki + 2t + 8·(w >> 1) and
+/// the next column (the lower column in the low half), as bf16 or f16 ±1 (0 outside the K x K matrix).
+/// @p op(a, b) is op(hadK)[a][b] in {+1, -1} (a: output, b: input, both < k).
+template <class Op>
+void a_fragments(int k, Op const& op, bool f16, std::uint32_t* out) {
+  int const mt = (k + 15) / 16;
+  auto half = [&](int r, int c) -> std::uint32_t {
+    if (r >= k || c >= k) return 0u;
+    int const v = op(r, c);
+    return f16 ? (v > 0 ? 0x3C00u : 0xBC00u) : (v > 0 ? 0x3F80u : 0xBF80u);
+  };
+  for (int mi = 0; mi < mt; ++mi)
+    for (int ki = 0; ki < mt; ++ki)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int w = 0; w < 4; ++w) {
+          int const r = 16 * mi + lane / 4 + 8 * (w & 1), c = 16 * ki + 2 * (lane % 4) + 8 * (w >> 1);
+          out[((mi * mt + ki) * 32 + lane) * 4 + w] = half(r, c) | (half(r, c + 1) << 16);
+        }
+}
+
 struct mix_args {
   float* x;
   index_t ld, rows;
@@ -790,9 +847,10 @@ __global__ void __launch_bounds__(512) mix_kernel(mix_args a) {
   for (int x = tid; x < 2048; x += nt) lut[x] = std::uint8_t(a.sw.z(unsigned(x) << 5));
   for (int w = tid; w < a.items0; w += nt) {
     unsigned pb = 0, qb = 0;
-    for (int j = 0; j < 32; ++j) {
-      if (a.pre) pb |= unsigned(a.pre[32 * w + j] < 0) << j;
-      if (a.post) qb |= unsigned(a.post[32 * w + j] < 0) << j;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (a.pre) pb |= sign_nibble(reinterpret_cast<unsigned const*>(a.pre)[8 * w + j]) << (4 * j);
+      if (a.post) qb |= sign_nibble(reinterpret_cast<unsigned const*>(a.post)[8 * w + j]) << (4 * j);
     }
     prebits[w] = pb;
     postbits[w] = qb;

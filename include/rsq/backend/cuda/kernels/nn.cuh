@@ -46,8 +46,10 @@ struct sum_op {
 
 template <class O>
 __device__ __forceinline__ O from_float(float v) {
-  if constexpr (std::is_same_v<O, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return v;
+  if constexpr (std::is_same_v<O, __nv_bfloat16>)
+    return __float2bfloat16_rn(v);
+  else
+    return v;
 }
 
 /// dst(r, c) = O(src(r, c)) for a (rows, cols) matrix with row strides (rounding to nearest for bf16).
