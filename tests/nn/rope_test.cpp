@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+// nn::rope on every backend: a float64 rotation of the adjacent pairs of every head for several sequence lengths
+// (1 included), head dims 2..128 and thetas, positions restarting with every sequence; queries as a column range of
+// a fused qkv matrix (the other columns untouched); rejected arguments named in the message; on the CPU the same bits
+// for 1 and 2 OpenMP threads.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include <rsq/nn/rope.hpp>
+
+#include "nn/nn_support.hpp"
+
+using namespace nn_test;
+
+namespace {
+
+/// RoPE in float64: pair (2i, 2i+1) of each head of row r rotated by (r mod L)·theta^(−2i/d).
+std::vector<double> rope_reference(rsq::matrix<float> const& x, index_t L, index_t d, double theta) {
+  index_t const rows = index_t(x.shape()[0]), cols = index_t(x.shape()[1]);
+  std::vector<double> y(std::size_t(rows * cols));
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t h = 0; h < cols / d; ++h)
+      for (index_t i = 0; i < d / 2; ++i) {
+        double const angle = double(r % L) * std::pow(theta, -double(2 * i) / double(d));
+        double const a = x(r, h * d + 2 * i), b = x(r, h * d + 2 * i + 1);
+        y[std::size_t(r * cols + h * d + 2 * i)] = a * std::cos(angle) - b * std::sin(angle);
+        y[std::size_t(r * cols + h * d + 2 * i + 1)] = a * std::sin(angle) + b * std::cos(angle);
+      }
+  return y;
+}
+
+}  // namespace
+
+TEST_SUITE("nn.rope") {
+  TEST_CASE_TEMPLATE("rope equals a float64 rotation of adjacent pairs", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    for (auto const& [sequences, L, heads, d, theta] :
+         {std::tuple<index_t, index_t, index_t, index_t, double>{1, 1, 1, 2, 1e4},
+          {2, 7, 3, 8, 1e4},
+          {3, 130, 2, 64, 5e5},
+          {1, 300, 1, 128, 1e4},
+          {2, 2048, 1, 16, 1e4}}) {
+      CAPTURE(sequences);
+      CAPTURE(L);
+      CAPTURE(heads);
+      CAPTURE(d);
+      auto const x = random_matrix(sequences * L, heads * d, 11);
+      auto xd = upload<B>(x);
+      rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = L, .head_dim = d, .theta = theta});
+      // cos/sin are rounded to float: about 1e-7 of |x|.
+      CHECK(max_rel(download<B>(xd), rope_reference(x, L, d, theta)) < 1e-6);
+    }
+  }
+
+  TEST_CASE_TEMPLATE("rope on a column range of a fused qkv matrix leaves the other columns alone", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    index_t const L = 9, d = 16, heads = 4, kv = 2, width = (heads + 2 * kv) * d;
+    auto const qkv = random_matrix(2 * L, width, 12);
+    auto qkvd = upload<B>(qkv);
+    rsq::nn::rope(B{}, column_view(qkvd, 0, heads * d), {.seq_len = L, .head_dim = d});
+    rsq::nn::rope(B{}, column_view(qkvd, heads * d, kv * d), {.seq_len = L, .head_dim = d});
+    auto const got = download<B>(qkvd);
+    CHECK(max_rel(columns(got, 0, heads * d), rope_reference(columns(qkv, 0, heads * d), L, d, 1e4)) < 1e-6);
+    CHECK(max_rel(columns(got, heads * d, kv * d), rope_reference(columns(qkv, heads * d, kv * d), L, d, 1e4)) < 1e-6);
+    CHECK(same_bits(columns(got, (heads + kv) * d, kv * d), columns(qkv, (heads + kv) * d, kv * d)));
+  }
+
+  TEST_CASE_TEMPLATE("rope rejects bad arguments, naming them", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    auto xd = upload<B>(random_matrix(10, 24, 13));
+    CHECK_THROWS_WITH_AS(rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = 3, .head_dim = 8}),
+                         doctest::Contains("rope: 10 rows are not whole sequences of seq_len = 3"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = 5, .head_dim = 7}),
+                         doctest::Contains("rope: head_dim 7 must be even and divide the 24 features"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = 5, .head_dim = 16}),
+                         doctest::Contains("rope: head_dim 16 must be even and divide the 24 features"),
+                         rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = 5, .head_dim = 8, .theta = 1.0}),
+                         doctest::Contains("rope: theta must be in (1, 1e12)"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = 0, .head_dim = 8}),
+                         doctest::Contains("rope: 10 rows are not whole sequences of seq_len = 0"),
+                         rsq::invalid_argument);
+  }
+
+#if defined(_OPENMP)
+  TEST_CASE("rope on the CPU: the same bits for 1 and 2 OpenMP threads") {
+    rsq::backend::cpu_eigen const be;
+    auto x1 = random_matrix(4 * 256, 8 * 8, 14);
+    auto x2 = x1;
+    {
+      omp_threads one(1);
+      rsq::nn::rope(be, rsq::view(x1), {.seq_len = 256, .head_dim = 8});
+    }
+    {
+      omp_threads two(2);
+      rsq::nn::rope(be, rsq::view(x2), {.seq_len = 256, .head_dim = 8});
+    }
+    CHECK(same_bits(x1, x2));
+  }
+#endif
+}
