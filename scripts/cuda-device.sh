@@ -5,9 +5,13 @@
 # and writes full logs under $OUT (default ./cuda-device-out).
 #
 # usage: scripts/cuda-device.sh [--prebuilt DIR] [--shared DIR] [--keep-going] [--quick] STEP...
-#   STEP: build test sanitize bench bench-ours hadamard cpu cpu-bench all  (all = build test sanitize bench hadamard
-#         cpu; bench = ours and the PyTorch reference loop, bench-ours = ours only; cpu-bench = the CPU backend's
-#         benchmarks/ built with -march=native and run on 2 pinned cores, a quiet stand-in for the 2-core CI machine)
+#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench all  (all = build test sanitize bench
+#         model hadamard cpu; bench = bench_gptq_cuda and the PyTorch reference loop, bench-ours = ours only; model =
+#         the whole Llama-3-8B-shaped model on the GPU (bench_model_cuda) next to the PyTorch RSQ layer loop on two
+#         layers; nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
+#         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine)
+# The tests: every test program (one body per algorithm over the backends) runs its CUDA cases (doctest -tc=*cuda*):
+# the CPU cases ran in CI.
 #   --prebuilt DIR  take the test and benchmark executables from DIR instead of building (a build of this tree made
 #                   elsewhere with -DRSQ_WITH_CUDA=ON -DRSQ_NATIVE=OFF)
 #   --shared DIR    the folder with golden/ (default: $RSQ_SHARED_DIR, ../shared, or .deps/shared)
@@ -25,7 +29,7 @@ while [ $# -gt 0 ]; do
     --shared) shared=$2; shift ;;
     --keep-going) keep=1 ;;
     --quick) quick=1 ;;
-    all) steps+=(build test sanitize bench hadamard cpu) ;;
+    all) steps+=(build test sanitize bench model hadamard cpu) ;;
     *) steps+=("$1") ;;
   esac
   shift
@@ -73,41 +77,54 @@ if [ -z "$prebuilt" ] && has build; then
   t0=$SECONDS
   {
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRSQ_WITH_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 -DRSQ_BUILD_EXAMPLES=OFF "${pkg_dirs[@]}" &&
-    cmake --build "$build" -j "$(nproc)" --target rsq_cuda_objects \
-      $(cd "$root/tests/cuda" && ls *_test.cpp | sed 's/^/rsq_test_cuda_/; s/\.cpp$//') \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DRSQ_BUILD_BENCHMARKS=ON "${pkg_dirs[@]}" &&
+    cmake --build "$build" -j "$(nproc)" --target rsq_cuda_objects rsq-llama2c cuda-backend-tour \
+      $(cd "$root/tests" && ls */*_test.cpp | grep -v '^package/' | sed 's#^\(.*\)/\(.*\)\.cpp$#rsq_test_\1_\2#') \
       $(cd "$root/benchmarks/cuda" && ls bench_*.cu bench_*.cpp 2>/dev/null | sed 's/\.[a-z]*$//')
   } > "$OUT/build.log" 2>&1 || fail build "see build.log"
   bin=$build
   add build ok "$((SECONDS - t0)) s"
 fi
-find_exe() { local f; for f in "$bin/$1" "$bin/tests/$1" "$bin/benchmarks/$1"; do [ -x "$f" ] && { echo "$f"; return; }; done; }
+find_exe() { local f; for f in "$bin/$1" "$bin/tests/$1" "$bin/benchmarks/$1" "$bin/examples/$1"; do [ -x "$f" ] && { echo "$f"; return; }; done; }
 
 if has test; then
-  for src in "$root"/tests/cuda/*_test.cpp; do
-    name=rsq_test_cuda_$(basename "$src" .cpp)
+  for src in "$root"/tests/*/*_test.cpp; do
+    rel=${src#"$root"/tests/}; area=${rel%%/*}; [ "$area" = package ] && continue
+    name=rsq_test_${area}_$(basename "$src" .cpp)
     exe=$(find_exe "$name")
     [ -z "$exe" ] && { fail "test $name" "executable not found"; continue; }
     t0=$SECONDS
-    if timeout 300 "$exe" > "$OUT/tests_$name.log" 2>&1; then
+    if timeout 400 "$exe" -tc='*cuda*' > "$OUT/tests_$name.log" 2>&1; then
       add "test $name" ok "$(grep -h 'assertions:' "$OUT/tests_$name.log" | tr -s ' ' | cut -c1-80), $((SECONDS - t0)) s"
     else
       fail "test $name" "$(grep -h 'assertions:' "$OUT/tests_$name.log" | tr -s ' ' | cut -c1-80) (tests_$name.log)"
     fi
   done
   cat "$OUT"/tests_*.log > "$OUT/tests.log" 2>/dev/null; rm -f "$OUT"/tests_*.log
+  exe=$(find_exe cuda-backend-tour)
+  if [ -n "$exe" ] && timeout 120 "$exe" >> "$OUT/tests.log" 2>&1; then add cuda-backend-tour ok "$(tail -1 "$OUT/tests.log" | cut -c1-100)"
+  else fail cuda-backend-tour "tests.log"; fi
+  exe=$(find_exe rsq-llama2c)
+  if [ -n "$exe" ] && [ -n "$shared" ] && timeout 300 "$exe" --backend cuda --compare --bits 3 > "$OUT/llama2c_cuda.log" 2>&1; then
+    add "rsq-llama2c --backend cuda --compare" ok "$(tail -1 "$OUT/llama2c_cuda.log" | tr -s ' ' | cut -c1-80)"
+  else
+    fail "rsq-llama2c --backend cuda" "llama2c_cuda.log"
+  fi
 fi
 
 if has sanitize; then
   : > "$OUT/sanitize.log"
-  # Sanitized runs are slow: the device-only test cases plus small solver cases cover every kernel.
+  # Sanitized runs are slow: the CUDA cases of the programs whose kernels they cover, small shapes.
   # (doctest patterns: '?' stands for a space, the arguments are split on spaces)
-  filters=("rsq_test_cuda_gptq_test|-ts=cuda.gptq.device,cuda.gptq -tc=*diagonal*,*dead*,*indefinite*,*device*"
-           "rsq_test_cuda_hessian_test|-tc=*device*,*TF32*,*weighted*"
-           "rsq_test_cuda_pack_test|-tc=*rejected*")
-  for extra in "rsq_test_cuda_hadamard_test|-tc=*signs*,*device?rows*,*launch?configuration*" "rsq_test_cuda_attncon_test|-ts=cuda.attncon.device"; do
-    [ -n "$(find_exe "${extra%%|*}")" ] && filters+=("$extra")
-  done
+  filters=("rsq_test_gptq_invariants_test|-tc=*cuda*"
+           "rsq_test_hessian_accumulator_test|-tc=*cuda*"
+           "rsq_test_pack_gptq_format_test|-tc=*cuda*"
+           "rsq_test_rotation_hadamard_test|-tc=*signs*cuda*,*strided*cuda*,*block*cuda*"
+           "rsq_test_importance_attncon_test|-tc=*cuda*"
+           "rsq_test_nn_attention_test|-tc=*cuda*"
+           "rsq_test_nn_loss_test|-tc=*cuda*"
+           "rsq_test_nn_linear_test|-tc=*cuda*"
+           "rsq_test_quant_rtn_test|-tc=*cuda*")
   for tool in memcheck racecheck; do
     for f in "${filters[@]}"; do
       name=${f%%|*} args=${f#*|}
@@ -123,6 +140,36 @@ if has sanitize; then
       fi
     done
   done
+fi
+
+if has model; then
+  exe=$(find_exe bench_model_cuda)
+  t0=$SECONDS
+  ma=(); [ $quick = 1 ] && ma=(--quick)
+  if [ -n "$exe" ] && timeout 590 "$exe" "${ma[@]}" --out "$OUT/bench_model_cuda.md" > "$OUT/bench_model_cuda.log" 2>&1; then
+    add "bench_model_cuda" ok "$((SECONDS - t0)) s (bench_model_cuda.md)"
+  else
+    tail -5 "$OUT/bench_model_cuda.log" 2>/dev/null
+    fail bench_model_cuda "bench_model_cuda.log"
+  fi
+  t0=$SECONDS
+  if PYTHONUNBUFFERED=1 timeout 500 python3 "$root/benchmarks/cuda/bench_rsq_reference.py" "${ma[@]}" --layers 2 \
+      --out "$OUT/bench_rsq_reference.md" > "$OUT/bench_rsq_reference.log" 2>&1; then
+    add "bench_rsq_reference.py (PyTorch, 2 layers)" ok "$((SECONDS - t0)) s (bench_rsq_reference.md)"
+  else
+    tail -5 "$OUT/bench_rsq_reference.log"
+    fail "bench_rsq_reference.py" "bench_rsq_reference.log"
+  fi
+fi
+
+if has nn; then
+  exe=$(find_exe bench_nn_cuda)
+  t0=$SECONDS
+  if [ -n "$exe" ] && timeout 300 "$exe" --reps 3 > "$OUT/bench_nn_cuda.md" 2>&1; then
+    add "bench_nn_cuda" ok "$((SECONDS - t0)) s (bench_nn_cuda.md)"
+  else
+    fail bench_nn_cuda "bench_nn_cuda.md"
+  fi
 fi
 
 if has bench || has bench-ours; then

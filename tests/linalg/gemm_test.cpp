@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Tests of the kernels' matrix products (rsq/backend/cpu/gemm.hpp) against float64 products: every storage order of
 // the two factors (transposed blocks included), blocks of larger matrices, sizes past one packing block, the
-// triangular update (strict upper part untouched), on one thread, inside a parallel region, and through Eigen's
-// own multi-threaded path; the packing buffers kept per thread and released on request; and blocks packed once
-// (packed_rows) for several products.
+// triangular update (strict upper part untouched), on one thread, inside a parallel region, and tiled over several
+// threads outside one; the packing buffers kept per thread and released on request; and blocks packed once
+// (packed_rows) for several products. (That the tiled product gives the same bits for every thread count is
+// tests/linalg/determinism_test.cpp.)
 #include <doctest/doctest.h>
 
 #include <cstddef>
@@ -128,7 +129,7 @@ TEST_CASE("gemm_update inside a parallel region: each thread's products with its
   CHECK(ok);
 }
 
-TEST_CASE("gemm_update outside a parallel region with several Eigen threads (Eigen's own product)") {
+TEST_CASE("gemm_update outside a parallel region with several Eigen threads (tiled over them)") {
   eigen_threads const two(2);
   check_gemm<float>(500, 400, 450, 1e-6);
   check_gemm_lower<float>(300, 200, 1e-6);

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: MIT
-// GPTQ checkpoint packing: round trips, packed words against an independent bit-by-bit reference, known facts of the
-// AutoGPTQ layout, dequantization against the direct formula and the golden reference results, and bad inputs.
+// GPTQ checkpoint packing on every backend (TEST_CASE_TEMPLATE over RSQ_TEST_BACKENDS, pack::pack_gptq(be, ...)):
+// round trips with the packed words against an independent bit-by-bit reference, known facts of the AutoGPTQ layout,
+// strided inputs, dequantization against the direct formula and the golden reference results; a GPTQ result packed
+// where the solver left it (pack_gptq_resident, device memory for CUDA) equals the host packer and unpacks to the
+// solver's codes; bad arguments and bad results named in the messages of the host packer. The CPU packer's own checks
+// (non-finite zeros, codes out of range, also through strided codes), unpack_gptq and dequantize: host code.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -13,14 +17,19 @@
 #include <vector>
 
 #include <Eigen/Core>
+#include <rsq/gptq/solve.hpp>
 #include <rsq/io/npy.hpp>
 #include <rsq/pack/gptq_format.hpp>
 
+#include "support/backend_data.hpp"
+#include "support/backends.hpp"
 #include "support/shared_data.hpp"
 
 using rsq::pack::zero_format;
 
 namespace {
+
+using rsq::index_t;
 
 // A solver-shaped result: codes (rows, cols), scales and zeros (rows, groups), g_idx (cols).
 template <class S = float>
@@ -96,10 +105,17 @@ void check_words_against_reference(rsq::pack::gptq_tensors const& t, solver_resu
   CHECK(bad == 0);
 }
 
-// Packs, checks the words, unpacks and checks that everything comes back; checks dequantize on the way.
-template <class S>
+// Packs @p in on backend B (host arrays in, host tensors out).
+template <class B, class S>
+rsq::pack::gptq_tensors pack_on(solver_result<S> const& in, int bits, zero_format fmt = zero_format::v1) {
+  return rsq::pack::pack_gptq(B{}, rsq::view(in.codes), rsq::view(in.scales), rsq::view(in.zeros), rsq::view(in.g_idx),
+                              bits, fmt);
+}
+
+// Packs on backend B, checks the words, unpacks and checks that everything comes back; checks dequantize on the way.
+template <class B, class S>
 void round_trip(solver_result<S> const& in, int bits, zero_format fmt) {
-  auto const t = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, bits, fmt);
+  auto const t = pack_on<B>(in, bits, fmt);
   CHECK(t.bits == bits);
   CHECK(t.format == fmt);
   std::size_t const rows = in.codes.shape()[0], cols = in.codes.shape()[1], groups = in.scales.shape()[1];
@@ -149,10 +165,34 @@ void fill(rsq::matrix<T>& m, T v) {
   std::fill(m.begin(), m.end(), v);
 }
 
+// A (rows, cols) weight with N(shift, 1) entries, seeded.
+rsq::matrix<float> random_weight(index_t rows, index_t cols, unsigned seed, double shift = 0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(shift, 1.0);
+  auto m = rsq::make_matrix<float>(rows, cols);
+  for (auto& v : m) v = float(nd(rng));
+  return m;
+}
+
+// A positive definite (n, n) Hessian XᵀX / n of 3n random inputs.
+rsq::matrix<float> spd(index_t n, unsigned seed) {
+  auto const x = random_weight(3 * n, n, seed);
+  auto h = rsq::make_matrix<float>(n, n);
+  for (index_t a = 0; a < n; ++a)
+    for (index_t b = 0; b <= a; ++b) {
+      double s = 0;
+      for (index_t t = 0; t < 3 * n; ++t) s += double(x(t, a)) * double(x(t, b));
+      h(a, b) = h(b, a) = float(s / double(n));
+    }
+  return h;
+}
+
 }  // namespace
 
 TEST_SUITE("pack.gptq_format") {
-  TEST_CASE("round trips for 2, 3, 4, 8 bits: sym and asym, v1 and v2, several groups, act-order") {
+  TEST_CASE_TEMPLATE("round trips for 2, 3, 4, 8 bits: sym and asym, v1 and v2, several groups, act-order", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     std::uint32_t seed = 1;
     for (int bits : {2, 3, 4, 8})
       for (zero_format fmt : {zero_format::v1, zero_format::v2})
@@ -163,43 +203,51 @@ TEST_SUITE("pack.gptq_format") {
             CAPTURE(sym);
             CAPTURE(act);
             int const min_zero = fmt == zero_format::v1 ? 1 : 0;
-            round_trip(random_result(96, 256, 4, bits, sym, act, min_zero, seed++), bits, fmt);
+            round_trip<B>(random_result(96, 256, 4, bits, sym, act, min_zero, seed++), bits, fmt);
             // per-row parameters (one group) and a group per 32 columns
-            round_trip(random_result(64, 128, 1, bits, sym, act, min_zero, seed++), bits, fmt);
-            round_trip(random_result(32, 128, 4, bits, sym, act, min_zero, seed++), bits, fmt);
+            round_trip<B>(random_result(64, 128, 1, bits, sym, act, min_zero, seed++), bits, fmt);
+            round_trip<B>(random_result(32, 128, 4, bits, sym, act, min_zero, seed++), bits, fmt);
           }
   }
 
-  TEST_CASE("asym v2 round trip covers the zero 0 and the top code") {
+  TEST_CASE_TEMPLATE("asym v2 round trip covers the zero 0 and the top code", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     for (int bits : {2, 3, 4, 8}) {
       CAPTURE(bits);
       auto in = random_result(64, 64, 2, bits, false, true, 0, 77);
       in.zeros(0, 0) = 0.f;
       in.zeros(1, 1) = float((1 << bits) - 1);
       in.codes(2, 3) = std::uint8_t((1 << bits) - 1);
-      round_trip(in, bits, zero_format::v2);
+      round_trip<B>(in, bits, zero_format::v2);
     }
   }
 
-  TEST_CASE("shapes that fill whole words without being multiples of 32") {
+  TEST_CASE_TEMPLATE("shapes that fill whole words without being multiples of 32", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     // 4-bit: multiples of 8; 2-bit: multiples of 16; 8-bit: multiples of 4.
-    round_trip(random_result(24, 40, 5, 4, false, true, 1, 5), 4, zero_format::v1);
-    round_trip(random_result(8, 8, 1, 4, true, false, 1, 6), 4, zero_format::v1);
-    round_trip(random_result(48, 80, 5, 2, false, true, 0, 7), 2, zero_format::v2);
-    round_trip(random_result(12, 36, 3, 8, false, true, 1, 8), 8, zero_format::v1);
+    round_trip<B>(random_result(24, 40, 5, 4, false, true, 1, 5), 4, zero_format::v1);
+    round_trip<B>(random_result(8, 8, 1, 4, true, false, 1, 6), 4, zero_format::v1);
+    round_trip<B>(random_result(48, 80, 5, 2, false, true, 0, 7), 2, zero_format::v2);
+    round_trip<B>(random_result(12, 36, 3, 8, false, true, 1, 8), 8, zero_format::v1);
   }
 
-  TEST_CASE("double scales and zeros: scales come back rounded to float") {
+  TEST_CASE_TEMPLATE("double scales and zeros: scales come back rounded to float", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     for (int bits : {3, 4}) {
       CAPTURE(bits);
       auto const in = random_result<double>(64, 128, 2, bits, false, true, 1, 11);
-      round_trip(in, bits, zero_format::v1);
-      auto const t = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, bits);
+      round_trip<B>(in, bits, zero_format::v1);
+      auto const t = pack_on<B>(in, bits);
       CHECK(t.scales(1, 3) == float(in.scales(3, 1)));
     }
   }
 
-  TEST_CASE("strided inputs (column-major Eigen matrices) pack like contiguous ones") {
+  TEST_CASE_TEMPLATE("strided inputs (column-major Eigen matrices) pack like contiguous ones", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     auto const in = random_result(64, 96, 3, 4, false, true, 1, 21);
     Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic> codes(64, 96);
     Eigen::MatrixXf scales(64, 3), zeros(64, 3);
@@ -210,30 +258,36 @@ TEST_SUITE("pack.gptq_format") {
         zeros(r, g) = in.zeros(std::size_t(r), std::size_t(g));
       }
     }
-    auto const a = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, 4);
-    auto const b = rsq::pack::pack_gptq(codes, scales, zeros, in.g_idx, 4);
+    auto const a = pack_on<B>(in, 4);
+    auto const b = rsq::pack::pack_gptq(B{}, rsq::matrix_view<const std::uint8_t>(codes),
+                                        rsq::matrix_view<const float>(scales), rsq::matrix_view<const float>(zeros),
+                                        rsq::view(in.g_idx), 4);
     CHECK(a.qweight == b.qweight);
     CHECK(a.qzeros == b.qzeros);
     CHECK(a.scales == b.scales);
   }
 
-  TEST_CASE("known facts: 4-bit v1 symmetric zero 8 is stored as 7, every qzeros word reads 0x77777777") {
+  TEST_CASE_TEMPLATE("known facts: 4-bit v1 symmetric zero 8 is stored as 7, every qzeros word reads 0x77777777", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     auto in = random_result(64, 128, 4, 4, true, false, 1, 31);
-    auto const v1 = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, 4, zero_format::v1);
+    auto const v1 = pack_on<B>(in, 4, zero_format::v1);
     REQUIRE(v1.qzeros.shape()[1] == 8);  // 64 zeros · 4 bits / 32
     for (auto w : v1.qzeros) CHECK(std::uint32_t(w) == 0x77777777u);
-    auto const v2 = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, 4, zero_format::v2);
+    auto const v2 = pack_on<B>(in, 4, zero_format::v2);
     for (auto w : v2.qzeros) CHECK(std::uint32_t(w) == 0x88888888u);
     // 2-bit symmetric zero 2 -> v1 stores 1 = 0b01 in each field; 8-bit zero 128 -> 127 = 0x7F.
     auto in2 = random_result(64, 64, 1, 2, true, false, 1, 32);
-    for (auto w : rsq::pack::pack_gptq(in2.codes, in2.scales, in2.zeros, in2.g_idx, 2).qzeros)
+    for (auto w : pack_on<B>(in2, 2).qzeros)
       CHECK(std::uint32_t(w) == 0x55555555u);
     auto in8 = random_result(64, 64, 1, 8, true, false, 1, 33);
-    for (auto w : rsq::pack::pack_gptq(in8.codes, in8.scales, in8.zeros, in8.g_idx, 8).qzeros)
+    for (auto w : pack_on<B>(in8, 8).qzeros)
       CHECK(std::uint32_t(w) == 0x7F7F7F7Fu);
   }
 
-  TEST_CASE("known facts: qweight of sequential 4-bit codes, packed along the input features of each row") {
+  TEST_CASE_TEMPLATE("known facts: qweight of sequential 4-bit codes, packed along the input features of each row", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     rsq::matrix<std::uint8_t> codes = rsq::matrix<std::uint8_t>::from_shape({8, 16});
     for (std::size_t r = 0; r < 8; ++r)
       for (std::size_t c = 0; c < 16; ++c) codes(r, c) = std::uint8_t((c + r) % 16);
@@ -242,7 +296,7 @@ TEST_SUITE("pack.gptq_format") {
     fill(zeros, 8.f);
     rsq::vector<std::int32_t> g_idx = rsq::vector<std::int32_t>::from_shape({16});
     std::fill(g_idx.begin(), g_idx.end(), 0);
-    auto const t = rsq::pack::pack_gptq(codes, scales, zeros, g_idx, 4);
+    auto const t = pack_on<B>(solver_result<float>{codes, scales, zeros, g_idx}, 4);
     REQUIRE(t.qweight.shape()[0] == 2);
     REQUIRE(t.qweight.shape()[1] == 8);
     CHECK(std::uint32_t(t.qweight(0, 0)) == 0x76543210u);
@@ -251,7 +305,9 @@ TEST_SUITE("pack.gptq_format") {
     CHECK(std::uint32_t(t.qweight(1, 7)) == 0x6543210Fu);
   }
 
-  TEST_CASE("known facts: 3-bit, value 10 straddles words 0 and 1, value 21 words 1 and 2") {
+  TEST_CASE_TEMPLATE("known facts: 3-bit, value 10 straddles words 0 and 1, value 21 words 1 and 2", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     // 3-bit needs multiples of 32 on both sides.
     rsq::matrix<std::uint8_t> codes = rsq::matrix<std::uint8_t>::from_shape({32, 64});
     fill(codes, std::uint8_t{0});
@@ -265,7 +321,7 @@ TEST_SUITE("pack.gptq_format") {
     zeros(10, 0) = 6.f;  // v1 stores 5 for output row 10: 0b101 straddles qzeros words 0 and 1 as well
     rsq::vector<std::int32_t> g_idx = rsq::vector<std::int32_t>::from_shape({64});
     std::fill(g_idx.begin(), g_idx.end(), 0);
-    auto const t = rsq::pack::pack_gptq(codes, scales, zeros, g_idx, 3);
+    auto const t = pack_on<B>(solver_result<float>{codes, scales, zeros, g_idx}, 3);
     REQUIRE(t.qweight.shape()[0] == 6);
     REQUIRE(t.qweight.shape()[1] == 32);
     CHECK(std::uint32_t(t.qweight(0, 0)) == 0x40000000u);
@@ -288,7 +344,9 @@ TEST_SUITE("pack.gptq_format") {
     CHECK(u.zeros == zeros);
   }
 
-  TEST_CASE("golden data: the packed checkpoint dequantizes to the reference GPTQ result") {
+  TEST_CASE_TEMPLATE("golden data: the packed checkpoint dequantizes to the reference GPTQ result", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     RSQ_NEED_SHARED(shared);
     // "ist" asymmetric 4-bit cases: per row (params fit on the whole W, §6 step 1) and static groups of 128
     // (params fit on the original W's column groups, §6 step 3), with act-order. Q = s·(q − z) in float32 (§7).
@@ -335,7 +393,7 @@ TEST_SUITE("pack.gptq_format") {
           in.codes(r, c) = std::uint8_t(std::clamp(std::nearbyint(q), 0.0, double(maxq)));
         }
       REQUIRE(off_grid == 0);  // the recovered parameters are the reference's: Q lies on their grid
-      auto const t = rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, 4);
+      auto const t = pack_on<B>(in, 4);
       auto const deq = rsq::pack::dequantize(t);
       double max_err = 0, max_q = 0;
       for (std::size_t r = 0; r < rows; ++r)
@@ -349,11 +407,10 @@ TEST_SUITE("pack.gptq_format") {
     }
   }
 
-  TEST_CASE("pack_gptq rejects bad arguments with clear messages") {
+  TEST_CASE_TEMPLATE("pack_gptq rejects bad arguments with clear messages", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     auto in = random_result(64, 128, 4, 4, false, true, 1, 41);
-    auto pack = [&](int bits = 4, zero_format fmt = zero_format::v1) {
-      return rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, bits, fmt);
-    };
+    auto pack = [&](int bits = 4, zero_format fmt = zero_format::v1) { return pack_on<B>(in, bits, fmt); };
     using rsq::invalid_argument;
     SUBCASE("bits") {
       for (int bits : {-1, 0, 1, 5, 6, 7, 16, 32}) {
@@ -367,22 +424,22 @@ TEST_SUITE("pack.gptq_format") {
     }
     SUBCASE("in_features that do not fill whole words") {
       auto bad = random_result(64, 12, 1, 4, false, false, 1, 42);
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 4),
-                           doctest::Contains("in_features = 12 is not a multiple of 8"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(bad, 4), doctest::Contains("in_features = 12 is not a multiple of 8"),
+                           invalid_argument);
       auto bad3 = random_result(64, 48, 1, 3, false, false, 1, 43);
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad3.codes, bad3.scales, bad3.zeros, bad3.g_idx, 3),
-                           doctest::Contains("in_features = 48 is not a multiple of 32"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(bad3, 3), doctest::Contains("in_features = 48 is not a multiple of 32"),
+                           invalid_argument);
       auto bad2 = random_result(64, 24, 1, 2, false, false, 1, 44);
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad2.codes, bad2.scales, bad2.zeros, bad2.g_idx, 2),
-                           doctest::Contains("in_features = 24 is not a multiple of 16"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(bad2, 2), doctest::Contains("in_features = 24 is not a multiple of 16"),
+                           invalid_argument);
     }
     SUBCASE("out_features that do not fill whole qzeros words") {
       auto bad = random_result(48, 64, 1, 3, false, false, 1, 45);
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad.codes, bad.scales, bad.zeros, bad.g_idx, 3),
-                           doctest::Contains("out_features = 48 is not a multiple of 32"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(bad, 3), doctest::Contains("out_features = 48 is not a multiple of 32"),
+                           invalid_argument);
       auto bad8 = random_result(6, 64, 1, 8, false, false, 1, 46);
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(bad8.codes, bad8.scales, bad8.zeros, bad8.g_idx, 8),
-                           doctest::Contains("out_features = 6 is not a multiple of 4"), invalid_argument);
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(bad8, 8), doctest::Contains("out_features = 6 is not a multiple of 4"),
+                           invalid_argument);
     }
     SUBCASE("scales of the wrong shape") {
       in.scales = rsq::matrix<float>::from_shape({32, 4});
@@ -418,10 +475,7 @@ TEST_SUITE("pack.gptq_format") {
       CHECK_THROWS_WITH_AS(pack(), doctest::Contains("scales has a non-finite value (inf) at row 3, column 2"),
                            invalid_argument);
     }
-    SUBCASE("non-finite, non-integer and out-of-range zeros") {
-      in.zeros(7, 1) = std::numeric_limits<float>::quiet_NaN();
-      CHECK_THROWS_WITH_AS(pack(), doctest::Contains("zeros has a non-finite value (nan) at row 7, column 1"),
-                           invalid_argument);
+    SUBCASE("non-integer and out-of-range zeros") {
       in.zeros(7, 1) = 2.5f;
       CHECK_THROWS_WITH_AS(pack(), doctest::Contains("zeros(row 7, group 1) = 2.5 is not an integer in [0, 15]"),
                            invalid_argument);
@@ -439,6 +493,28 @@ TEST_SUITE("pack.gptq_format") {
       CHECK_THROWS_WITH_AS(pack(4, zero_format::v1), doctest::Contains("use zero_format::v2"), invalid_argument);
       auto const t = pack(4, zero_format::v2);
       CHECK(rsq::pack::unpack_gptq(t).zeros(3, 1) == 0.f);
+    }
+    SUBCASE("double scales that overflow float") {
+      auto d = random_result<double>(64, 64, 1, 4, false, false, 1, 49);
+      d.scales(9, 0) = 1e300;
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(d, 4), doctest::Contains("scales(row 9, group 0) = 1e+300 overflows float"),
+                           invalid_argument);
+      d.scales(9, 0) = 0.5;
+      d.zeros(2, 0) = 3.0000001;
+      CHECK_THROWS_WITH_AS((void)pack_on<B>(d, 4), doctest::Contains("zeros(row 2, group 0)"), invalid_argument);
+    }
+  }
+
+  TEST_CASE("the CPU packer names non-finite zeros and codes out of range, also through strided codes") {
+    using rsq::invalid_argument;
+    auto in = random_result(64, 128, 4, 4, false, true, 1, 41);
+    auto pack = [&](int bits = 4, zero_format fmt = zero_format::v1) {
+      return rsq::pack::pack_gptq(in.codes, in.scales, in.zeros, in.g_idx, bits, fmt);
+    };
+    SUBCASE("non-finite zeros") {
+      in.zeros(7, 1) = std::numeric_limits<float>::quiet_NaN();
+      CHECK_THROWS_WITH_AS(pack(), doctest::Contains("zeros has a non-finite value (nan) at row 7, column 1"),
+                           invalid_argument);
     }
     SUBCASE("codes above 2^bits - 1") {
       in.codes(5, 7) = 16;
@@ -462,16 +538,79 @@ TEST_SUITE("pack.gptq_format") {
       CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(cm, in2.scales, in2.zeros, in2.g_idx, 2),
                            doctest::Contains("codes(40, 33) = 4 is outside [0, 3]"), invalid_argument);
     }
-    SUBCASE("double scales that overflow float") {
-      auto d = random_result<double>(64, 64, 1, 4, false, false, 1, 49);
-      d.scales(9, 0) = 1e300;
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
-                           doctest::Contains("scales(row 9, group 0) = 1e+300 overflows float"), invalid_argument);
-      d.scales(9, 0) = 0.5;
-      d.zeros(2, 0) = 3.0000001;
-      CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(d.codes, d.scales, d.zeros, d.g_idx, 4),
-                           doctest::Contains("zeros(row 2, group 0)"), invalid_argument);
-    }
+  }
+
+  TEST_CASE_TEMPLATE("a GPTQ result packed where the solver left it equals the host packer, for 2, 3, 4, 8 bits, "
+                     "v1 and v2, groups and act-order",
+                     B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    index_t const rows = 64, cols = 96;
+    auto const w = random_weight(rows, cols, 1);
+    auto const h = spd(cols, 2);
+    for (int bits : {2, 3, 4, 8})
+      for (index_t group : {index_t(-1), index_t(32)})
+        for (bool act : {false, true}) {
+          CAPTURE(bits);
+          CAPTURE(group);
+          CAPTURE(act);
+          rsq::gptq::options const o{.group_size = group, .act_order = act};
+          auto const f = rsq::gptq::factor(be, h, o);
+          // Symmetric grids have zero 2^(b-1) >= 1, so both formats can store them.
+          auto const dr = rsq::gptq::solve_resident(be, w, f, {.bits = bits, .symmetric = true}, o);
+          REQUIRE(dr.ok());
+          auto const host = rsq::gptq::solve(be, w, f, {.bits = bits, .symmetric = true}, o);
+          REQUIRE(host.ok());
+          for (auto fmt : {zero_format::v1, zero_format::v2}) {
+            CAPTURE(int(fmt));
+            auto const got = rsq::pack::pack_gptq(be, dr.weight, fmt);
+            auto const resident = rsq::pack::to_host(be, rsq::pack::pack_gptq_resident(be, dr.weight, fmt));
+            auto const ref = rsq::pack::pack_gptq(rsq::view(host.weight.codes), rsq::view(host.weight.scales),
+                                                  rsq::view(host.weight.zeros), rsq::view(host.weight.g_idx), bits,
+                                                  fmt);
+            for (auto const* t : {&got, &resident}) {
+              CHECK(t->bits == bits);
+              CHECK(t->format == fmt);
+              CHECK(t->qweight == ref.qweight);
+              CHECK(t->qzeros == ref.qzeros);
+              CHECK(t->scales == ref.scales);
+              CHECK(t->g_idx == ref.g_idx);
+            }
+            solver_result<float> const in{host.weight.codes, host.weight.scales, host.weight.zeros, host.weight.g_idx};
+            check_words_against_reference(got, in, bits, fmt);
+            auto const back = rsq::pack::unpack_gptq(got);
+            CHECK(back.codes == host.weight.codes);
+            CHECK(back.zeros == host.weight.zeros);
+          }
+        }
+  }
+
+  TEST_CASE_TEMPLATE("bad results are rejected with the host packer's messages", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    // All-positive rows give asymmetric zeros of 0, which zero_format::v1 cannot store.
+    auto const w = random_weight(32, 64, 3, 10.0);
+    auto const h = spd(64, 4);
+    auto const f = rsq::gptq::factor(be, h, {});
+    auto const dr = rsq::gptq::solve_resident(be, w, f, {.bits = 4}, {});
+    REQUIRE(dr.ok());
+    CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(be, dr.weight, zero_format::v1),
+                         doctest::Contains("zeros(row 0, group 0) is 0, which zero_format::v1 cannot store"),
+                         rsq::invalid_argument);
+    CHECK_NOTHROW((void)rsq::pack::pack_gptq(be, dr.weight, zero_format::v2));
+    // 3-bit packing needs in_features and out_features that are multiples of 32.
+    auto const w3 = random_weight(40, 64, 5);
+    auto const d3 = rsq::gptq::solve_resident(be, w3, f, {.bits = 3, .symmetric = true}, {});
+    CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq_resident(be, d3.weight), doctest::Contains("out_features = 40"),
+                         rsq::invalid_argument);
+    // A failed solve has no weight to pack.
+    auto bad_h = rsq::make_matrix<float>(64, 64);
+    for (int i = 0; i < 64; ++i) bad_h(i, i) = -1;
+    auto const fb = rsq::gptq::factor(be, bad_h, {.max_damp_attempts = 2});
+    auto const db = rsq::gptq::solve_resident(be, w, fb, {.bits = 4}, {});
+    REQUIRE_FALSE(db.ok());
+    CHECK_THROWS_WITH_AS((void)rsq::pack::pack_gptq(be, db.weight), doctest::Contains("pack_gptq: "),
+                         rsq::invalid_argument);
   }
 
   TEST_CASE("unpack_gptq rejects inconsistent checkpoint tensors") {

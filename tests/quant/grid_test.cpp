@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Quantizer grids against the formulas of the method spec §7, written out independently here in float64.
+// Quantizer grids against the formulas of the method spec §7, written out independently here in float64; bad grids.
+// (Round to nearest of a whole weight, on every backend: quant/rtn_test.cpp.)
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -7,7 +8,6 @@
 #include <vector>
 
 #include <rsq/quant/grid.hpp>
-#include <rsq/quant/rtn.hpp>
 
 namespace {
 
@@ -164,38 +164,22 @@ TEST_SUITE("quant.grid") {
       }
   }
 
-  TEST_CASE("grid_spec and quantize_rtn reject bad arguments") {
+  TEST_CASE("grid_spec rejects bad arguments") {
     for (int bits : {0, 1, 9, 16}) {
       grid_spec const g{.bits = bits};
       CHECK_THROWS_WITH_AS(g.validate(), doctest::Contains("between 2 and 8"), rsq::invalid_argument);
     }
-    rsq::matrix<float> w = rsq::make_matrix<float>(4, 8);
-    CHECK_THROWS_WITH_AS((void)rsq::quant::quantize_rtn(rsq::view(std::as_const(w)), grid_spec{}, 0),
-                         doctest::Contains("group_size"), rsq::invalid_argument);
-    rsq::matrix<float> empty = rsq::make_matrix<float>(0, 8);
-    CHECK_THROWS_WITH_AS((void)rsq::quant::quantize_rtn(rsq::view(std::as_const(empty)), grid_spec{}),
-                         doctest::Contains("empty"), rsq::invalid_argument);
-    w(2, 3) = NAN;
-    CHECK_THROWS_WITH_AS((void)rsq::quant::quantize_rtn(rsq::view(std::as_const(w)), grid_spec{}),
-                         doctest::Contains("row 2, column 3"), rsq::invalid_argument);
-  }
-
-  TEST_CASE("quantize_rtn per group: a last partial group, codes in range, dequantize consistent") {
-    std::mt19937_64 rng(11);
-    std::normal_distribution<float> nd;
-    rsq::matrix<float> w = rsq::make_matrix<float>(6, 50);
-    for (auto& v : w) v = nd(rng);
-    auto const q = rsq::quant::quantize_rtn(rsq::view(std::as_const(w)), grid_spec{.bits = 3}, 16);
-    CHECK(q.groups() == 4);
-    CHECK(q.g_idx(49) == 3);
-    auto const deq = rsq::quant::dequantize(q);
-    for (rsq::index_t r = 0; r < 6; ++r)
-      for (rsq::index_t c = 0; c < 50; ++c) {
-        CHECK(q.codes(r, c) <= 7);
-        // Each group's grid is the grid fitted on that group alone.
-        rsq::index_t const g = c / 16, c0 = g * 16, n = std::min<rsq::index_t>(16, 50 - c0);
-        auto const p = rsq::quant::fit(grid_spec{.bits = 3}, &w(r, c0), n);
-        CHECK(deq(r, c) == rsq::quant::quantize_dequantize(w(r, c), p.scale, p.zero, 7));
-      }
+    grid_spec g{.bits = 4};
+    g.clip.enabled = true;
+    g.clip.grid = 0;
+    CHECK_THROWS_WITH_AS(g.validate(), doctest::Contains("clip search grid must be positive"), rsq::invalid_argument);
+    g.clip.grid = 100;
+    g.clip.max_shrink = 1.5;
+    CHECK_THROWS_WITH_AS(g.validate(), doctest::Contains("max_shrink"), rsq::invalid_argument);
+    g.clip.max_shrink = 0.8;
+    g.clip.norm = -1;
+    CHECK_THROWS_WITH_AS(g.validate(), doctest::Contains("clip search norm must be positive"), rsq::invalid_argument);
+    g.clip.norm = 2.4;
+    CHECK_NOTHROW(g.validate());
   }
 }

@@ -1,22 +1,39 @@
 // SPDX-License-Identifier: MIT
 // Hadamard matrices, construction choice and the fast transform, against the reference's golden data
 // (../shared/golden/hadamard_*), brute-force float64 formulas and exact integer identities.
+//  - The matrices and plans (hadK as stored by the reference, Paley and Sylvester constructions, the construction
+//    table, unsupported sizes and the block-diagonal fallback) and the CPU's own transform of a Paley size beyond the
+//    GPU's mix: host code, tested once.
+//  - The transform on every backend (TEST_CASE_TEMPLATE over RSQ_TEST_BACKENDS, through
+//    rotation::hadamard::apply_with_signs(be, ...)): the golden y = (hadK ⊗ H_{n/K})·x/√n, the dense float64 matrix
+//    for every K of the reference table and powers of two up to 32768, fused signs with H and Hᵀ, strided views and
+//    rows in the backend's memory (a row stride, a column stride, a batch of rows as the online Hadamard across
+//    heads), block-diagonal plans, float against float64, bad shapes and signs.
+//  - CUDA only: every launch configuration of the kernel, and the inputs the GPU does not take.
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
 #include <array>
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
+#include <random>
+#include <span>
 #include <string>
 #include <vector>
+
+#include <xtensor/xmanipulation.hpp>
 
 #include <rsq/backend/cpu/eigen_map.hpp>
 #include <rsq/io/npy.hpp>
 #include <rsq/rotation/hadamard.hpp>
 #include <rsq/rotation/hadamard_matrices.hpp>
 #include <rsq/rotation/hadamard_plan.hpp>
+#include <rsq/rotation/randomized_hadamard.hpp>
 
+#include "support/backend_data.hpp"
+#include "support/backends.hpp"
 #include "support/shared_data.hpp"
 
 namespace {
@@ -78,6 +95,56 @@ rsq::matrix<T> test_matrix(index_t rows, index_t cols, double phase = 0.0) {
   return a;
 }
 
+// The backend's transform of every row: diag(post)·op(H)·diag(pre)·x.
+template <class B, class T>
+void transform(rsq::matrix_view<T> rows, hadamard_options const& opt = {}, std::span<std::int8_t const> pre = {},
+               std::span<std::int8_t const> post = {}, bool transpose = false) {
+  hadamard(rows.cols(), opt).apply_with_signs(B{}, rows, transpose, pre, post);
+}
+
+template <class T>
+rsq::matrix<T> random_rows(index_t rows, index_t n, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd;
+  auto m = rsq::make_matrix<T>(rows, n);
+  for (auto& v : m) v = T(nd(rng));
+  return m;
+}
+
+// max |a − b| / max |b|
+template <class A, class C>
+double max_rel(A const& a, C const& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
+    den = std::max(den, std::abs(double(b.data()[i])));
+  }
+  return num / den;
+}
+
+// max |a − b|
+template <class A, class C>
+double max_abs(A const& a, C const& b) {
+  REQUIRE(a.size() == b.size());
+  double e = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(double(a.data()[i]) - double(b.data()[i])));
+  return e;
+}
+
+// y = x·Hᵀ (each row x becomes H x) with the dense float64 H.
+rsq::matrix<double> dense_apply(rsq::matrix<double> const& h, rsq::matrix<double> const& x) {
+  auto const n = index_t(h.shape()[0]), rows = index_t(x.shape()[0]);
+  auto y = rsq::make_matrix<double>(rows, n);
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t i = 0; i < n; ++i) {
+      double s = 0;
+      for (index_t j = 0; j < n; ++j) s += h(i, j) * x(r, j);
+      y(r, i) = s;
+    }
+  return y;
+}
+
 }  // namespace
 
 TEST_SUITE("rotation.hadamard") {
@@ -124,46 +191,6 @@ TEST_SUITE("rotation.hadamard") {
     for (index_t const k : {1, 2, 4, 8, 64}) check_hadamard_identity(sylvester_hadamard(k));
     CHECK(sylvester_hadamard(4)(3, 3) == 1);
     CHECK(sylvester_hadamard(4)(1, 3) == -1);
-  }
-
-  TEST_CASE("the golden transforms are reproduced to 1e-12 in float64, and inverted by the transpose") {
-    RSQ_NEED_SHARED(shared);
-    int cases = 0;
-    for (auto const& entry : std::filesystem::directory_iterator(shared / "golden")) {
-      std::string const name = entry.path().filename().string();
-      if (name.rfind("hadamard_n", 0) != 0) continue;
-      CAPTURE(name);
-      auto const meta = rsq_test::read_text(entry.path() / "meta.json");
-      index_t const n = json_int(meta, "n"), k = json_int(meta, "K");
-      auto x = rsq::io::load_npy<double, 2>(entry.path() / "x.npy");  // (3, n)
-      auto const y = rsq::io::load_npy<double, 2>(entry.path() / "y.npy");
-      REQUIRE(x.shape()[1] == std::size_t(n));
-      REQUIRE(reference_hadk(n).has_value());
-      CHECK(*reference_hadk(n) == k);
-      // The reference divides by torch.tensor(n).sqrt(), a float32 value: parity needs that scaling.
-      hadamard const parity(n, {.scaling = hadamard_scaling::reference_float32});
-      CHECK(parity.plan().k == k);
-      auto const x0 = x;
-      auto xp = x;
-      parity.apply(rsq::view(xp));
-      double err = 0.0;
-      for (std::size_t i = 0; i < x.size(); ++i) err = std::max(err, std::abs(xp.data()[i] - y.data()[i]));
-      CHECK(err <= 1e-12);
-      // The default is exactly orthonormal: the same up to the factor √n/fl32(√n), and inverted by the transpose.
-      hadamard const h(n);
-      h.apply(rsq::view(x));
-      double const ratio = std::sqrt(double(n)) / double(std::sqrt(float(n)));
-      double err_orth = 0.0;
-      for (std::size_t i = 0; i < x.size(); ++i)
-        err_orth = std::max(err_orth, std::abs(x.data()[i] * ratio - y.data()[i]));
-      CHECK(err_orth <= 1e-12);
-      h.apply_transpose(rsq::view(x));
-      double back = 0.0;
-      for (std::size_t i = 0; i < x.size(); ++i) back = std::max(back, std::abs(x.data()[i] - x0.data()[i]));
-      CHECK(back <= 1e-12);
-      ++cases;
-    }
-    CHECK(cases >= 16);
   }
 
   TEST_CASE("the transform is (hadK ⊗ H_{n/K})/√n from the definition, and orthonormal") {
@@ -271,14 +298,7 @@ TEST_SUITE("rotation.hadamard") {
     CHECK(p1001.to_string() == "block_diagonal[paley1(q=499,K=500)xH2,H1]");
   }
 
-  TEST_CASE("bad shapes and bad factory arguments") {
-    hadamard const h(64);
-    auto wrong = test_matrix<float>(3, 32);
-    CHECK_THROWS_WITH_AS(h.apply(rsq::view(wrong)), doctest::Contains("rows have length 32, the transform has length 64"),
-                         rsq::invalid_argument);
-    CHECK_THROWS_WITH_AS(h.apply_transpose(rsq::view(wrong)), doctest::Contains("(3 x 32)"), rsq::invalid_argument);
-    rsq::matrix<float> empty = rsq::matrix<float>::from_shape({0, 64});
-    CHECK_THROWS_WITH_AS(h.apply(rsq::view(empty)), doctest::Contains("empty"), rsq::invalid_argument);
+  TEST_CASE("bad factory arguments") {
     CHECK_THROWS_WITH_AS((void)reference_hadamard(13), doctest::Contains("no reference matrix of order 13"),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)paley1_hadamard(13), doctest::Contains("prime = 3 (mod 4), got 13"),
@@ -294,80 +314,183 @@ TEST_SUITE("rotation.hadamard") {
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)hadamard::block_diagonal(4, 1001), doctest::Contains("n = 1001"),
                          rsq::invalid_argument);
+    // The CPU's own members (no backend argument) check the shapes as well.
+    hadamard const h(64);
+    auto wrong = test_matrix<float>(3, 32);
+    CHECK_THROWS_WITH_AS(h.apply(rsq::view(wrong)),
+                         doctest::Contains("rows have length 32, the transform has length 64"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(h.apply_transpose(rsq::view(wrong)), doctest::Contains("(3 x 32)"), rsq::invalid_argument);
+    rsq::matrix<float> empty = rsq::matrix<float>::from_shape({0, 64});
+    CHECK_THROWS_WITH_AS(h.apply(rsq::view(empty)), doctest::Contains("empty"), rsq::invalid_argument);
   }
 
-  TEST_CASE_TEMPLATE("strided views (columns, blocks of Eigen matrices) give the same result as rows", T, float,
-                     double) {
-    index_t const n = 224;  // 28 * 8
-    hadamard const h(n);
-    auto rows = test_matrix<T>(40, n);
-    // The same data as columns of a row-major (n, 40) matrix, i.e. a transposed view.
-    auto cols = rsq::matrix<T>::from_shape({std::size_t(n), 40});
-    for (index_t i = 0; i < 40; ++i)
-      for (index_t j = 0; j < n; ++j) cols(std::size_t(j), std::size_t(i)) = rows(std::size_t(i), std::size_t(j));
-    h.apply(rsq::view(rows));
-    rsq::matrix_view<T> transposed(cols.data(), {40, n}, {1, 40});
-    h.apply(transposed);
-    // Columns are transformed 16-64 at a time with another grouping of the butterflies: equal up to rounding.
-    double const tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
-    for (index_t i = 0; i < 40; ++i)
-      for (index_t j = 0; j < n; ++j)
-        CHECK(double(cols(std::size_t(j), std::size_t(i))) ==
-              doctest::Approx(double(rows(std::size_t(i), std::size_t(j)))).epsilon(tol).scale(4.0));
-    // A column-major Eigen block.
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor> e(50, n + 3);
-    for (index_t i = 0; i < 50; ++i)
-      for (index_t j = 0; j < n + 3; ++j) e(i, j) = T(std::cos(0.3 * double(i + 7 * j)));
-    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> expect = e.block(5, 2, 40, n);
-    auto blk = e.block(5, 2, 40, n);
-    h.apply(rsq::matrix_view<T>(blk));
-    rsq::matrix_view<T> ev(expect);
-    h.apply(ev);
-    CHECK(double((e.block(5, 2, 40, n) - expect).cwiseAbs().maxCoeff()) < tol * 4.0);
-  }
-
-  TEST_CASE("exotic strides: every element stepped over (both layouts) equals the contiguous transform") {
-    index_t const n = 96;  // 48 * 2
-    hadamard const h(n);
-    auto const ref0 = test_matrix<double>(20, n);
-    auto ref = ref0;
-    h.apply(rsq::view(ref));
-    // Column-like: element j of row i at 2*i + 50*j ... use a buffer large enough for both layouts.
-    std::vector<double> buf(std::size_t(20 * n * 4), 0.0);
-    for (int layout = 0; layout < 2; ++layout) {
-      CAPTURE(layout);
-      std::array<index_t, 2> const strides = layout == 0 ? std::array<index_t, 2>{2, 41} : std::array<index_t, 2>{3 * n, 2};
-      rsq::matrix_view<double> v(buf.data(), {20, n}, strides);
-      for (index_t i = 0; i < 20; ++i)
-        for (index_t j = 0; j < n; ++j) v(i, j) = ref0(std::size_t(i), std::size_t(j));
-      h.apply(v);
-      for (index_t i = 0; i < 20; ++i)
-        for (index_t j = 0; j < n; ++j)
-          CHECK(v(i, j) == doctest::Approx(ref(std::size_t(i), std::size_t(j))).epsilon(1e-13).scale(4.0));
-    }
-  }
-
-  TEST_CASE("float transform agrees with float64 to 1e-5, and many rows in parallel equal one row at a time") {
-    for (index_t const n : {index_t(4096), index_t(11008), index_t(14336)}) {
-      CAPTURE(n);
+  TEST_CASE_TEMPLATE("the golden transforms are reproduced to 1e-12 in float64, and inverted by the transpose", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    RSQ_NEED_SHARED(shared);
+    B const be{};
+    // The CPU's measure is max |error|; the other backends' max |error| / max |y|.
+    auto err = [](auto const& a, auto const& b) { return rsq_test::is_cpu<B> ? max_abs(a, b) : max_rel(a, b); };
+    int cases = 0;
+    for (auto const& entry : std::filesystem::directory_iterator(shared / "golden")) {
+      std::string const name = entry.path().filename().string();
+      if (name.rfind("hadamard_n", 0) != 0) continue;
+      CAPTURE(name);
+      auto const meta = rsq_test::read_text(entry.path() / "meta.json");
+      index_t const n = json_int(meta, "n"), k = json_int(meta, "K");
+      auto x = rsq::io::load_npy<double, 2>(entry.path() / "x.npy");  // (3, n)
+      auto const y = rsq::io::load_npy<double, 2>(entry.path() / "y.npy");
+      REQUIRE(x.shape()[1] == std::size_t(n));
+      REQUIRE(reference_hadk(n).has_value());
+      CHECK(*reference_hadk(n) == k);
+      // The reference divides by torch.tensor(n).sqrt(), a float32 value: parity needs that scaling.
+      hadamard const parity(n, {.scaling = hadamard_scaling::reference_float32});
+      CHECK(parity.plan().k == k);
+      auto const x0 = x;
+      auto xp = x;
+      parity.apply(be, rsq::view(xp));
+      CHECK(err(xp, y) <= 1e-12);
+      // The default is exactly orthonormal: the same up to the factor √n/fl32(√n), and inverted by the transpose.
       hadamard const h(n);
-      auto xf = test_matrix<float>(64, n);
-      auto xd = test_matrix<double>(64, n);
-      auto single = xf;
-      h.apply(rsq::view(xf));
-      h.apply(rsq::view(xd));
-      double err = 0.0;
-      for (std::size_t i = 0; i < xf.size(); ++i) err = std::max(err, std::abs(double(xf.data()[i]) - xd.data()[i]));
-      CHECK(err < 1e-5);
-      for (index_t r = 0; r < 64; r += 21) {
-        rsq::vector_view<float> row(single.data() + r * n, n);
-        h.apply(row);
-        for (index_t j = 0; j < n; ++j) CHECK(single(std::size_t(r), std::size_t(j)) == xf(std::size_t(r), std::size_t(j)));
-      }
+      h.apply(be, rsq::view(x));
+      double const ratio = std::sqrt(double(n)) / double(std::sqrt(float(n)));
+      rsq::matrix<double> const scaled = x * ratio;
+      CHECK(err(scaled, y) <= 1e-12);
+      h.apply_transpose(be, rsq::view(x));
+      CHECK(err(x, x0) <= 1e-12);
+      ++cases;
+    }
+    CHECK(cases >= 16);
+  }
+
+  TEST_CASE_TEMPLATE("every K of the reference table and powers of two up to 32768 match the dense matrix", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    // n = K·2^m with m = 0 and 1 too (rows not a multiple of 8 take the GPU kernel's plain load).
+    std::vector<index_t> sizes = {1, 2, 4, 8, 16, 64, 256, 1024, 12, 24, 20, 40, 172, 344};
+    for (index_t k : reference_hadamard_orders) sizes.push_back(k * 4);
+    sizes.push_back(28 * 64);
+    sizes.push_back(44 * 4);  // Paley I beyond the reference table (q = 43)
+    sizes.push_back(76 * 4);  // Paley II beyond the reference table (q = 37)
+    for (index_t n : sizes) {
+      CAPTURE(n);
+      hadamard_options opt;
+      auto const plan = plan_hadamard(n, opt);
+      if (plan.kind == hadamard_kind::block_diagonal) continue;
+      auto const h = hadamard(n, opt).dense();  // (n, n) float64
+      auto x = random_rows<double>(3, n, unsigned(n));
+      auto const ref = dense_apply(h, x);
+      transform<B>(rsq::view(x));
+      CHECK(max_rel(x, ref) < 1e-12);
+      auto xf = random_rows<float>(5, n, unsigned(n + 1));
+      rsq::matrix<double> xd = xt::cast<double>(xf);
+      transform<B>(rsq::view(xf));
+      CHECK(max_rel(xf, dense_apply(h, xd)) < 2e-6);
+    }
+    // Large powers of two and K·2^m of real models: against the CPU transform (float) and the round trip (double).
+    for (index_t n : {index_t(4096), index_t(32768), index_t(28 * 512), index_t(148 * 128), index_t(40 * 128),
+                      index_t(172 * 64)}) {
+      CAPTURE(n);
+      auto x = random_rows<float>(4, n, unsigned(3 * n));
+      auto ref = x;
+      hadamard(n).apply(rsq::view(ref));
+      transform<B>(rsq::view(x));
+      CHECK(max_rel(x, ref) < 1e-5);
+      if (n > 24576) continue;  // double rows beyond 24576 do not fit in the GPU kernel's shared memory
+      auto xd = random_rows<double>(2, n, unsigned(5 * n));
+      auto const orig = xd;
+      transform<B>(rsq::view(xd));
+      transform<B>(rsq::view(xd), {}, {}, {}, true);  // Hᵀ H = I
+      CHECK(max_rel(xd, orig) < 1e-13);
     }
   }
 
-  TEST_CASE("block-diagonal per-head transform equals H_hd/√hd on every chunk") {
+  TEST_CASE_TEMPLATE("signs are fused on both sides, with H or its transpose (randomized Hadamard rotations)", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    for (index_t n : {index_t(512), index_t(28 * 32), index_t(12 * 8)}) {
+      CAPTURE(n);
+      auto const rot = randomized_hadamard(n, 1234);
+      auto const signs = rot.signs();
+      auto const h = hadamard(n).dense();
+      for (bool transpose : {false, true}) {
+        auto x = random_rows<double>(3, n, unsigned(n + transpose));
+        // Reference: diag(post)·op(H)·diag(pre)·x in float64, signs on both sides.
+        auto pre_x = x;
+        for (index_t r = 0; r < 3; ++r)
+          for (index_t j = 0; j < n; ++j) pre_x(r, j) *= signs[std::size_t(j)];
+        rsq::matrix<double> hop = h;
+        if (transpose) hop = xt::transpose(h);
+        auto ref = dense_apply(hop, pre_x);
+        for (index_t r = 0; r < 3; ++r)
+          for (index_t j = 0; j < n; ++j) ref(r, j) *= signs[std::size_t((j * 7) % n)] * signs[std::size_t(j)];
+        std::vector<std::int8_t> post(static_cast<std::size_t>(n));
+        for (index_t j = 0; j < n; ++j)
+          post[std::size_t(j)] = std::int8_t(signs[std::size_t((j * 7) % n)] * signs[std::size_t(j)]);
+        transform<B>(rsq::view(x), {}, signs, post, transpose);
+        CHECK(max_rel(x, ref) < 1e-12);
+      }
+      // The rotation's own W·Q equals the transform with pre-signs.
+      auto w = random_rows<double>(4, n, 99);
+      auto w_ref = w;
+      rot.apply_right(rsq::view(w_ref));
+      transform<B>(rsq::view(w), {}, signs);
+      CHECK(max_rel(w, w_ref) < 1e-12);
+    }
+  }
+
+  TEST_CASE_TEMPLATE("rows in the backend's memory: a row stride, a column stride, a batch of rows across heads", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    // Rows with a leading dimension larger than n: the padding columns are untouched.
+    index_t const n = 28 * 64, ld = n + 40;
+    auto const x = random_rows<float>(6, ld, 5);
+    auto ref = x;
+    hadamard(n).apply(rsq::matrix_view<float>(ref.data(), {6, n}, {ld, 1}));
+    auto d = rsq_test::upload(be, x);
+    hadamard(n).apply(be, rsq::matrix_view<float>(d.data(), {6, n}, {ld, 1}));
+    auto const back = rsq_test::download(be, d.view());
+    int bad = 0;
+    for (index_t r = 0; r < 6; ++r)
+      for (index_t c = 0; c < ld; ++c) {
+        double const want = c < n ? ref(r, c) : x(r, c);
+        bad += !(std::abs(back(r, c) - want) <= 1e-5 * (1 + std::abs(want)));
+      }
+    CHECK(bad == 0);
+    // Every other column of the backend's rows (gathered and scattered back), with signs.
+    auto const rot = randomized_hadamard(96, 3);
+    auto const y = random_rows<double>(5, 200, 6);
+    auto y_ref = y;
+    rsq::matrix_view<double> every_other_ref(y_ref.data(), {5, 96}, {200, 2});
+    hadamard(96).apply_with_signs(every_other_ref, true, {}, rot.signs());
+    auto yd = rsq_test::upload(be, y);
+    hadamard(96).apply_with_signs(be, rsq::matrix_view<double>(yd.data(), {5, 96}, {200, 2}), true, {}, rot.signs());
+    CHECK(max_rel(rsq_test::download(be, yd.view()), y_ref) < 1e-13);
+    // The online Hadamard across the heads of each token: (tokens, head_dim, heads) rows of a (tokens, heads·head_dim)
+    // array, with strides (heads·head_dim, 1, head_dim).
+    index_t const tokens = 5, head_dim = 8, heads = 12;
+    auto const a = random_rows<double>(tokens, heads * head_dim, 7);
+    auto a_ref = a;
+    for (index_t t = 0; t < tokens; ++t)
+      hadamard(heads).apply(
+          rsq::matrix_view<double>(a_ref.data() + t * heads * head_dim, {head_dim, heads}, {1, head_dim}));
+    auto ad = rsq_test::upload(be, a);
+    hadamard(heads).apply(be, rsq::tensor_view<double, 3>(ad.data(), {tokens, head_dim, heads},
+                                                          {heads * head_dim, 1, head_dim}));
+    CHECK(max_rel(rsq_test::download(be, ad.view()), a_ref) < 1e-13);
+    // reference_float32 scaling divides by the float32 sqrt(n), as the reference does.
+    auto z = random_rows<float>(2, 1024 * 12, 6);
+    auto z_ref = z;
+    hadamard_options const f32{.scaling = hadamard_scaling::reference_float32};
+    hadamard(1024 * 12, f32).apply(rsq::view(z_ref));
+    hadamard_transform(be, rsq::view(z), f32);
+    CHECK(max_rel(z, z_ref) < 1e-5);
+  }
+
+  TEST_CASE_TEMPLATE("block-diagonal per-head transform equals H_hd/√hd on every chunk", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
     hadamard const h = hadamard::block_diagonal(4, 8);
     CHECK(h.size() == 32);
     CHECK(h.plan().to_string() == "block_diagonal[H8,H8,H8,H8]");
@@ -379,7 +502,7 @@ TEST_SUITE("rotation.hadamard") {
     auto x = test_matrix<double>(6, 40);
     rsq::matrix_view<double> sub(x.data() + 4, {6, 32}, {40, 1});
     auto y = x;
-    h.apply(sub);
+    h.apply(be, sub);
     for (index_t r = 0; r < 6; ++r)
       for (index_t i = 0; i < 32; ++i) {
         double s = 0.0;
@@ -388,13 +511,189 @@ TEST_SUITE("rotation.hadamard") {
       }
     CHECK(x(0, 0) == y(0, 0));
     CHECK(x(5, 39) == y(5, 39));
+    // Lengths without a construction, with the block-diagonal fallback: 6 = 4 + 2, 101 = 96 + 4 + 1.
+    for (index_t const n : {index_t(6), index_t(101)}) {
+      CAPTURE(n);
+      hadamard_options const fb{.fallback = hadamard_fallback::block_diagonal};
+      auto const dn = hadamard(n, fb).dense();
+      auto z = random_rows<double>(3, n, unsigned(n));
+      auto const z_ref = dense_apply(dn, z);
+      hadamard_transform(be, rsq::view(z), fb);
+      CHECK(max_rel(z, z_ref) < 1e-12);
+    }
   }
 
-  TEST_CASE("hadamard_transform convenience equals a planned transform") {
+  TEST_CASE_TEMPLATE("bad shapes and signs name what is wrong", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    hadamard const h(64);
+    auto wrong = test_matrix<float>(3, 32);
+    CHECK_THROWS_WITH_AS(h.apply(be, rsq::view(wrong)),
+                         doctest::Contains("rows have length 32, the transform has length 64"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(h.apply_transpose(be, rsq::view(wrong)), doctest::Contains("3 x 32)"),
+                         rsq::invalid_argument);
+    rsq::matrix<float> empty = rsq::matrix<float>::from_shape({0, 64});
+    CHECK_THROWS_WITH_AS(h.apply(be, rsq::view(empty)), doctest::Contains("empty"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(hadamard_transform(be, rsq::view(empty)), doctest::Contains("empty"), rsq::invalid_argument);
+    auto w = test_matrix<float>(2, 64);
+    std::vector<std::int8_t> short_signs(10, 1);
+    CHECK_THROWS_WITH_AS(h.apply_with_signs(be, rsq::view(w), false, short_signs, {}),
+                         doctest::Contains("10 signs before the transform, expected 64"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS(h.apply_with_signs(be, rsq::view(w), false, {}, short_signs),
+                         doctest::Contains("10 signs after the transform, expected 64"), rsq::invalid_argument);
+    auto z = test_matrix<float>(2, 1001);
+    CHECK_THROWS_WITH_AS(hadamard_transform(be, rsq::view(z)), doctest::Contains("hadamard_fallback::block_diagonal"),
+                         rsq::invalid_argument);
+  }
+
+  TEST_CASE_TEMPLATE("strided views (columns, blocks of Eigen matrices) give the same result as rows", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    auto check_type = [&]<class T>(T) {
+      CAPTURE(sizeof(T));
+      index_t const n = 224;  // 28 * 8
+      hadamard const h(n);
+      auto rows = test_matrix<T>(40, n);
+      // The same data as columns of a row-major (n, 40) matrix, i.e. a transposed view.
+      auto cols = rsq::matrix<T>::from_shape({std::size_t(n), 40});
+      for (index_t i = 0; i < 40; ++i)
+        for (index_t j = 0; j < n; ++j) cols(std::size_t(j), std::size_t(i)) = rows(std::size_t(i), std::size_t(j));
+      h.apply(be, rsq::view(rows));
+      rsq::matrix_view<T> transposed(cols.data(), {40, n}, {1, 40});
+      h.apply(be, transposed);
+      // The CPU transforms columns 16-64 at a time with another grouping of the butterflies: equal up to rounding.
+      double const tol = std::is_same_v<T, float> ? 1e-5 : 1e-13;
+      int bad = 0;
+      for (index_t i = 0; i < 40; ++i)
+        for (index_t j = 0; j < n; ++j)
+          bad += !(double(cols(std::size_t(j), std::size_t(i))) ==
+                   doctest::Approx(double(rows(std::size_t(i), std::size_t(j)))).epsilon(tol).scale(4.0));
+      CHECK(bad == 0);
+      // A column-major Eigen block.
+      Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor> e(50, n + 3);
+      for (index_t i = 0; i < 50; ++i)
+        for (index_t j = 0; j < n + 3; ++j) e(i, j) = T(std::cos(0.3 * double(i + 7 * j)));
+      Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> expect = e.block(5, 2, 40, n);
+      auto blk = e.block(5, 2, 40, n);
+      h.apply(be, rsq::matrix_view<T>(blk));
+      h.apply(be, rsq::matrix_view<T>(expect));
+      CHECK(double((e.block(5, 2, 40, n) - expect).cwiseAbs().maxCoeff()) < tol * 4.0);
+    };
+    check_type(float{});
+    check_type(double{});
+  }
+
+  TEST_CASE_TEMPLATE("exotic strides: every element stepped over (both layouts) equals the contiguous transform", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    index_t const n = 96;  // 48 * 2
+    hadamard const h(n);
+    auto const ref0 = test_matrix<double>(20, n);
+    auto ref = ref0;
+    h.apply(be, rsq::view(ref));
+    std::vector<double> buf(std::size_t(20 * n * 4), 0.0);
+    for (int layout = 0; layout < 2; ++layout) {
+      CAPTURE(layout);
+      std::array<index_t, 2> const strides =
+          layout == 0 ? std::array<index_t, 2>{2, 41} : std::array<index_t, 2>{3 * n, 2};
+      rsq::matrix_view<double> v(buf.data(), {20, n}, strides);
+      for (index_t i = 0; i < 20; ++i)
+        for (index_t j = 0; j < n; ++j) v(i, j) = ref0(std::size_t(i), std::size_t(j));
+      h.apply(be, v);
+      int bad = 0;
+      for (index_t i = 0; i < 20; ++i)
+        for (index_t j = 0; j < n; ++j)
+          bad += !(v(i, j) == doctest::Approx(ref(std::size_t(i), std::size_t(j))).epsilon(1e-13).scale(4.0));
+      CHECK(bad == 0);
+    }
+  }
+
+  TEST_CASE_TEMPLATE("float transform agrees with float64 to 1e-5, and many rows at once equal one row at a time", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    for (index_t const n : {index_t(4096), index_t(11008), index_t(14336)}) {
+      CAPTURE(n);
+      hadamard const h(n);
+      auto xf = test_matrix<float>(64, n);
+      auto xd = test_matrix<double>(64, n);
+      auto single = xf;
+      h.apply(be, rsq::view(xf));
+      h.apply(be, rsq::view(xd));
+      double err = 0.0;
+      for (std::size_t i = 0; i < xf.size(); ++i) err = std::max(err, std::abs(double(xf.data()[i]) - xd.data()[i]));
+      CHECK(err < 1e-5);
+      for (index_t r = 0; r < 64; r += 21) {
+        h.apply(be, rsq::matrix_view<float>(single.data() + r * n, 1, n));
+        int bad = 0;
+        for (index_t j = 0; j < n; ++j)
+          bad += single(std::size_t(r), std::size_t(j)) != xf(std::size_t(r), std::size_t(j));
+        CHECK(bad == 0);
+      }
+    }
+  }
+
+  TEST_CASE_TEMPLATE("hadamard_transform convenience equals a planned transform", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
     auto a = test_matrix<double>(3, 160);
     auto b = a;
-    hadamard_transform(rsq::view(a));
-    hadamard(160).apply(rsq::view(b));
+    hadamard_transform(be, rsq::view(a));
+    hadamard(160).apply(be, rsq::view(b));
     for (std::size_t i = 0; i < a.size(); ++i) CHECK(a.data()[i] == b.data()[i]);
+    // The CPU's overloads without a backend are the CPU backend.
+    auto c = test_matrix<double>(3, 160);
+    auto d = c;
+    hadamard_transform(rsq::view(c));
+    hadamard(160).apply(rsq::backend::cpu_eigen{}, rsq::view(d));
+    CHECK(c == d);
   }
 }
+
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+TEST_SUITE("rotation.hadamard.cuda") {
+  TEST_CASE("every launch configuration (threads per CTA, prefetch depth, rows per CTA) gives the CPU transform") {
+    RSQ_NEED_DEVICE(rsq::backend::cuda);
+    rsq::backend::cuda const be{};
+    for (index_t n : {index_t(8), index_t(256), index_t(4096), index_t(16384), index_t(32768), index_t(28 * 512),
+                      index_t(148 * 128), index_t(12)}) {
+      auto const rot = randomized_hadamard(n, 7);
+      for (int threads : {256, 512, 1024}) {
+        CAPTURE(n);
+        CAPTURE(threads);
+        rsq::cuda::tuning().hadamard_threads = threads;
+        auto x = random_rows<float>(5, n, unsigned(n + threads));
+        auto ref = x;
+        hadamard(n).apply_with_signs(rsq::view(ref), false, rot.signs(), {});
+        hadamard(n).apply_with_signs(be, rsq::view(x), false, rot.signs(), {});
+        CHECK(max_rel(x, ref) < 1e-5);
+        if (n <= 16384) {
+          auto xd = random_rows<double>(3, n, unsigned(n + 2 * threads));
+          auto refd = xd;
+          hadamard(n).apply_with_signs(rsq::view(refd), true, {}, rot.signs());
+          hadamard(n).apply_with_signs(be, rsq::view(xd), true, {}, rot.signs());
+          CHECK(max_rel(xd, refd) < 1e-12);
+        }
+      }
+    }
+    rsq::cuda::tuning().hadamard_threads = 0;
+  }
+
+  TEST_CASE("what the GPU kernel does not take: long rows, large Paley factors, signs other than +-1") {
+    RSQ_NEED_DEVICE(rsq::backend::cuda);
+    rsq::backend::cuda const be{};
+    using rsq::invalid_argument;
+    auto z = random_rows<float>(2, 1000, 7);  // 1000 = 500·2: a Paley factor too large for the GPU mix
+    CHECK_THROWS_WITH_AS(hadamard_transform(be, rsq::view(z)), doctest::Contains("order 500 > 256"), invalid_argument);
+    auto big = random_rows<float>(1, 65536, 8);
+    CHECK_THROWS_WITH_AS(hadamard_transform(be, rsq::view(big)), doctest::Contains("shared memory"), invalid_argument);
+    auto w = random_rows<float>(2, 64, 9);
+    std::vector<std::int8_t> bad(64, 1);
+    bad[3] = 0;
+    CHECK_THROWS_WITH_AS(hadamard(64).apply_with_signs(be, rsq::view(w), false, bad, {}),
+                         doctest::Contains("sign 3 is 0"), invalid_argument);
+  }
+}
+#endif

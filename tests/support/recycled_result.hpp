@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
-// gptq::solve with a recycled result on backend B (shared by the CPU and the CUDA tests): the same result as a fresh
-// solve, the arrays whose sizes match reused, and a failed factorization returning no array of the recycled result.
+// gptq::solve with a recycled result on backend B (gptq/invariants_test.cpp, on every backend): the same result as a
+// fresh solve, the arrays whose sizes match reused, and a failed factorization returning no array of the recycled
+// result.
 
 #include <doctest/doctest.h>
 

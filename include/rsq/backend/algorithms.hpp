@@ -17,7 +17,7 @@ struct validation {};          ///< NaN/Inf and symmetry checks on the backend's
 struct gemm {};                ///< C = α·op(A)·op(B) + β·C in fp32, bf16 inputs or fp64 <rsq/linalg/gemm.hpp>
 struct rtn {};                 ///< round to nearest on a grid                          <rsq/quant/rtn.hpp>
 struct hessian_accumulation {};///< importance-weighted Σ w x xᵀ                       <rsq/hessian/accumulator.hpp>
-struct gptq {};                ///< factor a Hessian; the column solver                 <rsq/gptq/solve_api.hpp>
+struct gptq {};                ///< factor a Hessian; the column solver                 <rsq/gptq/solve.hpp>
 struct pack_gptq {};           ///< AutoGPTQ / GPTQModel int32 packing                  <rsq/pack/gptq_format.hpp>
 
 // Rotate.

@@ -15,7 +15,7 @@
 ///                                                              // backend's stream, returns when dst may be read
 ///   static void synchronize(B const&);                         // waits for the work queued on the backend
 ///   static std::size_t bytes_in_use(B const&);                 // memory of a device in use (0: not measured)
-/// and the allocation throws rsq::invalid_argument naming the bytes asked for and free when they do not fit.
+/// and an allocation that does not fit throws (rsq::cuda_error for a device) naming the bytes asked for and free.
 
 #include <algorithm>
 #include <cstddef>

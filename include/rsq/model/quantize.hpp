@@ -127,7 +127,8 @@ struct quantize_options {
   bool double_precision = false;      ///< accumulate Hessians and solve in float64 (default: float32, as the reference)
   forward_options forward = {};       ///< calibration forward passes: fp32, or bf16 products as an opt-in
   hessian::options hessian = {};      ///< Hessian arithmetic: strict, or TF32 / bf16 inputs as opt-ins
-  /// Calibration tokens per chunk of a pass (whole sequences); 0 chooses about 1 GiB of layer buffers.
+  /// Calibration tokens per chunk of a pass (whole sequences); 0 chooses about 1 GiB of layer buffers on the CPU,
+  /// 8 GiB on a device.
   index_t chunk_tokens = 0;
   /// Report tr((W − Q)·H·(W − Q)ᵀ) per linear (a float64 product per linear on the backend).
   bool proxy_loss = true;
@@ -381,11 +382,13 @@ template <class T>
   }
 }
 
-/// Sequences per chunk of a calibration pass: about 1 GiB of layer buffers unless @p chunk_tokens is given.
-[[nodiscard]] inline index_t chunk_sequences(llama_config const& c, index_t sequences, index_t seq_len,
-                                             index_t chunk_tokens) {
+/// Sequences per chunk of a calibration pass, unless @p chunk_tokens is given: about 1 GiB of layer buffers on the
+/// CPU (they stay in cache-friendly sizes) and 8 GiB on a device backend (large products keep a GPU busy).
+template <backend_tag B>
+[[nodiscard]] index_t chunk_sequences(llama_config const& c, index_t sequences, index_t seq_len, index_t chunk_tokens) {
   index_t const per_token = index_t(sizeof(float)) * (3 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim);
-  index_t const tokens = chunk_tokens > 0 ? chunk_tokens : std::max<index_t>(1, (index_t(1) << 30) / per_token);
+  index_t const budget = std::is_same_v<B, backend::cpu_eigen> ? index_t(1) << 30 : index_t(8) << 30;
+  index_t const tokens = chunk_tokens > 0 ? chunk_tokens : std::max<index_t>(1, budget / per_token);
   return std::clamp<index_t>(tokens / seq_len, 1, sequences);
 }
 
@@ -398,7 +401,7 @@ class layer_quantizer {
                   std::optional<rotation_plan> const& rotation, quantize_observer const& obs)
       : be_(be), q_(q), c_(q.model.config), tokens_(tokens), opt_(opt), policy_(policy), rotation_(rotation),
         obs_(obs), ws_(be), S_(index_t(tokens.shape()[0])), L_(index_t(tokens.shape()[1])),
-        chunk_(chunk_sequences(c_, S_, L_, opt.chunk_tokens)) {
+        chunk_(chunk_sequences<B>(c_, S_, L_, opt.chunk_tokens)) {
     needs_ = policy.requirements();
     if (!is_uniform(policy)) importance_ = rsq::make_matrix<float>(S_, L_);
     if (needs_.token_ids || needs_.token_frequency) {

@@ -74,6 +74,13 @@ __global__ void pack_zeros_kernel(T const* __restrict__ zeros, T const* __restri
   }
 }
 
+/// Records the first code (row-major order) above @p maxq.
+template <class C>
+__global__ void codes_range_kernel(C const* __restrict__ codes, index_t n, unsigned maxq, validation_record* rec) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x)
+    if (codes[i] > maxq) atomicMin(&rec->first_bad, static_cast<unsigned long long>(i));
+}
+
 }  // namespace rsq::cuda::kernels
 
 namespace rsq::cuda::detail {
@@ -104,6 +111,19 @@ pack::basic_gptq_tensors<backend::cuda> pack_impl(backend::cuda const& be, matri
     for (index_t c = 0; c < cols; ++c) gi[std::size_t(c)] = g_idx_in(c);
   }
   pack::detail::check_g_idx(vector_view<const std::int32_t>(gi.data(), cols), cols, groups, "pack_gptq");
+  // The host packer's checks, in its order and with its messages: codes in range, finite scales and zeros.
+  {
+    auto* rec = fresh_record(ctx);
+    kernels::codes_range_kernel<<<kernels::blocks_for(rows * cols, 256), 256, 0, s>>>(
+        codes.data(), rows * cols, unsigned((1 << bits) - 1), rec);
+    RSQ_CUDA_CHECK_LAUNCH("codes_range_kernel");
+    if (auto const bad = read_back(rec, s).first_bad; bad != ULLONG_MAX)
+      rsq::detail::throw_invalid_argument("pack_gptq: codes(", index_t(bad) / cols, ", ", index_t(bad) % cols, ") = ",
+                                          int(read_back(codes.data() + bad, s)), " is outside [0, ", (1 << bits) - 1,
+                                          "] for ", bits, "-bit codes");
+  }
+  check_finite_device(ctx, matrix_view<const S>(scales.data(), rows, groups), "pack_gptq: scales");
+  check_finite_device(ctx, matrix_view<const S>(zeros.data(), rows, groups), "pack_gptq: zeros");
 
   pack::basic_gptq_tensors<backend::cuda> t;
   t.bits = bits;
@@ -133,7 +153,6 @@ pack::basic_gptq_tensors<backend::cuda> pack_impl(backend::cuda const& be, matri
   if (bad != ULLONG_MAX) {
     index_t const row = index_t(bad) / groups, g = index_t(bad) % groups;
     S const z = read_back(zeros.data() + bad, s), sc = read_back(scales.data() + bad, s);
-    RSQ_EXPECTS(std::isfinite(sc), "pack_gptq: scales has a non-finite value (", sc, ") at row ", row, ", column ", g);
     RSQ_EXPECTS(std::abs(sc) <= S(std::numeric_limits<float>::max()), "pack_gptq: scales(row ", row, ", group ", g,
                 ") = ", sc, " overflows float");
     if (fmt == pack::zero_format::v1 && z == S(0))
