@@ -15,6 +15,7 @@
 ///                                                              // backend's stream, returns when dst may be read
 ///   static void synchronize(B const&);                         // waits for the work queued on the backend
 ///   static std::size_t bytes_in_use(B const&);                 // memory of a device in use (0: not measured)
+///   static std::size_t bytes_free(B const&);                   // memory a device has free (SIZE_MAX: no limit known)
 /// and an allocation that does not fit throws (rsq::cuda_error for a device) naming the bytes asked for and free.
 
 #include <algorithm>
@@ -53,6 +54,12 @@ void synchronize(B const& be) {
 template <backend_tag B>
 [[nodiscard]] std::size_t bytes_in_use(B const& be) {
   return implementation_t<algorithm::memory, B>::bytes_in_use(be);
+}
+
+/// Memory the backend's device has free now, in bytes (SIZE_MAX where the backend knows no limit: the CPU).
+template <backend_tag B>
+[[nodiscard]] std::size_t bytes_free(B const& be) {
+  return implementation_t<algorithm::memory, B>::bytes_free(be);
 }
 
 /// Copies @p n elements from @p src to @p dst, each in host memory or in @p be's memory; returns when dst can be read.

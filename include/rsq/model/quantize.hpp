@@ -36,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -392,6 +393,21 @@ template <backend_tag B>
   return std::clamp<index_t>(tokens / seq_len, 1, sequences);
 }
 
+/// The backend memory the layer loop needs at its peak, in bytes: one layer's weights (and a float64 copy of the
+/// largest for the rotation and the proxy loss), the residual stream and the attention output of every calibration
+/// token, the layer buffers of a chunk, the largest Hessian with its factorization, and a solve's copies of a weight.
+[[nodiscard]] inline std::size_t layer_bytes(llama_config const& c, index_t tokens, index_t chunk_tokens,
+                                             bool double_precision) {
+  double const f = 4, t = double_precision ? 8 : 4;
+  double const d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), big = std::max(d, h);
+  double const weights = f * (2 * d * d + 2 * kv * d + 3 * h * d) + 8 * h * d;
+  double const stream = 2 * f * double(tokens) * d;
+  double const chunk = f * double(chunk_tokens) * (3 * d + 2 * kv + 2 * h);
+  double const hessian = 2 * t * big * big + 2 * 8 * big * big;
+  double const solve = 4 * t * h * d;
+  return std::size_t(weights + stream + chunk + hessian + solve);
+}
+
 /// The layer loop of quantize_model() for the GPTQ methods on backend B, Hessians and solves in precision T.
 template <class T, backend_tag B>
 class layer_quantizer {
@@ -743,6 +759,19 @@ template <backend_tag B>
         tokens(s, t) = id;
       }
     if (opt.expand_factor > 1) tokens = expand_cyclic(rsq::view(std::as_const(tokens)), opt.expand_factor);
+  }
+
+  // A device that cannot hold a layer's work is an error before any work starts (naming the bytes).
+  if (std::size_t const free = backend::bytes_free(be); free != std::numeric_limits<std::size_t>::max()) {
+    index_t const S = opt.method == quant_method::rtn ? 0 : index_t(tokens.shape()[0]);
+    index_t const L = opt.method == quant_method::rtn ? 1 : index_t(tokens.shape()[1]);
+    std::size_t const need =
+        layer_bytes(c, S * L, chunk_sequences<B>(c, std::max<index_t>(S, 1), L, opt.chunk_tokens) * L,
+                    opt.double_precision) +
+        std::size_t(c.vocab_size) * std::size_t(c.dim) * (rotation ? 12 : 4);  // the embedding (and its rotation)
+    RSQ_EXPECTS(need <= free, "quantize_model: a layer of this model with ", S * L, " calibration tokens needs about ",
+                double(need) / double(1 << 30), " GiB of the backend's memory, ", double(free) / double(1 << 30),
+                " GiB are free (use fewer or shorter calibration sequences, or a smaller chunk_tokens)");
   }
 
   quantized_model q;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <limits>
 
 #include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/dispatch.hpp"
@@ -33,6 +34,7 @@ struct implementation<algorithm::memory, cpu_eigen> {
   }
   static void synchronize(cpu_eigen const&) noexcept {}
   static std::size_t bytes_in_use(cpu_eigen const&) noexcept { return 0; }
+  static std::size_t bytes_free(cpu_eigen const&) noexcept { return std::numeric_limits<std::size_t>::max(); }
 };
 
 }  // namespace rsq::backend

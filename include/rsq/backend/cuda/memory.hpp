@@ -48,6 +48,7 @@ struct runtime_api {
   static void synchronize(CUstream_st* stream);            // cudaStreamSynchronize
   static int device_count() noexcept;                      // 0 without a device or driver
   static std::size_t bytes_in_use();                       // cudaMemGetInfo: total − free on the current device
+  static std::size_t bytes_free();                         // cudaMemGetInfo: free on the current device
   static int current_device();                             // cudaGetDevice
 };
 extern template struct runtime_api<void>;
@@ -181,6 +182,7 @@ struct implementation<algorithm::memory, cuda> {
   }
   static void synchronize(cuda const& be) { rsq::cuda::synchronize(be); }
   static std::size_t bytes_in_use(cuda const&) { return rsq::cuda::detail::runtime_api<>::bytes_in_use(); }
+  static std::size_t bytes_free(cuda const&) { return rsq::cuda::detail::runtime_api<>::bytes_free(); }
 };
 
 }  // namespace rsq::backend

@@ -106,6 +106,13 @@ std::size_t runtime_api<D>::bytes_in_use() {
 }
 
 template <class D>
+std::size_t runtime_api<D>::bytes_free() {
+  std::size_t free = 0, total = 0;
+  RSQ_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  return free;
+}
+
+template <class D>
 int runtime_api<D>::current_device() {
   int d = 0;
   RSQ_CUDA_CHECK(cudaGetDevice(&d));
