@@ -10,8 +10,8 @@
 #         the whole Llama-3-8B-shaped model on the GPU (bench_model_cuda) next to the PyTorch RSQ layer loop on two
 #         layers; nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
 #         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine)
-# The tests: every test program (one body per algorithm over the backends) runs its CUDA cases (doctest -tc=*cuda*):
-# the CPU cases ran in CI.
+# The tests: every test program (one body per algorithm over the backends) runs its CUDA cases (doctest -tc=*cuda*,
+# then the CUDA-only suites -ts=*.cuda): the CPU cases ran in CI.
 #   --prebuilt DIR  take the test and benchmark executables from DIR instead of building (a build of this tree made
 #                   elsewhere with -DRSQ_WITH_CUDA=ON -DRSQ_NATIVE=OFF)
 #   --shared DIR    the folder with golden/ (default: $RSQ_SHARED_DIR, ../shared, or .deps/shared)
@@ -94,7 +94,10 @@ if has test; then
     exe=$(find_exe "$name")
     [ -z "$exe" ] && { fail "test $name" "executable not found"; continue; }
     t0=$SECONDS
-    if timeout 400 "$exe" -tc='*cuda*' > "$OUT/tests_$name.log" 2>&1; then
+    # The backend-generic bodies instantiated for CUDA (their names end in <rsq::backend::cuda>), then the suites
+    # that are about CUDA itself (named *.cuda).
+    if timeout 400 "$exe" -tc='*cuda*' > "$OUT/tests_$name.log" 2>&1 &&
+       timeout 200 "$exe" -ts='*.cuda' >> "$OUT/tests_$name.log" 2>&1; then
       add "test $name" ok "$(grep -h 'assertions:' "$OUT/tests_$name.log" | tr -s ' ' | cut -c1-80), $((SECONDS - t0)) s"
     else
       fail "test $name" "$(grep -h 'assertions:' "$OUT/tests_$name.log" | tr -s ' ' | cut -c1-80) (tests_$name.log)"
@@ -119,7 +122,7 @@ if has sanitize; then
   filters=("rsq_test_gptq_invariants_test|-tc=*cuda*"
            "rsq_test_hessian_accumulator_test|-tc=*cuda*"
            "rsq_test_pack_gptq_format_test|-tc=*cuda*"
-           "rsq_test_rotation_hadamard_test|-tc=*signs*cuda*,*strided*cuda*,*block*cuda*"
+           "rsq_test_rotation_hadamard_test|-tc=*sign*cuda*,*strided*cuda*,*block*cuda*,*heads*cuda*"
            "rsq_test_importance_attncon_test|-tc=*cuda*"
            "rsq_test_nn_attention_test|-tc=*cuda*"
            "rsq_test_nn_loss_test|-tc=*cuda*"
