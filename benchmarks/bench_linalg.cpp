@@ -79,7 +79,8 @@ M random_matrix(Eigen::Index r, Eigen::Index c, unsigned seed) {
 }
 
 // Alternative schedules for comparison, all fork-join: the sequential kernels of linalg.hpp called outside a
-// parallel region, so that every product in them runs on Eigen's own parallel GEMM.
+// parallel region, so that every product in them is split over the threads: rsq's tiled GEMM (cpu/gemm.hpp) in the
+// recursions and the right-looking one, Eigen's own parallel GEMM in the left-looking update.
 
 /// Blocked right-looking Cholesky with a fixed panel width (LAPACK potrf style).
 template <class T>
@@ -157,7 +158,7 @@ void run(int reps) {
     {
       double const s = median_seconds(
           reps, setup, [&] { sink = sink + double(rsq::cpu::detail::linalg::cholesky_recursive<T>(a)); });
-      row("  recursive, fork-join (Eigen parallel GEMM)", n, s, chol_flops);
+      row("  recursive, fork-join (tiled GEMM)", n, s, chol_flops);
       int const threads = Eigen::nbThreads();
       Eigen::setNbThreads(1);
       double const s1 = median_seconds(
@@ -165,9 +166,9 @@ void run(int reps) {
       Eigen::setNbThreads(threads);
       row("  recursive, one thread", n, s1, chol_flops);
       double const s2 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_right<T>(a, 256)); });
-      row("  blocked right-looking 256, fork-join", n, s2, chol_flops);
+      row("  right-looking 256, fork-join (tiled GEMM)", n, s2, chol_flops);
       double const s3 = median_seconds(reps, setup, [&] { sink = sink + double(cholesky_blocked_left<T>(a, 256)); });
-      row("  blocked left-looking 256, fork-join", n, s3, chol_flops);
+      row("  left-looking 256, fork-join (Eigen GEMM)", n, s3, chol_flops);
     }
     {
       mat<T> l = a0;
@@ -212,7 +213,7 @@ void run(int reps) {
       rsq::cpu::detail::linalg::factor_ref<mat<T>> const xt(x.transpose());
       double const s = median_seconds(
           reps, zero, [&] { rsq::cpu::detail::linalg::syrk_lower<T, mat<T>>(c, xt, T(1)); });
-      row("  recursive, fork-join (Eigen parallel GEMM)", n, s, flops);
+      row("  recursive, fork-join (tiled GEMM)", n, s, flops);
     }
     if (n <= 1024) {
       double const s = median_seconds(reps, zero, [&] { c.noalias() += x.transpose() * x; });

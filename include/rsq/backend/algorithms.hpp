@@ -26,7 +26,7 @@ struct elementwise {};         ///< conversions float ↔ double, W ← W·diag(
 
 // Scale: token importance.
 struct attncon {};             ///< attention received per token, from P or from Q/K   <rsq/importance/attncon.hpp>
-struct activation_scores {};   ///< ActNorm, ActDiff, TokenSim raw scores              <rsq/importance/activation_scores.hpp>
+struct activation_scores {};   ///< ActNorm, ActDiff, TokenSim raw scores <rsq/importance/activation_scores.hpp>
 
 // The pieces of the Llama forward pass.
 struct embedding {};           ///< token ids → rows of the embedding                  <rsq/nn/embedding.hpp>

@@ -4,14 +4,15 @@
 /// @file
 /// ActDiff (spec §4.4, the reference's `MaxDiffWeighting`): how much the layer changes each token,
 /// s_t = ‖x_in,t − x_out,t‖₂, reversed by default (yaml `reverse: true`), so tokens whose residual update is
-/// *smallest* are weighted up.
+/// *smallest* are weighted up. The scores are computed by the CPU code of importance::activation_scores
+/// (activation_statistic::distance), the one implementation of the formula.
 
-#include <cmath>
 #include <concepts>
 #include <string_view>
 
-#include "rsq/core/checks.hpp"
 #include "rsq/core/tensor.hpp"
+#include "rsq/importance/activation_scores.hpp"
+#include "rsq/importance/actnorm.hpp"
 #include "rsq/importance/context.hpp"
 #include "rsq/importance/normalize.hpp"
 
@@ -30,20 +31,9 @@ struct actdiff {
   [[nodiscard]] rsq::vector<T> scores(basic_sequence_context<T> const& ctx) const {
     require(ctx, requirements(), name);
     (void)sequence_length(ctx, name);  // also checks that x_in and x_out have the same shape
-    auto const& a = ctx.x_in;          // (tokens, hidden)
-    auto const& b = ctx.x_out;         // (tokens, hidden)
-    rsq::detail::check_finite(a, "x_in");
-    rsq::detail::check_finite(b, "x_out");
-    auto s = rsq::vector<T>::from_shape({std::size_t(a.rows())});
-    for (index_t t = 0; t < a.rows(); ++t) {
-      double acc = 0;
-      for (index_t c = 0; c < a.cols(); ++c) {
-        double const d = double(a(t, c)) - double(b(t, c));
-        acc += d * d;
-      }
-      s(std::size_t(t)) = T(std::sqrt(acc));
-    }
-    return s;
+    // x_in and x_out (tokens, hidden), checked for NaN/Inf in that order
+    return detail::sequence_scores(activation_statistic::distance, ctx.x_in, ctx.x_out,
+                                   {.x = "x_in", .x_ref = "x_out"});
   }
 
   /// @returns importances r // (tokens)

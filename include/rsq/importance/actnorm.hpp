@@ -3,14 +3,16 @@
 
 /// @file
 /// ActNorm (spec §4.4, the reference's `MagnitudeWeighting`): the L2 norm of each token's activation. Tokens with
-/// large norms (massive activations, attention sinks) are weighted up.
+/// large norms (massive activations, attention sinks) are weighted up. The scores are computed by the CPU code of
+/// importance::activation_scores (activation_statistic::norm), the one implementation of the formula.
 
-#include <cmath>
 #include <concepts>
 #include <string_view>
 
+#include "rsq/backend/cpu/activation_scores.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/tensor.hpp"
+#include "rsq/importance/activation_scores.hpp"
 #include "rsq/importance/context.hpp"
 #include "rsq/importance/normalize.hpp"
 
@@ -24,7 +26,8 @@ enum class activation_source {
 
 namespace detail {
 
-/// The activation a policy reads, after checking that it is present and finite.
+/// The activation a policy reads, after checking that it is present and has features (its values are checked for
+/// NaN/Inf where they are read, by rsq::cpu::activation_scores).
 template <class T>
 [[nodiscard]] matrix_view<const T> activation(basic_sequence_context<T> const& ctx, activation_source src,
                                               std::string_view who) {
@@ -33,8 +36,21 @@ template <class T>
   (void)sequence_length(ctx, who);
   auto const x = in ? ctx.x_in : ctx.x_out;
   RSQ_EXPECTS(x.cols() >= 1, who, ": the activations have no features, got ", rsq::detail::shape_string(x));
-  rsq::detail::check_finite(x, in ? "x_in" : "x_out");
   return x;
+}
+
+/// What the messages of an activation-based policy call its activations.
+[[nodiscard]] constexpr activation_names activation_names_of(activation_source src) noexcept {
+  return {.x = src == activation_source::input ? "x_in" : "x_out", .x_ref = "x_out"};
+}
+
+/// The raw scores @p stat of the one sequence @p x (tokens, hidden) (and @p x_ref for distance), in T.
+template <class T>
+[[nodiscard]] rsq::vector<T> sequence_scores(activation_statistic stat, matrix_view<const T> x,
+                                             matrix_view<const T> x_ref, activation_names const& names) {
+  auto s = rsq::vector<T>::from_shape({std::size_t(x.rows())});  // (tokens)
+  cpu::activation_scores<T, T>(stat, x, x_ref, x.rows(), matrix_view<T>(s.data(), 1, x.rows()), names);
+  return s;
 }
 
 }  // namespace detail
@@ -54,13 +70,7 @@ struct actnorm {
   template <std::floating_point T>
   [[nodiscard]] rsq::vector<T> scores(basic_sequence_context<T> const& ctx) const {
     auto const x = detail::activation(ctx, source, name);  // (tokens, hidden)
-    auto s = rsq::vector<T>::from_shape({std::size_t(x.rows())});
-    for (index_t t = 0; t < x.rows(); ++t) {
-      double acc = 0;
-      for (index_t c = 0; c < x.cols(); ++c) acc += double(x(t, c)) * double(x(t, c));
-      s(std::size_t(t)) = T(std::sqrt(acc));
-    }
-    return s;
+    return detail::sequence_scores(activation_statistic::norm, x, {}, detail::activation_names_of(source));
   }
 
   /// @returns importances r // (tokens)

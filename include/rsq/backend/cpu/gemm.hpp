@@ -460,8 +460,13 @@ struct implementation<algorithm::gemm, cpu_eigen> {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (c.size() >= (index_t(1) << 16) && cpu::detail::product_threads() > 1)
 #endif
-    for (index_t i = 0; i < rows; ++i)
-      for (index_t j = 0; j < cols; ++j) c(i, j) = beta == T(0) ? T(0) : beta * c(i, j);
+    for (index_t i = 0; i < rows; ++i) {
+      T* const row = c.data() + i * c.stride(0);  // contiguous (a single column: its one element)
+      if (beta == T(0))
+        std::fill_n(row, cols, T(0));
+      else
+        for (index_t j = 0; j < cols; ++j) row[j] *= beta;
+    }
   }
 };
 

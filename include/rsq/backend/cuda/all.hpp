@@ -5,6 +5,7 @@
 /// Every declaration of the CUDA backend (the specializations of rsq::backend::implementation for
 /// rsq::backend::cuda), without Eigen and without CUDA headers. Included by <rsq/cuda.hpp>.
 
+#include "rsq/backend/cuda/activation_scores.hpp"
 #include "rsq/backend/cuda/attncon.hpp"
 #include "rsq/backend/cuda/elementwise.hpp"
 #include "rsq/backend/cuda/error.hpp"

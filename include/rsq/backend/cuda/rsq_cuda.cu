@@ -10,6 +10,7 @@
 #define RSQ_WITH_CUDA 1
 #endif
 
+#include "rsq/backend/cuda/impl/activation_scores.cuh"
 #include "rsq/backend/cuda/impl/attncon.cuh"
 #include "rsq/backend/cuda/impl/elementwise.cuh"
 #include "rsq/backend/cuda/impl/gemm.cuh"
@@ -43,7 +44,10 @@ template struct runtime_api<void>;
   template void attncon_queries_keys_impl<T>(backend::cuda const&, tensor_view<const T, 3>, tensor_view<const T, 3>, \
                                              vector_view<T>, importance::attncon_options const&);                  \
   template quant::quantized_weight<T, backend::cuda> rtn_impl<T>(backend::cuda const&, matrix_view<const T>,       \
-                                                                 quant::grid_spec const&, index_t);
+                                                                 quant::grid_spec const&, index_t);               \
+  template void activation_scores_impl<T>(backend::cuda const&, importance::activation_statistic,                  \
+                                          matrix_view<const T>, matrix_view<const T>, index_t, matrix_view<float>, \
+                                          importance::activation_names const&);
 RSQ_CUDA_INSTANTIATE(float)
 RSQ_CUDA_INSTANTIATE(double)
 #undef RSQ_CUDA_INSTANTIATE
