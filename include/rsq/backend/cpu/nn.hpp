@@ -6,8 +6,9 @@
 /// SwiGLU, the token embedding and the next-token loss, as `rsq::backend::implementation<algorithm::X, cpu_eigen>`
 /// (<rsq/backend/dispatch.hpp>; the front ends in <rsq/nn/*.hpp> check the arguments and document the members).
 ///
-/// The arithmetic is the CPU forward pass's (<rsq/model/forward.hpp>): the same Eigen expressions on the same values,
-/// so that moving the model onto these pieces changes no result beyond where Eigen's vectorised loops start.
+/// Row reductions and transcendental functions (RMSNorm's mean square, softmax, SwiGLU, log-sum-exp) run on
+/// cpu/packet_math.hpp's kernels, whose results do not depend on the row's address: Eigen's own loops peel scalar
+/// steps up to the first aligned element, so the same row in another workspace slot could round differently.
 ///
 /// Determinism: every result is bitwise the same for any number of OpenMP threads. The work is split into items whose
 /// arithmetic does not depend on which thread runs them (rows, blocks of tokens, (sequence, head, block of queries));
@@ -36,6 +37,7 @@
 #include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cpu/eigen_map.hpp"
 #include "rsq/backend/cpu/gemm.hpp"
+#include "rsq/backend/cpu/packet_math.hpp"
 #include "rsq/backend/cpu/scratch.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/tags.hpp"
@@ -117,7 +119,7 @@ struct row_items {
 /// y = g ⊙ x / √(mean(x²) + eps) for one row of @p n features (forward.hpp's rms_norm); @p y may be @p x.
 inline void rms_norm_row(float const* x, float const* g, index_t n, float eps, float* y) {
   Eigen::Map<const Eigen::RowVectorXf> const xr(x, n), gain(g, n);
-  float const ms = xr.squaredNorm() / float(n);
+  float const ms = cpu::packet_math::squared_norm(x, n) / float(n);
   float const inv = 1.f / std::sqrt(ms + eps);
   Eigen::Map<Eigen::RowVectorXf>(y, n) = (xr * inv).cwiseProduct(gain);
 }
@@ -194,10 +196,9 @@ inline void attention_block(attention_problem const& a, index_t s, index_t h, in
     index_t const i = i0 + r;
     float* const row = p + r * ldp;
     // Causal softmax of query i over keys 0..i; scale > 0, so the maximum commutes with it.
-    Eigen::Map<Eigen::ArrayXf> seg(row, i + 1);
-    float const mx = seg.maxCoeff();
-    seg = ((seg - mx) * a.scale).exp();
-    seg *= 1.f / seg.sum();
+    float const mx = Eigen::Map<Eigen::ArrayXf>(row, i + 1).maxCoeff();
+    float const sum = cpu::packet_math::sum_exp(row, i + 1, mx, a.scale, row);
+    cpu::packet_math::scale(row, i + 1, 1.f / sum);
     std::fill(row + i + 1, row + n, 0.f);
     if (column_sums != nullptr)
       for (index_t t = 0; t <= i; ++t) column_sums[t] += double(row[t]);
@@ -324,24 +325,19 @@ struct implementation<algorithm::causal_attention, cpu_eigen> {
   }
 };
 
-/// SwiGLU on the CPU: forward.hpp's expression, on pieces of whole 64-element lines when both arrays are contiguous
-/// (so that Eigen's packets fall where they fall on the whole array), else row by row.
+/// SwiGLU on the CPU: pieces of 16384 elements when both arrays are contiguous (threads share long rows), else row by
+/// row; each element's arithmetic is the same either way (cpu/packet_math.hpp).
 template <>
 struct implementation<algorithm::swiglu, cpu_eigen> {
   static constexpr bool available = true;
 
   static void run(cpu_eigen const&, matrix_view<float> gate, matrix_view<const float> up) {
-    auto const apply = [](float* g, float const* u, index_t n) {
-      Eigen::Map<Eigen::ArrayXf> ga(g, n);
-      Eigen::Map<const Eigen::ArrayXf> const ua(u, n);
-      ga = ga / (1.f + (-ga).exp()) * ua;
-    };
     if (gate.is_contiguous() && up.is_contiguous()) {
-      constexpr index_t piece = 16384;  // a multiple of 16 floats
+      constexpr index_t piece = 16384;
       index_t const n = gate.size(), pieces = (n + piece - 1) / piece;
       cpu::nn_detail::for_each_item<true>(pieces, [&](index_t i) {
         index_t const off = i * piece;
-        apply(gate.data() + off, up.data() + off, std::min(piece, n - off));
+        cpu::packet_math::silu_times(gate.data() + off, up.data() + off, std::min(piece, n - off));
       });
       return;
     }
@@ -349,7 +345,8 @@ struct implementation<algorithm::swiglu, cpu_eigen> {
     cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(gate.rows(), r0 + items.rows_per_item);
       for (index_t r = r0; r < r1; ++r)
-        apply(gate.data() + r * cpu::nn_detail::pitch(gate), up.data() + r * cpu::nn_detail::pitch(up), gate.cols());
+        cpu::packet_math::silu_times(gate.data() + r * cpu::nn_detail::pitch(gate),
+                                     up.data() + r * cpu::nn_detail::pitch(up), gate.cols());
     });
   }
 };
@@ -402,7 +399,7 @@ struct implementation<algorithm::next_token_loss, cpu_eigen> {
         // log-sum-exp with the max subtracted (float, vectorised), accumulated in double (hidden_loss).
         Eigen::Map<const Eigen::ArrayXf> const zr(z + r * ldz, V);
         float const mx = zr.maxCoeff();
-        double const sum = double((zr - mx).exp().sum());
+        double const sum = double(cpu::packet_math::sum_exp(zr.data(), V, mx, 1.f, nullptr));
         terms[token] = double(mx) + std::log(sum) - double(zr(target));
       }
     });
