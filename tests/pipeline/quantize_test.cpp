@@ -79,8 +79,17 @@ quantize_observer recorder(recorded& rec) {
 TEST_SUITE("pipeline.quantize") {
   TEST_CASE("true-sequential: every group's Hessian equals an independent recomputation with the earlier groups "
             "quantized, and the importances come from the layer's own FP attention") {
-    for (auto method : {quant_method::rsq, quant_method::gptq}) {
+    // ActDiff runs the FP layer inside the importance pass (its x_out), which must not disturb the q/k/v inputs.
+    struct variant {
+      quant_method method;
+      char const* policy;  // nullptr: the method's own
+    };
+    for (auto const [method, policy] : {variant{quant_method::rsq, nullptr}, variant{quant_method::gptq, nullptr},
+                                        variant{quant_method::rsq, "actdiff"}}) {
       CAPTURE(to_string(method));
+      std::string const policy_name = policy != nullptr ? policy : "default";
+      CAPTURE(policy_name);
+      bool const attncon = method == quant_method::rsq && policy == nullptr;
       auto const cfg = odd_config();
       auto const fp = random_model(cfg, 31);
       index_t const S = 4, L = 16;
@@ -88,11 +97,12 @@ TEST_SUITE("pipeline.quantize") {
       quantize_options opt;
       opt.method = method;
       opt.rotation.seed = 5;
+      if (policy != nullptr) opt.policy = rsq::importance::any_policy::parse(policy, 0.005, 1.0);
       recorded rec;
       auto const q = quantize_model(fp, rsq::view(calib), opt, recorder(rec));
       REQUIRE(q.ok());
       CHECK(q.rotation.has_value() == (method == quant_method::rsq));
-      CHECK(q.policy == (method == quant_method::rsq ? "attncon" : "uniform"));
+      CHECK(q.policy == (policy != nullptr ? policy : method == quant_method::rsq ? "attncon" : "uniform"));
       CHECK(rec.hessians.size() == std::size_t(4 * cfg.n_layers));
       CHECK(rec.importances.size() == (method == quant_method::rsq ? std::size_t(cfg.n_layers) : 0u));
 
@@ -106,7 +116,8 @@ TEST_SUITE("pipeline.quantize") {
         decoder_layer const& q_layer = q.model.layers[std::size_t(l)];
         rsq::matrix<float> r;
         rsq::matrix<float> const* rp = nullptr;
-        if (method == quant_method::rsq) {
+        if (!attncon && policy != nullptr) rp = &rec.importances.at(l);  // checked by the policy test below
+        if (attncon) {
           r = rsq::make_matrix<float>(S, L);
           forward_hooks hooks;
           hooks.attention_probs = [&](attention_site const& s, rsq::batch_view<const float> p) {

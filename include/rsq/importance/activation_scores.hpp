@@ -25,33 +25,14 @@
 #include <string_view>
 
 #include "rsq/backend/algorithms.hpp"
+#include "rsq/backend/cpu/activation_scores.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
-
-namespace rsq::importance {
-
-/// Which raw score activation_scores() computes for each token t of a sequence of L tokens.
-enum class activation_statistic {
-  norm,      ///< ActNorm: ‖x_t‖₂
-  distance,  ///< ActDiff: ‖x_t − x_ref,t‖₂
-  spread,    ///< TokenSim: ‖x_t − μ‖² + (1/L) Σ_j ‖x_j − μ‖², μ the sequence's mean token
-};
-
-/// What the messages call the two activation arrays (the policies say "x_in" and "x_out").
-struct activation_names {
-  std::string_view x = "activation_scores: x";
-  std::string_view x_ref = "activation_scores: x_ref";
-};
-
-}  // namespace rsq::importance
-
-// The CPU backend reads the enum and the names above, so it comes after them (it includes this header back, which
-// #pragma once makes a no-op, for when it is included first).
-#include "rsq/backend/cpu/activation_scores.hpp"
+#include "rsq/importance/activation_scores_options.hpp"
 
 namespace rsq::importance {
 

@@ -5,6 +5,7 @@
 /// A policy chosen at run time, e.g. from a command-line string: a std::variant of every importance policy.
 
 #include <concepts>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -108,5 +109,33 @@ class any_policy {
  private:
   variant_type policy_{};
 };
+
+/// How an activation-based policy (ActNorm, ActDiff, TokenSim) scores a whole batch on a backend with
+/// importance::activation_scores, so that a pipeline need not copy the activations to the host: the statistic, which
+/// activations it reads, what the messages call them, and the normalization that turns the scores into weights.
+struct activation_form {
+  std::string_view policy;
+  activation_statistic statistic;
+  bool reads_input;   ///< x is the layer input x_in
+  bool reads_output;  ///< x is the FP layer output x_out (or, for distance, x_ref is)
+  activation_names names;
+  normalize_options normalization;
+};
+
+/// The activation form of @p p, or nothing when p is not an activation-based policy.
+[[nodiscard]] inline std::optional<activation_form> activation_form_of(any_policy const& p) {
+  auto const by_source = [](auto const& q, activation_statistic stat) {
+    bool const in = q.source == activation_source::input;
+    return activation_form{.policy = q.name, .statistic = stat, .reads_input = in, .reads_output = !in,
+                           .names = detail::activation_names_of(q.source), .normalization = q.normalization};
+  };
+  if (auto const* q = std::get_if<actnorm>(&p.get())) return by_source(*q, activation_statistic::norm);
+  if (auto const* q = std::get_if<tokensim>(&p.get())) return by_source(*q, activation_statistic::spread);
+  if (auto const* q = std::get_if<actdiff>(&p.get()))
+    return activation_form{.policy = q->name, .statistic = activation_statistic::distance, .reads_input = true,
+                           .reads_output = true, .names = {.x = "x_in", .x_ref = "x_out"},
+                           .normalization = q->normalization};
+  return std::nullopt;
+}
 
 }  // namespace rsq::importance

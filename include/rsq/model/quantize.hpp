@@ -58,6 +58,7 @@
 #include "rsq/hessian/accumulator.hpp"
 #include "rsq/hessian/options.hpp"
 #include "rsq/hessian/weights.hpp"
+#include "rsq/importance/activation_scores.hpp"
 #include "rsq/importance/policy.hpp"
 #include "rsq/importance/token_frequency.hpp"
 #include "rsq/linalg/elementwise.hpp"
@@ -419,6 +420,8 @@ class layer_quantizer {
         obs_(obs), ws_(be), S_(index_t(tokens.shape()[0])), L_(index_t(tokens.shape()[1])),
         chunk_(chunk_sequences<B>(c_, S_, L_, opt.chunk_tokens)) {
     needs_ = policy.requirements();
+    activation_ = importance::activation_form_of(policy);
+    if (activation_) importance::validate(activation_->normalization, activation_->policy);
     if (!is_uniform(policy)) importance_ = rsq::make_matrix<float>(S_, L_);
     if (needs_.token_ids || needs_.token_frequency) {
       ids64_ = rsq::matrix<std::int64_t>::from_shape(tokens.shape());
@@ -485,15 +488,34 @@ class layer_quantizer {
       }
       return;
     }
+    std::optional<backend::matrix<float, B>> y;  // the FP layer output, for the policies that read it
+    if (needs_.x_out) {
+      y.emplace(backend::make_matrix<float>(be_, x.rows(), x.cols()));
+      linalg::convert(be_, x, rsq::view(*y));
+      forward_layer(ctx, rsq::view(*y));
+      // The FP forward reused the workspace: the caller's q/k/v input (the normalised x) is written again.
+      nn::rms_norm(be_, x, ctx.weights.rms_att, c_.norm_eps, ws_.get(buf::norm, x.rows(), c_.dim));
+    }
+    if (activation_) {
+      // ActNorm, ActDiff, TokenSim: the scores on the backend, only (n, L) of them to the host.
+      auto const& a = *activation_;
+      auto const x_out = y ? matrix_view<const float>(rsq::view(*y)) : matrix_view<const float>{};
+      auto const scores = ws_.get(buf::scores, n, L_);
+      importance::activation_scores(be_, a.statistic, a.reads_input ? x : x_out,
+                                    a.statistic == importance::activation_statistic::distance ? x_out
+                                                                                             : matrix_view<const float>{},
+                                    L_, scores, a.names);
+      auto const host = backend::to_host(be_, matrix_view<const float>(scores));  // (n, L)
+      for (index_t j = 0; j < n; ++j) {
+        auto const r = importance::normalize(vector_view<const float>(&host(j, 0), L_), a.normalization);
+        std::copy(r.begin(), r.end(), &importance_(s0 + j, 0));
+      }
+      return;
+    }
     // Any other policy on host copies of what it reads.
     auto const x_in = backend::to_host(be_, x);  // (n·L, dim)
     rsq::matrix<float> x_out;
-    if (needs_.x_out) {
-      auto y = backend::make_matrix<float>(be_, x.rows(), x.cols());
-      linalg::convert(be_, x, rsq::view(y));
-      forward_layer(ctx, rsq::view(y));
-      x_out = backend::to_host(be_, matrix_view<const float>(rsq::view(y)));
-    }
+    if (y) x_out = backend::to_host(be_, matrix_view<const float>(rsq::view(*y)));
     index_t const H = c_.n_heads, KV = c_.n_kv_heads, hd = c_.head_size();
     rsq::matrix<float> qh, kh;
     if (needs_.attention) {
@@ -709,6 +731,7 @@ class layer_quantizer {
   forward_workspace<B> ws_;
   index_t S_, L_, chunk_;
   importance::needs needs_{};
+  std::optional<importance::activation_form> activation_;  ///< set for ActNorm, ActDiff, TokenSim
   rsq::matrix<float> importance_;  // (S, L) host; empty when uniform
   rsq::matrix<std::int64_t> ids64_;
   std::optional<importance::token_frequency> freq_;

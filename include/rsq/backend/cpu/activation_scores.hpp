@@ -22,7 +22,7 @@
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/checks.hpp"
 #include "rsq/core/view.hpp"
-#include "rsq/importance/activation_scores.hpp"  // activation_statistic, activation_names
+#include "rsq/importance/activation_scores_options.hpp"
 
 namespace rsq::cpu {
 

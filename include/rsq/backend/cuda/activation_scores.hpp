@@ -12,7 +12,7 @@
 #include "rsq/backend/cuda/memory.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/core/view.hpp"
-#include "rsq/importance/activation_scores.hpp"
+#include "rsq/importance/activation_scores_options.hpp"
 
 namespace rsq::cuda::detail {
 
