@@ -115,13 +115,16 @@ void check_brute_force() {
   // (sequences, seq_len, hidden, mean of the entries): one token, one feature, seq_len 1, ragged sizes, rows past
   // one block of 256 threads (4096, 300 features) and sequences past it (300 tokens), a large common offset (TokenSim
   // must not cancel).
-  for (auto const& [S, L, d, mean] : {std::tuple<index_t, index_t, index_t, double>{1, 1, 1, 0.0},
+  for (auto const& shape : {std::tuple<index_t, index_t, index_t, double>{1, 1, 1, 0.0},
                                       {3, 1, 17, 0.0},
                                       {2, 7, 33, 0.5},
                                       {4, 13, 300, 300.0},
                                       {1, 64, 4096, 0.0},
                                       {5, 129, 257, 1.0},
                                       {2, 300, 5, 0.0}}) {
+    // Named variables, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+    index_t const S = std::get<0>(shape), L = std::get<1>(shape), d = std::get<2>(shape);
+    double const mean = std::get<3>(shape);
     CAPTURE(S);
     CAPTURE(L);
     CAPTURE(d);
@@ -156,7 +159,10 @@ void check_policies() {
     CAPTURE(j);
     imp::basic_sequence_context<T> const ctx{.x_in = rsq::matrix_view<const T>(x.data() + j * L * d, L, d),
                                              .x_out = rsq::matrix_view<const T>(y.data() + j * L * d, L, d)};
-    for (auto const& [s, output, got] : cases) {
+    for (auto const& c : cases) {
+      stat const s = std::get<0>(c);  // named variables (see above)
+      bool const output = std::get<1>(c);
+      auto const& got = std::get<2>(c);
       CAPTURE(name_of(s));
       CAPTURE(output);
       rsq::vector<T> const policy = s == stat::norm       ? imp::actnorm{.source = source(output)}.scores(ctx)

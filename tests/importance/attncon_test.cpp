@@ -291,8 +291,14 @@ TEST_SUITE("importance.attncon") {
   }
 
   TEST_CASE("the materialised causal attention equals the brute force, and its scores the streamed ones") {
-    for (auto const& [heads, kv, L, d, block] : {std::tuple{6, 2, 203, 16, 32}, std::tuple{3, 3, 13, 4, 1},
+    for (auto const& item : {std::tuple{6, 2, 203, 16, 32}, std::tuple{3, 3, 13, 4, 1},
                                                 std::tuple{2, 1, 29, 8, 1000}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const heads = std::get<0>(item);
+      auto const kv = std::get<1>(item);
+      auto const L = std::get<2>(item);
+      auto const d = std::get<3>(item);
+      auto const block = std::get<4>(item);
       CAPTURE(L);
       auto const q = random_tensor<double>(std::size_t(heads), std::size_t(L), std::size_t(d), 1);
       auto const k = random_tensor<double>(std::size_t(kv), std::size_t(L), std::size_t(d), 2);

@@ -262,8 +262,9 @@ TEST_CASE_TEMPLATE("the Hadamard transform gives the same bits for 1, 2 and 3 th
   // 2^m; K·2^m with hadK = 12, 28 and 172 (the K x p product); single rows, which leave the transform outside a
   // parallel region, where the product used to be Eigen's multi-threaded one (29568 = Paley K = 924 x 32: a depth
   // past Eigen's 320 cap).
-  for (auto const& [rows, n] : {std::pair<index_t, index_t>{300, 4096}, {300, 12 * 64}, {200, 172 * 32},
-                                {1, 172 * 256}, {3, 28 * 1024}, {1, 29568}}) {
+  for (auto const& shape : {std::pair<index_t, index_t>{300, 4096}, {300, 12 * 64}, {200, 172 * 32},
+                            {1, 172 * 256}, {3, 28 * 1024}, {1, 29568}}) {
+    index_t const rows = shape.first, n = shape.second;  // (clang 14 lambdas cannot capture structured bindings)
     rsq::rotation::hadamard const had(n);
     auto const x0 = random_matrix<T>(rows, n, 21);
     check_same_for_thread_counts(

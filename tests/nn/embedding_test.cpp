@@ -36,8 +36,13 @@ rsq::matrix<float> gathered(rsq::matrix<std::int32_t> const& ids, rsq::matrix<fl
 TEST_SUITE("nn.embedding") {
   TEST_CASE_TEMPLATE("embed copies the rows of the table", B, RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
-    for (auto const& [sequences, L, vocab, dim] :
+    for (auto const& item :
          {std::tuple<index_t, index_t, index_t, index_t>{1, 1, 1, 1}, {2, 7, 10, 64}, {3, 300, 512, 96}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const sequences = std::get<0>(item);
+      auto const L = std::get<1>(item);
+      auto const vocab = std::get<2>(item);
+      auto const dim = std::get<3>(item);
       CAPTURE(sequences);
       CAPTURE(L);
       auto const ids = random_ids(sequences, L, vocab, 51);

@@ -60,8 +60,12 @@ double max_rel_t(rsq::matrix<T> const& got, std::vector<double> const& ref) {
 TEST_SUITE("nn.linear") {
   TEST_CASE_TEMPLATE("linear: y = x·Wᵀ and y += x·Wᵀ equal float64", B, RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
-    for (auto const& [tokens, in, out] :
+    for (auto const& item :
          {std::tuple<index_t, index_t, index_t>{1, 1, 1}, {5, 64, 172}, {130, 300, 200}, {33, 1024, 48}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const tokens = std::get<0>(item);
+      auto const in = std::get<1>(item);
+      auto const out = std::get<2>(item);
       CAPTURE(tokens);
       CAPTURE(in);
       CAPTURE(out);
@@ -102,7 +106,11 @@ TEST_SUITE("nn.linear") {
           CHECK(max_rel_t(download<B>(cd), gemm_reference(a, oa, b, ob, c0, -0.75, 0.5)) < tol);
         }
     };
-    for (auto const& [m, n, k] : {std::tuple<index_t, index_t, index_t>{7, 9, 13}, {65, 130, 300}, {1, 40, 1}}) {
+    for (auto const& item : {std::tuple<index_t, index_t, index_t>{7, 9, 13}, {65, 130, 300}, {1, 40, 1}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const m = std::get<0>(item);
+      auto const n = std::get<1>(item);
+      auto const k = std::get<2>(item);
       CAPTURE(m);
       CAPTURE(n);
       CAPTURE(k);

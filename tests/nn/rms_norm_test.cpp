@@ -17,11 +17,15 @@ using namespace nn_test;
 TEST_SUITE("nn.rms_norm") {
   TEST_CASE_TEMPLATE("rms_norm equals a float64 RMSNorm", B, RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
-    for (auto const& [rows, cols, sd] : {std::tuple<index_t, index_t, double>{1, 1, 1.0},
+    for (auto const& item : {std::tuple<index_t, index_t, double>{1, 1, 1.0},
                                          {7, 64, 3.0},
                                          {33, 300, 1.0},
                                          {5, 4096, 0.5},
                                          {9, 172, 1e-3}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const rows = std::get<0>(item);
+      auto const cols = std::get<1>(item);
+      auto const sd = std::get<2>(item);
       CAPTURE(rows);
       CAPTURE(cols);
       CAPTURE(sd);

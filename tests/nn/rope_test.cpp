@@ -37,12 +37,18 @@ std::vector<double> rope_reference(rsq::matrix<float> const& x, index_t L, index
 TEST_SUITE("nn.rope") {
   TEST_CASE_TEMPLATE("rope equals a float64 rotation of adjacent pairs", B, RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
-    for (auto const& [sequences, L, heads, d, theta] :
+    for (auto const& item :
          {std::tuple<index_t, index_t, index_t, index_t, double>{1, 1, 1, 2, 1e4},
           {2, 7, 3, 8, 1e4},
           {3, 130, 2, 64, 5e5},
           {1, 300, 1, 128, 1e4},
           {2, 2048, 1, 16, 1e4}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const sequences = std::get<0>(item);
+      auto const L = std::get<1>(item);
+      auto const heads = std::get<2>(item);
+      auto const d = std::get<3>(item);
+      auto const theta = std::get<4>(item);
       CAPTURE(sequences);
       CAPTURE(L);
       CAPTURE(heads);

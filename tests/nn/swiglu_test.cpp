@@ -30,11 +30,15 @@ std::vector<double> swiglu_reference(rsq::matrix<float> const& g, rsq::matrix<fl
 TEST_SUITE("nn.swiglu") {
   TEST_CASE_TEMPLATE("swiglu equals silu(gate) * up in float64", B, RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
-    for (auto const& [rows, cols, sd] : {std::tuple<index_t, index_t, double>{1, 1, 1.0},
+    for (auto const& item : {std::tuple<index_t, index_t, double>{1, 1, 1.0},
                                          {7, 172, 1.0},
                                          {33, 1000, 3.0},
                                          {3, 14336, 1.0},
                                          {5, 40, 20.0}}) {
+      // Named copies, not a structured binding: clang 14 cannot capture one in CAPTURE's lambda.
+      auto const rows = std::get<0>(item);
+      auto const cols = std::get<1>(item);
+      auto const sd = std::get<2>(item);
       CAPTURE(rows);
       CAPTURE(cols);
       CAPTURE(sd);

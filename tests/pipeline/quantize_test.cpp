@@ -84,8 +84,10 @@ TEST_SUITE("pipeline.quantize") {
       quant_method method;
       char const* policy;  // nullptr: the method's own
     };
-    for (auto const [method, policy] : {variant{quant_method::rsq, nullptr}, variant{quant_method::gptq, nullptr},
-                                        variant{quant_method::rsq, "actdiff"}}) {
+    for (auto const& v : {variant{quant_method::rsq, nullptr}, variant{quant_method::gptq, nullptr},
+                          variant{quant_method::rsq, "actdiff"}}) {
+      quant_method const method = v.method;  // named variables: clang 14 cannot CAPTURE a structured binding
+      char const* const policy = v.policy;
       CAPTURE(to_string(method));
       std::string const policy_name = policy != nullptr ? policy : "default";
       CAPTURE(policy_name);
