@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#include <rsq/gptq/solve.hpp>
+#include <rsq/hessian/accumulator.hpp>
+#include <rsq/pack/gptq_format.hpp>
+
 #include "../support/report.hpp"
 #include "bench_common.cuh"
 
@@ -200,8 +204,10 @@ rsq::cuda::device_matrix<float> make_hessian(index_t cols, std::uint64_t seed) {
   bench::fill_normal(x.data(), std::size_t(tokens * cols), cols, seed);
   rsq::hessian_accumulator<float, rsq::backend::cuda> acc(cols, {});
   acc.add(rsq::matrix_view<const float>(x.data(), tokens, cols));
-  return acc.hessian_device();
+  return acc.hessian_resident();
 }
+
+using result_d = rsq::gptq::result<float, rsq::backend::cuda>;
 
 struct phase_times {
   double factor = 0, solve = 0, pack = 0, copy_back = 0;
@@ -287,8 +293,11 @@ int main(int argc, char** argv) {
       for (auto inv : {rsq::cuda::triangular_inverse::recursive, rsq::cuda::triangular_inverse::trsm,
                        rsq::cuda::triangular_inverse::trtri}) {
         rsq::gptq::factorization<float, rsq::backend::cuda> f;
-        t[k++] = median_ms(a.reps, [&] { f = rsq::cuda::factor(be, h.view(), {}, {.precision = prec, .inverse = inv}); });
+        rsq::cuda::tuning().precision = prec;
+        rsq::cuda::tuning().inverse = inv;
+        t[k++] = median_ms(a.reps, [&] { f = rsq::gptq::factor(be, h.view()); });
       }
+      rsq::cuda::tuning() = {};
       emit("| %ld | %s | %.2f | %.2f | %.2f |\n", long(n), prec == rsq::cuda::factor_precision::fp64 ? "fp64" : "fp32",
            t[0], t[1], t[2]);
     }
@@ -303,12 +312,12 @@ int main(int argc, char** argv) {
     auto const& h = hs.at(sh.cols);
     for (auto const& cf : configs) {
       rsq::gptq::factorization<float, rsq::backend::cuda> f;
-      double const tf = median_ms(a.reps, [&] { f = rsq::cuda::factor(be, h.view(), cf.opt); });
-      rsq::cuda::device_result<float> r;
-      double const ts = median_ms(a.reps, [&] { r = rsq::cuda::solve_device(be, w.view(), f, grid, cf.opt); });
+      double const tf = median_ms(a.reps, [&] { f = rsq::gptq::factor(be, h.view(), cf.opt); });
+      result_d r;
+      double const ts = median_ms(a.reps, [&] { r = rsq::gptq::solve_resident(be, w.view(), f, grid, cf.opt); });
       double tp = 0;
-      if (r.ok()) tp = median_ms(a.reps, [&] { (void)rsq::cuda::pack_gptq_device(be, r, rsq::pack::zero_format::v2); });
-      double const tc = median_ms(1, [&] { (void)r.to_host(be); }, false);
+      if (r.ok()) tp = median_ms(a.reps, [&] { (void)rsq::pack::pack_gptq_resident(be, r.weight, rsq::pack::zero_format::v2); });
+      double const tc = median_ms(1, [&] { (void)rsq::gptq::to_host(be, std::move(r)); }, false);
       double const fl = gemm_flops(sh.rows, sh.cols, 128);
       emit("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.0f%% |\n", sh.name, cf.name, tf, ts, tp, tc, tf + ts,
            fl / (ts * 1e-3) / 1e12, 100.0 * (fl / (c.sgemm_k128_tflops * 1e12) * 1e3) / ts);
@@ -335,23 +344,26 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 4; ++k) hl.push_back(make_hessian(k == 3 ? 14336 : 4096, 300 + k));
 
     auto run_layer = [&](rsq::gptq::options const& opt, std::vector<rsq::cuda::device_matrix<float>> const& H,
-                         phase_times& t, std::vector<rsq::cuda::device_result<float>>* keep) {
+                         phase_times& t, std::vector<result_d>* keep) {
       std::vector<rsq::gptq::factorization<float, rsq::backend::cuda>> fs(4);
       t.factor = median_ms(1, [&] {
-        for (int k = 0; k < 4; ++k) fs[std::size_t(k)] = rsq::cuda::factor(be, H[std::size_t(k)].view(), opt);
+        for (int k = 0; k < 4; ++k) fs[std::size_t(k)] = rsq::gptq::factor(be, H[std::size_t(k)].view(), opt);
       }, false);
-      std::vector<rsq::cuda::device_result<float>> rs(7);
+      std::vector<result_d> rs(7);
       t.solve = median_ms(1, [&] {
         for (int i = 0; i < 7; ++i)
-          rs[std::size_t(i)] = rsq::cuda::solve_device(be, ws[std::size_t(i)].view(), fs[std::size_t(layer[i].h)], grid, opt);
+          rs[std::size_t(i)] = rsq::gptq::solve_resident(be, ws[std::size_t(i)].view(), fs[std::size_t(layer[i].h)], grid, opt);
       }, false);
       t.pack = median_ms(1, [&] {
-        for (int i = 0; i < 7; ++i) (void)rsq::cuda::pack_gptq_device(be, rs[std::size_t(i)], rsq::pack::zero_format::v2);
+        for (int i = 0; i < 7; ++i) (void)rsq::pack::pack_gptq_resident(be, rs[std::size_t(i)].weight, rsq::pack::zero_format::v2);
       }, false);
+      if (keep) {  // the caller goes on with the results on the device
+        *keep = std::move(rs);
+        return;
+      }
       t.copy_back = median_ms(1, [&] {
-        for (int i = 0; i < 7; ++i) (void)rs[std::size_t(i)].to_host(be);
+        for (int i = 0; i < 7; ++i) (void)rsq::gptq::to_host(be, std::move(rs[std::size_t(i)]));
       }, false);
-      if (keep) *keep = std::move(rs);
     };
     emit("## Decoder layer (q, k, v, o, gate, up, down), H given, 4 distinct Hessians factored once\n\n");
     emit("| config | factorization s | solve s | packing s | total s (no copy-back) | copy-back s |\n|---|---|---|---|---|---|\n");
@@ -404,11 +416,11 @@ int main(int argc, char** argv) {
     bench::fill_uniform(imp.data(), std::size_t(N), 77, 0.005f, 1.0f);
     struct prec {
       char const* name;
-      rsq::cuda::hessian_precision p;
+      rsq::hessian::precision p;
     };
-    prec const precs[3] = {{"fp32 strict", rsq::cuda::hessian_precision::strict},
-                           {"tf32", rsq::cuda::hessian_precision::tf32},
-                           {"bf16 inputs", rsq::cuda::hessian_precision::bf16}};
+    prec const precs[3] = {{"fp32 strict", rsq::hessian::precision::strict},
+                           {"tf32", rsq::hessian::precision::tf32},
+                           {"bf16 inputs", rsq::hessian::precision::bf16}};
     std::vector<rsq::cuda::device_matrix<float>> h_strict;
     std::vector<double> loss_strict(7, 0.0);
     emit("| Hessian precision | Hessian s | factorization s | solve s | packing s | total s | Hessian TFLOP/s (GEMM-equiv.) | GPTQ loss vs fp32 path (layer / worst weight) |\n|---|---|---|---|---|---|---|---|\n");
@@ -424,13 +436,13 @@ int main(int argc, char** argv) {
           rsq::hessian_accumulator<float, rsq::backend::cuda> acc(d, be, {}, {.precision = pr.p});
           acc.add(rsq::batch_view<const float>(x.data(), {seqs, L, d}),
                   rsq::matrix_view<const float>(imp.data(), seqs, L));
-          hk = acc.hessian_device();
+          hk = acc.hessian_resident();
         }, false);
         H.push_back(std::move(hk));
       }
       double const hflops = 2.0 * double(N) * (3.0 * 4096.0 * 4096.0 + 14336.0 * 14336.0);
       phase_times t;
-      std::vector<rsq::cuda::device_result<float>> rs;
+      std::vector<result_d> rs;
       run_layer(configs[0].opt, H, t, &rs);
       // GPTQ loss with the strict fp32 Hessian of the layer.
       if (h_strict.empty()) h_strict = std::move(H);
@@ -440,8 +452,6 @@ int main(int argc, char** argv) {
         auto const& hh = h_strict[std::size_t(layer[i].h)];
         loss[std::size_t(i)] = bench::proxy_loss(blas(), ws[std::size_t(i)].data(), rs[std::size_t(i)].dequantized.data(),
                                                  hh.data(), layer[i].rows, layer[i].cols);
-        if (loss_strict[6] == 0 && i == 6) {
-        }
       }
       bool const first = loss_strict[0] == 0;
       if (first) loss_strict = loss;

@@ -18,6 +18,7 @@
 
 #include "support/backend_data.hpp"
 #include "support/backends.hpp"
+#include "support/compare.hpp"
 #include "support/golden_case.hpp"
 
 namespace {
@@ -40,17 +41,6 @@ rsq::matrix<double> brute_force(xt::xtensor<double, 3> const& x, xt::xtensor<dou
   return h;
 }
 
-// max |a − b| / max |b|
-template <class A, class B>
-double max_rel(A const& a, B const& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
-    den = std::max(den, std::abs(double(b.data()[i])));
-  }
-  return num / den;
-}
 
 xt::xtensor<double, 3> random_inputs(index_t n, index_t l, index_t d, unsigned seed) {
   std::mt19937_64 rng(seed);
@@ -88,7 +78,7 @@ TEST_SUITE("hessian.accumulator") {
       else
         acc.add(x);
       CHECK(acc.sequences() == index_t(x.shape()[0]));
-      CHECK(max_rel(acc.hessian(), h_ref) < 1e-5);
+      CHECK(rsq_test::max_norm_rel(acc.hessian(), h_ref) < 1e-5);
       ++checked;
     }
     CHECK(checked >= 4);
@@ -106,7 +96,7 @@ TEST_SUITE("hessian.accumulator") {
         CAPTURE(p);
         rsq::hessian_accumulator<T, B> acc(19, B{}, {.importance_power = p});
         acc.add(x, r);
-        CHECK(max_rel(acc.hessian(), brute_force(x, &r, p)) < tol);
+        CHECK(rsq_test::max_norm_rel(acc.hessian(), brute_force(x, &r, p)) < tol);
       }
       // Without importances it is plain GPTQ's (2/N) X X^T; one sequence at a time gives the same.
       rsq::hessian_accumulator<T, B> plain(19, B{}), seq(19, B{});
@@ -117,8 +107,8 @@ TEST_SUITE("hessian.accumulator") {
       }
       CHECK(seq.sequences() == 5);
       CHECK(seq.tokens() == 185);
-      CHECK(max_rel(plain.hessian(), brute_force(x, nullptr)) < tol);
-      CHECK(max_rel(plain.hessian(), seq.hessian()) < (std::is_same_v<T, float> ? 1e-6 : 1e-14));
+      CHECK(rsq_test::max_norm_rel(plain.hessian(), brute_force(x, nullptr)) < tol);
+      CHECK(rsq_test::max_norm_rel(plain.hessian(), seq.hessian()) < (std::is_same_v<T, float> ? 1e-6 : 1e-14));
     };
     check_type(float{});
     check_type(double{});
@@ -135,8 +125,8 @@ TEST_SUITE("hessian.accumulator") {
     rsq::hessian_accumulator<double, B> a(20, B{}), b(20, B{});
     a.add(rsq::make_const_view<3>(strided), rsq::make_const_view<2>(r));
     b.add(copy, r);
-    CHECK(max_rel(a.hessian(), b.hessian()) < 1e-14);
-    CHECK(max_rel(b.hessian(), brute_force(copy, &r)) < 1e-12);
+    CHECK(rsq_test::max_norm_rel(a.hessian(), b.hessian()) < 1e-14);
+    CHECK(rsq_test::max_norm_rel(b.hessian(), brute_force(copy, &r)) < 1e-12);
   }
 
   TEST_CASE_TEMPLATE("uniform importances give the unweighted H; only ratios within a sequence matter", B,
@@ -149,8 +139,8 @@ TEST_SUITE("hessian.accumulator") {
     a.add(x);
     b.add(x, ones);
     c.add(x, sevens);
-    CHECK(max_rel(b.hessian(), a.hessian()) < 1e-14);
-    CHECK(max_rel(c.hessian(), a.hessian()) < 1e-14);
+    CHECK(rsq_test::max_norm_rel(b.hessian(), a.hessian()) < 1e-14);
+    CHECK(rsq_test::max_norm_rel(c.hessian(), a.hessian()) < 1e-14);
   }
 
   TEST_CASE_TEMPLATE("merge of accumulators over disjoint data equals one accumulator over all of it", B,
@@ -166,8 +156,8 @@ TEST_SUITE("hessian.accumulator") {
     left.merge(right);
     CHECK(left.sequences() == 6);
     CHECK(left.tokens() == 1800);
-    CHECK(max_rel(left.hessian(), whole.hessian()) < 1e-13);
-    CHECK(max_rel(whole.hessian(), brute_force(x, nullptr)) < 1e-12);
+    CHECK(rsq_test::max_norm_rel(left.hessian(), whole.hessian()) < 1e-13);
+    CHECK(rsq_test::max_norm_rel(whole.hessian(), brute_force(x, nullptr)) < 1e-12);
   }
 
   TEST_CASE_TEMPLATE("inputs in the backend's memory give the H of host inputs: weighted, strided, chunked", B,
@@ -189,8 +179,8 @@ TEST_SUITE("hessian.accumulator") {
       resident.add(xd.view(), rd.view());  // inputs and importances in the backend's memory
       CHECK(resident.sequences() == 6);
       CHECK(resident.tokens() == 300);
-      CHECK(max_rel(host.hessian(), ref) < 1e-14);
-      CHECK(max_rel(resident.hessian(), ref) < 1e-14);
+      CHECK(rsq_test::max_norm_rel(host.hessian(), ref) < 1e-14);
+      CHECK(rsq_test::max_norm_rel(resident.hessian(), ref) < 1e-14);
     }
     // A strided batch in the backend's memory (every other feature of a wider array) and host importances.
     auto const wide = random_inputs(2, 30, 80, 9);
@@ -202,7 +192,7 @@ TEST_SUITE("hessian.accumulator") {
     c2.add(narrow, r2);
     acc_b g2(40, be);
     g2.add(strided, rsq::make_const_view<2>(r2));
-    CHECK(max_rel(g2.hessian(), c2.hessian()) < 1e-14);
+    CHECK(rsq_test::max_norm_rel(g2.hessian(), c2.hessian()) < 1e-14);
     // One sequence as a matrix view of the backend's memory; float inputs into a double accumulator.
     xt::xtensor<float, 2> one = xt::cast<float>(xt::view(x, 0, xt::all(), xt::all()));
     auto const od = rsq_test::upload(be, one);
@@ -210,7 +200,7 @@ TEST_SUITE("hessian.accumulator") {
     g3.add(od.view());
     rsq::hessian_accumulator<double> c3(40);
     c3.add(one);
-    CHECK(max_rel(g3.hessian(), c3.hessian()) < 1e-14);
+    CHECK(rsq_test::max_norm_rel(g3.hessian(), c3.hessian()) < 1e-14);
     // The resident H is what hessian() returns.
     auto const hd = g3.hessian_resident();
     CHECK(rsq::backend::resident(be, rsq::view(hd).data()));
@@ -231,7 +221,7 @@ TEST_SUITE("hessian.accumulator") {
       CAPTURE(int(p));
       rsq::hessian_accumulator<float, B> acc(96, be, {}, {.precision = p, .chunk_tokens = 300});
       acc.add(xd.view(), rsq::make_const_view<2>(r));
-      double const err = max_rel(acc.hessian(), ref);
+      double const err = rsq_test::max_norm_rel(acc.hessian(), ref);
       if constexpr (rsq_test::is_cpu<B>) {
         CHECK(err < 1e-5);  // no tensor cores: every precision is the strict one
       } else {

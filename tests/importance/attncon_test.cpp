@@ -27,6 +27,7 @@
 
 #include "support/backend_data.hpp"
 #include "support/backends.hpp"
+#include "support/compare.hpp"
 #include "support/shared_data.hpp"
 
 namespace imp = rsq::importance;
@@ -120,23 +121,12 @@ xt::xtensor<double, 3> random_attention(std::size_t H, std::size_t L, std::uint3
 }
 
 
-/// max_i |a_i − b_i| / max_i |b_i|
-template <class A, class B>
-double max_norm_rel(A const& a, B const& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
-    den = std::max(den, std::abs(double(b.data()[i])));
-  }
-  return num / den;
-}
 
 /// A backend's scores against a float64 reference: the CPU's measure is the largest elementwise relative error,
 /// the other backends' the largest error relative to the largest score (the measure of the former CUDA tests).
 template <class Be, class A, class R>
 double score_err(A const& got, R const& ref) {
-  return rsq_test::is_cpu<Be> ? max_rel_err(got, ref) : max_norm_rel(got, ref);
+  return rsq_test::is_cpu<Be> ? max_rel_err(got, ref) : rsq_test::max_norm_rel(got, ref);
 }
 
 /// AttnCon scores on backend Be from probabilities (heads, L, L) / from queries and keys, host result.
@@ -221,7 +211,7 @@ TEST_SUITE("importance.attncon") {
     if constexpr (rsq_test::is_cpu<Be>) {
       for (std::size_t t = 0; t < 37; ++t) CHECK(s(t) == doctest::Approx(ref[t]).epsilon(1e-13));
     } else {
-      CHECK(max_norm_rel(s, ref) < 1e-12);
+      CHECK(rsq_test::max_norm_rel(s, ref) < 1e-12);
     }
     // Invariant: every query row sums to 1, so the scores sum to heads · L.
     double total = 0;

@@ -37,6 +37,8 @@
 #include <rsq/linalg/gemm.hpp>
 #include <rsq/rotation/hadamard.hpp>
 
+#include "linalg/linalg_support.hpp"
+
 namespace {
 
 using rsq::index_t;
@@ -69,14 +71,7 @@ void check_same_for_thread_counts(F&& f, std::string const& what) {
   }
 }
 
-/// Seeded uniform values in [-1, 1) (platform-independent: the top 53 bits of mt19937_64).
-template <class T>
-rsq::matrix<T> random_matrix(index_t rows, index_t cols, std::uint64_t seed) {
-  std::mt19937_64 g(seed);
-  auto m = rsq::make_matrix_for_overwrite<T>(rows, cols);
-  for (auto& v : m) v = T(double(g() >> 11) * 0x1p-52 - 1.0);
-  return m;
-}
+using linalg_test::uniform_matrix;
 
 /// Bit patterns of a float array, so that NaN == NaN and -0 != +0 where results are compared.
 template <class A>
@@ -103,7 +98,7 @@ std::vector<std::uint64_t> bits(A const& a) {
 /// A symmetric positive definite Hessian X Xᵀ-like (n, n) with a spread diagonal, as from calibration data.
 template <class T>
 rsq::matrix<T> hessian_of(index_t n, std::uint64_t seed) {
-  auto const x = random_matrix<double>(n + 64, n, seed);  // (tokens, features)
+  auto const x = uniform_matrix<double>(n + 64, n, seed);  // (tokens, features)
   Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const> xm(x.data(), n + 64, n);
   Eigen::MatrixXd h = xm.transpose() * xm / double(n);
   for (index_t i = 0; i < n; ++i) h(i, i) += 0.01 * double(1 + i % 7);
@@ -122,9 +117,9 @@ TEST_CASE_TEMPLATE("linalg::gemm gives the same bits for 1, 2 and 3 threads", T,
                                {2049, 8, 641}, {1, 333, 1001}, {97, 1, 1001}}) {
     for (op oa : {op::none, op::transpose})
       for (op ob : {op::none, op::transpose}) {
-        auto const a = oa == op::none ? random_matrix<T>(m, k, 1) : random_matrix<T>(k, m, 1);
-        auto const b = ob == op::none ? random_matrix<T>(k, n, 2) : random_matrix<T>(n, k, 2);
-        auto const c0 = random_matrix<T>(m, n, 3);
+        auto const a = oa == op::none ? uniform_matrix<T>(m, k, 1) : uniform_matrix<T>(k, m, 1);
+        auto const b = ob == op::none ? uniform_matrix<T>(k, n, 2) : uniform_matrix<T>(n, k, 2);
+        auto const c0 = uniform_matrix<T>(m, n, 3);
         check_same_for_thread_counts(
             [&] {
               auto c = c0;
@@ -192,7 +187,7 @@ TEST_CASE_TEMPLATE("Cholesky, triangular inverse, upper Cholesky of H^-1 and SYR
         },
         "upper_cholesky_of_inverse_inplace" + at);
     // SYRK of tokens x n inputs, both storage orders (row-major is how activations come).
-    auto const x = random_matrix<T>(1500, n, 5);
+    auto const x = uniform_matrix<T>(1500, n, 5);
     Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> const> xr(x.data(), 1500, n);
     mat const xc = xr;
     check_same_for_thread_counts(
@@ -209,9 +204,9 @@ TEST_CASE_TEMPLATE("Cholesky, triangular inverse, upper Cholesky of H^-1 and SYR
 TEST_CASE_TEMPLATE("the Hessian accumulator gives the same bits for 1, 2 and 3 threads", T, float, double) {
   index_t const sequences = 3, tokens = 517;
   for (index_t features : {333, 1030}) {
-    auto const x = random_matrix<float>(sequences * tokens, features, 7);  // (sequences · tokens, features)
+    auto const x = uniform_matrix<float>(sequences * tokens, features, 7);  // (sequences · tokens, features)
     rsq::batch_view<const float> const xb(x.data(), {sequences, tokens, features});
-    auto r = random_matrix<float>(sequences, tokens, 8);  // importances in [0.005, 1]
+    auto r = uniform_matrix<float>(sequences, tokens, 8);  // importances in [0.005, 1]
     for (auto& v : r) v = 0.5025f + 0.4975f * v;
     for (bool weighted : {false, true})
       check_same_for_thread_counts(
@@ -238,7 +233,7 @@ TEST_CASE_TEMPLATE("gptq::factor and gptq::solve give the same bits for 1, 2 and
   // 250 rows: one panel of 256 rows on one thread (its last 16 rows in Eigen's 1-packet kernel panel), panels of 128
   // and 122 on two, 128, 128 and 0 on three; 1000 rows: two to eight panels.
   for (index_t rows : {250, 1000}) {
-    auto const w = random_matrix<T>(rows, cols, 12);
+    auto const w = uniform_matrix<T>(rows, cols, 12);
     for (auto const& opt : {rsq::gptq::options{}, rsq::gptq::options{.group_size = 128, .act_order = true},
                             rsq::gptq::options{.group_size = 64, .act_order = true, .static_groups = true},
                             rsq::gptq::options{.block_size = 96, .group_size = 100}}) {
@@ -266,7 +261,7 @@ TEST_CASE_TEMPLATE("the Hadamard transform gives the same bits for 1, 2 and 3 th
                             {1, 172 * 256}, {3, 28 * 1024}, {1, 29568}}) {
     index_t const rows = shape.first, n = shape.second;  // (clang 14 lambdas cannot capture structured bindings)
     rsq::rotation::hadamard const had(n);
-    auto const x0 = random_matrix<T>(rows, n, 21);
+    auto const x0 = uniform_matrix<T>(rows, n, 21);
     check_same_for_thread_counts(
         [&] {
           auto x = x0;
@@ -275,7 +270,7 @@ TEST_CASE_TEMPLATE("the Hadamard transform gives the same bits for 1, 2 and 3 th
         },
         "rows of " + std::to_string(n));
     // The columns of a row-major (n, rows) matrix: the grouped column layout.
-    auto const y0 = random_matrix<T>(n, rows, 22);
+    auto const y0 = uniform_matrix<T>(n, rows, 22);
     check_same_for_thread_counts(
         [&] {
           auto y = y0;
@@ -289,8 +284,8 @@ TEST_CASE_TEMPLATE("the Hadamard transform gives the same bits for 1, 2 and 3 th
 
 TEST_CASE_TEMPLATE("AttnCon gives the same bits for 1, 2 and 3 threads", T, float, double) {
   index_t const heads = 8, kv_heads = 2, tokens = 301, head_dim = 64;
-  auto const q = random_matrix<T>(heads * tokens, head_dim, 31);
-  auto const k = random_matrix<T>(kv_heads * tokens, head_dim, 32);
+  auto const q = uniform_matrix<T>(heads * tokens, head_dim, 31);
+  auto const k = uniform_matrix<T>(kv_heads * tokens, head_dim, 32);
   rsq::tensor_view<const T, 3> const qv(q.data(), {heads, tokens, head_dim});
   rsq::tensor_view<const T, 3> const kv(k.data(), {kv_heads, tokens, head_dim});
   check_same_for_thread_counts([&] { return bits(rsq::importance::attncon_scores_qk(qv, kv)); }, "scores from Q/K");

@@ -17,6 +17,7 @@
 #include <rsq/core/tensor.hpp>
 #include <rsq/linalg/gemm.hpp>
 
+#include "linalg/linalg_support.hpp"
 #include "support/backend_data.hpp"
 #include "support/backends.hpp"
 
@@ -25,14 +26,7 @@ namespace {
 using rsq::index_t;
 using rsq::linalg::op;
 
-/// Seeded values in [-1, 1) (the top 53 bits of mt19937_64, platform-independent).
-template <class T>
-rsq::matrix<T> random_matrix(index_t rows, index_t cols, std::uint64_t seed) {
-  std::mt19937_64 g(seed);
-  auto m = rsq::make_matrix_for_overwrite<T>(rows, cols);
-  for (auto& v : m) v = T(double(g() >> 11) * 0x1p-52 - 1.0);
-  return m;
-}
+using linalg_test::uniform_matrix;
 
 /// A (rows, cols) operand inside a (rows, cols + pad) host array: the view has row stride cols + pad.
 template <class T>
@@ -44,7 +38,7 @@ struct padded {
 
 template <class T>
 padded<T> make_padded(index_t rows, index_t cols, index_t pad, std::uint64_t seed) {
-  return {random_matrix<T>(rows, cols + pad, seed), rows, cols};
+  return {uniform_matrix<T>(rows, cols + pad, seed), rows, cols};
 }
 
 struct gemm_case {
@@ -135,7 +129,7 @@ TEST_CASE_TEMPLATE("linalg::gemm: products large enough to be tiled, vectors, an
 }
 
 TEST_CASE("linalg::gemm on the CPU: bf16 inputs are computed in fp32") {
-  auto const a = random_matrix<float>(130, 400, 4), b = random_matrix<float>(90, 400, 5);
+  auto const a = uniform_matrix<float>(130, 400, 4), b = uniform_matrix<float>(90, 400, 5);
   auto fp32 = rsq::make_matrix<float>(130, 90), bf16 = rsq::make_matrix<float>(130, 90);
   rsq::linalg::gemm(rsq::backend::cpu_eigen{}, rsq::view(a), op::none, rsq::view(b), op::transpose, rsq::view(fp32));
   rsq::linalg::gemm(rsq::backend::cpu_eigen{}, rsq::view(a), op::none, rsq::view(b), op::transpose, rsq::view(bf16),

@@ -10,6 +10,8 @@
 
 #include <Eigen/Dense>
 
+#include <rsq/core/tensor.hpp>
+
 namespace linalg_test {
 
 using matd = Eigen::MatrixXd;
@@ -20,6 +22,15 @@ using row_mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor
 
 /// Uniform in [-1, 1) from the top 53 bits of a mt19937_64 draw.
 inline double uniform(std::mt19937_64& g) { return double(g() >> 11) * 0x1p-52 - 1.0; }
+
+/// A row-major rsq::matrix of uniform values in [-1, 1), drawn in memory order.
+template <class T>
+rsq::matrix<T> uniform_matrix(rsq::index_t rows, rsq::index_t cols, std::uint64_t seed) {
+  std::mt19937_64 g(seed);
+  auto m = rsq::make_matrix_for_overwrite<T>(rows, cols);
+  for (auto& v : m) v = T(uniform(g));
+  return m;
+}
 
 inline matd random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
   std::mt19937_64 g(seed);

@@ -161,4 +161,15 @@ struct omp_threads {
   omp_threads& operator=(omp_threads const&) = delete;
 };
 
+/// True when @p run (returning a float array) gives the same bits with 1 and with 2 OpenMP threads.
+template <class F>
+bool same_bits_for_1_and_2_threads(F&& run) {
+  auto const one = [&] {
+    omp_threads t(1);
+    return run();
+  }();
+  omp_threads t(2);
+  return same_bits(one, run());
+}
+
 }  // namespace nn_test

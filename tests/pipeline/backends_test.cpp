@@ -128,9 +128,14 @@ TEST_SUITE("pipeline.backends") {
 #endif
   }
 
-  TEST_CASE_TEMPLATE("every backend: run to run identical, and within 0.5% of the CPU's perplexity", B,
+  TEST_CASE_TEMPLATE("every device backend: run to run identical, and within 0.5% of the CPU's perplexity", B,
                      RSQ_TEST_BACKENDS) {
     RSQ_NEED_DEVICE(B);
+    if constexpr (std::is_same_v<B, rsq::backend::cpu_eigen>) {
+      // The CPU is the reference of this comparison; its run-to-run (and thread-count) identity is the case above.
+      MESSAGE("SKIPPED on the CPU backend: it is the reference");
+      return;
+    }
     RSQ_NEED_SHARED(shared);
     B const be{};
     for (auto const& m : real_models(shared, 32)) {
@@ -152,8 +157,7 @@ TEST_SUITE("pipeline.backends") {
         MESSAGE(m.name, " ", to_string(method), " on ", rsq_test::backend_name<B>(), ": perplexity ", ppl, " (CPU ",
                 cpu_ppl, "), identical codes ", 100 * share, "% (worst linear ", 100 * worst, "%)");
         CHECK(std::abs(ppl - cpu_ppl) / cpu_ppl < 0.005);
-        if (std::is_same_v<B, rsq::backend::cpu_eigen>) CHECK(share == 1.0);
-        else CHECK(share > 0.95);
+        CHECK(share > 0.95);
         // The evaluation itself agrees across backends to float rounding.
         CHECK(std::abs(evaluate(be, cpu.model, rsq::view(m.eval)).perplexity - cpu_ppl) / cpu_ppl < 1e-4);
       }

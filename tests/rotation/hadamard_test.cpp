@@ -34,6 +34,7 @@
 
 #include "support/backend_data.hpp"
 #include "support/backends.hpp"
+#include "support/compare.hpp"
 #include "support/shared_data.hpp"
 
 namespace {
@@ -111,17 +112,6 @@ rsq::matrix<T> random_rows(index_t rows, index_t n, unsigned seed) {
   return m;
 }
 
-// max |a − b| / max |b|
-template <class A, class C>
-double max_rel(A const& a, C const& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
-    den = std::max(den, std::abs(double(b.data()[i])));
-  }
-  return num / den;
-}
 
 // max |a − b|
 template <class A, class C>
@@ -330,7 +320,7 @@ TEST_SUITE("rotation.hadamard") {
     RSQ_NEED_SHARED(shared);
     B const be{};
     // The CPU's measure is max |error|; the other backends' max |error| / max |y|.
-    auto err = [](auto const& a, auto const& b) { return rsq_test::is_cpu<B> ? max_abs(a, b) : max_rel(a, b); };
+    auto err = [](auto const& a, auto const& b) { return rsq_test::is_cpu<B> ? max_abs(a, b) : rsq_test::max_norm_rel(a, b); };
     int cases = 0;
     for (auto const& entry : std::filesystem::directory_iterator(shared / "golden")) {
       std::string const name = entry.path().filename().string();
@@ -381,11 +371,11 @@ TEST_SUITE("rotation.hadamard") {
       auto x = random_rows<double>(3, n, unsigned(n));
       auto const ref = dense_apply(h, x);
       transform<B>(rsq::view(x));
-      CHECK(max_rel(x, ref) < 1e-12);
+      CHECK(rsq_test::max_norm_rel(x, ref) < 1e-12);
       auto xf = random_rows<float>(5, n, unsigned(n + 1));
       rsq::matrix<double> xd = xt::cast<double>(xf);
       transform<B>(rsq::view(xf));
-      CHECK(max_rel(xf, dense_apply(h, xd)) < 2e-6);
+      CHECK(rsq_test::max_norm_rel(xf, dense_apply(h, xd)) < 2e-6);
     }
     // Large powers of two and K·2^m of real models: against the CPU transform (float) and the round trip (double).
     for (index_t n : {index_t(4096), index_t(32768), index_t(28 * 512), index_t(148 * 128), index_t(40 * 128),
@@ -395,13 +385,13 @@ TEST_SUITE("rotation.hadamard") {
       auto ref = x;
       hadamard(n).apply(rsq::view(ref));
       transform<B>(rsq::view(x));
-      CHECK(max_rel(x, ref) < 1e-5);
+      CHECK(rsq_test::max_norm_rel(x, ref) < 1e-5);
       if (n > 24576) continue;  // double rows beyond 24576 do not fit in the GPU kernel's shared memory
       auto xd = random_rows<double>(2, n, unsigned(5 * n));
       auto const orig = xd;
       transform<B>(rsq::view(xd));
       transform<B>(rsq::view(xd), {}, {}, {}, true);  // Hᵀ H = I
-      CHECK(max_rel(xd, orig) < 1e-13);
+      CHECK(rsq_test::max_norm_rel(xd, orig) < 1e-13);
     }
   }
 
@@ -428,14 +418,14 @@ TEST_SUITE("rotation.hadamard") {
         for (index_t j = 0; j < n; ++j)
           post[std::size_t(j)] = std::int8_t(signs[std::size_t((j * 7) % n)] * signs[std::size_t(j)]);
         transform<B>(rsq::view(x), {}, signs, post, transpose);
-        CHECK(max_rel(x, ref) < 1e-12);
+        CHECK(rsq_test::max_norm_rel(x, ref) < 1e-12);
       }
       // The rotation's own W·Q equals the transform with pre-signs.
       auto w = random_rows<double>(4, n, 99);
       auto w_ref = w;
       rot.apply_right(rsq::view(w_ref));
       transform<B>(rsq::view(w), {}, signs);
-      CHECK(max_rel(w, w_ref) < 1e-12);
+      CHECK(rsq_test::max_norm_rel(w, w_ref) < 1e-12);
     }
   }
 
@@ -466,7 +456,7 @@ TEST_SUITE("rotation.hadamard") {
     hadamard(96).apply_with_signs(every_other_ref, true, {}, rot.signs());
     auto yd = rsq_test::upload(be, y);
     hadamard(96).apply_with_signs(be, rsq::matrix_view<double>(yd.data(), {5, 96}, {200, 2}), true, {}, rot.signs());
-    CHECK(max_rel(rsq_test::download(be, yd.view()), y_ref) < 1e-13);
+    CHECK(rsq_test::max_norm_rel(rsq_test::download(be, yd.view()), y_ref) < 1e-13);
     // The online Hadamard across the heads of each token: (tokens, head_dim, heads) rows of a (tokens, heads·head_dim)
     // array, with strides (heads·head_dim, 1, head_dim).
     index_t const tokens = 5, head_dim = 8, heads = 12;
@@ -478,14 +468,14 @@ TEST_SUITE("rotation.hadamard") {
     auto ad = rsq_test::upload(be, a);
     hadamard(heads).apply(be, rsq::tensor_view<double, 3>(ad.data(), {tokens, head_dim, heads},
                                                           {heads * head_dim, 1, head_dim}));
-    CHECK(max_rel(rsq_test::download(be, ad.view()), a_ref) < 1e-13);
+    CHECK(rsq_test::max_norm_rel(rsq_test::download(be, ad.view()), a_ref) < 1e-13);
     // reference_float32 scaling divides by the float32 sqrt(n), as the reference does.
     auto z = random_rows<float>(2, 1024 * 12, 6);
     auto z_ref = z;
     hadamard_options const f32{.scaling = hadamard_scaling::reference_float32};
     hadamard(1024 * 12, f32).apply(rsq::view(z_ref));
     hadamard_transform(be, rsq::view(z), f32);
-    CHECK(max_rel(z, z_ref) < 1e-5);
+    CHECK(rsq_test::max_norm_rel(z, z_ref) < 1e-5);
   }
 
   TEST_CASE_TEMPLATE("block-diagonal per-head transform equals H_hd/√hd on every chunk", B, RSQ_TEST_BACKENDS) {
@@ -519,7 +509,7 @@ TEST_SUITE("rotation.hadamard") {
       auto z = random_rows<double>(3, n, unsigned(n));
       auto const z_ref = dense_apply(dn, z);
       hadamard_transform(be, rsq::view(z), fb);
-      CHECK(max_rel(z, z_ref) < 1e-12);
+      CHECK(rsq_test::max_norm_rel(z, z_ref) < 1e-12);
     }
   }
 
@@ -668,13 +658,13 @@ TEST_SUITE("rotation.hadamard.cuda") {
         auto ref = x;
         hadamard(n).apply_with_signs(rsq::view(ref), false, rot.signs(), {});
         hadamard(n).apply_with_signs(be, rsq::view(x), false, rot.signs(), {});
-        CHECK(max_rel(x, ref) < 1e-5);
+        CHECK(rsq_test::max_norm_rel(x, ref) < 1e-5);
         if (n <= 16384) {
           auto xd = random_rows<double>(3, n, unsigned(n + 2 * threads));
           auto refd = xd;
           hadamard(n).apply_with_signs(rsq::view(refd), true, {}, rot.signs());
           hadamard(n).apply_with_signs(be, rsq::view(xd), true, {}, rot.signs());
-          CHECK(max_rel(xd, refd) < 1e-12);
+          CHECK(rsq_test::max_norm_rel(xd, refd) < 1e-12);
         }
       }
     }
