@@ -27,6 +27,7 @@
 
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
+#include "rsq/io/atomic_file.hpp"
 
 namespace rsq::io {
 
@@ -368,10 +369,7 @@ void save_npy(std::filesystem::path const& path, tensor_view<const T, N> a) {
   dict += '\n';
   if (dict.size() > 65535) rsq::detail::throw_io_error(path.string(), ": .npy header too long");
 
-  std::filesystem::path const tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) rsq::detail::throw_io_error(tmp.string(), ": cannot open for writing");
+  write_file_atomic(path, [&](std::ostream& f) {
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<unsigned char>(dict.size() & 0xff),
                              static_cast<unsigned char>(dict.size() >> 8)};
     f.write(reinterpret_cast<char const*>(pre), 10);
@@ -392,15 +390,7 @@ void save_npy(std::filesystem::path const& path, tensor_view<const T, N> a) {
     }
     static_assert(std::endian::native == std::endian::little, "rsq::io::save_npy writes little-endian data only");
     f.write(reinterpret_cast<char const*>(buf.data()), std::streamsize(buf.size() * sizeof(stored_t)));
-    f.flush();
-    if (!f) rsq::detail::throw_io_error(tmp.string(), ": write failed");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    rsq::detail::throw_io_error(path.string(), ": cannot move the written file into place");
-  }
+  });
 }
 
 /// Overload for owned xtensor arrays.

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "rsq/core/error.hpp"
+#include "rsq/io/atomic_file.hpp"
 
 namespace rsq::model::detail {
 
@@ -127,29 +128,7 @@ class byte_writer {
   return buf;
 }
 
-/// Writes @p data to `path.tmp` and renames it over @p path, so that a failed write never leaves a half-written
-/// file under the final name.
-inline void write_file_atomic(std::filesystem::path const& path, std::span<const std::byte> data) {
-  std::filesystem::path const tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) rsq::detail::throw_io_error(tmp.string(), ": cannot open for writing");
-    f.write(reinterpret_cast<char const*>(data.data()), std::streamsize(data.size()));
-    f.flush();
-    if (!f) {
-      f.close();
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      rsq::detail::throw_io_error(tmp.string(), ": write failed");
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ec2;
-    std::filesystem::remove(tmp, ec2);
-    rsq::detail::throw_io_error(path.string(), ": cannot move the written file into place: ", ec.message());
-  }
-}
+/// Atomic whole-file writes (temporary file + rename): <rsq/io/atomic_file.hpp>.
+using rsq::io::write_file_atomic;
 
 }  // namespace rsq::model::detail

@@ -111,20 +111,6 @@ template <class U>
   return t;
 }
 
-inline void write_text_file(std::filesystem::path const& path, std::string const& text) {
-  std::filesystem::path const tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) rsq::detail::throw_io_error(tmp.string(), ": cannot open for writing");
-    f << text;
-    f.flush();
-    if (!f) rsq::detail::throw_io_error(tmp.string(), ": write failed");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) rsq::detail::throw_io_error(path.string(), ": cannot move the written file into place");
-}
-
 }  // namespace pipeline_detail
 
 /// Writes @p q to the directory @p dir (created if needed): for every linear `layers.<l>.<hf_name>.{qweight, qzeros,
@@ -233,7 +219,7 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
   }
   js << "  ]\n}\n";
   out.manifest = dir / "manifest.json";
-  write_text_file(out.manifest, js.str());
+  rsq::io::write_text_file_atomic(out.manifest, js.str());
   return out;
 }
 
