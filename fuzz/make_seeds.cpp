@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: MIT
-// Writes the seed corpora of the fuzz targets into <dir>/{checkpoint,tokenizer,npy}: tiny valid files made by rsq's
+// Writes the seed corpora of the fuzz targets into <dir>/{checkpoint,tokenizer,npy,safetensors}: tiny valid files made by rsq's
 // own writers (shared and separate classifiers, zero and real RoPE tables, a tokenizer with byte-fallback pieces,
-// .npy files of several dtypes and ranks).
+// .npy files of several dtypes and ranks, safetensors files of mixed dtypes with and without metadata).
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <rsq/io/npy.hpp>
+#include <rsq/io/safetensors.hpp>
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/tokenizer.hpp>
 
@@ -64,7 +66,7 @@ int main(int argc, char** argv) {
   namespace fs = std::filesystem;
   using namespace rsq::model;
   fs::path const dir = argv[1];
-  for (char const* sub : {"checkpoint", "tokenizer", "npy"}) fs::create_directories(dir / sub);
+  for (char const* sub : {"checkpoint", "tokenizer", "npy", "safetensors"}) fs::create_directories(dir / sub);
 
   save_llama2c_checkpoint(dir / "checkpoint/tied.bin", tiny_model(1, true));
   save_llama2c_checkpoint(dir / "checkpoint/untied_mha.bin", tiny_model(2, false));
@@ -93,5 +95,16 @@ int main(int argc, char** argv) {
   rsq::io::save_npy(dir / "npy/f64_1d.npy", v);
   xt::xtensor<std::int32_t, 3> t(xt::xtensor<std::int32_t, 3>::shape_type{2, 1, 2}, 7);
   rsq::io::save_npy(dir / "npy/i32_3d.npy", t);
+
+  std::vector<float> const w = {0.5f, -1.0f, 2.0f, 3.25f, -0.125f, 7.0f};
+  std::vector<std::int32_t> const q = {1, 2, 3};
+  std::vector<rsq::io::tensor_record> recs;
+  recs.push_back(rsq::io::make_record("model.norm.weight", std::span<const float>(w.data(), 3), {3},
+                                      rsq::io::tensor_dtype::bf16));
+  recs.push_back(rsq::io::make_record("model.layers.0.mlp.up_proj.weight", w, {2, 3}));
+  recs.push_back(rsq::io::make_record("scales", w, {3, 2}, rsq::io::tensor_dtype::f16));
+  recs.push_back(rsq::io::make_raw_record<std::int32_t>("g_idx", q, {3}, rsq::io::tensor_dtype::i32));
+  rsq::io::save_safetensors(dir / "safetensors/mixed.safetensors", recs);
+  rsq::io::save_safetensors(dir / "safetensors/one.safetensors", std::span(recs).subspan(1, 1), {});
   return 0;
 }
