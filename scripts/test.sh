@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what rsq's tests need, builds and runs every test (what CI runs: .ci/run):
 #   1. GCC, Release (-O3 -march=native): the command-line tools and their tests, install + find_package/FetchContent
-#      consumers, and every public header compiled on its own;
-#   2. clang, -O1, AddressSanitizer + UndefinedBehaviorSanitizer: every test (golden data from
+#      consumers, the tests labelled "heavy" (large sizes, tests/CMakeLists.txt), and every public header compiled
+#      on its own;
+#   2. clang, -O1, AddressSanitizer + UndefinedBehaviorSanitizer: every other test (golden data from
 #      ../shared when present); each test runs once, instrumented;
 #   3. the libFuzzer targets (clang) for a bounded time each;
 #   4. when nvcc is installed: the CUDA backend's nvcc targets compiled for sm_90 (its tests need a GPU:
@@ -23,10 +24,11 @@ if [ "${RSQ_TEST_QUICK:-0}" = 1 ]; then
   exit 0
 fi
 
-step "release build: tools, command-line and package tests, self-contained headers"
+step "release build: tools, command-line, package and heavy tests, self-contained headers"
 cmake --build build/release -j "$jobs" --target rsq-quantize-layer rsq-llama2c rsq_test_cli_quantize_layer_test \
-      rsq_self_contained_headers
-ctest --test-dir build/release --output-on-failure -j "$jobs" -L "cli|package"
+      rsq_self_contained_headers rsq_test_linalg_determinism_test rsq_test_linalg_syrk_test \
+      rsq_test_pipeline_backends_test
+ctest --test-dir build/release --output-on-failure -j "$jobs" -L "cli|package|heavy"
 
 step "all tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # clang compiles the instrumented tests in half the time GCC takes.
@@ -39,7 +41,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 
 step "fuzz targets (libFuzzer, bounded time)"
 cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DRSQ_BUILD_FUZZERS=ON -DRSQ_BUILD_TESTS=OFF \
-      -DRSQ_BUILD_EXAMPLES=OFF -DRSQ_BUILD_BENCHMARKS=OFF -DRSQ_FUZZ_SECONDS="${RSQ_FUZZ_SECONDS:-20}"
+      -DRSQ_BUILD_EXAMPLES=OFF -DRSQ_BUILD_BENCHMARKS=OFF -DRSQ_FUZZ_SECONDS="${RSQ_FUZZ_SECONDS:-15}"
 cmake --build build/fuzz -j "$jobs"
 ctest --test-dir build/fuzz --output-on-failure -L fuzz
 

@@ -200,6 +200,27 @@ TEST_SUITE("pipeline.rotate") {
     }
   }
 
+  TEST_CASE("rotations that fold into the weights only: a plain model with the original logits, w2 untouched by H") {
+    for (auto const& cfg : {tiny_config(), odd_config()}) {
+      auto const fp = random_model(cfg, 23);
+      auto const tokens = random_tokens(2, 20, cfg.vocab_size, 6);
+      auto fused = fp, full = fp;
+      auto const rec = rotate_model(fused, {.seed = 3, .online_hadamards = false});
+      (void)rotate_model(full, {.seed = 3});
+      CHECK_FALSE(rec.online);
+      CHECK_FALSE(fused.online.any());
+      CHECK(relative_logit_difference(logits_of(fp, tokens), logits_of(fused, tokens)) < 1e-4);
+      // The same Q and per-head V Hadamard as the full rotation; only wo and w2 differ (no Hadamard across heads,
+      // no H_I on w2's input).
+      CHECK(max_diff(fused.layers[0].wq, full.layers[0].wq) == 0);
+      CHECK(max_diff(fused.layers[0].wv, full.layers[0].wv) == 0);
+      CHECK(max_diff(fused.layers[0].w2, full.layers[0].w2) > 1e-3);
+      auto again = fused;
+      attach_online_transforms(again, rec);
+      CHECK_FALSE(again.online.any());
+    }
+  }
+
   TEST_CASE("attach_online_transforms rebuilds the transforms from a record") {
     auto const fp = random_model(odd_config(), 5);
     auto const tokens = random_tokens(1, 12, fp.config.vocab_size, 1);

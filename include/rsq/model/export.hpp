@@ -162,6 +162,7 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
     js << "    \"centered_embeddings\": " << (r.centered_embeddings ? "true" : "false") << ",\n";
     js << "    \"norms_fused\": true,\n";
     js << "    \"online\": [\n";
+    if (r.online) {
     js << "      {\"linear\": \"w2\", \"hf_name\": \"down_proj\", \"n\": " << r.down_online.n
        << ", \"apply\": \"each input row x <- M_n x / sqrt(n) (hadK x H_{n/K}, spec 3)\", \"descriptor\": "
        << json_escape(r.down_online.to_string()) << "},\n";
@@ -169,7 +170,9 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
        << r.head_dim
        << ", \"apply\": \"each input row viewed as (n_heads, head_dim): x <- M_{n_heads} x / sqrt(n_heads), across "
           "heads\", \"descriptor\": "
-       << json_escape(r.heads_online.to_string()) << "}\n    ],\n";
+       << json_escape(r.heads_online.to_string()) << "}\n";
+    }
+    js << "    ],\n";
     js << "    \"offline\": {\"wv_output_per_head\": " << json_escape(r.value_heads.to_string()) << "}\n  },\n";
   } else {
     js << "  \"rotation\": null,\n";

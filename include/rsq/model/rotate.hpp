@@ -63,6 +63,10 @@ struct rotate_options {
   std::uint64_t seed = 0;          ///< seed of Q (SplitMix64 streams of rsq/core/random.hpp)
   bool center_embeddings = false;  ///< §2.1 embedding centring: NOT function-preserving for RMSNorm models
   rotation::hadamard_options hadamard{};  ///< construction of every Hadamard (Q, w2's H_I, the head Hadamards)
+  /// false: only the rotations that fold entirely into the weights (norm fusion, Q, the per-head V/O Hadamard), no
+  /// w2 Hadamard and no Hadamard across heads: the result is a plain model that any engine runs, at some cost in
+  /// quantization error (the w2 input keeps its outliers; docs/results.md).
+  bool online_hadamards = true;
 };
 
 /// What rotate_model() did, so that an engine can run the rotated model (written into the packed manifest).
@@ -79,6 +83,8 @@ struct rotation_record {
   index_t n_heads = 0;
   index_t head_dim = 0;
   bool centered_embeddings = false;
+  /// false (rotate_options::online_hadamards off): no online transforms; down_online and heads_online are unused.
+  bool online = true;
 };
 
 /// Everything a model's rotation needs, planned up front from the config (rotate_options): the residual Q, the fixed
@@ -104,10 +110,12 @@ struct rotation_plan {
   auto const heads = rotation::exact_hadamard(c.n_heads, opt.hadamard);
   auto v_heads = rotation::per_head_hadamard(c.n_kv_heads, hd, opt.hadamard);
   auto o_heads = rotation::per_head_hadamard(c.n_heads, hd, opt.hadamard);
-  online_transforms online{std::make_shared<rotation::hadamard const>(heads.transform()),
-                           std::make_shared<rotation::hadamard const>(down.transform())};
+  online_transforms online;
+  if (opt.online_hadamards)
+    online = {std::make_shared<rotation::hadamard const>(heads.transform()),
+              std::make_shared<rotation::hadamard const>(down.transform())};
   rotation_record rec{opt.kind, rotation::descriptor_of(q), down.descriptor(), heads.descriptor(),
-                      v_heads.descriptor(), c.n_heads, hd, opt.center_embeddings};
+                      v_heads.descriptor(), c.n_heads, hd, opt.center_embeddings, opt.online_hadamards};
   return {std::move(rec), std::move(q), std::move(down), std::move(v_heads), std::move(o_heads), std::move(online)};
 }
 
@@ -176,11 +184,11 @@ void rotate_layer(B const& be, rotation_plan const& p, llama_config const& c, la
     left_t(m);
     // wo ← wo·Aᵀ with A = (M_nh/√nh ⊗ I)(I ⊗ H_hd/√hd): each row w ← A w.
     p.output_heads.apply_right(be, m);
-    pipeline_detail::across_heads(be, *p.online.heads, m, c.head_size());
+    if (p.online.heads) pipeline_detail::across_heads(be, *p.online.heads, m, c.head_size());
   });
   in_double(be, w.w2, [&](matrix_view<double> m) {
     left_t(m);
-    p.down.apply_right(be, m);  // had_in: each row w ← H w
+    if (p.online.down) p.down.apply_right(be, m);  // had_in: each row w ← H w, undone by the online H
   });
   pipeline_detail::set_ones(be, w.rms_att);
   pipeline_detail::set_ones(be, w.rms_ffn);
@@ -236,6 +244,10 @@ inline void center_embeddings(llama_model& m) {
 
 /// Sets the online Hadamards that @p r describes on @p m (the model's `online` transforms).
 inline void attach_online_transforms(llama_model& m, rotation_record const& r) {
+  if (!r.online) {
+    m.online = {};
+    return;
+  }
   auto const& c = m.config;
   RSQ_EXPECTS(r.down_online.n == c.hidden_dim && r.heads_online.n == c.n_heads && r.head_dim == c.head_size(),
               "attach_online_transforms: the rotation record does not match the model (hidden ", c.hidden_dim,
