@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: MIT
+// rsq-quantize: quantizes a Hugging Face model folder (Llama architecture: config.json, safetensors, tokenizer.json)
+// with RTN, GPTQ, QuaRot or RSQ and writes a Hugging Face folder that transformers loads. See --help and
+// docs/quantize-your-model.md.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <rsq/io/npy.hpp>
+#include <rsq/model/calibration.hpp>
+#include <rsq/model/hf_model.hpp>
+#include <rsq/model/hf_tokenizer.hpp>
+#include <rsq/model/quantize.hpp>
+#include <rsq/model/rotate.hpp>
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+#include <rsq/cuda.hpp>
+#endif
+
+#include "support/args.hpp"
+#include "support/output.hpp"
+
+namespace fs = std::filesystem;
+using namespace rsq::model;
+using rsq::index_t;
+using rsq_cli::usage_error;
+
+namespace {
+
+constexpr char usage[] =
+    "usage: rsq-quantize --model DIR --calib FILE --out DIR [options]\n"
+    "\n"
+    "Quantizes the Hugging Face model in DIR (LlamaForCausalLM; config.json, model.safetensors or shards,\n"
+    "tokenizer.json) and writes the quantized model as a Hugging Face folder.\n"
+    "\n"
+    "input\n"
+    "  --model DIR           the model folder (required)\n"
+    "  --calib FILE          calibration data: text (.txt, documents separated by blank lines, tokenized with the\n"
+    "                        model's tokenizer.json, BOS per document) or token ids (.npy int32, (sequences, tokens));\n"
+    "                        required unless --method rtn\n"
+    "  --nsamples N          calibration windows (default 128; a .npy gives at most its rows)\n"
+    "  --seqlen L            tokens per window (default 2048, at most the model's max_position_embeddings)\n"
+    "  --seed S              seed of the windows and the rotation (default 0)\n"
+    "  --eval FILE           also report perplexity before and after on this text or .npy (windows of --seqlen)\n"
+    "method\n"
+    "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ; default)\n"
+    "  --bits B              2 to 8 (default 4)\n"
+    "  --group-size G        columns per scale (default 128; -1: one scale per row)\n"
+    "  --act-order           quantize columns by decreasing Hessian diagonal\n"
+    "  --asym                asymmetric grid (a zero point per group; default symmetric)\n"
+    "  --rotation R          quarot/rsq: hadamard (randomized Hadamard Q plus the online Hadamards before o_proj\n"
+    "                        and down_proj, folded back into the written weights; default), random (Haar random Q),\n"
+    "                        or fused (only rotations that fold into the weights: a plain model)\n"
+    "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
+    "output\n"
+    "  --out DIR             the output folder (required); must be empty or absent unless --overwrite\n"
+    "  --format hf           a Hugging Face folder with the dequantized weights (default and, for now, the only\n"
+    "                        format; GPTQ checkpoints are issue 15's next step)\n"
+    "  --dtype D             storage of the written weights: float32 (default, exact), bfloat16 or float16\n"
+    "  --overwrite           replace an existing output folder whole\n"
+    "  --quiet               no progress on stderr\n"
+    "  --help, -h            this text\n"
+    "\n"
+    "exit status: 0 done, 1 runtime error (unreadable or corrupt input, a write that failed), 2 bad usage,\n"
+    "3 a numerical failure (a Hessian that stays not positive definite); the output is written only on 0.\n";
+
+struct run_config {
+  fs::path model, calib, eval;
+  quantize_options opt;
+  index_t nsamples = 128, seqlen = 2048;
+  std::uint64_t seed = 0;
+  rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
+  bool cuda = false, quiet = false, overwrite = false;
+};
+
+run_config parse_config(rsq_cli::args const& a) {
+  run_config rc;
+  rc.model = a.require("model");
+  rc.quiet = a.flag("quiet");
+  rc.overwrite = a.flag("overwrite");
+  try {
+    rc.opt.method = parse_quant_method(a.get("method", "rsq"));
+  } catch (rsq::invalid_argument const&) {
+    throw usage_error("--method must be one of rtn|gptq|quarot|rsq, got '" + a.get("method") + "'");
+  }
+  long const bits = a.integer("bits", 4);
+  if (bits < 2 || bits > 8) throw usage_error("--bits must be between 2 and 8, got " + std::to_string(bits));
+  rc.opt.grid = rsq_script_grid(int(bits));
+  rc.opt.grid.symmetric = !a.flag("asym");
+  long const g = a.integer("group-size", 128);
+  if (g != -1 && g < 1) throw usage_error("--group-size must be -1 (per row) or positive, got " + std::to_string(g));
+  rc.opt.solver.group_size = g;
+  rc.opt.solver.act_order = a.flag("act-order");
+  rc.nsamples = a.integer("nsamples", 128);
+  if (rc.nsamples < 1) throw usage_error("--nsamples must be at least 1");
+  rc.seqlen = a.integer("seqlen", 2048);
+  if (rc.seqlen < 2) throw usage_error("--seqlen must be at least 2");
+  long const seed = a.integer("seed", 0);
+  if (seed < 0) throw usage_error("--seed must be >= 0");
+  rc.seed = std::uint64_t(seed);
+  auto const rot = a.choice("rotation", {"hadamard", "random", "fused"});
+  rc.opt.rotation = {.kind = rot == "random" ? residual_rotation::random_orthogonal
+                                             : residual_rotation::randomized_hadamard,
+                     .seed = rc.seed,
+                     .online_hadamards = rot != "fused"};
+  if (a.has("rotation") && !rotates(rc.opt.method))
+    throw usage_error("--rotation applies to --method quarot and rsq");
+  (void)a.choice("format", {"hf"});
+  auto const dt = a.choice("dtype", {"float32", "bfloat16", "float16"});
+  rc.dtype = dt == "float32" ? rsq::io::tensor_dtype::f32
+             : dt == "bfloat16" ? rsq::io::tensor_dtype::bf16 : rsq::io::tensor_dtype::f16;
+  rc.cuda = a.choice("backend", {"cpu", "cuda"}) == "cuda";
+#if !(defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA)
+  if (rc.cuda) throw usage_error("--backend cuda: this build has no CUDA backend (configure with -DRSQ_WITH_CUDA=ON)");
+#endif
+  if (rc.opt.method != quant_method::rtn) rc.calib = a.require("calib");
+  else if (a.has("calib")) throw usage_error("--method rtn uses no calibration data: drop --calib");
+  if (a.has("eval")) rc.eval = a.get("eval");
+  // Inputs are checked here, before the output folder is prepared and the model is read.
+  if (!fs::is_directory(rc.model)) throw usage_error("--model " + rc.model.string() + ": is not a folder");
+  if (!rc.calib.empty()) rsq_cli::expect_readable_file(rc.calib, "--calib");
+  if (!rc.eval.empty()) rsq_cli::expect_readable_file(rc.eval, "--eval");
+  return rc;
+}
+
+/// Token ids of a text file (documents separated by blank lines, each with the tokenizer's BOS) or an .npy file.
+struct token_source {
+  std::vector<std::int32_t> stream;     ///< from text
+  rsq::matrix<std::int32_t> sequences;  ///< from .npy
+  bool from_npy = false;
+};
+
+token_source read_tokens(fs::path const& path, fs::path const& model_dir, std::string const& option) {
+  token_source s;
+  if (path.extension() == ".npy") {
+    s.from_npy = true;
+    s.sequences = rsq::io::load_npy<std::int32_t, 2>(path, rsq::io::npy_conversion::exact);
+    return s;
+  }
+  auto const tok_path = model_dir / "tokenizer.json";
+  if (!fs::exists(tok_path))
+    throw usage_error(option + " " + path.string() + " is text, but " + model_dir.string() +
+                      " has no tokenizer.json (give token ids as .npy)");
+  auto const tok = load_hf_tokenizer(tok_path);
+  for (auto const& doc : load_stories(path)) {
+    auto const ids = tok.encode(doc);
+    s.stream.insert(s.stream.end(), ids.begin(), ids.end());
+  }
+  return s;
+}
+
+/// Calibration windows: random windows of a token stream (spec §8.1), or the first rows and columns of an .npy.
+rsq::matrix<std::int32_t> calibration_windows(token_source const& s, run_config const& rc) {
+  if (!s.from_npy) return sample_windows(s.stream, rc.seqlen, rc.nsamples, rc.seed);
+  auto const rows = std::min<index_t>(index_t(s.sequences.shape()[0]), rc.nsamples);
+  auto const cols = std::min<index_t>(index_t(s.sequences.shape()[1]), rc.seqlen);
+  auto w = rsq::make_matrix<std::int32_t>(rows, cols);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j) w(i, j) = s.sequences(i, j);
+  return w;
+}
+
+/// One progress line per layer: a bar, the layer's seconds and the time left at the mean pace so far.
+void print_progress(layer_report const& r, std::chrono::steady_clock::time_point start) {
+  double const elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  int const done = r.layer + 1, width = 30, filled = width * done / std::max(1, r.n_layers);
+  double const left = elapsed / done * (r.n_layers - done);
+  double loss = 0;
+  for (auto const& l : r.linears) loss += l.gptq_loss;
+  std::fprintf(stderr, "\rrsq-quantize: [%s%s] layer %d/%d  %.1f s  GPTQ loss %.4g  %.0f s left   ",
+               std::string(std::size_t(filled), '#').c_str(), std::string(std::size_t(width - filled), '.').c_str(),
+               done, r.n_layers, r.seconds, loss, left);
+  if (done == r.n_layers) std::fputc('\n', stderr);
+}
+
+template <class B>
+int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
+  // Everything that can be checked is checked before the long work starts.
+  rsq_cli::output_folder out(a.require("out"), rc.overwrite);
+  auto hf = load_hf_model(rc.model);
+  auto& fp = hf.model;
+  index_t const seqlen = std::min<index_t>(rc.seqlen, fp.config.seq_len);
+  if (a.has("seqlen") && rc.seqlen > fp.config.seq_len)
+    throw usage_error("--seqlen " + std::to_string(rc.seqlen) + " exceeds the model's " +
+                      std::to_string(fp.config.seq_len) + " positions");
+  run_config cfg = rc;
+  cfg.seqlen = seqlen;
+  rsq::matrix<std::int32_t> calib, eval;
+  if (rc.opt.method != quant_method::rtn) calib = calibration_windows(read_tokens(rc.calib, rc.model, "--calib"), cfg);
+  if (!rc.eval.empty()) {
+    auto const s = read_tokens(rc.eval, rc.model, "--eval");
+    eval = s.from_npy ? s.sequences : consecutive_windows(s.stream, seqlen);
+  }
+  if (!rc.quiet)
+    std::fprintf(stderr, "rsq-quantize: %s, %d layers, hidden %d; %s %d-bit, group %s%s; calibration %td x %td\n",
+                 std::string(to_string(hf.config.architecture)).c_str(), fp.config.n_layers, fp.config.dim,
+                 std::string(to_string(rc.opt.method)).c_str(), rc.opt.grid.bits,
+                 rc.opt.solver.group_size < 0 ? "row" : std::to_string(rc.opt.solver.group_size).c_str(),
+                 rc.opt.solver.act_order ? ", act-order" : "", index_t(calib.shape()[0]),
+                 calib.size() ? index_t(calib.shape()[1]) : index_t(0));
+
+  std::optional<double> fp_ppl;
+  if (eval.size()) fp_ppl = evaluate(be, fp, rsq::view(eval)).perplexity;
+  auto const start = std::chrono::steady_clock::now();
+  quantize_observer obs;
+  if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_progress(r, start); };
+  auto q = quantize_model(be, std::move(fp), rsq::view(calib), rc.opt, obs);
+  if (!q.ok()) {
+    std::fprintf(stderr, "rsq-quantize: error: the Hessian of layer %d %s stayed not positive definite after every "
+                 "damping attempt; nothing was written\n", q.failed_layer,
+                 std::string(hf_name(q.failed_linear)).c_str());
+    return 3;
+  }
+  std::optional<double> q_ppl;
+  if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
+
+  // A Hugging Face loader applies no online Hadamards: fold them into o_proj and down_proj (the same function).
+  fold_online_transforms(q.model);
+  auto files = save_hf_model(out.staging(), q.model, hf.config, {.dtype = rc.dtype});
+  for (auto& f : copy_hf_side_files(rc.model, out.staging())) files.push_back(f);
+  out.commit();
+
+  std::printf("quantized %s with %s, %d-bit, group %s in %.1f s (%s backend)\n", rc.model.string().c_str(),
+              std::string(to_string(q.method)).c_str(), q.grid.bits,
+              q.group_size < 0 ? "row" : std::to_string(q.group_size).c_str(), q.timings.total,
+              rc.cuda ? "cuda" : "cpu");
+  if (fp_ppl && q_ppl)
+    std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
+                *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
+  std::printf("wrote %s: a Hugging Face folder (%s", out.target().string().c_str(),
+              std::string(rsq::io::to_string(rc.dtype)).c_str());
+  std::printf(" dequantized weights%s): ", q.rotation ? ", rotated" : "");
+  for (std::size_t i = 0; i < files.size(); ++i) std::printf("%s%s", i ? ", " : "", files[i].c_str());
+  std::printf("\nload it with transformers (AutoModelForCausalLM.from_pretrained) or vLLM as an unquantized model\n");
+  return 0;
+}
+
+int run(rsq_cli::args const& a) {
+  auto const rc = parse_config(a);
+#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
+  if (rc.cuda) {
+    if (rsq::cuda::device_count() == 0)
+      throw std::runtime_error("--backend cuda: no CUDA device is available on this machine");
+    return run(rsq::backend::cuda{}, a, rc);
+  }
+#endif
+  return run(rsq::backend::cpu_eigen{}, a, rc);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    for (int i = 1; i < argc; ++i)
+      if (std::string_view(argv[i]) == "-h") {
+        std::fputs(usage, stdout);
+        return 0;
+      }
+    rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help"},
+                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "method", "bits", "group-size",
+                     "rotation", "backend", "out", "format", "dtype"});
+    if (a.flag("help") || argc == 1) {
+      std::fputs(usage, stdout);
+      return argc == 1 ? 2 : 0;
+    }
+    return run(a);
+  } catch (usage_error const& e) {
+    std::fprintf(stderr, "rsq-quantize: error: %s\n", e.what());
+    return 2;
+  } catch (std::exception const& e) {
+    std::string msg = e.what();
+    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);  // library messages start with "rsq: "
+    std::fprintf(stderr, "rsq-quantize: error: %s\n", msg.c_str());
+    return 1;
+  }
+}

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: MIT
+// rsq-quantize end to end on lm7m's Hugging Face folder: the written folder is read back and computes the
+// perplexity the tool printed; --help names every option; bad usage and unusable outputs are refused (exit 2)
+// before any work; --overwrite replaces the folder whole.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <sys/wait.h>
+
+#include <rsq/io/npy.hpp>
+#include <rsq/model/calibration.hpp>
+#include <rsq/model/hf_model.hpp>
+#include <rsq/model/quantize.hpp>
+#include <rsq/model/tokenizer.hpp>
+
+#include "support/shared_data.hpp"
+
+namespace fs = std::filesystem;
+using rsq::index_t;
+
+namespace {
+
+struct run_result {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+};
+
+run_result run_tool(std::string const& args) {
+  std::string const cmd = std::string(RSQ_TOOLS_DIR) + "/rsq-quantize " + args + " 2>&1";
+  run_result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  while (std::fgets(buf.data(), int(buf.size()), p)) r.output += buf.data();
+  int const st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+/// lm7m's folder and token windows of its validation text as .npy files (calibration, evaluation), or nothing.
+struct lm7m_files {
+  fs::path model, calib, eval;
+};
+
+std::optional<lm7m_files> lm7m(fs::path const& shared) {
+  lm7m_files f{shared / "data/models/lm7m/hf", {}, {}};
+  if (!fs::exists(f.model / "config.json")) return std::nullopt;
+  auto const tok = rsq::model::load_tokenizer(shared / "data/models/lm7m/llama2c/tokenizer.bin", {.vocab_size = 4096});
+  auto const docs = rsq::model::load_stories(shared / "data/text/mix_valid.txt");
+  auto const dir = rsq_test::temp_dir("cli_quantize_data");
+  f.calib = dir / "calib.npy";
+  f.eval = dir / "eval.npy";
+  rsq::io::save_npy(f.calib, rsq::model::sample_windows(rsq::model::story_tokens(tok, docs, {0, 20}), 64, 8, 1));
+  auto const eval = rsq::model::consecutive_windows(rsq::model::story_tokens(tok, docs, {100, 102}), 64);
+  auto first = rsq::make_matrix<std::int32_t>(6, 64);
+  for (index_t i = 0; i < 6; ++i)
+    for (index_t j = 0; j < 64; ++j) first(i, j) = eval(i, j);
+  rsq::io::save_npy(f.eval, first);
+  return f;
+}
+
+/// The number after @p key in @p text ("… 12.34 after …": key "before, " gives what follows it).
+double number_after(std::string const& text, std::string const& key) {
+  auto const p = text.find(key);
+  REQUIRE_MESSAGE(p != std::string::npos, "no \"", key, "\" in ", text);
+  return std::stod(text.substr(p + key.size()));
+}
+
+}  // namespace
+
+TEST_SUITE("cli.rsq-quantize") {
+  TEST_CASE("--help and -h describe every option; no arguments is bad usage") {
+    for (char const* h : {"--help", "-h"}) {
+      auto const r = run_tool(h);
+      CHECK(r.status == 0);
+      for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--eval", "--method", "--bits",
+                              "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
+                              "--dtype", "--overwrite", "--quiet", "exit status"})
+        CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
+    }
+    CHECK(run_tool("").status == 2);
+  }
+
+  TEST_CASE("bad usage and unusable outputs are refused with exit 2 before any work") {
+    RSQ_NEED_SHARED(shared);
+    auto const model = (shared / "data/models/lm7m/hf").string();
+    auto const dir = rsq_test::temp_dir("cli_quantize_bad");
+    auto const out = (dir / "out").string();
+    auto const refused = [&](std::string const& args, std::string const& says) {
+      CAPTURE(args);
+      auto const r = run_tool(args);
+      INFO(r.output);
+      CHECK(r.status == 2);
+      CHECK(r.output.find(says) != std::string::npos);
+      CHECK(!fs::exists(out));
+    };
+    refused("--model " + model + " --method rtn --bogus 1 --out " + out, "unknown option --bogus");
+    refused("--model " + model + " --method rtn --bits 9 --out " + out, "--bits must be between 2 and 8");
+    refused("--model " + model + " --method rtn --calib x.txt --out " + out, "uses no calibration data");
+    refused("--model " + model + " --method gptq --rotation fused --calib x.txt --out " + out,
+            "--rotation applies to --method quarot and rsq");
+    refused("--model " + model + " --method gptq --out " + out, "--calib is required");
+    refused("--model " + model + " --method rtn --out " + (dir / "missing/out").string(), "does not exist");
+    refused("--model " + model + " --method gptq --calib " + dir.string() + " --out " + out, "is a folder, not a file");
+    refused("--model " + model + " --method gptq --calib " + (dir / "none.txt").string() + " --out " + out,
+            "no such file");
+    refused("--model " + model + " --method rtn --format gguf --out " + out, "--format must be one of hf");
+    std::ofstream(dir / "a_file") << "x";
+    CHECK(run_tool("--model " + model + " --method rtn --out " + (dir / "a_file").string()).status == 2);
+    fs::create_directory(out);
+    std::ofstream(fs::path(out) / "keep.txt") << "x";
+    auto const r = run_tool("--model " + model + " --method rtn --out " + out);
+    CHECK(r.status == 2);
+    CHECK(r.output.find("is not empty (pass --overwrite") != std::string::npos);
+    CHECK(fs::exists(fs::path(out) / "keep.txt"));
+    // Only the leftover staging folders of killed runs could remain; none of these runs leaves one.
+    for (auto const& e : fs::directory_iterator(dir)) CHECK(e.path().filename().string().find(".partial") == std::string::npos);
+  }
+
+  TEST_CASE("lm7m: the written folder computes the perplexity the tool printed; --overwrite replaces it whole") {
+    RSQ_NEED_SHARED(shared);
+    auto const f = lm7m(shared);
+    if (!f) {
+      MESSAGE("SKIPPED: lm7m not in ../shared");
+      return;
+    }
+    auto const eval = rsq::io::load_npy<std::int32_t, 2>(f->eval);
+    auto const out = rsq_test::temp_dir("cli_quantize_out") / "q";
+    std::string const common = "--model " + f->model.string() + " --eval " + f->eval.string() +
+                             " --nsamples 8 --seqlen 64 --quiet --out " + out.string();
+    // Text calibration (tokenized with the folder's tokenizer.json) and token ids (.npy).
+    auto const text = (shared / "data/text/mix_valid.txt").string();
+    for (std::string method : {"gptq --act-order --calib " + text, "rsq --rotation fused --calib " + f->calib.string(),
+                               "quarot --bits 3 --group-size -1 --calib " + f->calib.string()}) {
+      CAPTURE(method);
+      auto const r = run_tool(common + " --overwrite --method " + method);
+      INFO(r.output);
+      REQUIRE(r.status == 0);
+      CHECK(r.output.find("wrote " + out.string() + ": a Hugging Face folder") != std::string::npos);
+      CHECK(!fs::exists(out / "stale.txt"));  // left by the previous run's folder: replaced whole
+      double const printed = number_after(r.output, "before, ");
+      auto const back = rsq::model::load_hf_model(out);
+      double const ppl = rsq::model::evaluate(back.model, rsq::view(eval)).perplexity;
+      CHECK(ppl == doctest::Approx(printed).epsilon(2e-4));  // printed with 4 decimals; folding rounds once
+      CHECK(fs::exists(out / "tokenizer.json"));
+      CHECK(fs::exists(out / "config.json"));
+      std::ofstream(out / "stale.txt") << "from an earlier run";
+    }
+    auto const r = run_tool(common + " --overwrite --method rtn --calib " + f->calib.string());
+    CHECK(r.status == 2);  // rtn takes no --calib: refused before the folder is touched
+    CHECK(fs::exists(out / "stale.txt"));
+  }
+}
