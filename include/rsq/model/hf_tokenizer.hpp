@@ -166,14 +166,16 @@ inline void utf8_append(std::string& out, char32_t c) {
 }
 
 /// Characters that NFC leaves alone whatever follows or precedes them, in the scripts we meet: Latin-1 and ASCII
-/// (below the combining diacritics U+0300), most Cyrillic, general punctuation (dashes, quotes, ellipsis), CJK
-/// symbols, kana without the combining voicing marks, CJK ideographs, emoji. rsq has no Unicode composition tables:
-/// text with any other character is refused by a tokenizer whose normalizer is NFC (Qwen2) rather than normalized
-/// wrongly.
+/// (below the combining diacritics U+0300), most Cyrillic, general punctuation (dashes, quotes, ellipsis), arrows,
+/// mathematical operators and shapes, CJK symbols, kana without the combining voicing marks, CJK ideographs,
+/// full- and half-width forms, emoji.
+/// rsq has no Unicode composition tables: text with any other character is refused by a tokenizer whose normalizer
+/// is NFC (Qwen2) rather than normalized wrongly.
 [[nodiscard]] inline bool nfc_inert(char32_t c) noexcept {
   return c < 0x300 || (c >= 0x400 && c <= 0x482) || (c >= 0x48A && c <= 0x52F) || (c >= 0x2002 && c <= 0x206F) ||
+         (c >= 0x2190 && c <= 0x2328) || (c >= 0x232B && c <= 0x25FF) ||  // arrows, math, shapes (not 2329/232A)
          (c >= 0x3000 && c <= 0x3098) || (c >= 0x309B && c <= 0x30FF) || (c >= 0x4E00 && c <= 0x9FFF) ||
-         (c >= 0x1F000 && c <= 0x1FAFF);
+         (c >= 0xFF01 && c <= 0xFFEE) || (c >= 0x1F000 && c <= 0x1FAFF);
 }
 
 /// The merges as a flat open-addressing table: (left id, right id) -> (rank, merged id). The hot loop of BPE looks
