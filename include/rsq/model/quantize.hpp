@@ -232,6 +232,7 @@ struct quantized_model {
   quant_method method = quant_method::rsq;
   quant::grid_spec grid{};
   index_t group_size = -1;
+  bool act_order = false;  ///< columns quantized by decreasing diag(H) (g_idx is not monotone then)
   std::string policy;  ///< name of the importance policy used ("uniform", "attncon", ...; "none" for rtn)
   double importance_power = 1.0;
   index_t expand_factor = 1;
@@ -803,6 +804,7 @@ template <backend_tag B>
   q.method = opt.method;
   q.grid = opt.grid;
   q.group_size = opt.solver.group_size;
+  q.act_order = opt.solver.act_order;
   q.importance_power = opt.importance_power;
   q.expand_factor = opt.expand_factor;
   q.policy = opt.method == quant_method::rtn ? "none" : std::string(policy.name());

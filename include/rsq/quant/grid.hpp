@@ -21,6 +21,7 @@
 #include <string>
 
 #include "rsq/core/error.hpp"
+#include "rsq/core/half.hpp"
 #include "rsq/core/view.hpp"
 
 namespace rsq::quant {
@@ -46,6 +47,10 @@ struct grid_spec {
   bool symmetric = false;
   convention conv = convention::ist;
   clip_search clip = {};
+  /// Round every scale to float and then to the nearest fp16 (clamped to [2⁻²⁴, 65504]) as soon as it is formed,
+  /// before the zero point and the codes are chosen from it: what a GPTQ checkpoint stores (F16 `scales`), so that
+  /// the checkpoint dequantizes exactly to the solver's result. Off: the reference's full-precision scales.
+  bool fp16_scales = false;
 
   /// Throws rsq::invalid_argument unless 2 ≤ bits ≤ 8 and the clip parameters are usable.
   void validate() const {
@@ -92,6 +97,14 @@ template <class T>
 
 namespace detail {
 
+/// @p scale as a grid with fp16_scales stores it (see grid_spec::fp16_scales); unchanged otherwise.
+template <class T>
+[[nodiscard]] inline T stored_scale(grid_spec const& g, T scale) noexcept {
+  if (!g.fp16_scales) return scale;
+  float const h = f16_to_float(float_to_f16(float(scale)));
+  return T(h < 0x1p-24f ? 0x1p-24f : (h > 65504.f ? 65504.f : h));
+}
+
 /// Parameters from a (possibly shrunk) range, following the reference formulas of each convention exactly.
 /// @p xmin ≤ 0 ≤ @p xmax are the row's range (already adjusted as each convention does before the search).
 template <class T>
@@ -99,13 +112,13 @@ template <class T>
   affine_params<T> p;
   if (g.conv == convention::ist) {
     T const maxq = T(g.max_code());
-    p.scale = (xmax - xmin) / maxq;
+    p.scale = stored_scale(g, (xmax - xmin) / maxq);
     p.zero = g.symmetric ? T((g.max_code() + 1) / 2) : std::nearbyint(-xmin / p.scale);
   } else if (g.symmetric) {
-    p.scale = xmax / T((1 << (g.bits - 1)) - 1);
+    p.scale = stored_scale(g, xmax / T((1 << (g.bits - 1)) - 1));
     p.zero = T(1 << (g.bits - 1));
   } else {
-    p.scale = (xmax - xmin) / T(g.max_code());
+    p.scale = stored_scale(g, (xmax - xmin) / T(g.max_code()));
     p.zero = std::nearbyint(-xmin / p.scale);
   }
   return p;
@@ -138,7 +151,7 @@ template <class T>
   affine_params<T> best;
   if (g.conv == convention::rsq && !g.symmetric) {
     // The rsq asym scale clamps the range at 1e-5 (not done inside the clip search, as in the reference).
-    best.scale = std::max(xmax - xmin, T(1e-5)) / T(g.max_code());
+    best.scale = detail::stored_scale(g, std::max(xmax - xmin, T(1e-5)) / T(g.max_code()));
     best.zero = std::nearbyint(-xmin / best.scale);
   } else {
     best = detail::params_from_range(g, xmin, xmax);

@@ -7,6 +7,8 @@
 /// rint() rounds half to even, as std::nearbyint under FE_TONEAREST does; divisions are IEEE (never build rsq_cuda.cu
 /// with --use_fast_math). Kept in sync with grid.hpp by the backend tests (identical codes in double).
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "rsq/quant/grid.hpp"
@@ -23,6 +25,7 @@ struct device_grid {
   double clip_norm = 2.4;
   int clip_grid = 100;
   int clip_steps = 0;  ///< int(max_shrink · grid)
+  bool fp16_scales = false;
 
   static device_grid from(quant::grid_spec const& g) {
     device_grid d;
@@ -34,6 +37,7 @@ struct device_grid {
     d.clip_norm = g.clip.norm;
     d.clip_grid = g.clip.grid;
     d.clip_steps = int(g.clip.max_shrink * g.clip.grid);  // as grid.hpp
+    d.fp16_scales = g.fp16_scales;
     return d;
   }
 };
@@ -52,18 +56,26 @@ __device__ __forceinline__ T decode(unsigned u, T s, T z) {
   return s * (T(u) - z);
 }
 
+/// quant::detail::stored_scale: to float, then to the nearest fp16 (round to nearest even), clamped.
+template <class T>
+__device__ __forceinline__ T stored_scale(device_grid const& g, T scale) {
+  if (!g.fp16_scales) return scale;
+  float const h = __half2float(__float2half_rn(float(scale)));
+  return T(fminf(fmaxf(h, 0x1p-24f), 65504.f));
+}
+
 /// quant::detail::params_from_range.
 template <class T>
 __device__ __forceinline__ void params_from_range(device_grid const& g, T xmin, T xmax, T& scale, T& zero) {
   if (!g.rsq_convention) {
     T const maxq = T(g.max_code);
-    scale = (xmax - xmin) / maxq;
+    scale = stored_scale(g, (xmax - xmin) / maxq);
     zero = g.symmetric ? T((g.max_code + 1) / 2) : rint(-xmin / scale);
   } else if (g.symmetric) {
-    scale = xmax / T((1 << (g.bits - 1)) - 1);
+    scale = stored_scale(g, xmax / T((1 << (g.bits - 1)) - 1));
     zero = T(1 << (g.bits - 1));
   } else {
-    scale = (xmax - xmin) / T(g.max_code);
+    scale = stored_scale(g, (xmax - xmin) / T(g.max_code));
     zero = rint(-xmin / scale);
   }
 }
@@ -88,7 +100,7 @@ __device__ __forceinline__ void initial_params(device_grid const& g, T& xmin, T&
     xmax = T(1);
   }
   if (g.rsq_convention && !g.symmetric) {
-    scale = fmax(xmax - xmin, T(1e-5)) / T(g.max_code);
+    scale = stored_scale(g, fmax(xmax - xmin, T(1e-5)) / T(g.max_code));
     zero = rint(-xmin / scale);
   } else {
     params_from_range(g, xmin, xmax, scale, zero);

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// A quantized model written as a GPTQ checkpoint that transformers (through GPTQModel) and vLLM load
+/// (../shared/docs/formats.md §4): per quantized linear `qweight` (I32, (in·bits/32, out), codes packed along the
+/// input dimension), `qzeros` (I32, (groups, out·bits/32)), `scales` (F16, (groups, out)) and `g_idx` (I32, (in)); the
+/// embedding, the norms and the head in F16; `config.json` with `quantization_config` (and `quantize_config.json`,
+/// which vLLM also reads). Symmetric grids are written as `checkpoint_format: "gptq"` (zeros stored minus one, what
+/// every loader expects), asymmetric ones as `"gptq_v2"` (a zero of 0 cannot be stored the v1 way).
+///
+/// The checkpoint dequantizes exactly to the model rsq computed only if the solver used the scales the file stores:
+/// quantize with `grid.fp16_scales` (save_gptq_checkpoint refuses otherwise). A model that still needs online
+/// Hadamards is not a plain Llama and is refused: quantize it with rotations that fold into the weights
+/// (rotate_options::online_hadamards = false, `--rotation fused`).
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "rsq/core/error.hpp"
+#include "rsq/core/half.hpp"
+#include "rsq/io/atomic_file.hpp"
+#include "rsq/io/safetensors.hpp"
+#include "rsq/model/hf_model.hpp"
+#include "rsq/model/quantize.hpp"
+#include "rsq/pack/gptq_format.hpp"
+
+namespace rsq::model {
+
+/// The `quantization_config` of a checkpoint of @p q.
+[[nodiscard]] inline nlohmann::ordered_json gptq_quantization_config(quantized_model const& q) {
+  return {{"quant_method", "gptq"},
+          {"bits", q.grid.bits},
+          {"group_size", q.group_size < 0 ? -1 : q.group_size},
+          {"desc_act", q.act_order},
+          {"sym", q.grid.symmetric},
+          {"checkpoint_format", q.grid.symmetric ? "gptq" : "gptq_v2"},
+          {"quantizer", "rsq"}};
+}
+
+namespace detail {
+
+/// F16 bits of float values (exact for values that are halves already, e.g. fp16_scales).
+inline std::vector<std::uint16_t> to_f16(float const* v, std::size_t n) {
+  std::vector<std::uint16_t> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = float_to_f16(v[i]);
+  return out;
+}
+
+}  // namespace detail
+
+/// Writes @p q as a GPTQ checkpoint into the existing folder @p dir, with the config of the source model @p source.
+/// @throws rsq::invalid_argument for a model that needs online Hadamards (use rotations that fold into the weights),
+///         scales that were not rounded to fp16 by the solver (grid.fp16_scales), bits other than 2, 3, 4, 8, or
+///         shapes the packing cannot take (naming the linear); rsq::io_error when a file cannot be written
+/// @returns the names of the files written
+inline std::vector<std::string> save_gptq_checkpoint(std::filesystem::path const& dir, quantized_model const& q,
+                                                     hf_config const& source, io::shard_options const& shards = {}) {
+  RSQ_EXPECTS(!q.model.online.any(), "save_gptq_checkpoint: the model needs online Hadamards before o_proj and "
+              "down_proj, which GPTQ loaders do not apply: quantize with --rotation fused (rotations that fold into "
+              "the weights)");
+  RSQ_EXPECTS(q.grid.fp16_scales, "save_gptq_checkpoint: quantize with grid.fp16_scales, so that the stored F16 "
+              "scales are the ones the solver used");
+  RSQ_EXPECTS(q.ok(), "save_gptq_checkpoint: the quantization did not finish (status ", gptq::to_string(q.info), ")");
+  auto const& c = q.model.config;
+  RSQ_EXPECTS(c == to_llama_config(source), "save_gptq_checkpoint: the model's shapes differ from its config");
+  auto const fmt = q.grid.symmetric ? pack::zero_format::v1 : pack::zero_format::v2;
+
+  // Every array stays alive until the files are written: records refer to them.
+  std::vector<pack::gptq_tensors> packed;
+  std::vector<std::vector<std::uint16_t>> halves;
+  std::vector<io::tensor_record> recs;
+  packed.reserve(std::size_t(c.n_layers) * 7);
+  auto add_half = [&](std::string name, float const* v, std::vector<index_t> shape) {
+    index_t n = 1;
+    for (auto d : shape) n *= d;
+    halves.push_back(detail::to_f16(v, std::size_t(n)));
+    recs.push_back(io::make_raw_record<std::uint16_t>(std::move(name), halves.back(), std::move(shape),
+                                                      io::tensor_dtype::f16));
+  };
+  auto add_float = [&](std::string name, auto const& t) {
+    add_half(std::move(name), t.data(), std::vector<index_t>(t.shape().begin(), t.shape().end()));
+  };
+  add_float("model.embed_tokens.weight", q.model.token_embedding);
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto const& layer = q.model.layers[std::size_t(l)];
+    add_float(detail::hf_layer_prefix(l) + "input_layernorm.weight", layer.rms_att);
+    add_float(detail::hf_layer_prefix(l) + "post_attention_layernorm.weight", layer.rms_ffn);
+    for (linear_id id : all_linears) {
+      auto const& w = q.weight(l, id);
+      std::string const name = detail::hf_weight_name(l, id);
+      std::string const base = name.substr(0, name.size() - std::string_view(".weight").size());
+      try {
+        if (id == linear_id::wq || id == linear_id::wk) {  // back to Hugging Face's RoPE halves (rows)
+          auto const codes = permute_rope_rows(w.codes, c.head_size(), false);
+          auto const scales = permute_rope_rows(w.scales, c.head_size(), false);
+          auto const zeros = permute_rope_rows(w.zeros, c.head_size(), false);
+          packed.push_back(pack::pack_gptq(backend::cpu_eigen{}, rsq::view(codes), rsq::view(scales),
+                                           rsq::view(zeros), rsq::view(w.g_idx), w.bits, fmt));
+        } else {
+          packed.push_back(pack::pack_gptq(backend::cpu_eigen{}, w, fmt));
+        }
+      } catch (rsq::invalid_argument const& e) {
+        rsq::detail::throw_invalid_argument("save_gptq_checkpoint: ", base, ": ", e.what());
+      }
+      auto const& p = packed.back();
+      auto shape_of = [](auto const& t) { return std::vector<index_t>(t.shape().begin(), t.shape().end()); };
+      recs.push_back(io::make_raw_record<std::int32_t>(base + ".qweight", std::span(p.qweight.data(), p.qweight.size()),
+                                                       shape_of(p.qweight), io::tensor_dtype::i32));
+      recs.push_back(io::make_raw_record<std::int32_t>(base + ".qzeros", std::span(p.qzeros.data(), p.qzeros.size()),
+                                                       shape_of(p.qzeros), io::tensor_dtype::i32));
+      add_half(base + ".scales", p.scales.data(), shape_of(p.scales));
+      recs.push_back(io::make_raw_record<std::int32_t>(base + ".g_idx", std::span(p.g_idx.data(), p.g_idx.size()),
+                                                       shape_of(p.g_idx), io::tensor_dtype::i32));
+    }
+  }
+  add_float("model.norm.weight", q.model.rms_final);
+  bool const tied = source.tie_word_embeddings && q.model.classifier == q.model.token_embedding;
+  if (!tied) add_float("lm_head.weight", q.model.classifier);
+
+  auto files = io::save_safetensors_checkpoint(dir, recs, shards);
+  auto json = source.json;
+  auto const qc = gptq_quantization_config(q);
+  json["quantization_config"] = qc;
+  json["tie_word_embeddings"] = tied;
+  json["dtype"] = "float16";
+  json.erase("torch_dtype");
+  io::write_text_file_atomic(dir / "config.json", json.dump(2) + "\n");
+  io::write_text_file_atomic(dir / "quantize_config.json", qc.dump(2) + "\n");
+  files.emplace_back("config.json");
+  files.emplace_back("quantize_config.json");
+  return files;
+}
+
+}  // namespace rsq::model
