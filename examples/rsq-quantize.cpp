@@ -13,6 +13,7 @@
 
 #include <rsq/io/npy.hpp>
 #include <rsq/model/calibration.hpp>
+#include <rsq/model/gptq_checkpoint.hpp>
 #include <rsq/model/hf_model.hpp>
 #include <rsq/model/hf_tokenizer.hpp>
 #include <rsq/model/quantize.hpp>
@@ -33,6 +34,7 @@ namespace {
 
 constexpr char usage[] =
     "usage: rsq-quantize --model DIR --calib FILE --out DIR [options]\n"
+    "       rsq-quantize --check DIR\n"
     "\n"
     "Quantizes the Hugging Face model in DIR (LlamaForCausalLM; config.json, model.safetensors or shards,\n"
     "tokenizer.json) and writes the quantized model as a Hugging Face folder.\n"
@@ -58,11 +60,13 @@ constexpr char usage[] =
     "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
     "output\n"
     "  --out DIR             the output folder (required); must be empty or absent unless --overwrite\n"
-    "  --format hf           a Hugging Face folder with the dequantized weights (default and, for now, the only\n"
-    "                        format; GPTQ checkpoints are issue 15's next step)\n"
-    "  --dtype D             storage of the written weights: float32 (default, exact), bfloat16 or float16\n"
+    "  --format F            hf (default): a Hugging Face folder with the dequantized weights;\n"
+    "                        gptq: a GPTQ checkpoint (qweight/qzeros/scales/g_idx, bits 2, 3, 4, 8; the solver uses\n"
+    "                        the fp16 scales it stores; quarot/rsq need --rotation fused)\n"
+    "  --dtype D             hf: storage of the weights: float32 (default, exact), bfloat16 or float16\n"
     "  --overwrite           replace an existing output folder whole\n"
     "  --quiet               no progress on stderr\n"
+    "  --check DIR           report which engines load the GPTQ checkpoint in DIR, and why not\n"
     "  --help, -h            this text\n"
     "\n"
     "exit status: 0 done, 1 runtime error (unreadable or corrupt input, a write that failed), 2 bad usage,\n"
@@ -74,13 +78,14 @@ struct run_config {
   index_t nsamples = 128, seqlen = 2048;
   std::uint64_t seed = 0;
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
-  bool cuda = false, quiet = false, overwrite = false;
+  bool cuda = false, quiet = false, overwrite = false, gptq = false;
 };
 
 run_config parse_config(rsq_cli::args const& a) {
   run_config rc;
   rc.model = a.require("model");
   rc.quiet = a.flag("quiet");
+  rc.gptq = a.choice("format", {"hf", "gptq"}) == "gptq";
   rc.overwrite = a.flag("overwrite");
   try {
     rc.opt.method = parse_quant_method(a.get("method", "rsq"));
@@ -109,7 +114,15 @@ run_config parse_config(rsq_cli::args const& a) {
                      .online_hadamards = rot != "fused"};
   if (a.has("rotation") && !rotates(rc.opt.method))
     throw usage_error("--rotation applies to --method quarot and rsq");
-  (void)a.choice("format", {"hf"});
+  if (rc.gptq) {
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+      throw usage_error("--format gptq stores 2, 3, 4 or 8 bits, not " + std::to_string(bits));
+    if (rotates(rc.opt.method) && rc.opt.rotation.online_hadamards)
+      throw usage_error("--format gptq: " + a.get("method", "rsq") + " with --rotation " + rot +
+                        " needs online Hadamards that GPTQ loaders do not apply; use --rotation fused");
+    if (a.has("dtype")) throw usage_error("--dtype applies to --format hf (a GPTQ checkpoint stores float16)");
+    rc.opt.grid.fp16_scales = true;
+  }
   auto const dt = a.choice("dtype", {"float32", "bfloat16", "float16"});
   rc.dtype = dt == "float32" ? rsq::io::tensor_dtype::f32
              : dt == "bfloat16" ? rsq::io::tensor_dtype::bf16 : rsq::io::tensor_dtype::f16;
@@ -218,9 +231,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   std::optional<double> q_ppl;
   if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
 
-  // A Hugging Face loader applies no online Hadamards: fold them into o_proj and down_proj (the same function).
-  fold_online_transforms(q.model);
-  auto files = save_hf_model(out.staging(), q.model, hf.config, {.dtype = rc.dtype});
+  std::vector<std::string> files;
+  if (rc.gptq) {
+    files = save_gptq_checkpoint(out.staging(), q, hf.config);
+  } else {
+    // A Hugging Face loader applies no online Hadamards: fold them into o_proj and down_proj (the same function).
+    fold_online_transforms(q.model);
+    files = save_hf_model(out.staging(), q.model, hf.config, {.dtype = rc.dtype});
+  }
   for (auto& f : copy_hf_side_files(rc.model, out.staging())) files.push_back(f);
   out.commit();
 
@@ -231,15 +249,34 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (fp_ppl && q_ppl)
     std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
                 *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
-  std::printf("wrote %s: a Hugging Face folder (%s", out.target().string().c_str(),
-              std::string(rsq::io::to_string(rc.dtype)).c_str());
-  std::printf(" dequantized weights%s): ", q.rotation ? ", rotated" : "");
+  if (rc.gptq)
+    std::printf("wrote %s: a GPTQ checkpoint (%d-bit, %s, checkpoint_format %s%s): ", out.target().string().c_str(),
+                q.grid.bits, q.grid.symmetric ? "symmetric" : "asymmetric", q.grid.symmetric ? "gptq" : "gptq_v2",
+                q.rotation ? ", rotated" : "");
+  else
+    std::printf("wrote %s: a Hugging Face folder (%s dequantized weights%s): ", out.target().string().c_str(),
+                std::string(rsq::io::to_string(rc.dtype)).c_str(), q.rotation ? ", rotated" : "");
   for (std::size_t i = 0; i < files.size(); ++i) std::printf("%s%s", i ? ", " : "", files[i].c_str());
-  std::printf("\nload it with transformers (AutoModelForCausalLM.from_pretrained) or vLLM as an unquantized model\n");
+  std::printf("\n");
+  if (!rc.gptq) {
+    std::printf("load it with transformers (AutoModelForCausalLM.from_pretrained) or vLLM as an unquantized model\n");
+    return 0;
+  }
+  for (auto const& v : check_gptq_checkpoint(out.target()))
+    std::printf("%-22s %s: %s\n", v.engine.c_str(), v.loads ? "loads it" : "does not load it", v.why.c_str());
+  return 0;
+}
+
+/// --check DIR: which engines load a GPTQ checkpoint.
+int check(fs::path const& dir) {
+  if (!fs::is_directory(dir)) throw usage_error("--check " + dir.string() + ": is not a folder");
+  for (auto const& v : check_gptq_checkpoint(dir))
+    std::printf("%-22s %s: %s\n", v.engine.c_str(), v.loads ? "loads it" : "does not load it", v.why.c_str());
   return 0;
 }
 
 int run(rsq_cli::args const& a) {
+  if (a.has("check")) return check(a.get("check"));
   auto const rc = parse_config(a);
 #if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
   if (rc.cuda) {
@@ -262,7 +299,7 @@ int main(int argc, char** argv) {
       }
     rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help"},
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "method", "bits", "group-size",
-                     "rotation", "backend", "out", "format", "dtype"});
+                     "rotation", "backend", "out", "format", "dtype", "check"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);
       return argc == 1 ? 2 : 0;

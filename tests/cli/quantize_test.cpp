@@ -80,7 +80,7 @@ TEST_SUITE("cli.rsq-quantize") {
       CHECK(r.status == 0);
       for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--eval", "--method", "--bits",
                               "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
-                              "--dtype", "--overwrite", "--quiet", "exit status"})
+                              "--dtype", "--overwrite", "--quiet", "--check", "exit status"})
         CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
     }
     CHECK(run_tool("").status == 2);
@@ -109,7 +109,9 @@ TEST_SUITE("cli.rsq-quantize") {
     refused("--model " + model + " --method gptq --calib " + dir.string() + " --out " + out, "is a folder, not a file");
     refused("--model " + model + " --method gptq --calib " + (dir / "none.txt").string() + " --out " + out,
             "no such file");
-    refused("--model " + model + " --method rtn --format gguf --out " + out, "--format must be one of hf");
+    refused("--model " + model + " --method rtn --format gguf --out " + out, "--format must be one of hf|gptq");
+    refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
+    refused("--model " + model + " --method rsq --format gptq --calib x.txt --out " + out, "use --rotation fused");
     std::ofstream(dir / "a_file") << "x";
     CHECK(run_tool("--model " + model + " --method rtn --out " + (dir / "a_file").string()).status == 2);
     fs::create_directory(out);
@@ -154,5 +156,33 @@ TEST_SUITE("cli.rsq-quantize") {
     auto const r = run_tool(common + " --overwrite --method rtn --calib " + f->calib.string());
     CHECK(r.status == 2);  // rtn takes no --calib: refused before the folder is touched
     CHECK(fs::exists(out / "stale.txt"));
+  }
+
+  TEST_CASE("lm7m: a GPTQ checkpoint with its quantization_config, and the engines that load it") {
+    RSQ_NEED_SHARED(shared);
+    auto const f = lm7m(shared);
+    if (!f) {
+      MESSAGE("SKIPPED: lm7m not in ../shared");
+      return;
+    }
+    auto const out = rsq_test::temp_dir("cli_quantize_gptq") / "q";
+    auto const r = run_tool("--model " + f->model.string() + " --calib " + f->calib.string() +
+                            " --nsamples 8 --seqlen 64 --quiet --method rsq --rotation fused --act-order --format gptq"
+                            " --out " + out.string());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(r.output.find("a GPTQ checkpoint (4-bit, symmetric, checkpoint_format gptq, rotated)") != std::string::npos);
+    CHECK(r.output.find("vLLM (Machete kernel)  loads it") != std::string::npos);
+    auto const config = nlohmann::json::parse(rsq_test::read_text(out / "config.json"));
+    CHECK(config["quantization_config"]["desc_act"] == true);
+    CHECK(config["quantization_config"]["group_size"] == 128);
+    CHECK(fs::exists(out / "quantize_config.json"));
+    CHECK(fs::exists(out / "tokenizer.json"));
+    auto const check = run_tool("--check " + out.string());
+    CHECK(check.status == 0);
+    CHECK(check.output.find("transformers           loads it") != std::string::npos);
+    auto const plain = run_tool("--check " + f->model.string());
+    CHECK(plain.status == 1);
+    CHECK(plain.output.find("not a GPTQ checkpoint") != std::string::npos);
   }
 }

@@ -14,8 +14,12 @@
 /// Hadamards is not a plain Llama and is refused: quantize it with rotations that fold into the weights
 /// (rotate_options::online_hadamards = false, `--rotation fused`).
 
+#include <algorithm>
+#include <array>
 #include <filesystem>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "rsq/core/error.hpp"
@@ -131,6 +135,72 @@ inline std::vector<std::string> save_gptq_checkpoint(std::filesystem::path const
   files.emplace_back("config.json");
   files.emplace_back("quantize_config.json");
   return files;
+}
+
+/// Whether an engine loads a checkpoint, and why not.
+struct engine_verdict {
+  std::string engine;
+  bool loads = false;
+  std::string why;  ///< the first reason it does not (or the conditions under which it does)
+};
+
+/// Which engines load the GPTQ checkpoint in @p dir (formats.md §4): transformers (bits 2, 3, 4, 8, through the
+/// GPTQModel package) and vLLM (4- and 8-bit symmetric only), with vLLM's Machete (Hopper) and Marlin kernels
+/// checked against the group size and every quantized linear's shape.
+/// @throws rsq::io_error when @p dir has no config.json with a GPTQ quantization_config, or unreadable weights
+[[nodiscard]] inline std::vector<engine_verdict> check_gptq_checkpoint(std::filesystem::path const& dir) {
+  auto const config = load_hf_config(dir).json;
+  auto const where = (dir / "config.json").string();
+  auto const qc = config.find("quantization_config");
+  if (qc == config.end() || !qc->is_object() || qc->value("quant_method", std::string()) != "gptq")
+    rsq::detail::throw_io_error(where, ": not a GPTQ checkpoint (no quantization_config with quant_method \"gptq\")");
+  auto field = [&](char const* key) {
+    auto const it = qc->find(key);
+    if (it == qc->end()) rsq::detail::throw_io_error(where, ": quantization_config has no \"", key, "\"");
+    return *it;
+  };
+  int const bits = field("bits").get<int>();
+  int const group = field("group_size").get<int>();
+  bool const sym = field("sym").get<bool>();
+  // The (in, out) of every quantized linear, from its g_idx and scales.
+  auto const ck = io::safetensors_checkpoint::open(dir);
+  std::vector<std::pair<std::string, std::array<index_t, 2>>> linears;
+  for (auto const& name : ck.names())
+    if (name.size() > 8 && name.compare(name.size() - 8, 8, ".qweight") == 0) {
+      auto const base = name.substr(0, name.size() - 8);
+      linears.push_back({base, {ck.at(base + ".g_idx").shape.at(0), ck.at(base + ".scales").shape.at(1)}});
+    }
+  if (linears.empty()) rsq::detail::throw_io_error(dir.string(), ": no .qweight tensor");
+  auto first_misfit = [&](index_t in_multiple, index_t out_multiple) -> std::string {
+    for (auto const& [base, shape] : linears)
+      if (shape[0] % in_multiple != 0 || shape[1] % out_multiple != 0)
+        return base + " is (in " + std::to_string(shape[0]) + ", out " + std::to_string(shape[1]) + ")";
+    return {};
+  };
+  std::vector<engine_verdict> out;
+  bool const tf_bits = bits == 2 || bits == 3 || bits == 4 || bits == 8;
+  out.push_back({"transformers", tf_bits,
+                 tf_bits ? "with the GPTQModel package installed" : std::to_string(bits) + "-bit GPTQ is not supported"});
+  bool const vllm_format = (bits == 4 || bits == 8) && sym;
+  std::string const vllm_no = !vllm_format ? (sym ? std::to_string(bits) + "-bit GPTQ is not supported (4 and 8 only)"
+                                                  : "asymmetric GPTQ is not supported (symmetric only)")
+                                           : "";
+  auto kernel = [&](char const* name, std::initializer_list<int> groups, index_t in_m, index_t out_m, char const* gpu) {
+    engine_verdict v{name, false, {}};
+    if (!vllm_format) v.why = vllm_no;
+    else if (std::find(groups.begin(), groups.end(), group) == groups.end())
+      v.why = "group size " + std::to_string(group) + " is not one of its group sizes";
+    else if (auto const m = first_misfit(in_m, out_m); !m.empty())
+      v.why = m + ": needs in % " + std::to_string(in_m) + " == 0 and out % " + std::to_string(out_m) + " == 0";
+    else {
+      v.loads = true;
+      v.why = gpu;
+    }
+    return v;
+  };
+  out.push_back(kernel("vLLM (Machete kernel)", {-1, 64, 128}, 64, 128, "on Hopper GPUs (H100, H200)"));
+  out.push_back(kernel("vLLM (Marlin kernel)", {-1, 32, 64, 128}, 128, 64, "on Turing and newer GPUs, unsplit"));
+  return out;
 }
 
 }  // namespace rsq::model
