@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -17,14 +18,28 @@ using namespace nn_test;
 
 namespace {
 
-/// RoPE in float64: pair (2i, 2i+1) of each head of row r rotated by (r mod L)·theta^(−2i/d).
-std::vector<double> rope_reference(rsq::matrix<float> const& x, index_t L, index_t d, double theta) {
+/// Llama-3's scaled inverse frequency from its definition (Meta's apply_scaling: wavelengths beyond
+/// old_len / low_factor divided by factor, below old_len / high_factor kept, between interpolated).
+double llama3_frequency(double f, rsq::nn::rope_scaling const& s) {
+  double const wavelen = 2 * 3.14159265358979323846 / f;
+  if (wavelen < s.original_max_positions / s.high_freq_factor) return f;
+  if (wavelen > s.original_max_positions / s.low_freq_factor) return f / s.factor;
+  double const t = (s.original_max_positions / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  return (1 - t) * f / s.factor + t * f;
+}
+
+/// RoPE in float64: pair (2i, 2i+1) of each head of row r rotated by (r mod L)·theta^(−2i/d) (Llama-3-scaled when
+/// @p scaling is given).
+std::vector<double> rope_reference(rsq::matrix<float> const& x, index_t L, index_t d, double theta,
+                                   std::optional<rsq::nn::rope_scaling> scaling = {}) {
   index_t const rows = index_t(x.shape()[0]), cols = index_t(x.shape()[1]);
   std::vector<double> y(std::size_t(rows * cols));
   for (index_t r = 0; r < rows; ++r)
     for (index_t h = 0; h < cols / d; ++h)
       for (index_t i = 0; i < d / 2; ++i) {
-        double const angle = double(r % L) * std::pow(theta, -double(2 * i) / double(d));
+        double f = std::pow(theta, -double(2 * i) / double(d));
+        if (scaling) f = llama3_frequency(f, *scaling);
+        double const angle = double(r % L) * f;
         double const a = x(r, h * d + 2 * i), b = x(r, h * d + 2 * i + 1);
         y[std::size_t(r * cols + h * d + 2 * i)] = a * std::cos(angle) - b * std::sin(angle);
         y[std::size_t(r * cols + h * d + 2 * i + 1)] = a * std::sin(angle) + b * std::cos(angle);
@@ -58,6 +73,26 @@ TEST_SUITE("nn.rope") {
       rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = L, .head_dim = d, .theta = theta});
       // cos/sin are rounded to float: about 1e-7 of |x|.
       CHECK(max_rel(download<B>(xd), rope_reference(x, L, d, theta)) < 1e-6);
+    }
+  }
+
+  TEST_CASE_TEMPLATE("rope with Llama-3's frequency scaling equals the scaled float64 rotation", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    // Llama-3.1's parameters, and a short original context so that the 64 pairs of a head span all three regimes.
+    for (auto const& s : {rsq::nn::rope_scaling{8.0, 1.0, 4.0, 8192}, rsq::nn::rope_scaling{4.0, 1.0, 4.0, 256}}) {
+      CAPTURE(s.original_max_positions);
+      index_t const L = 300, d = 128;
+      auto const x = random_matrix(L, 2 * d, 5);
+      auto xd = upload<B>(x);
+      rsq::nn::rope(B{}, rsq::view(xd), {.seq_len = L, .head_dim = d, .theta = 5e5, .scaling = s});
+      CHECK(max_rel(download<B>(xd), rope_reference(x, L, d, 5e5, s)) < 1e-6);
+      CHECK(max_rel(download<B>(xd), rope_reference(x, L, d, 5e5)) > 1e-3);  // the scaling matters
+      int regimes[3] = {0, 0, 0};
+      for (index_t i = 0; i < d / 2; ++i) {
+        double const f = std::pow(5e5, -double(2 * i) / double(d)), g = rsq::nn::rope_inverse_frequency(5e5, d, s, i);
+        regimes[g == f ? 0 : g == f / s.factor ? 2 : 1] += 1;
+      }
+      if (s.original_max_positions == 256) CHECK((regimes[0] > 0 && regimes[1] > 0 && regimes[2] > 0));
     }
   }
 

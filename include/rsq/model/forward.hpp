@@ -225,7 +225,8 @@ void attention_inputs(layer_context<B> const& ctx, matrix_view<const float> x, b
   nn::linear(ctx.be, n, ctx.weights.wq, q, lin);
   nn::linear(ctx.be, n, ctx.weights.wk, k, lin);
   if (with_values) nn::linear(ctx.be, n, ctx.weights.wv, ws.get(buf::v, T, c.kv_dim()), lin);
-  nn::rope_options const rope{.seq_len = ctx.seq_len, .head_dim = c.head_size(), .theta = c.rope_theta};
+  nn::rope_options const rope{
+      .seq_len = ctx.seq_len, .head_dim = c.head_size(), .theta = c.rope_theta, .scaling = c.rope_scaling};
   nn::rope(ctx.be, q, rope);
   nn::rope(ctx.be, k, rope);
   detail::call_attention_hooks(ctx, q, k);

@@ -22,6 +22,7 @@
 
 #include "rsq/core/error.hpp"
 #include "rsq/io/mapped_file.hpp"
+#include "rsq/nn/options.hpp"
 
 namespace rsq::model {
 
@@ -38,15 +39,6 @@ enum class hf_architecture { llama, qwen2, mistral };
   return "?";
 }
 
-/// Llama-3's frequency-dependent RoPE scaling (`rope_type: "llama3"`): long wavelengths are divided by `factor`,
-/// short ones kept, those between interpolated.
-struct llama3_rope_scaling {
-  double factor = 8.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int original_max_position_embeddings = 8192;
-};
-
 /// What rsq needs of a config.json, checked.
 struct hf_config {
   hf_architecture architecture = hf_architecture::llama;
@@ -60,7 +52,7 @@ struct hf_config {
   int max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
-  std::optional<llama3_rope_scaling> rope_scaling;  ///< present for Llama-3.1 and later
+  std::optional<nn::rope_scaling> rope_scaling;  ///< Llama-3's (`rope_type: "llama3"`), for Llama-3.1 and later
   bool tie_word_embeddings = false;
   bool attention_bias = false;  ///< q, k, v and o have biases (Llama's `attention_bias`)
   bool qkv_bias = false;        ///< q, k and v have biases (always for Qwen2; no config key)
@@ -131,10 +123,11 @@ inline void parse_rope(nlohmann::json const& j, hf_config& c, std::string_view f
   if (type == "default") return;
   if (type != "llama3")
     bad_config(file, "RoPE type \"", type, "\" is not supported (rsq reads \"default\" and \"llama3\")");
-  c.rope_scaling = llama3_rope_scaling{
+  c.rope_scaling = nn::rope_scaling{
       config_value<double>(*scaling, "factor", file), config_value<double>(*scaling, "low_freq_factor", file),
       config_value<double>(*scaling, "high_freq_factor", file),
-      config_value<int>(*scaling, "original_max_position_embeddings", file)};
+      double(config_value<int>(*scaling, "original_max_position_embeddings", file))};
+  if (c.rope_scaling->factor < 1) bad_config(file, "llama3 RoPE scaling needs factor >= 1");
   if (!(c.rope_scaling->high_freq_factor > c.rope_scaling->low_freq_factor))
     bad_config(file, "llama3 RoPE scaling needs high_freq_factor > low_freq_factor");
 }

@@ -13,7 +13,7 @@
 /// the residual stream act on the input columns, and GPTQ quantizes rows independently.
 ///
 /// What the forward pass does not model yet is refused when the folder is read, naming the field: q/k/v/o or MLP
-/// biases (Qwen2), Llama-3's RoPE scaling, and a head_dim other than hidden_size / num_attention_heads.
+/// biases (Qwen2) and a head_dim other than hidden_size / num_attention_heads. Llama-3's RoPE scaling is run.
 
 #include <algorithm>
 #include <cstring>
@@ -44,7 +44,6 @@ struct hf_model {
   auto const refuse = [&](auto const&... what) { detail::bad_config(file, what..., " is not supported yet"); };
   if (c.qkv_bias || c.attention_bias) refuse("a model with attention biases (", to_string(c.architecture), ")");
   if (c.mlp_bias) refuse("a model with MLP biases");
-  if (c.rope_scaling) refuse("Llama-3 RoPE scaling (rope_type \"llama3\")");
   if (c.head_dim * c.num_attention_heads != c.hidden_size)
     refuse("head_dim ", c.head_dim, " with ", c.num_attention_heads, " heads != hidden_size ", c.hidden_size);
   llama_config l;
@@ -58,6 +57,7 @@ struct hf_model {
   l.seq_len = c.sliding_window ? std::min(c.max_position_embeddings, *c.sliding_window) : c.max_position_embeddings;
   l.norm_eps = float(c.rms_norm_eps);
   l.rope_theta = c.rope_theta;
+  if (c.rope_scaling) l.rope_scaling = *c.rope_scaling;
   validate(l);
   return l;
 }

@@ -20,6 +20,7 @@
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
+#include "rsq/nn/options.hpp"
 #include "rsq/rotation/hadamard.hpp"
 
 namespace rsq::model {
@@ -36,6 +37,7 @@ struct llama_config {
   int seq_len = 0;        ///< maximum sequence length (length of the RoPE tables in a llama2c file)
   float norm_eps = 1e-5f;       ///< RMSNorm epsilon
   double rope_theta = 10000.0;  ///< RoPE base: frequency of pair i is rope_theta^(-2i/head_size)
+  nn::rope_scaling rope_scaling = {};  ///< Llama-3's frequency scaling (none by default)
 
   [[nodiscard]] int head_size() const noexcept { return n_heads > 0 ? dim / n_heads : 0; }
   [[nodiscard]] int kv_dim() const noexcept { return n_kv_heads * head_size(); }
@@ -64,6 +66,11 @@ inline void validate(llama_config const& c) {
   RSQ_EXPECTS(c.norm_eps > 0.f && c.norm_eps < 1.f, "llama_config: norm_eps must be in (0, 1), got ", c.norm_eps);
   RSQ_EXPECTS(c.rope_theta > 1.0 && c.rope_theta < 1e12, "llama_config: rope_theta must be in (1, 1e12), got ",
               c.rope_theta);
+  auto const& s = c.rope_scaling;
+  RSQ_EXPECTS(s.factor >= 1.0 && s.original_max_positions > 0 && s.low_freq_factor > 0 &&
+                  s.high_freq_factor > s.low_freq_factor,
+              "llama_config: RoPE scaling needs factor >= 1, original_max_positions > 0 and high_freq_factor > "
+              "low_freq_factor > 0");
 }
 
 /// The seven linear layers of a decoder layer, in llama2c's file order.

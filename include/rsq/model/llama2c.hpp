@@ -226,6 +226,7 @@ inline llama_config read_checkpoint_header(byte_reader& r, bool& separate_classi
                   c.n_layers <= llama2c_limits::max_layers && c.vocab_size <= llama2c_limits::max_vocab &&
                   c.seq_len <= llama2c_limits::max_seq_len,
               "serialize_llama2c_checkpoint: the model's sizes exceed what the reader accepts");
+  RSQ_EXPECTS(!c.rope_scaling.enabled(), "serialize_llama2c_checkpoint: llama2c's run.c has no RoPE scaling");
   RSQ_EXPECTS(c.rope_theta == 10000.0,
               "serialize_llama2c_checkpoint: llama2c's run.c hard-codes RoPE theta 10000, the model has ", c.rope_theta);
   RSQ_EXPECTS(c.norm_eps == 1e-5f, "serialize_llama2c_checkpoint: llama2c's run.c hard-codes RMSNorm eps 1e-5, the model has ",

@@ -145,22 +145,25 @@ inline void product_ab(float const* a, index_t lda, float const* b, index_t ldb,
   detail::gemm_update<float>(ct, bm.transpose(), am.transpose(), 1.f);
 }
 
-/// cos/sin(pos·theta^(−2i/head_dim)) for pos < positions, i < head_dim/2, computed in double and rounded to float
-/// (forward.hpp's make_rope), kept per thread for the last (head_dim, theta) and grown to longer sequences.
+/// cos/sin(pos·f_i) for pos < positions, i < head_dim/2 (f_i: nn::rope_inverse_frequency), computed in double and
+/// rounded to float, kept per thread for the last (head_dim, theta, scaling) and grown to longer sequences.
 struct rope_tables {
   index_t positions = 0, head_dim = 0;
   double theta = 0;
+  nn::rope_scaling scaling;
   std::vector<float> cos, sin;  // (positions, head_dim / 2)
 };
 
-[[nodiscard]] inline rope_tables const& rope_tables_for(index_t positions, index_t head_dim, double theta) {
+[[nodiscard]] inline rope_tables const& rope_tables_for(index_t positions, nn::rope_options const& opt) {
   static thread_local rope_tables t;
-  if (t.head_dim == head_dim && t.theta == theta && t.positions >= positions) return t;
+  index_t const head_dim = opt.head_dim;
+  double const theta = opt.theta;
+  if (t.head_dim == head_dim && t.theta == theta && t.scaling == opt.scaling && t.positions >= positions) return t;
   index_t const half = head_dim / 2;
   t.cos.resize(std::size_t(positions * half));
   t.sin.resize(std::size_t(positions * half));
   for (index_t i = 0; i < half; ++i) {
-    double const freq = std::pow(theta, -double(2 * i) / double(head_dim));
+    double const freq = nn::rope_inverse_frequency(theta, head_dim, opt.scaling, i);
     for (index_t p = 0; p < positions; ++p) {
       t.cos[std::size_t(p * half + i)] = float(std::cos(double(p) * freq));
       t.sin[std::size_t(p * half + i)] = float(std::sin(double(p) * freq));
@@ -169,6 +172,7 @@ struct rope_tables {
   t.positions = positions;
   t.head_dim = head_dim;
   t.theta = theta;
+  t.scaling = opt.scaling;
   return t;
 }
 
@@ -250,7 +254,7 @@ struct implementation<algorithm::rope, cpu_eigen> {
 
   static void run(cpu_eigen const&, matrix_view<float> x, nn::rope_options const& opt) {
     index_t const L = opt.seq_len, d = opt.head_dim, half = d / 2, heads = x.cols() / d;
-    auto const& t = cpu::nn_detail::rope_tables_for(std::min(L, x.rows()), d, opt.theta);
+    auto const& t = cpu::nn_detail::rope_tables_for(std::min(L, x.rows()), opt);
     auto const items = cpu::nn_detail::split_rows(x.rows(), x.cols());
     cpu::nn_detail::for_each_item<true>(items.count, [&](index_t item) {
       index_t const r0 = item * items.rows_per_item, r1 = std::min(x.rows(), r0 + items.rows_per_item);

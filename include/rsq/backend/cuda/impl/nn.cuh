@@ -43,16 +43,20 @@ struct rope_device_tables {
   int device = -1;
   index_t head_dim = 0, positions = 0;
   double theta = 0;
+  nn::rope_scaling scaling;
   device_array<float> table;  // cos (positions, half), then sin (positions, half)
 };
 
 /// (cos, sin) tables on the device for positions [0, @p positions) at least, rows of head_dim / 2 values.
-inline std::pair<float const*, float const*> rope_tables_on_device(context& ctx, index_t positions, index_t head_dim,
-                                                                   double theta) {
+inline std::pair<float const*, float const*> rope_tables_on_device(context& ctx, index_t positions,
+                                                                   nn::rope_options const& opt) {
+  index_t const head_dim = opt.head_dim;
+  double const theta = opt.theta;
   thread_local std::vector<std::unique_ptr<rope_device_tables>> cache;
   rope_device_tables* entry = nullptr;
   for (auto& e : cache)
-    if (e->device == ctx.device() && e->head_dim == head_dim && e->theta == theta) entry = e.get();
+    if (e->device == ctx.device() && e->head_dim == head_dim && e->theta == theta && e->scaling == opt.scaling)
+      entry = e.get();
   index_t const half = head_dim / 2;
   if (entry == nullptr) {
     cache.push_back(std::make_unique<rope_device_tables>());
@@ -64,7 +68,7 @@ inline std::pair<float const*, float const*> rope_tables_on_device(context& ctx,
   if (entry->positions < positions) {
     std::vector<float> host(std::size_t(2 * positions * half));  // cos then sin, (positions, half) each
     for (index_t i = 0; i < half; ++i) {
-      double const freq = std::pow(theta, -double(2 * i) / double(head_dim));
+      double const freq = nn::rope_inverse_frequency(theta, head_dim, opt.scaling, i);
       for (index_t p = 0; p < positions; ++p) {
         host[std::size_t(p * half + i)] = float(std::cos(double(p) * freq));
         host[std::size_t((positions + p) * half + i)] = float(std::sin(double(p) * freq));
@@ -78,6 +82,7 @@ inline std::pair<float const*, float const*> rope_tables_on_device(context& ctx,
     entry->device = ctx.device();
     entry->head_dim = head_dim;
     entry->theta = theta;
+    entry->scaling = opt.scaling;
     entry->positions = positions;
   }
   float const* const t = entry->table.data();
@@ -194,7 +199,7 @@ void nn_api<D>::rope(backend::cuda const& be, matrix_view<float> x, nn::rope_opt
   auto& ctx = context_for(be.stream);
   (void)resident_here(x.data(), "rope: x");
   expect_rows_apart(x, "rope", "x");
-  auto const [cos_table, sin_table] = rope_tables_on_device(ctx, opt.seq_len, opt.head_dim, opt.theta);
+  auto const [cos_table, sin_table] = rope_tables_on_device(ctx, opt.seq_len, opt);
   index_t const pairs = x.cols() / 2;
   kernels::rope_kernel<<<kernels::grid_2d(x.rows(), pairs), threads_1d, 0, ctx.stream()>>>(
       x.data(), leading_dimension(x), x.rows(), pairs, opt.head_dim / 2, opt.seq_len, cos_table, sin_table);
