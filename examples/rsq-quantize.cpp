@@ -48,6 +48,7 @@ constexpr char usage[] =
     "  --seqlen L            tokens per window (default 2048, at most the model's max_position_embeddings)\n"
     "  --seed S              seed of the windows and the rotation (default 0)\n"
     "  --eval FILE           also report perplexity before and after on this text or .npy (windows of --seqlen)\n"
+    "  --eval-windows N      evaluate on the first N windows only (default: all)\n"
     "method\n"
     "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ; default)\n"
     "  --bits B              2 to 8 (default 4)\n"
@@ -75,7 +76,7 @@ constexpr char usage[] =
 struct run_config {
   fs::path model, calib, eval;
   quantize_options opt;
-  index_t nsamples = 128, seqlen = 2048;
+  index_t nsamples = 128, seqlen = 2048, eval_windows = -1;
   std::uint64_t seed = 0;
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
   bool cuda = false, quiet = false, overwrite = false, gptq = false;
@@ -133,6 +134,9 @@ run_config parse_config(rsq_cli::args const& a) {
   if (rc.opt.method != quant_method::rtn) rc.calib = a.require("calib");
   else if (a.has("calib")) throw usage_error("--method rtn uses no calibration data: drop --calib");
   if (a.has("eval")) rc.eval = a.get("eval");
+  rc.eval_windows = a.integer("eval-windows", -1);
+  if (a.has("eval-windows") && (rc.eval_windows < 1 || rc.eval.empty()))
+    throw usage_error("--eval-windows needs --eval and a positive count");
   // Inputs are checked here, before the output folder is prepared and the model is read.
   if (!fs::is_directory(rc.model)) throw usage_error("--model " + rc.model.string() + ": is not a folder");
   if (!rc.calib.empty()) rsq_cli::expect_readable_file(rc.calib, "--calib");
@@ -207,6 +211,11 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (!rc.eval.empty()) {
     auto const s = read_tokens(rc.eval, rc.model, "--eval");
     eval = s.from_npy ? s.sequences : consecutive_windows(s.stream, seqlen);
+    if (rc.eval_windows > 0 && index_t(eval.shape()[0]) > rc.eval_windows) {
+      auto first = rsq::make_matrix<std::int32_t>(rc.eval_windows, index_t(eval.shape()[1]));
+      std::copy_n(eval.data(), first.size(), first.data());
+      eval = std::move(first);
+    }
   }
   if (!rc.quiet)
     std::fprintf(stderr, "rsq-quantize: %s, %d layers, hidden %d; %s %d-bit, group %s%s; calibration %td x %td\n",
@@ -298,7 +307,7 @@ int main(int argc, char** argv) {
         return 0;
       }
     rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help"},
-                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "method", "bits", "group-size",
+                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-windows", "method", "bits", "group-size",
                      "rotation", "backend", "out", "format", "dtype", "check"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);

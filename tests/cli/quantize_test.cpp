@@ -78,7 +78,7 @@ TEST_SUITE("cli.rsq-quantize") {
     for (char const* h : {"--help", "-h"}) {
       auto const r = run_tool(h);
       CHECK(r.status == 0);
-      for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--eval", "--method", "--bits",
+      for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--eval", "--eval-windows", "--method", "--bits",
                               "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
                               "--dtype", "--overwrite", "--quiet", "--check", "exit status"})
         CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
