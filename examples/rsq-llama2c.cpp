@@ -34,6 +34,7 @@
 #endif
 
 #include "support/args.hpp"
+#include "support/output.hpp"
 
 namespace {
 
@@ -71,7 +72,11 @@ constexpr char usage[] =
     "Outputs:\n"
     "  --out model.bin       the quantized model as a llama2c checkpoint (online transforms folded in)\n"
     "  --packed DIR          GPTQ int32 tensors (.npy) and a manifest\n"
+    "  --overwrite           replace an existing --out file or --packed folder (whole)\n"
     "  --quiet               no progress on stderr   --help, -h   this text\n"
+    "\n"
+    "exit status: 0 done, 1 runtime error (an unreadable or corrupt file, a failed write), 2 bad usage (or an\n"
+    "output that cannot or may not be written), 3 a Hessian that stays not positive definite (nothing written)\n"
     "\n"
     "Exit status: 0 success, 1 unreadable or bad files and data (or a CUDA failure), 2 bad command line,\n"
     "3 a Hessian not positive definite even after the damping escalation.";
@@ -228,11 +233,17 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
   }
   method_outcome out{quantize_model(be, fp, rsq::view(calib), opt, obs), {}};
   if (!out.q.ok()) {
-    std::fprintf(stderr,
-                 "rsq-llama2c: error: %s: the Hessian of layer %d %s is not positive definite even with %d x %.3g "
-                 "damping; nothing written\n",
-                 std::string(to_string(method)).c_str(), out.q.failed_layer, std::string(name(out.q.failed_linear)).c_str(),
-                 opt.solver.max_damp_attempts, opt.solver.damp_percent);
+    if (out.q.info == rsq::gptq::status::no_live_columns)
+      std::fprintf(stderr, "rsq-llama2c: error: %s: every input of layer %d %s was zero (no_live_columns); nothing "
+                   "written\n", std::string(to_string(method)).c_str(), out.q.failed_layer,
+                   std::string(name(out.q.failed_linear)).c_str());
+    else
+      std::fprintf(stderr,
+                   "rsq-llama2c: error: %s: the Hessian of layer %d %s is not positive definite even with %d x %.3g "
+                   "damping; nothing written\n",
+                   std::string(to_string(method)).c_str(), out.q.failed_layer,
+                   std::string(name(out.q.failed_linear)).c_str(), opt.solver.max_damp_attempts,
+                   opt.solver.damp_percent);
     return std::nullopt;
   }
   out.eval = evaluate(be, out.q.model, rsq::view(eval), 16, opt.forward);
@@ -258,6 +269,10 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   }
   if (compare && (a.has("out") || a.has("packed") || a.has("rotate")))
     throw usage_error("--out, --packed and --rotate need --method, not --compare");
+  // Outputs are checked before any work; --packed is written into a staging folder and moved into place.
+  if (a.has("out")) rsq_cli::check_output_file(a.get("out"), "--out", a.flag("overwrite"));
+  std::optional<rsq_cli::output_folder> packed;
+  if (a.has("packed")) packed.emplace(a.get("packed"), a.flag("overwrite"));
 
   fs::path const model_path = data_path(a, "model", "data/models/stories260K.bin");
   fs::path const tok_path = data_path(a, "tokenizer", "data/models/tok512.bin");
@@ -306,13 +321,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
       if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
     }
     if (a.has("packed")) {
-      auto const ex = export_gptq_directory(a.get("packed"), out->q);
+      auto const ex = export_gptq_directory(packed->staging(), out->q);
+      packed->commit();
       for (auto const& l : ex.linears)
         if (l.format == "unpacked" && !rc.quiet)
           std::fprintf(stderr, "rsq-llama2c: %s written unpacked: %s\n", l.prefix.c_str(), l.reason.c_str());
       if (!rc.quiet)
-        std::fprintf(stderr, "rsq-llama2c: wrote %s (%td of %zu linears packed)\n", ex.manifest.string().c_str(),
-                     ex.packed(), ex.linears.size());
+        std::fprintf(stderr, "rsq-llama2c: wrote %s (%td of %zu linears packed)\n",
+                     (packed->target() / ex.manifest.filename()).string().c_str(), ex.packed(), ex.linears.size());
     }
     return 0;
   }
@@ -363,7 +379,8 @@ int main(int argc, char** argv) {
         return 0;
       }
     rsq_cli::args a(argc, argv,
-                    {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "bf16", "quiet", "help"},
+                    {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "bf16", "quiet", "overwrite",
+                     "help"},
                     {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
                      "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend"});

@@ -18,22 +18,25 @@
 // is written).
 
 #include <chrono>
-#include <fstream>
-#include <optional>
-#include <variant>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
+#include <string>
+#include <string_view>
+#include <variant>
 
-#include <rsq/pipeline/quantize_layer.hpp>
 #include <rsq/gptq/proxy_loss.hpp>
 #include <rsq/gptq/solve.hpp>
 #include <rsq/hessian/accumulator.hpp>
 #include <rsq/io/npy.hpp>
+#include <rsq/pipeline/quantize_layer.hpp>
 #include <rsq/quant/rtn.hpp>
 
 #include "support/args.hpp"
+#include "support/output.hpp"
 
 namespace {
 
@@ -46,7 +49,35 @@ constexpr char usage[] =
     "       [--blocksize 128] [--damp 0.01] [--precision f32|f64] --out DIR\n"
     "       [--policy uniform|first_n:P1,P2/P|attncon|actnorm|actdiff|tokensim|tokenfreq] [--attention A.npy]\n"
     "       [--rmin 0.005] [--rmax 1] [--importance-power 1] [--rotate none|hadamard|random] [--seed 0]\n"
-    "       (no arguments: built-in demonstration on a generated layer)";
+    "       [--overwrite]\n"
+    "       (no arguments: built-in demonstration on a generated layer)\n"
+    "\n"
+    "input\n"
+    "  --weight W.npy        the layer's weight (out, in), float32 or float64 (required)\n"
+    "  --hessian H.npy       its Hessian (in, in), given; or\n"
+    "  --inputs X.npy        its inputs (tokens, in) or (sequences, tokens, in): the Hessian is built from them\n"
+    "  --importance R.npy    token importances for --inputs, the shape of X without its last axis\n"
+    "  --policy P            or an importance policy: uniform, first_n:P1,P2/P, attncon (needs --attention),\n"
+    "                        actnorm, actdiff, tokensim, tokenfreq (default: uniform)\n"
+    "  --attention A.npy     attention probabilities (sequences, heads, L, L) for --policy attncon\n"
+    "  --rmin X --rmax Y     importance range of a policy (default 0.005, 1)\n"
+    "  --importance-power p  Hessian weights r^p (default 1)\n"
+    "grid and solver\n"
+    "  --bits B              2 to 8 (required)      --sym   symmetric grid (default asymmetric)\n"
+    "  --groupsize G         columns per scale (default -1: per row)\n"
+    "  --act-order           columns by decreasing diag(H)   --static-groups   groups fitted before the solve\n"
+    "  --clip                MSE clip search (default off)   --quantizer ist|rsq   grid convention (default ist)\n"
+    "  --blocksize N         lazy-update block (default 128) --damp P   relative damping (default 0.01)\n"
+    "  --precision f32|f64   arithmetic of H and the solve (default f32)\n"
+    "  --rotate R            none (default), hadamard or random: rotate W (and H) first   --seed S (default 0)\n"
+    "output\n"
+    "  --out DIR             Q.npy, codes.npy, scales.npy, zeros.npy, g_idx.npy, perm.npy (+ importance, rotation);\n"
+    "                        must be empty or absent unless --overwrite, which replaces it whole\n"
+    "  --help, -h            this text\n"
+    "\n"
+    "A JSON line on stdout reports the status, losses and timings. Exit status: 0 done, 1 runtime error (an\n"
+    "unreadable or corrupt file), 2 bad usage (or an output folder that cannot or may not be written), 3 a Hessian\n"
+    "that stays not positive definite (nothing written).\n";
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -98,7 +129,9 @@ int run(rsq_cli::args const& a) {
   opt.weighting.importance_power = a.number("importance-power", 1.0);
   grid.validate();
   solver.validate();
-  fs::path const out = a.require("out");
+  // The output folder is checked (and its staging folder made) before anything is read or computed.
+  rsq_cli::output_folder outdir(a.require("out"), a.flag("overwrite"));
+  fs::path const out = outdir.staging();
   if (a.has("hessian") == a.has("inputs")) throw usage_error("give exactly one of --hessian and --inputs");
   for (auto const* o : {"importance", "policy", "attention", "rmin", "rmax", "importance-power"})
     if (a.has(o) && !a.has("inputs")) throw usage_error(std::string("--") + o + " needs --inputs");
@@ -199,7 +232,6 @@ int run(rsq_cli::args const& a) {
   auto const rtn = rsq::quant::quantize_rtn(rsq::make_const_view<2>(wr), grid, solver.group_size);
   double const rtn_loss = rsq::gptq::proxy_loss(wr, rsq::quant::dequantize(rtn), layer.hessian);
 
-  fs::create_directories(out);
   rsq::io::save_npy(out / "Q.npy", res.dequantized);
   rsq::io::save_npy(out / "codes.npy", res.weight.codes);
   rsq::io::save_npy(out / "scales.npy", res.weight.scales);
@@ -217,6 +249,7 @@ int run(rsq_cli::args const& a) {
                 ", \"groups\": %td, \"proxy_loss\": %.17g, \"rtn_proxy_loss\": %.17g, \"gptq_loss\": %.9g, "
                 "\"seconds\": %.6f}",
                 res.weight.groups(), layer.proxy_loss, rtn_loss, res.total_loss(), seconds);
+  outdir.commit();
   std::cout << json << buf << std::endl;
   return 0;
 }
@@ -260,20 +293,27 @@ int demo() {
 int main(int argc, char** argv) {
   try {
     if (argc == 1) return demo();
-    rsq_cli::args const a(argc, argv, {"sym", "act-order", "static-groups", "clip", "help"},
+    for (int i = 1; i < argc; ++i)
+      if (std::string_view(argv[i]) == "-h") {
+        std::fputs(usage, stdout);
+        return 0;
+      }
+    rsq_cli::args const a(argc, argv, {"sym", "act-order", "static-groups", "clip", "overwrite", "help"},
                           {"weight", "hessian", "inputs", "importance", "bits", "groupsize", "quantizer", "blocksize",
                            "damp", "precision", "out", "policy", "attention", "rmin", "rmax", "importance-power",
                            "rotate", "seed"});
     if (a.flag("help")) {
-      std::puts(usage);
+      std::fputs(usage, stdout);
       return 0;
     }
     return a.choice("precision", {"f32", "f64"}) == "f64" ? run<double>(a) : run<float>(a);
   } catch (usage_error const& e) {
-    std::fprintf(stderr, "rsq-quantize-layer: %s\n%s\n", e.what(), usage);
+    std::fprintf(stderr, "rsq-quantize-layer: error: %s (see --help)\n", e.what());
     return 2;
   } catch (std::exception const& e) {
-    std::fprintf(stderr, "rsq-quantize-layer: error: %s\n", e.what());
+    std::string msg = e.what();
+    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);  // library messages start with "rsq: "
+    std::fprintf(stderr, "rsq-quantize-layer: error: %s\n", msg.c_str());
     return 1;
   }
 }

@@ -232,9 +232,11 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_progress(r, start); };
   auto q = quantize_model(be, std::move(fp), rsq::view(calib), rc.opt, obs);
   if (!q.ok()) {
-    std::fprintf(stderr, "rsq-quantize: error: the Hessian of layer %d %s stayed not positive definite after every "
-                 "damping attempt; nothing was written\n", q.failed_layer,
-                 std::string(hf_name(q.failed_linear)).c_str());
+    std::fprintf(stderr, "rsq-quantize: error: layer %d %s: %s (%s); nothing was written\n", q.failed_layer,
+                 std::string(hf_name(q.failed_linear)).c_str(), std::string(rsq::gptq::to_string(q.info)).c_str(),
+                 q.info == rsq::gptq::status::no_live_columns
+                     ? "every input of the linear was zero in the calibration data"
+                     : "its Hessian stayed not positive definite after every damping attempt");
     return 3;
   }
   std::optional<double> q_ppl;

@@ -65,6 +65,21 @@ class output_folder {
   bool committed_ = false;
 };
 
+/// Checks, before any work, that the file @p path can be written: its folder exists and is writable, and it is not a
+/// folder; an existing file is refused unless @p overwrite (the writers replace files atomically).
+inline void check_output_file(std::filesystem::path const& path, std::string const& option, bool overwrite) {
+  namespace fs = std::filesystem;
+  fs::path const parent = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec))
+    throw usage_error(option + " " + path.string() + ": the folder " + parent.string() + " does not exist");
+  if (::access(parent.c_str(), W_OK | X_OK) != 0)
+    throw usage_error(option + " " + path.string() + ": no permission to write in " + parent.string());
+  if (fs::is_directory(path, ec)) throw usage_error(option + " " + path.string() + ": is a folder, not a file");
+  if (fs::exists(path, ec) && !overwrite)
+    throw usage_error(option + " " + path.string() + " exists (pass --overwrite to replace it)");
+}
+
 /// Throws usage_error unless @p path names a readable regular file (a folder, a device or a missing file is named).
 inline void expect_readable_file(std::filesystem::path const& path, std::string const& option) {
   std::error_code ec;

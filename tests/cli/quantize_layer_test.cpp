@@ -4,6 +4,8 @@
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <sys/wait.h>
 
@@ -128,7 +130,7 @@ TEST_SUITE("cli.rsq-quantize-layer") {
         {w + h + " --bits 4 --frobnicate" + o, 2, "unknown option --frobnicate"},
         {w + " --bits 4" + o, 2, "exactly one of --hessian and --inputs"},
         {w + h + " --bits 4", 2, "--out is required"},
-        {" --weight /nonexistent/W.npy" + h + " --bits 4" + o, 1, "cannot open file"},
+        {" --weight /nonexistent/W.npy" + h + " --bits 4" + o, 1, "W.npy: no such file"},
         {w + " --hessian " + (dir / "meta.json").string() + " --bits 4" + o, 1, "not a .npy file"},
         {w + " --hessian " + (dir / "X.npy").string() + " --bits 4" + o, 1, "expected a 2-d array"},
         {w + " --hessian " + (dir / "W.npy").string() + " --bits 4" + o, 1, "Hessian is not symmetric"},
@@ -225,6 +227,42 @@ TEST_SUITE("cli.rsq-quantize-layer") {
       auto const r = run_tool(c.args);
       CHECK(r.status == c.status);
       CHECK_MESSAGE(r.output.find(c.message) != std::string::npos, r.output);
+    }
+  }
+
+  TEST_CASE("the output folder: a non-empty one is refused before any work, --overwrite replaces it whole") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = shared / "golden" / "ist_l3_w1_2b_asym_mse_g16_act_static.f64";
+    auto const meta = rsq_test::read_meta(dir);
+    auto const out = rsq_test::temp_dir("cli_overwrite");
+    std::string const args = "--weight " + (dir / "W.npy").string() + " --hessian " + (dir / "H.npy").string() +
+                             flags_for(meta) + " --out " + out.string();
+    std::ofstream(out / "stale.npy") << "from an earlier run";
+    auto const refused = run_tool(args);
+    CHECK(refused.status == 2);
+    CHECK(refused.output.find("is not empty (pass --overwrite") != std::string::npos);
+    CHECK(std::filesystem::exists(out / "stale.npy"));
+    auto const r = run_tool(args + " --overwrite");
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(std::filesystem::exists(out / "Q.npy"));
+    CHECK(!std::filesystem::exists(out / "stale.npy"));  // replaced whole, nothing stale mixed in
+    auto const missing = run_tool(args.substr(0, args.find(" --out ")) + " --out " + (out / "no/such").string());
+    CHECK(missing.status == 2);
+    CHECK(missing.output.find("does not exist") != std::string::npos);
+    // A folder where a file is expected is named, not a crash (it used to be std::bad_alloc).
+    auto const folder = run_tool("--weight " + dir.string() + " --hessian " + (dir / "H.npy").string() +
+                                 " --bits 4 --out " + (out / "x").string());
+    CHECK(folder.status == 1);
+    CHECK(folder.output.find("is a directory, not a file") != std::string::npos);
+    for (char const* h : {"--help", "-h"}) {
+      auto const help = run_tool(h);
+      CHECK(help.status == 0);
+      for (char const* opt : {"--weight", "--hessian", "--inputs", "--importance", "--policy", "--attention", "--rmin",
+                              "--importance-power", "--bits", "--sym", "--groupsize", "--act-order", "--static-groups",
+                              "--clip", "--quantizer", "--blocksize", "--damp", "--precision", "--rotate", "--seed",
+                              "--out", "--overwrite", "Exit status"})
+        CHECK_MESSAGE(help.output.find(opt) != std::string::npos, opt);
     }
   }
 }

@@ -355,12 +355,21 @@ TEST_SUITE("gptq.solve") {
     CHECK(bad.failed_column == 9);
     CHECK(bad.weight.codes.size() == 0);
     CHECK(rsq::gptq::to_string(bad.info) == "not_positive_definite");
-    // Strongly indefinite: fails with the default 50 attempts too.
+    // Strongly indefinite, mean(diag H) < 0: the damping would be negative, so nothing is attempted and the damping
+    // reported is 0, never negative.
     rsq::matrix<double> neg = -1.0 * h;
     for (int i = 0; i < 10; ++i) neg(i, i) = -1;
     auto const fail = rsq::gptq::solve(B{}, w, neg, {}, {});
     CHECK(fail.info == rsq::gptq::status::not_positive_definite);
-    CHECK(fail.damp_attempts == 50);
+    CHECK(fail.damp_attempts == 0);
+    CHECK(fail.damp_used == 0);
+    CHECK(fail.failed_column == 0);
+    // Every column dead (all inputs zero): reported, not a zero layer with status ok.
+    auto const dead = rsq::gptq::solve(B{}, w, rsq::matrix<double>(rsq::make_matrix<double>(10, 10)), {}, {});
+    CHECK(dead.info == rsq::gptq::status::no_live_columns);
+    CHECK(rsq::gptq::to_string(dead.info) == "no_live_columns");
+    CHECK(dead.damp_used == 0);
+    CHECK(dead.weight.codes.size() == 0);
     // A failed factorization solves nothing, but a NaN in W is still reported first.
     auto const failed = rsq::gptq::factor(B{}, neg, {});
     REQUIRE_FALSE(failed.ok());

@@ -283,7 +283,7 @@ TEST_SUITE("model.llama2c") {
 
   TEST_CASE("missing files and unwritable paths are io_errors; malformed models are invalid_arguments") {
     CHECK_THROWS_WITH_AS((void)load_llama2c_checkpoint("/nonexistent/dir/model.bin"),
-                         doctest::Contains("/nonexistent/dir/model.bin: cannot open file"), rsq::io_error);
+                         doctest::Contains("/nonexistent/dir/model.bin: no such file"), rsq::io_error);
     auto const c = small_config();
     auto m = rsq_test::random_model(c, 6);
     CHECK_THROWS_WITH_AS(save_llama2c_checkpoint("/nonexistent/dir/model.bin", m),

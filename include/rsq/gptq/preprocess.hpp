@@ -162,6 +162,23 @@ template <class T>
 /// in @p p.info.
 template <class T, class TryFactor>
 void escalate(factor_plan<T>& p, options const& opt, TryFactor&& try_factor) {
+  // Outcomes known before any factorization, neither attempted (the damping reported stays 0): no live column (the
+  // layer saw only zero inputs; quantizing it would give a zero layer), and a mean diagonal ≤ 0, whose damping
+  // k·damp_percent·mean(diag H) would be negative and only make H less definite.
+  p.info.damp_attempts = 0;
+  p.info.damp_used = 0;
+  p.info.damp_percent_used = 0;
+  if (std::all_of(p.info.dead.begin(), p.info.dead.end(), [](bool d) { return d; })) {
+    p.info.info = status::no_live_columns;
+    p.info.failed_column = -1;
+    return;
+  }
+  if (!(p.damp > T(0)) && opt.damp_percent > 0) {
+    p.info.info = status::not_positive_definite;
+    auto const first = std::find_if(p.diag.begin(), p.diag.end(), [](T v) { return !(v > T(0)); });
+    p.info.failed_column = first == p.diag.end() ? -1 : index_t(first - p.diag.begin());
+    return;
+  }
   for (int k = 1; k <= opt.max_damp_attempts; ++k) {
     T const damp = T(k) * p.damp;
     index_t const pivot = try_factor(damp);

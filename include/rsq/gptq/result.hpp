@@ -19,11 +19,18 @@ namespace rsq::gptq {
 /// Numerical outcome of a solve. Bad arguments are exceptions instead (rsq::invalid_argument).
 enum class status {
   ok,                     ///< solved; `damp_attempts` says whether the damping had to grow
-  not_positive_definite,  ///< H + k·damp·I was not positive definite for every k ≤ max_damp_attempts
+  not_positive_definite,  ///< H + k·damp·I was not positive definite for every k ≤ max_damp_attempts, or a
+                          ///< diagonal entry of H is negative (then nothing is attempted)
+  no_live_columns,        ///< every column of H is dead (H_ii = 0: all inputs zero); nothing to solve
 };
 
 [[nodiscard]] constexpr std::string_view to_string(status s) noexcept {
-  return s == status::ok ? "ok" : "not_positive_definite";
+  switch (s) {
+    case status::ok: return "ok";
+    case status::not_positive_definite: return "not_positive_definite";
+    case status::no_live_columns: return "no_live_columns";
+  }
+  return "?";
 }
 
 /// Result of gptq::solve() for a (rows, cols) weight; its arrays live in the memory of backend B (host memory by

@@ -22,6 +22,16 @@
 
 namespace rsq::io {
 
+/// Throws rsq::io_error naming @p path unless it is an existing regular file: a folder, a device or a missing file
+/// given where a file is expected gets a message that says so, before anything is read.
+inline void expect_regular_file(std::filesystem::path const& path) {
+  std::error_code ec;
+  auto const status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) rsq::detail::throw_io_error(path.string(), ": no such file");
+  if (std::filesystem::is_directory(status)) rsq::detail::throw_io_error(path.string(), ": is a directory, not a file");
+  if (!std::filesystem::is_regular_file(status)) rsq::detail::throw_io_error(path.string(), ": is not a regular file");
+}
+
 /// A file mapped read-only into memory; move-only, unmapped on destruction.
 class mapped_file {
  public:
@@ -31,11 +41,7 @@ class mapped_file {
   /// @throws rsq::io_error naming the file when it is missing, a directory or another non-regular file, or cannot
   ///         be opened or mapped (with the system's reason)
   explicit mapped_file(std::filesystem::path const& path) : path_(path.string()) {
-    std::error_code ec;
-    auto const status = std::filesystem::status(path, ec);
-    if (ec || !std::filesystem::exists(status)) rsq::detail::throw_io_error(path_, ": no such file");
-    if (std::filesystem::is_directory(status)) rsq::detail::throw_io_error(path_, ": is a directory, not a file");
-    if (!std::filesystem::is_regular_file(status)) rsq::detail::throw_io_error(path_, ": is not a regular file");
+    expect_regular_file(path);
     int const fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) rsq::detail::throw_io_error(path_, ": cannot open: ", std::strerror(errno));
     struct ::stat st {};

@@ -28,6 +28,7 @@
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/io/atomic_file.hpp"
+#include "rsq/io/mapped_file.hpp"
 
 namespace rsq::io {
 
@@ -243,6 +244,7 @@ T read_element(unsigned char const* p, npy_dtype t, bool swap, std::string const
 /// Reads and validates the header of @p path. Throws rsq::io_error naming the problem.
 [[nodiscard]] inline npy_header read_npy_header(std::filesystem::path const& path) {
   std::string const name = path.string();
+  expect_regular_file(path);
   std::ifstream f(path, std::ios::binary);
   if (!f) detail::throw_io_error(name, ": cannot open file");
   unsigned char pre[10];

@@ -22,6 +22,7 @@
 
 #include "rsq/core/error.hpp"
 #include "rsq/io/atomic_file.hpp"
+#include "rsq/io/mapped_file.hpp"
 
 namespace rsq::model::detail {
 
@@ -117,6 +118,7 @@ class byte_writer {
 
 /// The whole content of @p path; throws rsq::io_error if it cannot be opened or read.
 [[nodiscard]] inline std::vector<std::byte> read_file(std::filesystem::path const& path) {
+  io::expect_regular_file(path);
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) rsq::detail::throw_io_error(path.string(), ": cannot open file");
   auto const end = f.tellg();
