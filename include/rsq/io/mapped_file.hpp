@@ -59,6 +59,9 @@ class mapped_file {
         rsq::detail::throw_io_error(path_, ": cannot map ", size_, " bytes: ", std::strerror(e));
       }
       data_ = static_cast<std::byte const*>(p);
+      // Checkpoints are read front to back, most of them whole: ask for aggressive read-ahead.
+      (void)::madvise(p, size_, MADV_SEQUENTIAL);
+      (void)::madvise(p, size_, MADV_WILLNEED);
     }
     ::close(fd);  // the mapping stays valid without the descriptor
   }
