@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: MIT
-// Writes the seed corpora of the fuzz targets into <dir>/{checkpoint,tokenizer,npy,safetensors}: tiny valid files made by rsq's
-// own writers (shared and separate classifiers, zero and real RoPE tables, a tokenizer with byte-fallback pieces,
-// .npy files of several dtypes and ranks, safetensors files of mixed dtypes with and without metadata).
+// Writes the seed corpora of the fuzz targets into <dir>/{checkpoint,tokenizer,npy,safetensors,hf_tokenizer}: tiny
+// valid files made by rsq's own writers (shared and separate classifiers, zero and real RoPE tables, a tokenizer with
+// byte-fallback pieces, .npy files of several dtypes and ranks, safetensors files of mixed dtypes with and without
+// metadata), and two small tokenizer.json, one of each kind.
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <span>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <rsq/io/npy.hpp>
 #include <rsq/io/safetensors.hpp>
@@ -56,6 +60,67 @@ rsq::model::llama_model tiny_model(int n_kv_heads, bool tied) {
   return m;
 }
 
+/// A tokenizer.json of either kind: SentencePiece BPE (byte fallback for a few bytes, Prepend/Replace normalizer,
+/// Llama-2's decoder and template) or byte-level BPE (all 256 byte characters, Llama-3's split, ByteLevel).
+std::string tiny_tokenizer_json(bool byte_level) {
+  using json = nlohmann::json;
+  json vocab = json::object(), merges = json::array();
+  std::vector<std::string> alphabet;
+  if (byte_level) {
+    for (int b = 0; b < 256; ++b) {  // GPT-2's byte -> character map
+      bool const printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+      static int next = 256;
+      char32_t const c = printable ? char32_t(b) : char32_t(next++);
+      std::string s;
+      if (c < 0x80) s += char(c);
+      else s += char(0xC0 | (c >> 6)), s += char(0x80 | (c & 0x3F));
+      alphabet.push_back(s);
+    }
+  } else {
+    for (char const* p : {"<unk>", "<s>", "</s>", "<0x0A>", "<0xC3>", "<0xA9>", "\xE2\x96\x81", "t", "h", "e", "a"})
+      alphabet.emplace_back(p);
+  }
+  for (auto const& a : alphabet) vocab[a] = vocab.size();
+  std::string const space = byte_level ? "\xC4\xA0" : "\xE2\x96\x81";  // "Ġ" / "▁"
+  for (auto [a, b] : {std::pair<std::string, std::string>{space, "t"}, {"h", "e"}, {space + "t", "he"}}) {
+    vocab[a + b] = vocab.size();
+    merges.push_back(byte_level ? json::array({a, b}) : json(a + " " + b));
+  }
+  json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}};
+  auto added = [](int id, char const* c) {
+    return json{{"id", id}, {"content", c}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                {"normalized", false}, {"special", true}};
+  };
+  std::string const bos = byte_level ? "<|begin_of_text|>" : "<s>";
+  std::int32_t const bos_id = byte_level ? std::int32_t(vocab.size()) : 1;
+  j["added_tokens"] = byte_level ? json::array({added(bos_id, bos.c_str())})
+                                 : json::array({added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")});
+  json tmpl;
+  tmpl["type"] = "TemplateProcessing";
+  tmpl["single"] = json::array({json{{"SpecialToken", json{{"id", bos}, {"type_id", 0}}}},
+                                json{{"Sequence", json{{"id", "A"}, {"type_id", 0}}}}});
+  tmpl["special_tokens"][bos] = json{{"id", bos}, {"ids", json::array({bos_id})}, {"tokens", json::array({bos})}};
+  j["post_processor"] = tmpl;
+  if (byte_level) {
+    j["normalizer"] = nullptr;
+    j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {
+        {{"type", "Split"}, {"pattern", {{"Regex", "(?i:'s|'t)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"}}},
+         {"behavior", "Isolated"}, {"invert", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+    j["decoder"] = {{"type", "ByteLevel"}};
+  } else {
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}, {"prepend", space}},
+        {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", space}}}}};
+    j["pre_tokenizer"] = nullptr;
+    j["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}},
+        {{"type", "ByteFallback"}}, {{"type", "Fuse"}}, {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}}}};
+  }
+  j["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", byte_level ? json(nullptr) : json("<unk>")},
+                {"fuse_unk", !byte_level}, {"byte_fallback", !byte_level}, {"ignore_merges", byte_level},
+                {"vocab", vocab}, {"merges", merges}};
+  return j.dump(1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,7 +131,8 @@ int main(int argc, char** argv) {
   namespace fs = std::filesystem;
   using namespace rsq::model;
   fs::path const dir = argv[1];
-  for (char const* sub : {"checkpoint", "tokenizer", "npy", "safetensors"}) fs::create_directories(dir / sub);
+  for (char const* sub : {"checkpoint", "tokenizer", "npy", "safetensors", "hf_tokenizer"})
+    fs::create_directories(dir / sub);
 
   save_llama2c_checkpoint(dir / "checkpoint/tied.bin", tiny_model(1, true));
   save_llama2c_checkpoint(dir / "checkpoint/untied_mha.bin", tiny_model(2, false));
@@ -88,6 +154,9 @@ int main(int argc, char** argv) {
   save_tokenizer(dir / "tokenizer/byte_fallback.bin", tokenizer(pieces, scores));
   save_tokenizer(dir / "tokenizer/small.bin",
                  tokenizer({"<unk>", "s", "e", " ", "a", "b", "ab", " ab"}, {0.f, 0.f, 0.f, -1.f, -2.f, -2.f, -0.5f, -0.2f}));
+
+  std::ofstream(dir / "hf_tokenizer/sentencepiece.json") << tiny_tokenizer_json(false);
+  std::ofstream(dir / "hf_tokenizer/byte_level.json") << tiny_tokenizer_json(true);
 
   rsq::matrix<float> a(rsq::matrix<float>::shape_type{2, 3}, 1.5f);
   rsq::io::save_npy(dir / "npy/f32_2d.npy", a);

@@ -199,7 +199,7 @@ TEST_SUITE("model.hf_tokenizer") {
     // Unicode letters are one pre-token: c a f Ã © -> c a f é; "naïve": ï (C3 AF) has no merge.
     CHECK(t.encode("café", raw) == ids{99, 97, 102, 265});
     CHECK(t.encode("naïve", raw) == bytes_of("naïve"));
-    CHECK(t.encode("Привет мир", raw) == bytes_of("Привет мир"));  // no merges: bytes; "Привет" "␣мир"
+    CHECK(t.encode("Привет мир", raw) == bytes_of("Привет мир"));  // "Привет" "␣мир": no merges, bytes
     CHECK(t.encode("sing", raw) == ids{115, 264});                   // i+n, then in+g
     // ignore_merges: "say" "␣hello"; Ġhello is a piece, so the pre-token is one id without merging.
     CHECK(t.encode("say hello", raw) == ids{115, 97, 121, 266});
@@ -273,7 +273,8 @@ TEST_SUITE("model.hf_tokenizer") {
     auto j = nlohmann::json::parse(rsq_test::read_text(shared / "data/models/lm7m/hf/tokenizer.json"));
     auto const modern = parse_hf_tokenizer(j.dump());
     j["normalizer"] = nullptr;
-    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "▁"}, {"prepend_scheme", "always"}, {"split", false}};
+    j["pre_tokenizer"] = {
+        {"type", "Metaspace"}, {"replacement", "▁"}, {"prepend_scheme", "always"}, {"split", false}};
     auto const old = parse_hf_tokenizer(j.dump());
     auto const stories = load_stories(shared / "data/text/mix_valid.txt");
     for (std::size_t i = 0; i < 20; ++i) CHECK(old.encode(stories[i]) == modern.encode(stories[i]));
@@ -337,7 +338,8 @@ TEST_SUITE("model.hf_tokenizer") {
     auto const json = base.dump();
     auto const dup = json.substr(0, json.find("\"Ġt\":")) + "\"Ġt\": 256, " + json.substr(json.find("\"Ġt\":"));
     CHECK_THROWS_WITH_AS((void)parse_hf_tokenizer(dup), doctest::Contains("duplicate key \"Ġt\""), rsq::io_error);
-    CHECK_THROWS_WITH_AS((void)parse_hf_tokenizer(json.substr(0, json.size() / 2), {.name = "half.json", .tokenizer_config = {}}),
+    auto const half = json.substr(0, json.size() / 2);
+    CHECK_THROWS_WITH_AS((void)parse_hf_tokenizer(half, {.name = "half.json", .tokenizer_config = {}}),
                          doctest::Contains("half.json: tokenizer.json is not valid JSON"), rsq::io_error);
     CHECK_THROWS_WITH_AS((void)parse_hf_tokenizer(std::string(100000, '[')), doctest::Contains("deeper than 64"),
                          rsq::io_error);

@@ -166,14 +166,19 @@ inline void utf8_append(std::string& out, char32_t c) {
 }
 
 /// Characters that NFC leaves alone whatever follows or precedes them, in the scripts we meet: Latin-1 and ASCII
-/// (below the combining diacritics U+0300), most Cyrillic, general punctuation (dashes, quotes, ellipsis), arrows,
+/// (below the combining diacritics U+0300), Greek and Cyrillic (but a few singletons), general punctuation
+/// (dashes, quotes, ellipsis), currency, letterlike symbols, arrows, dingbats,
 /// mathematical operators and shapes, CJK symbols, kana without the combining voicing marks, CJK ideographs,
 /// full- and half-width forms, emoji.
 /// rsq has no Unicode composition tables: text with any other character is refused by a tokenizer whose normalizer
 /// is NFC (Qwen2) rather than normalized wrongly.
 [[nodiscard]] inline bool nfc_inert(char32_t c) noexcept {
-  return c < 0x300 || (c >= 0x400 && c <= 0x482) || (c >= 0x48A && c <= 0x52F) || (c >= 0x2002 && c <= 0x206F) ||
-         (c >= 0x2190 && c <= 0x2328) || (c >= 0x232B && c <= 0x25FF) ||  // arrows, math, shapes (not 2329/232A)
+  return c < 0x300 || (c >= 0x370 && c <= 0x373) || (c >= 0x375 && c <= 0x37D) || (c >= 0x37F && c <= 0x386) ||
+         (c >= 0x388 && c <= 0x3FF) ||  // Greek, not the singletons 0374, 037E, 0387
+         (c >= 0x400 && c <= 0x482) || (c >= 0x48A && c <= 0x52F) || (c >= 0x2002 && c <= 0x206F) ||
+         (c >= 0x20A0 && c <= 0x20CF) || (c >= 0x2100 && c <= 0x2125) || (c >= 0x2127 && c <= 0x2129) ||
+         (c >= 0x212C && c <= 0x218F) ||  // currency, letterlike (not Ω K Å 2126/212A/212B), number forms
+         (c >= 0x2190 && c <= 0x2328) || (c >= 0x232B && c <= 0x27BF) ||  // arrows ... dingbats, not 2329/232A
          (c >= 0x3000 && c <= 0x3098) || (c >= 0x309B && c <= 0x30FF) || (c >= 0x4E00 && c <= 0x9FFF) ||
          (c >= 0xFF01 && c <= 0xFFEE) || (c >= 0x1F000 && c <= 0x1FAFF);
 }
@@ -376,7 +381,8 @@ class hf_json {
     return it == j.end() ? nullptr : &*it;
   }
 
-  [[nodiscard]] std::string const& string(nlohmann::json const& j, std::string_view key, std::string const& path) const {
+  [[nodiscard]] std::string const& string(nlohmann::json const& j, std::string_view key,
+                                          std::string const& path) const {
     auto const* v = field(j, key, path);
     if (!v || !v->is_string()) fail("field \"", join(path, key), "\" must be a string");
     return v->get_ref<std::string const&>();
@@ -931,13 +937,16 @@ inline void hf_tokenizer::read_model(detail::hf_json const& r, json const& model
   if (auto const* unk = r.field(model, "unk_token", "model"); unk && !unk->is_null()) {
     if (!unk->is_string()) r.fail("field \"model.unk_token\" must be a string or null");
     auto it = enc_index_.find(unk->get_ref<std::string const&>());
-    if (it == enc_index_.end()) r.fail("model.unk_token \"", unk->get_ref<std::string const&>(), "\" is not in model.vocab");
+    if (it == enc_index_.end())
+      r.fail("model.unk_token \"", unk->get_ref<std::string const&>(), "\" is not in model.vocab");
     unk_id_ = it->second;
   }
-  if (auto const* d = r.field(model, "dropout", "model"); d && !d->is_null() && !(d->is_number() && d->get<double>() == 0))
+  auto const* dropout = r.field(model, "dropout", "model");
+  if (auto const* d = dropout; d && !d->is_null() && !(d->is_number() && d->get<double>() == 0))
     r.fail("field \"model.dropout\" = ", d->dump(), " is not supported (dropout makes encoding random)");
   for (char const* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (auto const* v = r.field(model, key, "model"); v && !v->is_null() && !(v->is_string() && v->get<std::string>().empty()))
+    if (auto const* v = r.field(model, key, "model");
+        v && !v->is_null() && !(v->is_string() && v->get<std::string>().empty()))
       r.fail("field \"model.", key, "\" = ", v->dump(), " is not supported");
   auto const* merges = r.field(model, "merges", "model");
   if (!merges || !merges->is_array()) r.fail("field \"model.merges\" must be an array");
@@ -1062,7 +1071,8 @@ inline void hf_tokenizer::read_pre_tokenizer(detail::hf_json const& r, json cons
 }
 
 inline void hf_tokenizer::read_decoder(detail::hf_json const& r, json const& d, std::string const& path) {
-  auto const& type = r.type(d, path, {"Sequence", "Replace", "ByteFallback", "Fuse", "Strip", "Metaspace", "ByteLevel"});
+  auto const& type =
+      r.type(d, path, {"Sequence", "Replace", "ByteFallback", "Fuse", "Strip", "Metaspace", "ByteLevel"});
   if (type == "Sequence") {
     auto const* list = r.field(d, "decoders", path);
     if (!list || !list->is_array()) r.fail("field \"", path, ".decoders\" must be an array");
@@ -1114,7 +1124,8 @@ inline void hf_tokenizer::read_post_processor(detail::hf_json const& r, json con
     return;
   }
   if (type == "ByteLevel") return;
-  if (!prefix_.empty() || !suffix_.empty()) r.fail("field \"", path, "\": a second TemplateProcessing is not supported");
+  if (!prefix_.empty() || !suffix_.empty())
+    r.fail("field \"", path, "\": a second TemplateProcessing is not supported");
   auto const* single = r.field(p, "single", path);
   if (!single || !single->is_array()) r.fail("field \"", path, ".single\" must be an array");
   auto const* specials = r.field(p, "special_tokens", path);
@@ -1203,7 +1214,8 @@ inline void hf_tokenizer::build_indices() {
     if (it != enc_index_.end()) char_ids_[std::size_t(b)] = it->second;
     char hex[8];  // "<0x0A>": printable ASCII, the same in the file's and in raw form
     std::snprintf(hex, sizeof hex, "<0x%02X>", b);
-    if (auto jt = enc_index_.find(std::string_view(hex)); jt != enc_index_.end()) byte_ids_[std::size_t(b)] = jt->second;
+    if (auto jt = enc_index_.find(std::string_view(hex)); jt != enc_index_.end())
+      byte_ids_[std::size_t(b)] = jt->second;
   }
   // Decoded text of each piece: the decoder's per-token steps in order.
   decoded_.resize(pieces_.size());
@@ -1214,8 +1226,9 @@ inline void hf_tokenizer::build_indices() {
         replace_all(t, op.from, op.to);
       } else if (op.op == decode_op::byte_fallback) {
         unsigned v = 0;
-        if (t.size() == 6 && t.starts_with("<0x") && t.back() == '>' && std::isxdigit(static_cast<unsigned char>(t[3])) &&
-            std::isxdigit(static_cast<unsigned char>(t[4])) && std::sscanf(t.c_str() + 3, "%2x", &v) == 1)
+        auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+        if (t.size() == 6 && t.starts_with("<0x") && t.back() == '>' && hex(t[3]) && hex(t[4]) &&
+            std::sscanf(t.c_str() + 3, "%2x", &v) == 1)
           t.assign(1, char(v));
       } else if (auto b = to_bytes(t)) {
         t = std::move(*b);
