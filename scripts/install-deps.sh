@@ -2,7 +2,7 @@
 # Installs the Debian packages rsq needs to build, test and run its tools. Safe to run again.
 set -euo pipefail
 packages=(cmake ninja-build g++ clang libomp-dev libeigen3-dev xtensor-dev doctest-dev nlohmann-json3-dev
-          libpcre2-dev pkgconf)
+          libpcre2-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
