@@ -128,8 +128,9 @@ TEST_CASE("config.json: what rsq cannot read faithfully is refused, naming the f
   refused(j.dump(), "config field \"vocab_size\" is missing");
 
   // Parsed, but beyond the forward pass today: refused when a model is built, naming the feature.
-  CHECK_THROWS_WITH_AS((void)to_llama_config(parse_hf_config(qwen25_05b)),
-                       doctest::Contains("attention biases (Qwen2ForCausalLM) is not supported yet"), rsq::io_error);
+  CHECK(to_llama_config(parse_hf_config(qwen25_05b)).qkv_bias);  // Qwen2's q/k/v biases are run
+  CHECK_THROWS_WITH_AS((void)to_llama_config(parse_hf_config(with_field("attention_bias", "true"))),
+                       doctest::Contains("an o_proj bias (attention_bias: true) is not supported yet"), rsq::io_error);
   CHECK_THROWS_WITH_AS((void)to_llama_config(parse_hf_config(mistral_nemo)),
                        doctest::Contains("head_dim 128 with 32 heads != hidden_size 5120"), rsq::io_error);
 }

@@ -84,6 +84,26 @@ TEST_SUITE("nn.linear") {
       rsq::nn::linear(B{}, rsq::view(xd), rsq::view(wd), rsq::view(half), {.precision = rsq::matmul_precision::bf16});
       // bf16 keeps 8 bits of each input: about 0.4% per product, averaging over the sum.
       CHECK(max_rel(download<B>(half), gemm_reference(x, op::none, w, op::transpose, y0, 1.0, 0.0)) < 1e-2);
+      // With a bias b (out): y = x·Wᵀ + b on every row, and y += x·Wᵀ + b.
+      auto const b = random_matrix(1, out, 74);
+      auto const bd = upload<B>(b);
+      rsq::vector_view<const float> const bias(rsq::view(bd).data(), out);
+      auto with_bias = [&](double beta) {
+        auto ref = gemm_reference(x, op::none, w, op::transpose, y0, 1.0, beta);
+        for (index_t r = 0; r < tokens; ++r)
+          for (index_t c = 0; c < out; ++c) ref[std::size_t(r * out + c)] += double(b(0, c));
+        return ref;
+      };
+      auto yb = upload<B>(y0);
+      rsq::nn::linear(B{}, rsq::view(xd), rsq::view(wd), rsq::view(yb), {.bias = bias});
+      CHECK(max_rel(download<B>(yb), with_bias(0.0)) < 1e-5);
+      auto accb = upload<B>(y0);
+      rsq::nn::linear(B{}, rsq::view(xd), rsq::view(wd), rsq::view(accb), {.accumulate = true, .bias = bias});
+      CHECK(max_rel(download<B>(accb), with_bias(1.0)) < 1e-5);
+      if (out > 1)
+        CHECK_THROWS_WITH_AS(rsq::nn::linear(B{}, rsq::view(xd), rsq::view(wd), rsq::view(yb),
+                                             {.bias = rsq::vector_view<const float>(bias.data(), out - 1)}),
+                             doctest::Contains("a bias of"), rsq::invalid_argument);
     }
   }
 

@@ -10,6 +10,7 @@
 ///   template <class S, class D> static void convert(B const&, matrix_view<const S> src, matrix_view<D> dst);
 ///   template <class T, class G> static void scale_columns(B const&, matrix_view<T> w, vector_view<const G> g);
 ///   template <class T> static void axpy(B const&, T alpha, matrix_view<const T> x, matrix_view<T> y);
+///   template <class T> static void add_to_rows(B const&, matrix_view<T> y, vector_view<const T> b);
 ///   template <class T> static double dot(B const&, matrix_view<const T> a, matrix_view<const T> b);
 ///       // in float64, summed row by row and the rows in order: the same for any number of threads
 
@@ -53,6 +54,14 @@ void axpy(B const& be, T alpha, matrix_view<const T> x, matrix_view<T> y) {
   RSQ_EXPECTS(backend::resident(be, x.data()) && backend::resident(be, y.data()),
               "axpy: both arrays must be in the backend's memory");
   backend::implementation_t<algorithm::elementwise, B>::template axpy<T>(be, alpha, x, y);
+}
+
+/// y(i, j) ← y(i, j) + b(j): @p b (cols) added to every row of @p y (rows, cols), both in @p be's memory (a bias).
+template <backend_tag B, class T>
+void add_to_rows(B const& be, matrix_view<T> y, vector_view<const T> b) {
+  RSQ_EXPECTS(b.extent(0) == y.cols(), "add_to_rows: a vector of ", b.extent(0), " values for rows of ", y.cols());
+  if (y.size() == 0) return;
+  backend::implementation_t<algorithm::elementwise, B>::template add_to_rows<T>(be, y, b);
 }
 
 /// Σ a_ij·b_ij in float64 for (rows, cols) @p a and @p b in @p be's memory.

@@ -101,6 +101,7 @@ struct layer_weights {
   vector_view<const float> rms_att;  ///< (dim)
   vector_view<const float> rms_ffn;  ///< (dim)
   matrix_view<const float> wq, wk, wv, wo, w1, w2, w3;
+  vector_view<const float> bq = {}, bk = {}, bv = {};  ///< biases of q, k, v (config.qkv_bias); empty otherwise
 
   [[nodiscard]] matrix_view<const float> weight(linear_id l) const noexcept {
     switch (l) {
@@ -118,8 +119,12 @@ struct layer_weights {
 
 /// Views of the weights of a host layer (the CPU backend computes on them directly).
 [[nodiscard]] inline layer_weights weights_of(decoder_layer const& l) {
+  auto const bias = [](rsq::vector<float> const& b) {
+    return b.size() ? vector_view<const float>(b.data(), index_t(b.size())) : vector_view<const float>{};
+  };
   return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
-          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3)};
+          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3), bias(l.bq),
+          bias(l.bk),           bias(l.bv)};
 }
 
 /// Buffers of the forward pass in backend B's memory, kept from call to call: they only grow, so that a pipeline
@@ -221,10 +226,12 @@ void attention_inputs(layer_context<B> const& ctx, matrix_view<const float> x, b
   detail::call_linear(ctx, linear_id::wk, n);
   detail::call_linear(ctx, linear_id::wv, n);
   auto const q = ws.get(buf::q, T, c.dim), k = ws.get(buf::k, T, c.kv_dim());
-  nn::linear_options const lin{.accumulate = false, .precision = ctx.options.precision};
-  nn::linear(ctx.be, n, ctx.weights.wq, q, lin);
-  nn::linear(ctx.be, n, ctx.weights.wk, k, lin);
-  if (with_values) nn::linear(ctx.be, n, ctx.weights.wv, ws.get(buf::v, T, c.kv_dim()), lin);
+  auto const lin = [&](vector_view<const float> bias) {
+    return nn::linear_options{.accumulate = false, .precision = ctx.options.precision, .bias = bias};
+  };
+  nn::linear(ctx.be, n, ctx.weights.wq, q, lin(ctx.weights.bq));
+  nn::linear(ctx.be, n, ctx.weights.wk, k, lin(ctx.weights.bk));
+  if (with_values) nn::linear(ctx.be, n, ctx.weights.wv, ws.get(buf::v, T, c.kv_dim()), lin(ctx.weights.bv));
   nn::rope_options const rope{
       .seq_len = ctx.seq_len, .head_dim = c.head_size(), .theta = c.rope_theta, .scaling = c.rope_scaling};
   nn::rope(ctx.be, q, rope);

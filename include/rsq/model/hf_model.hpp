@@ -12,11 +12,13 @@
 /// back. The permutation acts on output rows only, so it commutes with everything rsq does to a model: rotations of
 /// the residual stream act on the input columns, and GPTQ quantizes rows independently.
 ///
-/// What the forward pass does not model yet is refused when the folder is read, naming the field: q/k/v/o or MLP
-/// biases (Qwen2) and a head_dim other than hidden_size / num_attention_heads. Llama-3's RoPE scaling is run.
+/// What the forward pass does not model yet is refused when the folder is read, naming the field: o_proj and MLP
+/// biases and a head_dim other than hidden_size / num_attention_heads. Qwen2's q/k/v biases and Llama-3's RoPE
+/// scaling are run; the q and k biases are permuted with their rows.
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -42,7 +44,7 @@ struct hf_model {
 /// @throws rsq::io_error naming the feature when the forward pass cannot run the model faithfully
 [[nodiscard]] inline llama_config to_llama_config(hf_config const& c, std::string_view file = "config.json") {
   auto const refuse = [&](auto const&... what) { detail::bad_config(file, what..., " is not supported yet"); };
-  if (c.qkv_bias || c.attention_bias) refuse("a model with attention biases (", to_string(c.architecture), ")");
+  if (c.attention_bias) refuse("an o_proj bias (attention_bias: true)");
   if (c.mlp_bias) refuse("a model with MLP biases");
   if (c.head_dim * c.num_attention_heads != c.hidden_size)
     refuse("head_dim ", c.head_dim, " with ", c.num_attention_heads, " heads != hidden_size ", c.hidden_size);
@@ -58,6 +60,7 @@ struct hf_model {
   l.norm_eps = float(c.rms_norm_eps);
   l.rope_theta = c.rope_theta;
   if (c.rope_scaling) l.rope_scaling = *c.rope_scaling;
+  l.qkv_bias = c.qkv_bias;
   validate(l);
   return l;
 }
@@ -82,13 +85,27 @@ template <class T>
 
 namespace detail {
 
+/// A q or k bias permuted as its projection's rows (permute_rope_rows of a one-column matrix).
+template <class T>
+xt::xtensor<T, 1> permute_rope_vector(xt::xtensor<T, 1> const& b, int head_dim, bool to_pairs) {
+  auto column = xt::xtensor<T, 2>::from_shape({b.size(), std::size_t(1)});
+  std::copy(b.begin(), b.end(), column.begin());
+  auto const p = permute_rope_rows(column, head_dim, to_pairs);
+  auto out = xt::xtensor<T, 1>::from_shape({b.size()});
+  std::copy(p.begin(), p.end(), out.begin());
+  return out;
+}
+
 inline std::string hf_layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
 
-/// The Hugging Face tensor name of linear @p id of layer @p l.
-inline std::string hf_weight_name(int l, linear_id id) {
+/// The Hugging Face tensor name of linear @p id of layer @p l, without ".weight".
+inline std::string hf_linear_name(int l, linear_id id) {
   bool const attention = id == linear_id::wq || id == linear_id::wk || id == linear_id::wv || id == linear_id::wo;
-  return hf_layer_prefix(l) + (attention ? "self_attn." : "mlp.") + std::string(hf_name(id)) + ".weight";
+  return hf_layer_prefix(l) + (attention ? "self_attn." : "mlp.") + std::string(hf_name(id));
 }
+inline std::string hf_weight_name(int l, linear_id id) { return hf_linear_name(l, id) + ".weight"; }
+inline std::string hf_bias_name(int l, linear_id id) { return hf_linear_name(l, id) + ".bias"; }
+
 
 /// Tensor @p name of the checkpoint, with the shape @p want.
 template <std::size_t N>
@@ -142,6 +159,16 @@ xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::strin
       if (id == linear_id::wq || id == linear_id::wk) w = permute_rope_rows(w, lc.head_size(), true);
       layer.weight(id) = std::move(w);
     }
+    if (lc.qkv_bias) {
+      auto bias = [&](linear_id id, bool rope) {
+        auto const name = detail::hf_bias_name(l, id);
+        auto b = detail::hf_tensor<1>(ck, name, {std::size_t(weight_shape(lc, id)[0])});
+        return rope ? detail::permute_rope_vector(b, lc.head_size(), true) : b;
+      };
+      layer.bq = bias(linear_id::wq, true);
+      layer.bk = bias(linear_id::wk, true);
+      layer.bv = bias(linear_id::wv, false);
+    }
   }
   validate(m);
   return out;
@@ -171,6 +198,7 @@ inline std::vector<std::string> save_hf_model(std::filesystem::path const& dir, 
   auto const& c = m.config;
   bool const tied = source.tie_word_embeddings && m.classifier == m.token_embedding;
   std::vector<rsq::matrix<float>> permuted;  // q and k in Hugging Face's row order, alive until written
+  std::deque<rsq::vector<float>> permuted_bias;  // (a deque: records point into its elements)
   std::vector<io::tensor_record> recs;
   auto add = [&](std::string name, auto const& t) {
     std::vector<index_t> shape(t.shape().begin(), t.shape().end());
@@ -190,6 +218,13 @@ inline std::vector<std::string> save_hf_model(std::filesystem::path const& dir, 
       }
     }
     add(detail::hf_layer_prefix(l) + "post_attention_layernorm.weight", layer.rms_ffn);
+    if (c.qkv_bias) {
+      permuted_bias.push_back(detail::permute_rope_vector(layer.bq, c.head_size(), false));
+      add(detail::hf_bias_name(l, linear_id::wq), permuted_bias.back());
+      permuted_bias.push_back(detail::permute_rope_vector(layer.bk, c.head_size(), false));
+      add(detail::hf_bias_name(l, linear_id::wk), permuted_bias.back());
+      add(detail::hf_bias_name(l, linear_id::wv), layer.bv);
+    }
   }
   add("model.norm.weight", m.rms_final);
   if (!tied) add("lm_head.weight", m.classifier);

@@ -38,6 +38,7 @@ struct llama_config {
   float norm_eps = 1e-5f;       ///< RMSNorm epsilon
   double rope_theta = 10000.0;  ///< RoPE base: frequency of pair i is rope_theta^(-2i/head_size)
   nn::rope_scaling rope_scaling = {};  ///< Llama-3's frequency scaling (none by default)
+  bool qkv_bias = false;               ///< q, k and v have biases (Qwen2): decoder_layer::bq, bk, bv
 
   [[nodiscard]] int head_size() const noexcept { return n_heads > 0 ? dim / n_heads : 0; }
   [[nodiscard]] int kv_dim() const noexcept { return n_kv_heads * head_size(); }
@@ -132,6 +133,7 @@ struct decoder_layer {
   rsq::matrix<float> w1;       ///< (hidden_dim, dim) gate
   rsq::matrix<float> w2;       ///< (dim, hidden_dim) down
   rsq::matrix<float> w3;       ///< (hidden_dim, dim) up
+  rsq::vector<float> bq, bk, bv;  ///< biases of q (dim), k and v (kv_dim) when config.qkv_bias; empty otherwise
 
   /// The weight of linear @p l.
   [[nodiscard]] rsq::matrix<float>& weight(linear_id l) noexcept {
@@ -191,6 +193,9 @@ inline void expect_vector(rsq::vector<float> const& v, index_t n, int layer, std
 inline void validate(llama_config const& c, decoder_layer const& layer, int index) {
   detail::expect_vector(layer.rms_att, c.dim, index, "rms_att");
   detail::expect_vector(layer.rms_ffn, c.dim, index, "rms_ffn");
+  detail::expect_vector(layer.bq, c.qkv_bias ? c.dim : 0, index, "bq");
+  detail::expect_vector(layer.bk, c.qkv_bias ? c.kv_dim() : 0, index, "bk");
+  detail::expect_vector(layer.bv, c.qkv_bias ? c.kv_dim() : 0, index, "bv");
   for (linear_id l : all_linears) {
     auto const& w = layer.weight(l);
     auto const want = weight_shape(c, l);
@@ -229,6 +234,7 @@ inline void validate(llama_model const& m, bool check_finite = false) {
     std::string const prefix = "llama_model: layer " + std::to_string(i) + " ";
     rsq::detail::check_finite(rsq::view(L.rms_att), prefix + "rms_att");
     rsq::detail::check_finite(rsq::view(L.rms_ffn), prefix + "rms_ffn");
+    for (auto const* b : {&L.bq, &L.bk, &L.bv}) rsq::detail::check_finite(rsq::view(*b), prefix + "bias");
     for (linear_id l : all_linears) rsq::detail::check_finite(rsq::view(L.weight(l)), prefix + std::string(name(l)));
   }
 }

@@ -304,6 +304,7 @@ class resident_layer {
     auto& host = const_cast<decoder_layer&>(layer);
     resident_ = backend::resident(be, host.wq.data());
     auto const vec = [&](rsq::vector<float>& v) {
+      if (v.size() == 0) return vector_view<float>{};  // no bias
       if (resident_) return vector_view<float>(v.data(), index_t(v.size()));
       owned_.push_back(backend::to_backend(be, matrix_view<const float>(v.data(), 1, index_t(v.size()))));
       return vector_view<float>(rsq::view(owned_.back()).data(), index_t(v.size()));
@@ -313,14 +314,14 @@ class resident_layer {
       owned_.push_back(backend::to_backend(be, matrix_view<const float>(rsq::view(m))));
       return rsq::view(owned_.back());
     };
-    owned_.reserve(9);
-    w_ = {vec(host.rms_att), vec(host.rms_ffn), mat(host.wq), mat(host.wk), mat(host.wv),
-          mat(host.wo),      mat(host.w1),      mat(host.w2), mat(host.w3)};
+    owned_.reserve(12);
+    w_ = {vec(host.rms_att), vec(host.rms_ffn), mat(host.wq), mat(host.wk), mat(host.wv), mat(host.wo),
+          mat(host.w1),      mat(host.w2),      mat(host.w3), vec(host.bq), vec(host.bk), vec(host.bv)};
   }
 
   [[nodiscard]] layer_weights_mut const& mutable_weights() const noexcept { return w_; }
   [[nodiscard]] layer_weights weights() const noexcept {
-    return {w_.rms_att, w_.rms_ffn, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3};
+    return {w_.rms_att, w_.rms_ffn, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3, w_.bq, w_.bk, w_.bv};
   }
   [[nodiscard]] matrix_view<float> weight(linear_id l) const noexcept {
     switch (l) {
@@ -335,11 +336,13 @@ class resident_layer {
     return w_.wq;
   }
 
-  /// Copies the gains back to the host layer (the weights go back one by one as they are quantized).
+  /// Copies the gains and the v bias (both changed by a rotation) back to the host layer (the weights go back one
+  /// by one as they are quantized).
   void download_gains(decoder_layer& host) const {
     if (resident_) return;
     backend::copy(be_, host.rms_att.data(), w_.rms_att.data(), w_.rms_att.extent(0));
     backend::copy(be_, host.rms_ffn.data(), w_.rms_ffn.data(), w_.rms_ffn.extent(0));
+    if (w_.bv.data()) backend::copy(be_, host.bv.data(), w_.bv.data(), w_.bv.extent(0));
   }
 
  private:

@@ -123,12 +123,17 @@ struct rotation_plan {
 struct layer_weights_mut {
   vector_view<float> rms_att, rms_ffn;
   matrix_view<float> wq, wk, wv, wo, w1, w2, w3;
+  vector_view<float> bq = {}, bk = {}, bv = {};  ///< q/k/v biases (config.qkv_bias); empty otherwise
 };
 
 /// Writable views of a host layer.
 [[nodiscard]] inline layer_weights_mut writable_weights_of(decoder_layer& l) {
+  auto const bias = [](rsq::vector<float>& b) {
+    return b.size() ? vector_view<float>(b.data(), index_t(b.size())) : vector_view<float>{};
+  };
   return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
-          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3)};
+          rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3), bias(l.bq),
+          bias(l.bk),           bias(l.bv)};
 }
 
 namespace pipeline_detail {
@@ -178,6 +183,9 @@ void rotate_layer(B const& be, rotation_plan const& p, llama_config const& c, la
     fused(w.rms_att)(m);
     p.value_heads.apply_left_transpose(be, m);  // each head's output features ← H_hd/√hd · (...)
   });
+  if (w.bv.data())  // v = Wx + b: the per-head Hadamard of v's features applies to its bias as to W's rows
+    in_double(be, matrix_view<float>(w.bv.data(), {w.bv.extent(0), 1}, {w.bv.stride(0), 1}),
+              [&](matrix_view<double> m) { p.value_heads.apply_left_transpose(be, m); });
   in_double(be, w.w1, fused(w.rms_ffn));
   in_double(be, w.w3, fused(w.rms_ffn));
   in_double(be, w.wo, [&](matrix_view<double> m) {

@@ -7,6 +7,7 @@
 ///
 /// Implemented with algorithm::gemm (<rsq/linalg/gemm.hpp>).
 
+#include "rsq/linalg/elementwise.hpp"
 #include "rsq/linalg/gemm.hpp"
 #include "rsq/nn/checks.hpp"
 #include "rsq/nn/options.hpp"
@@ -25,8 +26,14 @@ void linear(B const& be, matrix_view<const float> x, matrix_view<const float> w,
   RSQ_EXPECTS(w.cols() == x.cols(), "linear: the weight ", rsq::detail::shape_string(w), " does not take inputs ",
               rsq::detail::shape_string(x), " (in_features differ)");
   detail::expect_shape(y, x.rows(), w.rows(), "linear", "y");
+  if (opt.bias.data()) {
+    detail::expect_operand(be, opt.bias, "linear", "the bias");
+    RSQ_EXPECTS(opt.bias.extent(0) == w.rows(), "linear: a bias of ", opt.bias.extent(0), " values for ", w.rows(),
+                " out_features");
+  }
   linalg::gemm(be, x, linalg::op::none, w, linalg::op::transpose, y,
                {.alpha = 1.0, .beta = opt.accumulate ? 1.0 : 0.0, .precision = opt.precision});
+  if (opt.bias.data()) linalg::add_to_rows(be, y, opt.bias);
 }
 
 }  // namespace rsq::nn

@@ -18,6 +18,7 @@ namespace rsq::nn {
 struct linear_options {
   bool accumulate = false;                           ///< y += x·Wᵀ instead of y = x·Wᵀ (the residual connection)
   matmul_precision precision = matmul_precision::fp32;
+  vector_view<const float> bias = {};                ///< (out_features) added to every row; none when empty
 };
 
 /// Llama-3's frequency-dependent RoPE scaling (Hugging Face `rope_type: "llama3"`): wavelengths longer than

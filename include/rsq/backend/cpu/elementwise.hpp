@@ -35,6 +35,15 @@ struct implementation<algorithm::elementwise, cpu_eigen> {
   }
 
   template <class T>
+  static void add_to_rows(cpu_eigen const&, matrix_view<T> y, vector_view<const T> b) {
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (y.size() > (index_t(1) << 16))
+#endif
+    for (index_t i = 0; i < y.rows(); ++i)
+      for (index_t j = 0; j < y.cols(); ++j) y(i, j) += b(j);
+  }
+
+  template <class T>
   static void axpy(cpu_eigen const&, T alpha, matrix_view<const T> x, matrix_view<T> y) {
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) if (x.size() > (index_t(1) << 16))

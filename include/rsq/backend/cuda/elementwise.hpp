@@ -21,10 +21,14 @@ void scale_columns_impl(backend::cuda const& be, matrix_view<T> w, vector_view<c
 template <class T>
 void axpy_impl(backend::cuda const& be, T alpha, matrix_view<const T> x, matrix_view<T> y);
 template <class T>
+void add_to_rows_impl(backend::cuda const& be, matrix_view<T> y, vector_view<const T> b);
+template <class T>
 [[nodiscard]] double dot_impl(backend::cuda const& be, matrix_view<const T> a, matrix_view<const T> b);
 
 extern template void axpy_impl<float>(backend::cuda const&, float, matrix_view<const float>, matrix_view<float>);
 extern template void axpy_impl<double>(backend::cuda const&, double, matrix_view<const double>, matrix_view<double>);
+extern template void add_to_rows_impl<float>(backend::cuda const&, matrix_view<float>, vector_view<const float>);
+extern template void add_to_rows_impl<double>(backend::cuda const&, matrix_view<double>, vector_view<const double>);
 extern template double dot_impl<float>(backend::cuda const&, matrix_view<const float>, matrix_view<const float>);
 extern template double dot_impl<double>(backend::cuda const&, matrix_view<const double>, matrix_view<const double>);
 extern template void convert_impl<float, double>(backend::cuda const&, matrix_view<const float>, matrix_view<double>);
@@ -56,6 +60,10 @@ struct implementation<algorithm::elementwise, cuda> {
   template <class T>
   static void axpy(cuda const& be, T alpha, matrix_view<const T> x, matrix_view<T> y) {
     rsq::cuda::detail::axpy_impl<T>(be, alpha, x, y);
+  }
+  template <class T>
+  static void add_to_rows(cuda const& be, matrix_view<T> y, vector_view<const T> b) {
+    rsq::cuda::detail::add_to_rows_impl<T>(be, y, b);
   }
   template <class T>
   static double dot(cuda const& be, matrix_view<const T> a, matrix_view<const T> b) {

@@ -62,6 +62,8 @@ template void convert_impl<float, float>(backend::cuda const&, matrix_view<const
 template void convert_impl<double, double>(backend::cuda const&, matrix_view<const double>, matrix_view<double>);
 template void scale_columns_impl<double, float>(backend::cuda const&, matrix_view<double>, vector_view<const float>);
 template void scale_columns_impl<float, float>(backend::cuda const&, matrix_view<float>, vector_view<const float>);
+template void add_to_rows_impl<float>(backend::cuda const&, matrix_view<float>, vector_view<const float>);
+template void add_to_rows_impl<double>(backend::cuda const&, matrix_view<double>, vector_view<const double>);
 template pack::gptq_tensors packed_to_host<backend::cuda>(backend::cuda const&,
                                                           pack::basic_gptq_tensors<backend::cuda> const&);
 template void gemm_impl<float>(backend::cuda const&, matrix_view<const float>, linalg::op, matrix_view<const float>,

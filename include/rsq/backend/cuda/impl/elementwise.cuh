@@ -29,6 +29,12 @@ __global__ void axpy_kernel(T alpha, T const* __restrict__ x, index_t xs0, index
   RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) y[r * ys0 + c * ys1] += alpha * x[r * xs0 + c * xs1];
 }
 
+template <class T>
+__global__ void add_to_rows_kernel(T* __restrict__ y, index_t s0, index_t s1, index_t rows, index_t cols,
+                                   T const* __restrict__ b, index_t bs) {
+  RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) y[r * s0 + c * s1] += b[c * bs];
+}
+
 /// Σ_c a(r, c)·b(r, c) in double for row r = blockIdx.x (256 threads, a fixed reduction tree: the same result on every
 /// run).
 template <class T>
@@ -68,6 +74,14 @@ void scale_columns_impl(backend::cuda const& be, matrix_view<T> w, vector_view<c
   kernels::scale_columns_kernel<T, G><<<kernels::grid_2d(w.rows(), w.cols()), 256, 0, ctx.stream()>>>(
       w.data(), w.stride(0), w.stride(1), w.rows(), w.cols(), g.data(), g.stride(0));
   RSQ_CUDA_CHECK_LAUNCH("scale_columns_kernel");
+}
+
+template <class T>
+void add_to_rows_impl(backend::cuda const& be, matrix_view<T> y, vector_view<const T> b) {
+  auto& ctx = context_for(be.stream);
+  kernels::add_to_rows_kernel<T><<<kernels::grid_2d(y.rows(), y.cols()), 256, 0, ctx.stream()>>>(
+      y.data(), y.stride(0), y.stride(1), y.rows(), y.cols(), b.data(), b.stride(0));
+  RSQ_CUDA_CHECK_LAUNCH("add_to_rows_kernel");
 }
 
 template <class T>
