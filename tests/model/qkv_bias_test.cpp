@@ -56,7 +56,9 @@ rsq::matrix<std::int32_t> tokens(index_t s, index_t l, int vocab) {
   return t;
 }
 
-double max_rel_diff(rsq::matrix<float> const& a, rsq::matrix<float> const& b) {
+/// max |a − b| / max |b| over logits (sequences, L, vocab).
+template <class A>
+double max_rel_diff(A const& a, A const& b) {
   double num = 0, den = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
     num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
@@ -65,9 +67,7 @@ double max_rel_diff(rsq::matrix<float> const& a, rsq::matrix<float> const& b) {
   return num / den;
 }
 
-rsq::matrix<float> logits(llama_model const& m, rsq::matrix<std::int32_t> const& t) {
-  return forward(m, rsq::view(t));
-}
+auto logits(llama_model const& m, rsq::matrix<std::int32_t> const& t) { return forward(m, rsq::view(t)); }
 
 hf_config qwen2_config_of(llama_config const& c) {
   nlohmann::json j = {{"architectures", {"Qwen2ForCausalLM"}}, {"hidden_size", c.dim},
