@@ -29,11 +29,9 @@
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
-#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
-#include <rsq/cuda.hpp>
-#endif
 
 #include "support/args.hpp"
+#include "support/main.hpp"
 #include "support/output.hpp"
 
 namespace {
@@ -359,20 +357,13 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
 
 int run(rsq_cli::args const& a) {
   auto const rc = parse_config(a);
-#if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
-  if (rc.cuda) {
-    if (rsq::cuda::device_count() == 0)
-      throw std::runtime_error("--backend cuda: no CUDA device is available on this machine");
-    return run(rsq::backend::cuda{}, a, rc);
-  }
-#endif
-  return run(rsq::backend::cpu_eigen{}, a, rc);
+  return rsq_cli::on_backend(rc.cuda, [&](auto const& be) { return run(be, a, rc); });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return rsq_cli::exit_status("rsq-llama2c", [&] {
     for (int i = 1; i < argc; ++i)
       if (std::string_view(argv[i]) == "-h") {
         std::puts(usage);
@@ -389,13 +380,5 @@ int main(int argc, char** argv) {
       return argc == 1 ? 2 : 0;
     }
     return run(a);
-  } catch (usage_error const& e) {
-    std::fprintf(stderr, "rsq-llama2c: error: %s\n", e.what());
-    return 2;
-  } catch (std::exception const& e) {
-    std::string msg = e.what();
-    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);  // library messages start with "rsq: "
-    std::fprintf(stderr, "rsq-llama2c: error: %s\n", msg.c_str());
-    return 1;
-  }
+  });
 }

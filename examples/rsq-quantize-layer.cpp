@@ -36,6 +36,7 @@
 #include <rsq/quant/rtn.hpp>
 
 #include "support/args.hpp"
+#include "support/main.hpp"
 #include "support/output.hpp"
 
 namespace {
@@ -291,7 +292,7 @@ int demo() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return rsq_cli::exit_status("rsq-quantize-layer", [&] {
     if (argc == 1) return demo();
     for (int i = 1; i < argc; ++i)
       if (std::string_view(argv[i]) == "-h") {
@@ -307,13 +308,5 @@ int main(int argc, char** argv) {
       return 0;
     }
     return a.choice("precision", {"f32", "f64"}) == "f64" ? run<double>(a) : run<float>(a);
-  } catch (usage_error const& e) {
-    std::fprintf(stderr, "rsq-quantize-layer: error: %s (see --help)\n", e.what());
-    return 2;
-  } catch (std::exception const& e) {
-    std::string msg = e.what();
-    if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);  // library messages start with "rsq: "
-    std::fprintf(stderr, "rsq-quantize-layer: error: %s\n", msg.c_str());
-    return 1;
-  }
+  }, " (see --help)");
 }

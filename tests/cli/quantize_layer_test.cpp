@@ -2,38 +2,24 @@
 // rsq-quantize-layer end to end: golden cases through the command line, its files and JSON line, and bad input.
 #include <doctest/doctest.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 
 #include <rsq/gptq/proxy_loss.hpp>
 #include <rsq/io/npy.hpp>
 #include <rsq/quant/quantized_weight.hpp>
 #include <rsq/rotation/any_rotation.hpp>
 
+#include "cli/cli_support.hpp"
 #include "support/golden_case.hpp"
 
 namespace {
 
-struct run_result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using rsq_test::run_result;
 
-run_result run_tool(std::string const& args) {
-  std::string const cmd = std::string(RSQ_TOOLS_DIR) + "/rsq-quantize-layer " + args + " 2>&1";
-  run_result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), int(buf.size()), p)) r.output += buf.data();
-  int const st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+run_result run_tool(std::string const& args) { return rsq_test::run_tool_named("rsq-quantize-layer", args); }
 
 double json_number(std::string const& json, std::string const& key) {
   auto const v = rsq_test::json_value(json, key);

@@ -4,13 +4,11 @@
 // before any work; --overwrite replaces the folder whole.
 #include <doctest/doctest.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
-#include <sys/wait.h>
 
 #include <rsq/io/npy.hpp>
 #include <rsq/model/calibration.hpp>
@@ -18,6 +16,7 @@
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
 
+#include "cli/cli_support.hpp"
 #include "support/shared_data.hpp"
 
 namespace fs = std::filesystem;
@@ -25,22 +24,9 @@ using rsq::index_t;
 
 namespace {
 
-struct run_result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using rsq_test::run_result;
 
-run_result run_tool(std::string const& args) {
-  std::string const cmd = std::string(RSQ_TOOLS_DIR) + "/rsq-quantize " + args + " 2>&1";
-  run_result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  while (std::fgets(buf.data(), int(buf.size()), p)) r.output += buf.data();
-  int const st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+run_result run_tool(std::string const& args) { return rsq_test::run_tool_named("rsq-quantize", args); }
 
 /// lm7m's folder and token windows of its validation text as .npy files (calibration, evaluation), or nothing.
 struct lm7m_files {
