@@ -5,18 +5,21 @@
 # and writes full logs under $OUT (default ./cuda-device-out).
 #
 # usage: scripts/cuda-device.sh [--prebuilt DIR] [--shared DIR] [--keep-going] [--quick] STEP...
-#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench all  (all = build test sanitize bench
-#         model hadamard cpu; bench = bench_gptq_cuda and the PyTorch reference loop, bench-ours = ours only; model =
+#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench hf-reference hf-check all  (all = build
+#         test sanitize bench model hadamard cpu hf-reference hf-check; bench = bench_gptq_cuda and the PyTorch reference loop, bench-ours = ours only; model =
 #         the whole Llama-3-8B-shaped model on the GPU (bench_model_cuda) next to the PyTorch RSQ layer loop on two
 #         layers; nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
-#         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine)
+#         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine; hf-reference = transformers' logits of
+#         small Llama-3/Qwen2/Mistral folders and lm7m (scripts/hf-reference.py make, into $OUT/hf_reference) and the
+#         Python `tokenizers` fixtures (into $OUT/tokenizer_fixtures); hf-check = rsq-quantize on lm7m's Hugging Face
+#         folder with each backend, then transformers' perplexity of each written folder beside rsq's)
 # The tests: every test program (one body per algorithm over the backends) runs its CUDA cases (doctest -tc=*cuda*,
 # then the CUDA-only suites -ts=*.cuda): the CPU cases ran in CI.
 #   --prebuilt DIR  take the test and benchmark executables from DIR instead of building (a build of this tree made
 #                   elsewhere with -DRSQ_WITH_CUDA=ON -DRSQ_NATIVE=OFF)
 #   --shared DIR    the folder with golden/ (default: $RSQ_SHARED_DIR, ../shared, or .deps/shared)
-# A folder .deps/usr (headers and CMake packages of Eigen, xtensor, xtl, xsimd, doctest) is copied to /usr first when
-# running as root on a machine without them. Steps stop at the first failure unless --keep-going.
+# A folder .deps/usr, or an archive .deps/usr.tar.xz of one (headers, CMake packages and libraries of Eigen, xtensor,
+# xtl, xsimd, doctest, nlohmann-json, PCRE2), is copied to /usr first when running as root on a machine without them. Steps stop at the first failure unless --keep-going.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/cuda-device-out}
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --shared) shared=$2; shift ;;
     --keep-going) keep=1 ;;
     --quick) quick=1 ;;
-    all) steps+=(build test sanitize bench model hadamard cpu) ;;
+    all) steps+=(build test sanitize bench model hadamard cpu hf-reference hf-check) ;;
     *) steps+=("$1") ;;
   esac
   shift
@@ -55,8 +58,9 @@ fail() { add "$1" "FAILED" "$2"; if [ $keep = 0 ]; then finish; exit 1; fi; }
 trap 'finish' EXIT
 : > "$OUT/summary.md"
 
-if [ -d "$root/.deps/usr" ] && [ "$(id -u)" = 0 ]; then
-  cp -rn "$root/.deps/usr/." /usr/ 2> /dev/null  # only what the machine lacks
+if [ "$(id -u)" = 0 ]; then  # only what the machine lacks
+  if [ -d "$root/.deps/usr" ]; then cp -rn "$root/.deps/usr/." /usr/ 2> /dev/null
+  elif [ -f "$root/.deps/usr.tar.xz" ]; then tar xJf "$root/.deps/usr.tar.xz" -C / --skip-old-files 2> /dev/null; fi
 fi
 if [ -z "$shared" ]; then
   for d in "$root/../shared" "$root/.deps/shared"; do [ -d "$d/golden" ] && shared=$d && break; done
@@ -78,7 +82,7 @@ if [ -z "$prebuilt" ] && has build; then
   {
     cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRSQ_WITH_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DRSQ_BUILD_BENCHMARKS=ON "${pkg_dirs[@]}" &&
-    cmake --build "$build" -j "$(nproc)" --target rsq_cuda_objects rsq-llama2c cuda-backend-tour \
+    cmake --build "$build" -j "$(nproc)" --target rsq_cuda_objects rsq-llama2c rsq-quantize cuda-backend-tour \
       $(cd "$root/tests" && ls */*_test.cpp | grep -v '^package/' | sed 's#^\(.*\)/\(.*\)\.cpp$#rsq_test_\1_\2#') \
       $(cd "$root/benchmarks/cuda" && ls bench_*.cu bench_*.cpp 2>/dev/null | sed 's/\.[a-z]*$//')
   } > "$OUT/build.log" 2>&1 || fail build "see build.log"
@@ -237,4 +241,52 @@ if has cpu-bench; then
       fail "cpu-bench $b" "bench_cpu_backend.md"
   done
   add cpu-bench ok "$((SECONDS - t0)) s (bench_cpu_backend.md)"
+fi
+
+if has hf-reference; then
+  t0=$SECONDS
+  if [ -n "$shared" ] && timeout 300 python3 "$root/scripts/hf-reference.py" make --out "$OUT/hf_reference" \
+       --lm7m "$shared/data/models/lm7m/hf" > "$OUT/hf_reference.log" 2>&1; then
+    add hf-reference ok "$((SECONDS - t0)) s ($(ls "$OUT/hf_reference" | tr '\n' ' '))"
+  else
+    fail hf-reference "hf_reference.log"
+  fi
+  t0=$SECONDS
+  if timeout 120 python3 "$root/scripts/make-tokenizer-fixtures.py" >> "$OUT/hf_reference.log" 2>&1; then
+    rm -rf "$OUT/tokenizer_fixtures"; cp -r "$root/tests/model/fixtures/generated" "$OUT/tokenizer_fixtures"
+    add "tokenizer fixtures (Python tokenizers)" ok "$((SECONDS - t0)) s"
+  else
+    fail "tokenizer fixtures (Python tokenizers)" "hf_reference.log"
+  fi
+fi
+
+if has hf-check; then
+  exe=$(find_exe rsq-quantize)
+  lm7m=$shared/data/models/lm7m/hf
+  log=$OUT/hf_check.log; : > "$log"
+  if [ -z "$exe" ] || [ ! -d "$lm7m" ]; then fail hf-check "rsq-quantize or $lm7m missing"
+  elif ! python3 "$root/scripts/hf-reference.py" windows --model "$lm7m" --text "$shared/data/text/mix_valid.txt" \
+         --windows 16 --length 256 --out "$OUT/hf_check_eval.npy" >> "$log" 2>&1; then fail hf-check "hf_check.log"
+  else
+    echo "=== transformers, the original lm7m" >> "$log"
+    python3 "$root/scripts/hf-reference.py" perplexity --model "$lm7m" --tokens "$OUT/hf_check_eval.npy" >> "$log" 2>&1
+    for be in cuda cpu; do
+      for m in gptq rsq; do
+        t0=$SECONDS
+        dir=$(mktemp -d)/lm7m-$m-$be
+        echo "=== rsq-quantize --backend $be --method $m" >> "$log"
+        if timeout 300 "$exe" --model "$lm7m" --calib "$shared/data/text/mix_valid.txt" --method $m --bits 4 \
+             --group-size 128 --nsamples 32 --seqlen 256 --eval "$OUT/hf_check_eval.npy" --backend $be --quiet \
+             --out "$dir" >> "$log" 2>&1 &&
+           python3 "$root/scripts/hf-reference.py" perplexity --model "$dir" --tokens "$OUT/hf_check_eval.npy" >> "$log" 2>&1
+        then
+          rsq_ppl=$(grep 'perplexity on' "$log" | tail -1 | sed 's/.*, \([0-9.]*\) after.*/\1/')
+          add "hf-check $m $be" ok "perplexity: rsq $rsq_ppl, transformers $(grep '^perplexity' "$log" | tail -1 | cut -d' ' -f2), $((SECONDS - t0)) s"
+        else
+          fail "hf-check $m $be" "hf_check.log"
+        fi
+        rm -rf "$dir"
+      done
+    done
+  fi
 fi

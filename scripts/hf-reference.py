@@ -10,6 +10,10 @@ torch, transformers, safetensors and numpy (no internet: every model here is mad
       computed by transformers in float32 with eager attention; for lm7m only tokens.npy and logits.npy (its folder
       is in ../shared). The folders are a few hundred KB: small enough to commit as test fixtures.
 
+  python3 scripts/hf-reference.py windows --model DIR --text FILE --windows N --length L --out T.npy
+      The first N consecutive windows of L tokens of a text, tokenized by the `tokenizers` library with the model's
+      tokenizer.json (int32, (N, L)): evaluation data that rsq-quantize --eval and `perplexity` read alike.
+
   python3 scripts/hf-reference.py perplexity --model DIR --tokens T.npy
       Transformers' perplexity (mean next-token loss over every window, exp) of a model folder, e.g. one that
       `rsq-quantize --format hf` wrote; prints one line `perplexity <value>` to compare with rsq's figure.
@@ -82,6 +86,24 @@ def make(args):
         json.dump({"torch": torch.__version__, "transformers": transformers.__version__}, f)
 
 
+def windows(args):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    ids = []
+    for line in text.split("\n\n"):  # paragraph by paragraph: the same stream whatever the text's length
+        if line.strip():
+            ids.extend(tok.encode(line).ids)
+        if len(ids) >= args.windows * args.length:
+            break
+    if len(ids) < args.windows * args.length:
+        sys.exit(f"{args.text}: {len(ids)} tokens, fewer than {args.windows} windows of {args.length}")
+    out = np.array(ids[: args.windows * args.length], dtype=np.int32).reshape(args.windows, args.length)
+    np.save(args.out, out)
+    print(f"{args.out}: {out.shape[0]} windows of {out.shape[1]} tokens")
+
+
 @torch.no_grad()
 def perplexity(args):
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
@@ -107,8 +129,14 @@ def main():
     q = sub.add_parser("perplexity")
     q.add_argument("--model", required=True)
     q.add_argument("--tokens", required=True)
+    w = sub.add_parser("windows")
+    w.add_argument("--model", required=True)
+    w.add_argument("--text", required=True)
+    w.add_argument("--windows", type=int, default=16)
+    w.add_argument("--length", type=int, default=256)
+    w.add_argument("--out", required=True)
     a = p.parse_args()
-    make(a) if a.cmd == "make" else perplexity(a)
+    {"make": make, "perplexity": perplexity, "windows": windows}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The whole pipeline on every backend, on the real models of ../shared (stories260K; lm7m when its llama2c form is
-// there):
+// The whole pipeline on every backend, on the real models of ../shared (stories260K; lm7m, read from its Hugging Face
+// folder, when it is there):
 //  - CPU: the same seed gives bitwise identical codes, weights and perplexity for 1, 2 and 3 OpenMP threads;
 //  - CUDA: bitwise identical from run to run; against the CPU backend, the share of identical codes per linear and
 //    the perplexity (evaluated by each backend) within 0.5% (CPU and GPU round their products differently, so a
@@ -20,6 +20,7 @@
 #endif
 
 #include <rsq/model/calibration.hpp>
+#include <rsq/model/hf_model.hpp>
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
@@ -48,16 +49,16 @@ std::vector<real_model> real_models(std::filesystem::path const& shared, index_t
     auto const es = story_tokens(f.tok, f.stories, {500, 540});
     out.push_back({"stories260K", f.model, sample_windows(cs, 128, calib_windows, 0), consecutive_windows(es, 128)});
   }
-  auto const lm7m = shared / "data/models/lm7m/llama2c";
-  if (std::filesystem::exists(lm7m / "model.bin") && std::filesystem::exists(shared / "data/text/mix_valid.txt")) {
-    auto m = load_llama2c_checkpoint(lm7m / "model.bin");
-    auto const tok = load_tokenizer(lm7m / "tokenizer.bin", {.vocab_size = m.config.vocab_size});
+  auto const lm7m = shared / "data/models/lm7m";
+  if (std::filesystem::exists(lm7m / "hf/model.safetensors") && std::filesystem::exists(shared / "data/text/mix_valid.txt")) {
+    auto m = load_hf_model(lm7m / "hf").model;
+    auto const tok = load_tokenizer(lm7m / "llama2c/tokenizer.bin", {.vocab_size = m.config.vocab_size});
     auto const docs = load_stories(shared / "data/text/mix_valid.txt");
     auto const cs = story_tokens(tok, docs, {0, 40});
     auto const es = story_tokens(tok, docs, {100, 110});
     out.push_back({"lm7m", std::move(m), sample_windows(cs, 128, calib_windows, 0), consecutive_windows(es, 128)});
   } else {
-    MESSAGE("SKIPPED lm7m: data/models/lm7m/llama2c or data/text/mix_valid.txt not in ../shared");
+    MESSAGE("SKIPPED lm7m: data/models/lm7m/hf or data/text/mix_valid.txt not in ../shared");
   }
   return out;
 }
