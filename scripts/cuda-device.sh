@@ -84,8 +84,8 @@ if [ -z "$prebuilt" ] && has build; then
       -DCMAKE_CUDA_ARCHITECTURES=90 -DRSQ_BUILD_BENCHMARKS=ON "${pkg_dirs[@]}" &&
     cmake --build "$build" -j "$(nproc)" --target rsq_cuda_objects rsq-llama2c rsq-quantize cuda-backend-tour \
       $(cd "$root/tests" && ls */*_test.cpp | grep -v '^package/' | sed 's#^\(.*\)/\(.*\)\.cpp$#rsq_test_\1_\2#') \
-      $(cd "$root/benchmarks/cuda" && ls bench_*.cu bench_*.cpp 2>/dev/null | sed 's/\.[a-z]*$//')
-  } > "$OUT/build.log" 2>&1 || fail build "see build.log"
+      $(cd "$root/benchmarks/cuda" && ls bench_*.cu bench_*.cpp 2>/dev/null | sed 's/\.[a-z]*$//') -- -k 0
+  } > "$OUT/build.log" 2>&1 || fail build "$(grep -c 'FAILED:' "$OUT/build.log") targets failed (build.log)"
   bin=$build
   add build ok "$((SECONDS - t0)) s"
 fi

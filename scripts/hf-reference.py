@@ -5,7 +5,8 @@ torch, transformers, safetensors and numpy (no internet: every model here is mad
 
   python3 scripts/hf-reference.py make --out tests/model/fixtures/hf_reference [--lm7m ../shared/data/models/lm7m/hf]
       Small randomly initialised LlamaForCausalLM (Llama-3 style, with llama3 RoPE scaling), Qwen2ForCausalLM (q/k/v
-      biases, tied embeddings) and MistralForCausalLM configurations, each saved as a Hugging Face folder
+      biases, tied embeddings), MistralForCausalLM (and one with head_dim * heads != hidden_size, as Mistral-Nemo) and
+      LlamaForCausalLM with attention_bias and mlp_bias configurations, each saved as a Hugging Face folder
       (config.json + model.safetensors) with tokens.npy (int32, (2, 24)) and logits.npy (float32, (2, 24, vocab)),
       computed by transformers in float32 with eager attention; for lm7m only tokens.npy and logits.npy (its folder
       is in ../shared). The folders are a few hundred KB: small enough to commit as test fixtures.
@@ -54,8 +55,16 @@ def small_configs():
     qwen2 = transformers.Qwen2Config(**common, rope_theta=1000000.0, tie_word_embeddings=True)
     mistral = transformers.MistralConfig(**common, rope_theta=10000.0, tie_word_embeddings=False,
                                          sliding_window=None)
+    # Mistral-Nemo's shape: head_dim * heads != hidden_size (q_proj 64 -> 128, o_proj 128 -> 64)
+    mistral_head_dim = transformers.MistralConfig(**common, head_dim=32, rope_theta=1000000.0,
+                                                  tie_word_embeddings=False, sliding_window=None)
+    # attention_bias gives q/k/v and o_proj biases, mlp_bias gate/up/down biases
+    llama_biases = transformers.LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=True,
+                                            attention_bias=True, mlp_bias=True)
     return {"llama3": (transformers.LlamaForCausalLM, llama3), "qwen2": (transformers.Qwen2ForCausalLM, qwen2),
-            "mistral": (transformers.MistralForCausalLM, mistral)}
+            "mistral": (transformers.MistralForCausalLM, mistral),
+            "mistral_head_dim": (transformers.MistralForCausalLM, mistral_head_dim),
+            "llama_biases": (transformers.LlamaForCausalLM, llama_biases)}
 
 
 def make(args):

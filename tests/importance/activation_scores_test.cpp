@@ -33,14 +33,14 @@
 
 namespace imp = rsq::importance;
 using rsq::index_t;
-using stat = imp::activation_statistic;
+using statistic = imp::activation_statistic;
 
 namespace {
 
-constexpr stat all_statistics[] = {stat::norm, stat::distance, stat::spread};
+constexpr statistic all_statistics[] = {statistic::norm, statistic::distance, statistic::spread};
 
-char const* name_of(stat s) {
-  return s == stat::norm ? "norm" : s == stat::distance ? "distance" : "spread";
+char const* name_of(statistic s) {
+  return s == statistic::norm ? "norm" : s == statistic::distance ? "distance" : "spread";
 }
 
 template <class T>
@@ -62,19 +62,19 @@ rsq::matrix<T> perturbed(rsq::matrix<T> const& x, unsigned seed, double sd = 0.3
 
 /// The float64 definitions of spec §4.4, one score per row of x (sequences of L rows).
 template <class T>
-std::vector<double> brute_force(stat s, rsq::matrix<T> const& x, rsq::matrix<T> const& ref, index_t L) {
+std::vector<double> brute_force(statistic s, rsq::matrix<T> const& x, rsq::matrix<T> const& ref, index_t L) {
   std::size_t const rows = x.shape(0), d = x.shape(1);
   std::vector<double> out(rows, 0.0);
   for (std::size_t r = 0; r < rows; ++r) {
     double acc = 0;
-    if (s == stat::spread) {  // (1/L) Σ_j ‖x_t − x_j‖² over the tokens j of the same sequence, pairwise
+    if (s == statistic::spread) {  // (1/L) Σ_j ‖x_t − x_j‖² over the tokens j of the same sequence, pairwise
       std::size_t const j0 = r / std::size_t(L) * std::size_t(L);
       for (std::size_t j = j0; j < j0 + std::size_t(L); ++j)
         for (std::size_t c = 0; c < d; ++c) acc += std::pow(double(x(r, c)) - double(x(j, c)), 2);
       out[r] = acc / double(L);
     } else {
       for (std::size_t c = 0; c < d; ++c)
-        acc += std::pow(double(x(r, c)) - (s == stat::distance ? double(ref(r, c)) : 0.0), 2);
+        acc += std::pow(double(x(r, c)) - (s == statistic::distance ? double(ref(r, c)) : 0.0), 2);
       out[r] = std::sqrt(acc);
     }
   }
@@ -88,7 +88,7 @@ auto upload(rsq::matrix<T> const& h) {
 
 /// The scores of the front end on backend B for host inputs, as a host (sequences, L) matrix.
 template <class B, class T>
-rsq::matrix<float> scores_on(stat s, rsq::matrix<T> const& x, rsq::matrix<T> const& ref, index_t L) {
+rsq::matrix<float> scores_on(statistic s, rsq::matrix<T> const& x, rsq::matrix<T> const& ref, index_t L) {
   B const be{};
   auto const xd = upload<B>(x);
   auto const rd = upload<B>(ref);
@@ -130,7 +130,7 @@ void check_brute_force() {
     CAPTURE(d);
     auto const x = random_matrix<T>(S * L, d, unsigned(S * 1000 + L * 10 + d), mean);
     auto const y = perturbed(x, unsigned(d + 7));
-    for (stat s : all_statistics) {
+    for (statistic s : all_statistics) {
       CAPTURE(name_of(s));
       auto const got = scores_on<B>(s, x, y, L);
       REQUIRE(index_t(got.shape(0)) == S);
@@ -145,12 +145,12 @@ void check_policies() {
   index_t const S = 3, L = 37, d = 300;
   auto const x = random_matrix<T>(S * L, d, 11, 2.0, 3.0);
   auto const y = perturbed(x, 12, 0.5);
-  std::tuple<stat, bool, rsq::matrix<float>> const cases[] = {
-      {stat::norm, false, scores_on<B>(stat::norm, x, y, L)},        // actnorm on x_in
-      {stat::norm, true, scores_on<B>(stat::norm, y, x, L)},         // actnorm on x_out
-      {stat::distance, false, scores_on<B>(stat::distance, x, y, L)},  // actdiff
-      {stat::spread, false, scores_on<B>(stat::spread, x, y, L)},    // tokensim on x_in
-      {stat::spread, true, scores_on<B>(stat::spread, y, x, L)},     // tokensim on x_out
+  std::tuple<statistic, bool, rsq::matrix<float>> const cases[] = {
+      {statistic::norm, false, scores_on<B>(statistic::norm, x, y, L)},        // actnorm on x_in
+      {statistic::norm, true, scores_on<B>(statistic::norm, y, x, L)},         // actnorm on x_out
+      {statistic::distance, false, scores_on<B>(statistic::distance, x, y, L)},  // actdiff
+      {statistic::spread, false, scores_on<B>(statistic::spread, x, y, L)},    // tokensim on x_in
+      {statistic::spread, true, scores_on<B>(statistic::spread, y, x, L)},     // tokensim on x_out
   };
   auto const source = [](bool output) {
     return output ? imp::activation_source::output : imp::activation_source::input;
@@ -160,13 +160,13 @@ void check_policies() {
     imp::basic_sequence_context<T> const ctx{.x_in = rsq::matrix_view<const T>(x.data() + j * L * d, L, d),
                                              .x_out = rsq::matrix_view<const T>(y.data() + j * L * d, L, d)};
     for (auto const& c : cases) {
-      stat const s = std::get<0>(c);  // named variables (see above)
+      statistic const s = std::get<0>(c);  // named variables (see above)
       bool const output = std::get<1>(c);
       auto const& got = std::get<2>(c);
       CAPTURE(name_of(s));
       CAPTURE(output);
-      rsq::vector<T> const policy = s == stat::norm       ? imp::actnorm{.source = source(output)}.scores(ctx)
-                                    : s == stat::distance ? imp::actdiff{}.scores(ctx)
+      rsq::vector<T> const policy = s == statistic::norm       ? imp::actnorm{.source = source(output)}.scores(ctx)
+                                    : s == statistic::distance ? imp::actdiff{}.scores(ctx)
                                                           : imp::tokensim{.source = source(output)}.scores(ctx);
       REQUIRE(index_t(policy.size()) == L);
       for (index_t t = 0; t < L; ++t) {
@@ -197,7 +197,7 @@ void check_thread_counts() {
   index_t const S = 3, L = 300, d = 700;
   auto const x = random_matrix<T>(S * L, d, 21, 1.0, 2.0);
   auto const y = perturbed(x, 22);
-  for (stat s : all_statistics) {
+  for (statistic s : all_statistics) {
     CAPTURE(name_of(s));
     rsq::matrix<float> one, two;
     {
@@ -253,7 +253,7 @@ TEST_SUITE("importance.activation_scores") {
     auto const yd = upload<B>(wide_y);
     rsq::matrix_view<const float> const xv(rsq::view(xd).data() + 3, {S * L, d}, {d + pad, 1});
     rsq::matrix_view<const float> const yv(rsq::view(yd).data() + pad, {S * L, d}, {d + pad, 1});
-    for (stat s : all_statistics) {
+    for (statistic s : all_statistics) {
       CAPTURE(name_of(s));
       auto out = upload<B>(sentinel);
       rsq::matrix_view<float> const ov(rsq::view(out).data() + 2, {S, L}, {L + 4, 1});
@@ -293,7 +293,7 @@ TEST_SUITE("importance.activation_scores") {
     bad_ref(2, 5) = -std::numeric_limits<float>::infinity();
     auto const xd = upload<B>(x), yd = upload<B>(y), bad_d = upload<B>(bad), bad_ref_d = upload<B>(bad_ref);
     auto out = rsq::backend::make_matrix<float>(be, 2, L);
-    for (stat s : all_statistics) {
+    for (statistic s : all_statistics) {
       CAPTURE(name_of(s));
       CHECK_THROWS_WITH_AS(
           imp::activation_scores(be, s, rsq::view(bad_d), rsq::view(yd), L, rsq::view(out)),
@@ -301,27 +301,27 @@ TEST_SUITE("importance.activation_scores") {
           rsq::invalid_argument);
     }
     CHECK_THROWS_WITH_AS(
-        imp::activation_scores(be, stat::distance, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out)),
+        imp::activation_scores(be, statistic::distance, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out)),
         doctest::Contains("rsq: activation_scores: x_ref has a non-finite value (-inf) at row 2, column 5"),
         rsq::invalid_argument);
     // Named as the policies name them; x is checked before x_ref.
     imp::activation_names const names{.x = "x_in", .x_ref = "x_out"};
     CHECK_THROWS_WITH_AS(
-        imp::activation_scores(be, stat::distance, rsq::view(bad_d), rsq::view(bad_ref_d), L, rsq::view(out), names),
+        imp::activation_scores(be, statistic::distance, rsq::view(bad_d), rsq::view(bad_ref_d), L, rsq::view(out), names),
         doctest::Contains("rsq: x_in has a non-finite value (nan) at row 7, column 3"), rsq::invalid_argument);
     CHECK_THROWS_WITH_AS(
-        imp::activation_scores(be, stat::distance, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out), names),
+        imp::activation_scores(be, statistic::distance, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out), names),
         doctest::Contains("rsq: x_out has a non-finite value (-inf) at row 2, column 5"), rsq::invalid_argument);
     // Inf in double inputs; x_ref is not read by norm and spread.
     auto bad64 = random_matrix<double>(2 * L, 8, 43);
     bad64(9, 7) = std::numeric_limits<double>::infinity();
     auto const bad64_d = upload<B>(bad64);
     auto const x64_d = upload<B>(random_matrix<double>(2 * L, 8, 44));
-    CHECK_THROWS_WITH_AS(imp::activation_scores(be, stat::spread, rsq::view(bad64_d), rsq::view(x64_d), L,
+    CHECK_THROWS_WITH_AS(imp::activation_scores(be, statistic::spread, rsq::view(bad64_d), rsq::view(x64_d), L,
                                                 rsq::view(out)),
                          doctest::Contains("x has a non-finite value (inf) at row 9, column 7"), rsq::invalid_argument);
-    CHECK_NOTHROW(imp::activation_scores(be, stat::norm, rsq::view(x64_d), rsq::view(bad64_d), L, rsq::view(out)));
-    CHECK_NOTHROW(imp::activation_scores(be, stat::spread, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out)));
+    CHECK_NOTHROW(imp::activation_scores(be, statistic::norm, rsq::view(x64_d), rsq::view(bad64_d), L, rsq::view(out)));
+    CHECK_NOTHROW(imp::activation_scores(be, statistic::spread, rsq::view(xd), rsq::view(bad_ref_d), L, rsq::view(out)));
   }
 
   TEST_CASE_TEMPLATE("bad shapes and arguments are rejected, naming them", B, RSQ_TEST_BACKENDS) {
@@ -337,39 +337,39 @@ TEST_SUITE("importance.activation_scores") {
       CAPTURE(what);
       CHECK_THROWS_WITH_AS(call(), doctest::Contains(what.c_str()), rsq::invalid_argument);
     };
-    expect([&] { imp::activation_scores(be, stat::norm, x, none, 0, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::norm, x, none, 0, rsq::view(out)); },
            "activation_scores: seq_len must be >= 1, got 0");
-    expect([&] { imp::activation_scores(be, stat::norm, x, none, 3, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::norm, x, none, 3, rsq::view(out)); },
            "activation_scores: x (10 x 8) must be (sequences·seq_len x hidden), but its 10 rows are not a multiple "
            "of seq_len 3");
-    expect([&] { imp::activation_scores(be, stat::norm, x, none, 5, rsq::view(out4)); },
+    expect([&] { imp::activation_scores(be, statistic::norm, x, none, 5, rsq::view(out4)); },
            "activation_scores: out must be (2 x 5) (sequences x seq_len), got (2 x 4)");
-    expect([&] { imp::activation_scores(be, stat::norm, x, none, 2, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::norm, x, none, 2, rsq::view(out)); },
            "activation_scores: out must be (5 x 2) (sequences x seq_len), got (2 x 5)");
-    expect([&] { imp::activation_scores(be, stat::distance, x, none, 5, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::distance, x, none, 5, rsq::view(out)); },
            "activation_scores: the distance statistic needs x_ref");
-    expect([&] { imp::activation_scores(be, stat::distance, x, rsq::view(x7), 5, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::distance, x, rsq::view(x7), 5, rsq::view(out)); },
            "activation_scores: x_ref (10 x 7) must have the shape of x (10 x 8)");
-    expect([&] { imp::activation_scores(be, stat::norm, none, none, 5, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, statistic::norm, none, none, 5, rsq::view(out)); },
            "activation_scores: x is empty (0 x 0)");
     expect([&] {
-      imp::activation_scores(be, stat::norm, rsq::matrix_view<const float>(x.data(), {10, 4}, {8, 2}), none, 5,
+      imp::activation_scores(be, statistic::norm, rsq::matrix_view<const float>(x.data(), {10, 4}, {8, 2}), none, 5,
                              rsq::view(out));
     }, "activation_scores: x must have contiguous rows (column stride 1), got stride 2");
     expect([&] {  // (never read: the check comes first)
-      imp::activation_scores(be, stat::norm, x, none, 5, rsq::matrix_view<float>(rsq::view(out).data(), {2, 5},
+      imp::activation_scores(be, statistic::norm, x, none, 5, rsq::matrix_view<float>(rsq::view(out).data(), {2, 5},
                                                                                   {10, 2}));
     }, "activation_scores: out must have contiguous rows (column stride 1), got stride 2");
-    expect([&] { imp::activation_scores(be, static_cast<stat>(7), x, none, 5, rsq::view(out)); },
+    expect([&] { imp::activation_scores(be, static_cast<statistic>(7), x, none, 5, rsq::view(out)); },
            "activation_scores: unknown statistic 7");
     if constexpr (!std::is_same_v<B, rsq::backend::cpu_eigen>) {
       auto const host_x = random_matrix<float>(10, 8, 53);
       auto host_out = rsq::make_matrix<float>(2, 5);
-      expect([&] { imp::activation_scores(be, stat::norm, rsq::view(host_x), none, 5, rsq::view(out)); },
+      expect([&] { imp::activation_scores(be, statistic::norm, rsq::view(host_x), none, 5, rsq::view(out)); },
              "activation_scores: x is not in the backend's memory");
-      expect([&] { imp::activation_scores(be, stat::distance, x, rsq::view(host_x), 5, rsq::view(out)); },
+      expect([&] { imp::activation_scores(be, statistic::distance, x, rsq::view(host_x), 5, rsq::view(out)); },
              "activation_scores: x_ref is not in the backend's memory");
-      expect([&] { imp::activation_scores(be, stat::norm, x, none, 5, rsq::view(host_out)); },
+      expect([&] { imp::activation_scores(be, statistic::norm, x, none, 5, rsq::view(host_out)); },
              "activation_scores: out is not in the backend's memory");
     }
   }
@@ -379,7 +379,7 @@ TEST_SUITE("importance.activation_scores") {
     index_t const S = 4, L = 257, d = 1000;
     auto const x = random_matrix<float>(S * L, d, 61, 0.5, 4.0);
     auto const y = perturbed(x, 62);
-    for (stat s : all_statistics) {
+    for (statistic s : all_statistics) {
       CAPTURE(name_of(s));
       CHECK(same_bits(scores_on<B>(s, x, y, L), scores_on<B>(s, x, y, L)));
     }

@@ -127,12 +127,18 @@ TEST_CASE("config.json: what rsq cannot read faithfully is refused, naming the f
   j.erase("vocab_size");
   refused(j.dump(), "config field \"vocab_size\" is missing");
 
-  // Parsed, but beyond the forward pass today: refused when a model is built, naming the feature.
-  CHECK(to_llama_config(parse_hf_config(qwen25_05b)).qkv_bias);  // Qwen2's q/k/v biases are run
-  CHECK_THROWS_WITH_AS((void)to_llama_config(parse_hf_config(with_field("attention_bias", "true"))),
-                       doctest::Contains("an o_proj bias (attention_bias: true) is not supported yet"), rsq::io_error);
-  CHECK_THROWS_WITH_AS((void)to_llama_config(parse_hf_config(mistral_nemo)),
-                       doctest::Contains("head_dim 128 with 32 heads != hidden_size 5120"), rsq::io_error);
+  // Every feature that parses runs in the forward pass (tests/model/hf_reference_test.cpp against transformers).
+  CHECK(to_llama_config(parse_hf_config(qwen25_05b)).qkv_bias);
+  auto const biased = to_llama_config(parse_hf_config(with_field("attention_bias", "true")));
+  CHECK((biased.qkv_bias && biased.o_bias && !biased.mlp_bias));
+  CHECK(to_llama_config(parse_hf_config(with_field("mlp_bias", "true"))).mlp_bias);
+  auto const nemo = to_llama_config(parse_hf_config(mistral_nemo));  // heads wider than hidden_size / heads
+  CHECK(nemo.head_size() == 128);
+  CHECK(nemo.q_dim() == 4096);
+  CHECK(nemo.kv_dim() == 1024);
+  CHECK(weight_shape(nemo, linear_id::wq) == std::array<rsq::index_t, 2>{4096, 5120});
+  CHECK(weight_shape(nemo, linear_id::wo) == std::array<rsq::index_t, 2>{5120, 4096});
+  CHECK(to_llama_config(parse_hf_config(lm7m_like)).head_dim == 0);  // explicit only where it is not dim / heads
 }
 
 TEST_CASE("RoPE row order: halves to adjacent pairs and back is the identity, and moves row i to 2i, i + d/2 to 2i+1") {

@@ -42,10 +42,10 @@ inline rsq::model::llama_model random_model(rsq::model::llama_config const& c, s
   for (int l = 0; l < c.n_layers; ++l) {
     decoder_layer L;
     L.rms_att = gains(c.dim);
-    L.wq = mat(c.dim, c.dim, 2 * sd);
+    L.wq = mat(c.q_dim(), c.dim, 2 * sd);
     L.wk = mat(c.kv_dim(), c.dim, 2 * sd);
     L.wv = mat(c.kv_dim(), c.dim, sd);
-    L.wo = mat(c.dim, c.dim, sd);
+    L.wo = mat(c.dim, c.q_dim(), sd);
     L.rms_ffn = gains(c.dim);
     L.w1 = mat(c.hidden_dim, c.dim, sd);
     L.w2 = mat(c.dim, c.hidden_dim, sh);

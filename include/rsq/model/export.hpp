@@ -124,8 +124,9 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
   using namespace pipeline_detail;
   RSQ_EXPECTS(q.ok(), "export_gptq_directory: the quantization stopped at layer ", q.failed_layer, " (",
               name(q.failed_linear), "); there is no complete model to export");
-  RSQ_EXPECTS(!q.model.config.qkv_bias, "export_gptq_directory: this folder format has no bias tensors; write a "
-              "GPTQ checkpoint (save_gptq_checkpoint) for a model with q/k/v biases");
+  RSQ_EXPECTS(!q.model.config.qkv_bias && !q.model.config.o_bias && !q.model.config.mlp_bias,
+              "export_gptq_directory: this folder format has no bias tensors; write a GPTQ checkpoint "
+              "(save_gptq_checkpoint) for a model with biases");
   auto const& m = q.model;
   auto const& c = m.config;
   std::error_code ec;

@@ -101,7 +101,8 @@ struct layer_weights {
   vector_view<const float> rms_att;  ///< (dim)
   vector_view<const float> rms_ffn;  ///< (dim)
   matrix_view<const float> wq, wk, wv, wo, w1, w2, w3;
-  vector_view<const float> bq = {}, bk = {}, bv = {};  ///< biases of q, k, v (config.qkv_bias); empty otherwise
+  /// Biases (decoder_layer::bias); empty where the config has none.
+  vector_view<const float> bq = {}, bk = {}, bv = {}, bo = {}, b1 = {}, b2 = {}, b3 = {};
 
   [[nodiscard]] matrix_view<const float> weight(linear_id l) const noexcept {
     switch (l) {
@@ -115,6 +116,18 @@ struct layer_weights {
     }
     return wq;
   }
+  [[nodiscard]] vector_view<const float> bias(linear_id l) const noexcept {
+    switch (l) {
+      case linear_id::wq: return bq;
+      case linear_id::wk: return bk;
+      case linear_id::wv: return bv;
+      case linear_id::wo: return bo;
+      case linear_id::w1: return b1;
+      case linear_id::w2: return b2;
+      case linear_id::w3: return b3;
+    }
+    return bq;
+  }
 };
 
 /// Views of the weights of a host layer (the CPU backend computes on them directly).
@@ -124,7 +137,8 @@ struct layer_weights {
   };
   return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
           rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3), bias(l.bq),
-          bias(l.bk),           bias(l.bv)};
+          bias(l.bk),           bias(l.bv),           bias(l.bo),      bias(l.b1),      bias(l.b2),
+          bias(l.b3)};
 }
 
 /// Buffers of the forward pass in backend B's memory, kept from call to call: they only grow, so that a pipeline
@@ -225,7 +239,7 @@ void attention_inputs(layer_context<B> const& ctx, matrix_view<const float> x, b
   detail::call_linear(ctx, linear_id::wq, n);
   detail::call_linear(ctx, linear_id::wk, n);
   detail::call_linear(ctx, linear_id::wv, n);
-  auto const q = ws.get(buf::q, T, c.dim), k = ws.get(buf::k, T, c.kv_dim());
+  auto const q = ws.get(buf::q, T, c.q_dim()), k = ws.get(buf::k, T, c.kv_dim());
   auto const lin = [&](vector_view<const float> bias) {
     return nn::linear_options{.accumulate = false, .precision = ctx.options.precision, .bias = bias};
   };
@@ -253,19 +267,20 @@ template <backend_tag B>
 void attncon_scores(layer_context<B> const& ctx, index_t tokens, matrix_view<float> scores) {
   using buf = typename forward_workspace<B>::buffer;
   auto& ws = ctx.workspace;
-  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, ctx.config.dim), ws.get(buf::k, tokens, ctx.config.kv_dim()),
+  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, ctx.config.q_dim()), ws.get(buf::k, tokens, ctx.config.kv_dim()),
                        {}, {}, attention_options_of(ctx), scores);
 }
 
 /// The attention block's output before wo: softmax attention of the workspace's q, k, v (after attention_inputs),
-/// then the model's online Hadamard across heads; in the workspace buffer `attention` (tokens, dim), which it returns.
+/// then the model's online Hadamard across heads; in the workspace buffer `attention` (tokens, q_dim), which it
+/// returns.
 template <backend_tag B>
 matrix_view<float> attention_output(layer_context<B> const& ctx, index_t tokens) {
   auto const& c = ctx.config;
   auto& ws = ctx.workspace;
   using buf = typename forward_workspace<B>::buffer;
-  auto const a = ws.get(buf::attention, tokens, c.dim);
-  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, c.dim), ws.get(buf::k, tokens, c.kv_dim()),
+  auto const a = ws.get(buf::attention, tokens, c.q_dim());
+  nn::causal_attention(ctx.be, ws.get(buf::q, tokens, c.q_dim()), ws.get(buf::k, tokens, c.kv_dim()),
                        ws.get(buf::v, tokens, c.kv_dim()), a, attention_options_of(ctx));
   if (ctx.online.heads) {
     // Each token's (heads, head_dim) block x ← H x: the rows (t, j, ·) of the (tokens, head_dim, heads) view.
@@ -297,19 +312,22 @@ matrix_view<float> ffn_hidden(layer_context<B> const& ctx, matrix_view<const flo
   using buf = typename forward_workspace<B>::buffer;
   index_t const T = n.rows();
   auto const gate = ctx.workspace.get(buf::gate, T, c.hidden_dim), up = ctx.workspace.get(buf::up, T, c.hidden_dim);
-  nn::linear_options const lin{.accumulate = false, .precision = ctx.options.precision};
-  nn::linear(ctx.be, n, ctx.weights.w1, gate, lin);
-  nn::linear(ctx.be, n, ctx.weights.w3, up, lin);
+  auto const lin = [&](vector_view<const float> bias) {
+    return nn::linear_options{.accumulate = false, .precision = ctx.options.precision, .bias = bias};
+  };
+  nn::linear(ctx.be, n, ctx.weights.w1, gate, lin(ctx.weights.b1));
+  nn::linear(ctx.be, n, ctx.weights.w3, up, lin(ctx.weights.b3));
   nn::swiglu(ctx.be, gate, up);
   if (ctx.online.down) ctx.online.down->apply(ctx.be, gate);
   detail::call_linear(ctx, linear_id::w2, gate);
   return gate;
 }
 
-/// x += in·Wᵀ: a residual update by the linear @p l (wo or w2) of the layer.
+/// x += in·Wᵀ + b: a residual update by the linear @p l (wo or w2) of the layer.
 template <backend_tag B>
 void residual_update(layer_context<B> const& ctx, linear_id l, matrix_view<const float> in, matrix_view<float> x) {
-  nn::linear(ctx.be, in, ctx.weights.weight(l), x, {.accumulate = true, .precision = ctx.options.precision});
+  nn::linear(ctx.be, in, ctx.weights.weight(l), x,
+             {.accumulate = true, .precision = ctx.options.precision, .bias = ctx.weights.bias(l)});
 }
 
 /// One decoder layer on the residual stream @p x (sequences·seq_len, dim), in place, on ctx.be.

@@ -115,10 +115,9 @@ inline std::vector<std::string> save_gptq_checkpoint(std::filesystem::path const
       recs.push_back(io::make_raw_record<std::int32_t>(base + ".qzeros", std::span(p.qzeros.data(), p.qzeros.size()),
                                                        shape_of(p.qzeros), io::tensor_dtype::i32));
       add_half(base + ".scales", p.scales.data(), shape_of(p.scales));
-      if (c.qkv_bias && (id == linear_id::wq || id == linear_id::wk || id == linear_id::wv)) {
-        auto const& b = id == linear_id::wq ? layer.bq : id == linear_id::wk ? layer.bk : layer.bv;
-        auto const hf = id == linear_id::wv ? rsq::vector<float>(b) : detail::permute_rope_vector(b, c.head_size(), false);
-        add_float(base + ".bias", hf);
+      if (c.has_bias(id)) {
+        auto const& b = layer.bias(id);
+        add_float(base + ".bias", detail::rope_rows(id) ? detail::permute_rope_vector(b, c.head_size(), false) : b);
       }
       recs.push_back(io::make_raw_record<std::int32_t>(base + ".g_idx", std::span(p.g_idx.data(), p.g_idx.size()),
                                                        shape_of(p.g_idx), io::tensor_dtype::i32));

@@ -40,14 +40,8 @@ struct hf_model {
   llama_model model;
 };
 
-/// The llama_config of @p c.
-/// @throws rsq::io_error naming the feature when the forward pass cannot run the model faithfully
-[[nodiscard]] inline llama_config to_llama_config(hf_config const& c, std::string_view file = "config.json") {
-  auto const refuse = [&](auto const&... what) { detail::bad_config(file, what..., " is not supported yet"); };
-  if (c.attention_bias) refuse("an o_proj bias (attention_bias: true)");
-  if (c.mlp_bias) refuse("a model with MLP biases");
-  if (c.head_dim * c.num_attention_heads != c.hidden_size)
-    refuse("head_dim ", c.head_dim, " with ", c.num_attention_heads, " heads != hidden_size ", c.hidden_size);
+/// The llama_config of @p c (every feature parse_hf_config accepts runs in the forward pass).
+[[nodiscard]] inline llama_config to_llama_config(hf_config const& c) {
   llama_config l;
   l.dim = c.hidden_size;
   l.hidden_dim = c.intermediate_size;
@@ -61,6 +55,10 @@ struct hf_model {
   l.rope_theta = c.rope_theta;
   if (c.rope_scaling) l.rope_scaling = *c.rope_scaling;
   l.qkv_bias = c.qkv_bias;
+  l.o_bias = c.attention_bias;
+  l.mlp_bias = c.mlp_bias;
+  // Explicit only where the heads are not dim / n_heads wide (Mistral-Nemo), so that equal models compare equal.
+  l.head_dim = c.head_dim * c.num_attention_heads == c.hidden_size ? 0 : c.head_dim;
   validate(l);
   return l;
 }
@@ -107,6 +105,9 @@ inline std::string hf_weight_name(int l, linear_id id) { return hf_linear_name(l
 inline std::string hf_bias_name(int l, linear_id id) { return hf_linear_name(l, id) + ".bias"; }
 
 
+/// True for the projections whose rows Hugging Face orders in RoPE halves (q and k).
+constexpr bool rope_rows(linear_id id) noexcept { return id == linear_id::wq || id == linear_id::wk; }
+
 /// Tensor @p name of the checkpoint, with the shape @p want.
 template <std::size_t N>
 xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::string const& name,
@@ -136,7 +137,7 @@ xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::strin
   hf_model out;
   out.config = load_hf_config(dir);
   auto const& c = out.config;
-  llama_config const lc = to_llama_config(c, (dir / "config.json").string());
+  llama_config const lc = to_llama_config(c);
   auto const ck = io::safetensors_checkpoint::open(dir);
   std::size_t const d = std::size_t(lc.dim), v = std::size_t(lc.vocab_size);
   llama_model& m = out.model;
@@ -156,18 +157,11 @@ xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::strin
     for (linear_id id : all_linears) {
       auto const shape = weight_shape(lc, id);
       auto w = detail::hf_tensor<2>(ck, detail::hf_weight_name(l, id), {std::size_t(shape[0]), std::size_t(shape[1])});
-      if (id == linear_id::wq || id == linear_id::wk) w = permute_rope_rows(w, lc.head_size(), true);
+      if (detail::rope_rows(id)) w = permute_rope_rows(w, lc.head_size(), true);
       layer.weight(id) = std::move(w);
-    }
-    if (lc.qkv_bias) {
-      auto bias = [&](linear_id id, bool rope) {
-        auto const name = detail::hf_bias_name(l, id);
-        auto b = detail::hf_tensor<1>(ck, name, {std::size_t(weight_shape(lc, id)[0])});
-        return rope ? detail::permute_rope_vector(b, lc.head_size(), true) : b;
-      };
-      layer.bq = bias(linear_id::wq, true);
-      layer.bk = bias(linear_id::wk, true);
-      layer.bv = bias(linear_id::wv, false);
+      if (!lc.has_bias(id)) continue;
+      auto b = detail::hf_tensor<1>(ck, detail::hf_bias_name(l, id), {std::size_t(shape[0])});
+      layer.bias(id) = detail::rope_rows(id) ? detail::permute_rope_vector(b, lc.head_size(), true) : std::move(b);
     }
   }
   validate(m);
@@ -210,7 +204,7 @@ inline std::vector<std::string> save_hf_model(std::filesystem::path const& dir, 
     auto const& layer = m.layers[std::size_t(l)];
     add(detail::hf_layer_prefix(l) + "input_layernorm.weight", layer.rms_att);
     for (linear_id id : all_linears) {
-      if (id == linear_id::wq || id == linear_id::wk) {
+      if (detail::rope_rows(id)) {
         permuted.push_back(permute_rope_rows(layer.weight(id), c.head_size(), false));
         add(detail::hf_weight_name(l, id), permuted.back());
       } else {
@@ -218,12 +212,14 @@ inline std::vector<std::string> save_hf_model(std::filesystem::path const& dir, 
       }
     }
     add(detail::hf_layer_prefix(l) + "post_attention_layernorm.weight", layer.rms_ffn);
-    if (c.qkv_bias) {
-      permuted_bias.push_back(detail::permute_rope_vector(layer.bq, c.head_size(), false));
-      add(detail::hf_bias_name(l, linear_id::wq), permuted_bias.back());
-      permuted_bias.push_back(detail::permute_rope_vector(layer.bk, c.head_size(), false));
-      add(detail::hf_bias_name(l, linear_id::wk), permuted_bias.back());
-      add(detail::hf_bias_name(l, linear_id::wv), layer.bv);
+    for (linear_id id : all_linears) {
+      if (!c.has_bias(id)) continue;
+      if (detail::rope_rows(id)) {
+        permuted_bias.push_back(detail::permute_rope_vector(layer.bias(id), c.head_size(), false));
+        add(detail::hf_bias_name(l, id), permuted_bias.back());
+      } else {
+        add(detail::hf_bias_name(l, id), layer.bias(id));
+      }
     }
   }
   add("model.norm.weight", m.rms_final);

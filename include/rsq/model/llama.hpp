@@ -25,6 +25,9 @@
 
 namespace rsq::model {
 
+/// The seven linear layers of a decoder layer, in llama2c's file order.
+enum class linear_id { wq, wk, wv, wo, w1, w2, w3 };
+
 /// Hyperparameters of a Llama-architecture model: the seven fields of a llama2c header plus the constants of the
 /// forward pass.
 struct llama_config {
@@ -39,17 +42,40 @@ struct llama_config {
   double rope_theta = 10000.0;  ///< RoPE base: frequency of pair i is rope_theta^(-2i/head_size)
   nn::rope_scaling rope_scaling = {};  ///< Llama-3's frequency scaling (none by default)
   bool qkv_bias = false;               ///< q, k and v have biases (Qwen2): decoder_layer::bq, bk, bv
+  bool o_bias = false;                 ///< wo has a bias (Llama's attention_bias): decoder_layer::bo
+  bool mlp_bias = false;               ///< w1, w3 and w2 have biases (Llama's mlp_bias): decoder_layer::b1, b3, b2
+  /// Width of each attention head; 0 means dim / n_heads. Mistral-Nemo's heads are wider than dim / n_heads, so that
+  /// wq is (q_dim, dim) with q_dim = n_heads · head_dim != dim, and wo is (dim, q_dim).
+  int head_dim = 0;
 
-  [[nodiscard]] int head_size() const noexcept { return n_heads > 0 ? dim / n_heads : 0; }
+  [[nodiscard]] int head_size() const noexcept { return head_dim > 0 ? head_dim : n_heads > 0 ? dim / n_heads : 0; }
+  /// Width of the queries and of the attention output: n_heads · head_size().
+  [[nodiscard]] int q_dim() const noexcept { return n_heads * head_size(); }
   [[nodiscard]] int kv_dim() const noexcept { return n_kv_heads * head_size(); }
+  /// True when linear @p l has a bias under this config.
+  [[nodiscard]] bool has_bias(linear_id l) const noexcept;
   /// Query heads per KV head: query head h reads KV head h / kv_group().
   [[nodiscard]] int kv_group() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
   friend bool operator==(llama_config const&, llama_config const&) = default;
 };
 
+inline bool llama_config::has_bias(linear_id l) const noexcept {
+  switch (l) {
+    case linear_id::wq:
+    case linear_id::wk:
+    case linear_id::wv: return qkv_bias;
+    case linear_id::wo: return o_bias;
+    case linear_id::w1:
+    case linear_id::w2:
+    case linear_id::w3: return mlp_bias;
+  }
+  return false;
+}
+
 /// Throws rsq::invalid_argument unless @p c describes a well-formed model (positive sizes, dim divisible by
-/// n_heads, n_heads divisible by n_kv_heads, even head size for the RoPE pairs, finite positive eps and theta).
+/// n_heads unless head_dim is given, n_heads divisible by n_kv_heads, even head size for the RoPE pairs, finite
+/// positive eps and theta).
 inline void validate(llama_config const& c) {
   RSQ_EXPECTS(c.dim > 0, "llama_config: dim must be positive, got ", c.dim);
   RSQ_EXPECTS(c.hidden_dim > 0, "llama_config: hidden_dim must be positive, got ", c.hidden_dim);
@@ -58,11 +84,12 @@ inline void validate(llama_config const& c) {
   RSQ_EXPECTS(c.n_kv_heads > 0, "llama_config: n_kv_heads must be positive, got ", c.n_kv_heads);
   RSQ_EXPECTS(c.vocab_size > 0, "llama_config: vocab_size must be positive, got ", c.vocab_size);
   RSQ_EXPECTS(c.seq_len > 0, "llama_config: seq_len must be positive, got ", c.seq_len);
-  RSQ_EXPECTS(c.dim % c.n_heads == 0, "llama_config: dim (", c.dim, ") is not divisible by n_heads (", c.n_heads,
-              ")");
+  RSQ_EXPECTS(c.head_dim >= 0, "llama_config: head_dim must be positive (or 0: dim / n_heads), got ", c.head_dim);
+  RSQ_EXPECTS(c.head_dim > 0 || c.dim % c.n_heads == 0, "llama_config: dim (", c.dim,
+              ") is not divisible by n_heads (", c.n_heads, ") and no head_dim is given");
   RSQ_EXPECTS(c.n_heads % c.n_kv_heads == 0, "llama_config: n_heads (", c.n_heads,
               ") is not divisible by n_kv_heads (", c.n_kv_heads, ")");
-  RSQ_EXPECTS(c.head_size() % 2 == 0, "llama_config: head size dim/n_heads must be even for RoPE pairs, got ",
+  RSQ_EXPECTS(c.head_size() % 2 == 0, "llama_config: the head size must be even for RoPE pairs, got ",
               c.head_size());
   RSQ_EXPECTS(c.norm_eps > 0.f && c.norm_eps < 1.f, "llama_config: norm_eps must be in (0, 1), got ", c.norm_eps);
   RSQ_EXPECTS(c.rope_theta > 1.0 && c.rope_theta < 1e12, "llama_config: rope_theta must be in (1, 1e12), got ",
@@ -73,9 +100,6 @@ inline void validate(llama_config const& c) {
               "llama_config: RoPE scaling needs factor >= 1, original_max_positions > 0 and high_freq_factor > "
               "low_freq_factor > 0");
 }
-
-/// The seven linear layers of a decoder layer, in llama2c's file order.
-enum class linear_id { wq, wk, wv, wo, w1, w2, w3 };
 
 /// All linear ids, in file order.
 inline constexpr linear_id all_linears[] = {linear_id::wq, linear_id::wk, linear_id::wv, linear_id::wo,
@@ -125,15 +149,17 @@ struct online_transforms {
 /// shape (e.g. `layer.wq = dequantized;`). RMSNorm without gains (a rotated model) is expressed with gains of ones.
 struct decoder_layer {
   rsq::vector<float> rms_att;  ///< (dim) gains of the attention RMSNorm
-  rsq::matrix<float> wq;       ///< (dim, dim) = (n_heads * head_size, dim)
+  rsq::matrix<float> wq;       ///< (q_dim, dim) = (n_heads * head_size, dim)
   rsq::matrix<float> wk;       ///< (kv_dim, dim)
   rsq::matrix<float> wv;       ///< (kv_dim, dim)
-  rsq::matrix<float> wo;       ///< (dim, dim)
+  rsq::matrix<float> wo;       ///< (dim, q_dim)
   rsq::vector<float> rms_ffn;  ///< (dim) gains of the FFN RMSNorm
   rsq::matrix<float> w1;       ///< (hidden_dim, dim) gate
   rsq::matrix<float> w2;       ///< (dim, hidden_dim) down
   rsq::matrix<float> w3;       ///< (hidden_dim, dim) up
-  rsq::vector<float> bq, bk, bv;  ///< biases of q (dim), k and v (kv_dim) when config.qkv_bias; empty otherwise
+  /// Biases of q (q_dim), k and v (kv_dim) when config.qkv_bias, of wo (dim) when config.o_bias, of w1 and w3
+  /// (hidden_dim) and w2 (dim) when config.mlp_bias; empty otherwise.
+  rsq::vector<float> bq, bk, bv, bo, b1, b2, b3;
 
   /// The weight of linear @p l.
   [[nodiscard]] rsq::matrix<float>& weight(linear_id l) noexcept {
@@ -151,6 +177,23 @@ struct decoder_layer {
   [[nodiscard]] rsq::matrix<float> const& weight(linear_id l) const noexcept {
     return const_cast<decoder_layer&>(*this).weight(l);
   }
+
+  /// The bias of linear @p l (empty when it has none).
+  [[nodiscard]] rsq::vector<float>& bias(linear_id l) noexcept {
+    switch (l) {
+      case linear_id::wq: return bq;
+      case linear_id::wk: return bk;
+      case linear_id::wv: return bv;
+      case linear_id::wo: return bo;
+      case linear_id::w1: return b1;
+      case linear_id::w2: return b2;
+      case linear_id::w3: return b3;
+    }
+    return bq;
+  }
+  [[nodiscard]] rsq::vector<float> const& bias(linear_id l) const noexcept {
+    return const_cast<decoder_layer&>(*this).bias(l);
+  }
 };
 
 /// A whole Llama-architecture model. The classifier is always stored; when it is tied to the token embedding (a
@@ -166,12 +209,12 @@ struct llama_model {
 
 /// (rows, cols) that linear @p l of a layer has under config @p c.
 [[nodiscard]] inline std::array<index_t, 2> weight_shape(llama_config const& c, linear_id l) noexcept {
-  index_t const d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+  index_t const d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), qd = c.q_dim();
   switch (l) {
-    case linear_id::wq: return {d, d};
+    case linear_id::wq: return {qd, d};
     case linear_id::wk: return {kv, d};
     case linear_id::wv: return {kv, d};
-    case linear_id::wo: return {d, d};
+    case linear_id::wo: return {d, qd};
     case linear_id::w1: return {h, d};
     case linear_id::w2: return {d, h};
     case linear_id::w3: return {h, d};
@@ -193,9 +236,9 @@ inline void expect_vector(rsq::vector<float> const& v, index_t n, int layer, std
 inline void validate(llama_config const& c, decoder_layer const& layer, int index) {
   detail::expect_vector(layer.rms_att, c.dim, index, "rms_att");
   detail::expect_vector(layer.rms_ffn, c.dim, index, "rms_ffn");
-  detail::expect_vector(layer.bq, c.qkv_bias ? c.dim : 0, index, "bq");
-  detail::expect_vector(layer.bk, c.qkv_bias ? c.kv_dim() : 0, index, "bk");
-  detail::expect_vector(layer.bv, c.qkv_bias ? c.kv_dim() : 0, index, "bv");
+  for (linear_id l : all_linears)
+    detail::expect_vector(layer.bias(l), c.has_bias(l) ? weight_shape(c, l)[0] : 0, index,
+                          "bias of " + std::string(name(l)));
   for (linear_id l : all_linears) {
     auto const& w = layer.weight(l);
     auto const want = weight_shape(c, l);
@@ -234,8 +277,10 @@ inline void validate(llama_model const& m, bool check_finite = false) {
     std::string const prefix = "llama_model: layer " + std::to_string(i) + " ";
     rsq::detail::check_finite(rsq::view(L.rms_att), prefix + "rms_att");
     rsq::detail::check_finite(rsq::view(L.rms_ffn), prefix + "rms_ffn");
-    for (auto const* b : {&L.bq, &L.bk, &L.bv}) rsq::detail::check_finite(rsq::view(*b), prefix + "bias");
-    for (linear_id l : all_linears) rsq::detail::check_finite(rsq::view(L.weight(l)), prefix + std::string(name(l)));
+    for (linear_id l : all_linears) {
+      rsq::detail::check_finite(rsq::view(L.weight(l)), prefix + std::string(name(l)));
+      rsq::detail::check_finite(rsq::view(L.bias(l)), prefix + "bias of " + std::string(name(l)));
+    }
   }
 }
 

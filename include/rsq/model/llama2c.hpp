@@ -227,7 +227,9 @@ inline llama_config read_checkpoint_header(byte_reader& r, bool& separate_classi
                   c.seq_len <= llama2c_limits::max_seq_len,
               "serialize_llama2c_checkpoint: the model's sizes exceed what the reader accepts");
   RSQ_EXPECTS(!c.rope_scaling.enabled(), "serialize_llama2c_checkpoint: llama2c's run.c has no RoPE scaling");
-  RSQ_EXPECTS(!c.qkv_bias, "serialize_llama2c_checkpoint: a llama2c checkpoint has no q/k/v biases");
+  RSQ_EXPECTS(!c.qkv_bias && !c.o_bias && !c.mlp_bias, "serialize_llama2c_checkpoint: a llama2c checkpoint has no biases");
+  RSQ_EXPECTS(c.head_dim == 0, "serialize_llama2c_checkpoint: a llama2c checkpoint has heads of dim / n_heads, the model's "
+              "are ", c.head_dim, " wide");
   RSQ_EXPECTS(c.rope_theta == 10000.0,
               "serialize_llama2c_checkpoint: llama2c's run.c hard-codes RoPE theta 10000, the model has ", c.rope_theta);
   RSQ_EXPECTS(c.norm_eps == 1e-5f, "serialize_llama2c_checkpoint: llama2c's run.c hard-codes RMSNorm eps 1e-5, the model has ",

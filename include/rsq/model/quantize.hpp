@@ -314,14 +314,16 @@ class resident_layer {
       owned_.push_back(backend::to_backend(be, matrix_view<const float>(rsq::view(m))));
       return rsq::view(owned_.back());
     };
-    owned_.reserve(12);
+    owned_.reserve(16);
     w_ = {vec(host.rms_att), vec(host.rms_ffn), mat(host.wq), mat(host.wk), mat(host.wv), mat(host.wo),
-          mat(host.w1),      mat(host.w2),      mat(host.w3), vec(host.bq), vec(host.bk), vec(host.bv)};
+          mat(host.w1),      mat(host.w2),      mat(host.w3), vec(host.bq), vec(host.bk), vec(host.bv),
+          vec(host.bo),      vec(host.b1),      vec(host.b2), vec(host.b3)};
   }
 
   [[nodiscard]] layer_weights_mut const& mutable_weights() const noexcept { return w_; }
   [[nodiscard]] layer_weights weights() const noexcept {
-    return {w_.rms_att, w_.rms_ffn, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3, w_.bq, w_.bk, w_.bv};
+    return {w_.rms_att, w_.rms_ffn, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3, w_.bq, w_.bk, w_.bv,
+            w_.bo,      w_.b1,      w_.b2, w_.b3};
   }
   [[nodiscard]] matrix_view<float> weight(linear_id l) const noexcept {
     switch (l) {
@@ -336,13 +338,18 @@ class resident_layer {
     return w_.wq;
   }
 
-  /// Copies the gains and the v bias (both changed by a rotation) back to the host layer (the weights go back one
-  /// by one as they are quantized).
+  /// Copies the gains and the v, o and down biases (changed by a rotation) back to the host layer (the weights go
+  /// back one by one as they are quantized).
   void download_gains(decoder_layer& host) const {
     if (resident_) return;
-    backend::copy(be_, host.rms_att.data(), w_.rms_att.data(), w_.rms_att.extent(0));
-    backend::copy(be_, host.rms_ffn.data(), w_.rms_ffn.data(), w_.rms_ffn.extent(0));
-    if (w_.bv.data()) backend::copy(be_, host.bv.data(), w_.bv.data(), w_.bv.extent(0));
+    auto const down = [&](rsq::vector<float>& to, vector_view<float> from) {
+      if (from.data()) backend::copy(be_, to.data(), from.data(), from.extent(0));
+    };
+    down(host.rms_att, w_.rms_att);
+    down(host.rms_ffn, w_.rms_ffn);
+    down(host.bv, w_.bv);
+    down(host.bo, w_.bo);
+    down(host.b2, w_.b2);
   }
 
  private:
@@ -392,7 +399,7 @@ template <class T>
 /// CPU (they stay in cache-friendly sizes) and 8 GiB on a device backend (large products keep a GPU busy).
 template <backend_tag B>
 [[nodiscard]] index_t chunk_sequences(llama_config const& c, index_t sequences, index_t seq_len, index_t chunk_tokens) {
-  index_t const per_token = index_t(sizeof(float)) * (3 * c.dim + 2 * c.kv_dim() + 2 * c.hidden_dim);
+  index_t const per_token = index_t(sizeof(float)) * (c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.hidden_dim);
   index_t const budget = std::is_same_v<B, backend::cpu_eigen> ? index_t(1) << 30 : index_t(8) << 30;
   index_t const tokens = chunk_tokens > 0 ? chunk_tokens : std::max<index_t>(1, budget / per_token);
   return std::clamp<index_t>(tokens / seq_len, 1, sequences);
@@ -404,10 +411,10 @@ template <backend_tag B>
 [[nodiscard]] inline std::size_t layer_bytes(llama_config const& c, index_t tokens, index_t chunk_tokens,
                                              bool double_precision) {
   double const f = 4, t = double_precision ? 8 : 4;
-  double const d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), big = std::max(d, h);
-  double const weights = f * (2 * d * d + 2 * kv * d + 3 * h * d) + 8 * h * d;
-  double const stream = 2 * f * double(tokens) * d;
-  double const chunk = f * double(chunk_tokens) * (3 * d + 2 * kv + 2 * h);
+  double const d = c.dim, qd = c.q_dim(), h = c.hidden_dim, kv = c.kv_dim(), big = std::max({d, qd, h});
+  double const weights = f * (2 * qd * d + 2 * kv * d + 3 * h * d) + 8 * big * d;
+  double const stream = f * double(tokens) * (d + qd);
+  double const chunk = f * double(chunk_tokens) * (d + 2 * qd + 2 * kv + 2 * h);
   double const hessian = 2 * t * big * big + 2 * 8 * big * big;
   double const solve = 4 * t * h * d;
   return std::size_t(weights + stream + chunk + hessian + solve);
@@ -483,7 +490,7 @@ class layer_quantizer {
       auto const scores = ws_.get(buf::scores, n, L_);
       auto aopt = attention_options_of(ctx);
       aopt.softmax_scale = ac->attention.softmax_scale;
-      nn::causal_attention(be_, ws_.get(buf::q, n * L_, c_.dim), ws_.get(buf::k, n * L_, c_.kv_dim()), {}, {}, aopt,
+      nn::causal_attention(be_, ws_.get(buf::q, n * L_, c_.q_dim()), ws_.get(buf::k, n * L_, c_.kv_dim()), {}, {}, aopt,
                            scores);
       auto const host = backend::to_host(be_, matrix_view<const float>(scores));  // (n, L)
       for (index_t j = 0; j < n; ++j) {
@@ -523,7 +530,7 @@ class layer_quantizer {
     index_t const H = c_.n_heads, KV = c_.n_kv_heads, hd = c_.head_size();
     rsq::matrix<float> qh, kh;
     if (needs_.attention) {
-      qh = backend::to_host(be_, matrix_view<const float>(ws_.get(buf::q, n * L_, c_.dim)));
+      qh = backend::to_host(be_, matrix_view<const float>(ws_.get(buf::q, n * L_, c_.q_dim())));
       kh = backend::to_host(be_, matrix_view<const float>(ws_.get(buf::k, n * L_, c_.kv_dim())));
     }
     for (index_t j = 0; j < n; ++j) {
@@ -534,7 +541,7 @@ class layer_quantizer {
       if (needs_.token_ids) sc.token_ids = rsq::view(std::as_const(ids64_))[s0 + j];
       if (freq_) sc.frequencies = &*freq_;
       if (needs_.attention) {
-        sc.queries = batch_view<const float>(&qh(j * L_, 0), {H, L_, hd}, {hd, c_.dim, 1});
+        sc.queries = batch_view<const float>(&qh(j * L_, 0), {H, L_, hd}, {hd, c_.q_dim(), 1});
         sc.keys = batch_view<const float>(&kh(j * L_, 0), {KV, L_, hd}, {hd, c_.kv_dim(), 1});
       }
       auto const r = policy_.weights(sc);  // (L)
@@ -670,8 +677,8 @@ class layer_quantizer {
     if (!solve_group(l, *w, acc_qkv, {linear_id::wq, linear_id::wk, linear_id::wv}, report)) return finish(false);
 
     // Group o: the attention output of the quantized q/k/v (kept: the residual needs it once o is quantized).
-    auto attention_all = backend::make_matrix<float>(be_, T_all, D);  // (tokens, dim)
-    hessian_accumulator<T, B> acc_o(D, be_, wt, opt_.hessian);
+    auto attention_all = backend::make_matrix<float>(be_, T_all, c_.q_dim());  // (tokens, q_dim)
+    hessian_accumulator<T, B> acc_o(c_.q_dim(), be_, wt, opt_.hessian);
     for_chunks([&](index_t s0, index_t s1) {
       auto const xc = rows(x, s0, s1);
       auto const ac = rows(rsq::view(attention_all), s0, s1);
@@ -910,38 +917,63 @@ template <backend_tag B = backend::cpu_eigen>
   return quantize_model(B{}, fp, calibration, opt, obs);
 }
 
-/// Mean next-token loss and perplexity of @p m over the evaluation windows @p windows (sequences, L) (e.g. from
-/// consecutive_windows()) on backend @p be, @p batch windows at a time; the online transforms of a rotated model
-/// apply. Layer by layer over all windows, so that every layer goes to the backend once.
-/// @throws rsq::invalid_argument for empty windows, windows longer than the model's seq_len, batch < 1
+namespace pipeline_detail {
+
+/// The hidden states after the last decoder layer of @p windows (sequences, L), on the backend as (S·L, dim): every
+/// layer goes to the backend once and runs over all windows, @p batch windows at a time.
 template <backend_tag B>
-[[nodiscard]] loss_result evaluate(B const& be, llama_model const& m, rsq::matrix_view<const std::int32_t> windows,
-                                   index_t batch = 16, forward_options const& fopt = {}) {
-  RSQ_EXPECTS(windows.rows() > 0 && windows.cols() >= 2, "evaluate: need at least one window of 2 or more tokens, got ",
-              rsq::detail::shape_string(windows));
-  RSQ_EXPECTS(windows.cols() <= m.config.seq_len, "evaluate: windows of ", windows.cols(),
-              " tokens exceed the model's seq_len ", m.config.seq_len);
-  RSQ_EXPECTS(batch >= 1, "evaluate: batch must be at least 1, got ", batch);
-  validate(m);
+[[nodiscard]] backend::matrix<float, B> hidden_states(B const& be, llama_model const& m,
+                                                      rsq::matrix<std::int32_t> const& ids, index_t batch,
+                                                      forward_options const& fopt) {
   auto const& c = m.config;
-  index_t const S = windows.rows(), L = windows.cols();
-  auto ids = rsq::make_matrix<std::int32_t>(S, L);  // contiguous
-  for (index_t s = 0; s < S; ++s)
-    for (index_t t = 0; t < L; ++t) ids(s, t) = windows(s, t);
+  index_t const S = index_t(ids.shape()[0]), L = index_t(ids.shape()[1]);
   auto x = backend::make_matrix<float>(be, S * L, c.dim);  // (tokens, dim)
   {
-    auto const e = pipeline_detail::on_backend(be, rsq::view(m.token_embedding));
-    nn::embed(be, rsq::view(std::as_const(ids)), e.view, rsq::view(x));
+    auto const e = on_backend(be, rsq::view(m.token_embedding));
+    nn::embed(be, rsq::view(ids), e.view, rsq::view(x));
   }
   forward_workspace<B> ws(be);
   for (std::size_t l = 0; l < m.layers.size(); ++l) {
-    pipeline_detail::resident_layer<B> const w(be, m.layers[l]);
+    resident_layer<B> const w(be, m.layers[l]);
     layer_context<B> const ctx{be, c, w.weights(), m.online, L, int(l), ws, fopt, nullptr};
     for (index_t s0 = 0; s0 < S; s0 += batch) {
       index_t const s1 = std::min(S, s0 + batch);
       forward_layer(ctx, matrix_view<float>(rsq::view(x).data() + s0 * L * c.dim, (s1 - s0) * L, c.dim));
     }
   }
+  return x;
+}
+
+/// @p windows checked against @p m and copied to contiguous host memory.
+[[nodiscard]] inline rsq::matrix<std::int32_t> checked_windows(llama_model const& m,
+                                                               rsq::matrix_view<const std::int32_t> windows,
+                                                               index_t batch, char const* who, index_t min_length) {
+  RSQ_EXPECTS(windows.rows() > 0 && windows.cols() >= min_length, who, ": need at least one window of ", min_length,
+              " or more tokens, got ", rsq::detail::shape_string(windows));
+  RSQ_EXPECTS(windows.cols() <= m.config.seq_len, who, ": windows of ", windows.cols(),
+              " tokens exceed the model's seq_len ", m.config.seq_len);
+  RSQ_EXPECTS(batch >= 1, who, ": batch must be at least 1, got ", batch);
+  validate(m);  // ids outside the vocabulary: nn::embed names them
+  auto ids = rsq::make_matrix<std::int32_t>(windows.rows(), windows.cols());  // contiguous
+  for (index_t s = 0; s < windows.rows(); ++s)
+    for (index_t t = 0; t < windows.cols(); ++t) ids(s, t) = windows(s, t);
+  return ids;
+}
+
+}  // namespace pipeline_detail
+
+/// Mean next-token loss and perplexity of @p m over the evaluation windows @p windows (sequences, L) (e.g. from
+/// consecutive_windows()) on backend @p be, @p batch windows at a time; the online transforms of a rotated model
+/// apply. Layer by layer over all windows, so that every layer goes to the backend once.
+/// @throws rsq::invalid_argument for empty windows, windows longer than the model's seq_len, tokens outside the
+/// vocabulary, batch < 1
+template <backend_tag B>
+[[nodiscard]] loss_result evaluate(B const& be, llama_model const& m, rsq::matrix_view<const std::int32_t> windows,
+                                   index_t batch = 16, forward_options const& fopt = {}) {
+  auto const ids = pipeline_detail::checked_windows(m, windows, batch, "evaluate", 2);
+  auto const& c = m.config;
+  index_t const S = index_t(ids.shape()[0]), L = index_t(ids.shape()[1]);
+  auto const x = pipeline_detail::hidden_states(be, m, ids, batch, fopt);
   auto const gains = pipeline_detail::on_backend(be, matrix_view<const float>(m.rms_final.data(), 1, c.dim));
   auto const cls = pipeline_detail::on_backend(be, rsq::view(m.classifier));
   nn::loss_sum total;
@@ -956,6 +988,31 @@ template <backend_tag B>
     total.count += part.count;
   }
   return {total.sum, total.count, total.sum / double(total.count), std::exp(total.sum / double(total.count))};
+}
+
+/// The whole forward pass on backend @p be: logits (sequences, L, vocab_size) of @p tokens (sequences, L), in host
+/// memory; the online transforms of a rotated model apply. What an engine compares against another implementation's
+/// logits (tests/model/hf_reference_test.cpp compares them with transformers').
+/// @throws rsq::invalid_argument as evaluate()
+template <backend_tag B>
+[[nodiscard]] activations forward(B const& be, llama_model const& m, rsq::matrix_view<const std::int32_t> tokens,
+                                  index_t batch = 16, forward_options const& fopt = {}) {
+  auto const ids = pipeline_detail::checked_windows(m, tokens, batch, "forward", 1);
+  auto const& c = m.config;
+  index_t const S = index_t(ids.shape()[0]), L = index_t(ids.shape()[1]), V = c.vocab_size;
+  auto const x = pipeline_detail::hidden_states(be, m, ids, batch, fopt);
+  auto const gains = pipeline_detail::on_backend(be, matrix_view<const float>(m.rms_final.data(), 1, c.dim));
+  auto const cls = pipeline_detail::on_backend(be, rsq::view(m.classifier));
+  activations logits(activations::shape_type{std::size_t(S), std::size_t(L), std::size_t(V)});
+  auto part = backend::make_matrix<float>(be, std::min(S, batch) * L, V);
+  for (index_t s0 = 0; s0 < S; s0 += batch) {
+    index_t const rows = (std::min(S, s0 + batch) - s0) * L;
+    matrix_view<float> const out(rsq::view(part).data(), rows, V);
+    nn::final_logits(be, matrix_view<const float>(rsq::view(x).data() + s0 * L * c.dim, rows, c.dim),
+                     vector_view<const float>(gains.view.data(), c.dim), cls.view, c.norm_eps, out, fopt.precision);
+    backend::copy(be, logits.data() + s0 * L * V, out.data(), rows * V);
+  }
+  return logits;
 }
 
 /// evaluate() on the CPU backend.

@@ -123,7 +123,8 @@ struct rotation_plan {
 struct layer_weights_mut {
   vector_view<float> rms_att, rms_ffn;
   matrix_view<float> wq, wk, wv, wo, w1, w2, w3;
-  vector_view<float> bq = {}, bk = {}, bv = {};  ///< q/k/v biases (config.qkv_bias); empty otherwise
+  /// Biases (decoder_layer::bias); empty where the config has none.
+  vector_view<float> bq = {}, bk = {}, bv = {}, bo = {}, b1 = {}, b2 = {}, b3 = {};
 };
 
 /// Writable views of a host layer.
@@ -133,7 +134,8 @@ struct layer_weights_mut {
   };
   return {rsq::view(l.rms_att), rsq::view(l.rms_ffn), rsq::view(l.wq), rsq::view(l.wk), rsq::view(l.wv),
           rsq::view(l.wo),      rsq::view(l.w1),      rsq::view(l.w2), rsq::view(l.w3), bias(l.bq),
-          bias(l.bk),           bias(l.bv)};
+          bias(l.bk),           bias(l.bv),           bias(l.bo),      bias(l.b1),      bias(l.b2),
+          bias(l.b3)};
 }
 
 namespace pipeline_detail {
@@ -152,6 +154,11 @@ template <backend_tag B>
 void set_ones(B const& be, vector_view<float> g) {
   std::vector<float> ones(static_cast<std::size_t>(g.extent(0)), 1.f);
   backend::copy(be, g.data(), ones.data(), g.extent(0));
+}
+
+/// A bias as a (n, 1) matrix: a column that the transforms of a weight's output features apply to as to W.
+[[nodiscard]] inline matrix_view<float> as_column(vector_view<float> b) {
+  return matrix_view<float>(b.data(), {b.extent(0), 1}, {b.stride(0), 1});
 }
 
 /// Each row of @p w (rows, heads·head_dim), seen as (heads, head_dim), ← (H ⊗ I) row: the transform across heads.
@@ -183,9 +190,12 @@ void rotate_layer(B const& be, rotation_plan const& p, llama_config const& c, la
     fused(w.rms_att)(m);
     p.value_heads.apply_left_transpose(be, m);  // each head's output features ← H_hd/√hd · (...)
   });
-  if (w.bv.data())  // v = Wx + b: the per-head Hadamard of v's features applies to its bias as to W's rows
-    in_double(be, matrix_view<float>(w.bv.data(), {w.bv.extent(0), 1}, {w.bv.stride(0), 1}),
-              [&](matrix_view<double> m) { p.value_heads.apply_left_transpose(be, m); });
+  // y = Wx + b: a transform of y's features applies to b as to W's rows (v: the per-head Hadamard; wo and w2 write
+  // the residual stream: Qᵀ). w1 and w3's outputs are not rotated, nor are their biases.
+  if (w.bv.data())
+    in_double(be, pipeline_detail::as_column(w.bv), [&](matrix_view<double> m) { p.value_heads.apply_left_transpose(be, m); });
+  if (w.bo.data()) in_double(be, pipeline_detail::as_column(w.bo), left_t);
+  if (w.b2.data()) in_double(be, pipeline_detail::as_column(w.b2), left_t);
   in_double(be, w.w1, fused(w.rms_ffn));
   in_double(be, w.w3, fused(w.rms_ffn));
   in_double(be, w.wo, [&](matrix_view<double> m) {

@@ -2,8 +2,8 @@
 #pragma once
 
 /// @file
-/// A linear layer without bias: y = x·Wᵀ (or y += x·Wᵀ, the residual connection), W (out_features, in_features) as
-/// everywhere in rsq.
+/// A linear layer: y = x·Wᵀ + b (or y += x·Wᵀ + b, the residual connection; the bias is optional), W
+/// (out_features, in_features) as everywhere in rsq.
 ///
 /// Implemented with algorithm::gemm (<rsq/linalg/gemm.hpp>).
 
