@@ -288,5 +288,17 @@ if has hf-check; then
         rm -rf "$dir"
       done
     done
+    # A GPTQ checkpoint: transformers loads it only with a GPTQ kernel package (gptqmodel / optimum); logged either way.
+    dir=$(mktemp -d)/lm7m-gptq
+    pkgs=$(python3 -c 'import importlib.util as u; print(" ".join(m + ("=yes" if u.find_spec(m) else "=no") for m in ("gptqmodel", "optimum", "vllm")))' 2>&1)
+    echo "=== rsq-quantize --format gptq (Python packages: $pkgs)" >> "$log"
+    if timeout 300 "$exe" --model "$lm7m" --calib "$shared/data/text/mix_valid.txt" --method rsq --bits 4 \
+         --group-size 128 --nsamples 32 --seqlen 256 --rotation fused --eval "$OUT/hf_check_eval.npy" --backend cuda \
+         --quiet --format gptq --out "$dir" >> "$log" 2>&1; then
+      python3 "$root/scripts/hf-reference.py" perplexity --model "$dir" --tokens "$OUT/hf_check_eval.npy" >> "$log" 2>&1
+      add "hf-check gptq checkpoint" ok "see hf_check.log (transformers: $(tail -1 "$log" | cut -c1-60))"
+    else
+      fail "hf-check gptq checkpoint" "hf_check.log"
+    fi
   fi
 fi

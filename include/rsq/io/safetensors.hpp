@@ -272,6 +272,8 @@ class safetensors_file {
     auto out = xt::xtensor<float, N>::from_shape(ext);
     // Fresh pages cost a first touch each (docs/gptq.md): transparent huge pages make that 512 times rarer.
     rsq::detail::advise_huge_pages(out.data(), out.size() * sizeof(float));
+    rsq::detail::prefault(out.data(), out.size() * sizeof(float), /*for_write=*/true);
+    rsq::detail::prefault(bytes(e).data(), bytes(e).size(), /*for_write=*/false);
     convert_to_float(e, out.data());
     return out;
   }
