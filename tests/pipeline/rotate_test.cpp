@@ -7,8 +7,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <string>
 
 #include <rsq/model/forward.hpp>
+#include <rsq/model/hf_model.hpp>
 #include <rsq/model/rotate.hpp>
 #include <rsq/rotation/any_rotation.hpp>
 #include <rsq/rotation/hadamard.hpp>
@@ -79,6 +82,63 @@ TEST_SUITE("pipeline.rotate") {
         CHECK(rec.down_online.n == 172);  // the order-172 Hadamard on w2's input
         CHECK(relative_logit_difference(ref, logits_of(m, tokens)) < 1e-4);
       }
+  }
+
+  TEST_CASE("every head count: 6 and 14 heads (no Hadamard of that order) get an orthogonal substitute, named, and "
+            "the rotated model computes the original logits") {
+    for (int heads : {6, 14}) {
+      CAPTURE(heads);
+      auto c = tiny_config();
+      c.n_heads = heads;
+      c.n_kv_heads = 2;
+      c.dim = heads * 4;
+      c.hidden_dim = 46;  // 46 = 2·23: no Hadamard either (down_proj's online transform)
+      auto const fp = random_model(c, 21);
+      auto const tokens = random_tokens(2, 20, c.vocab_size, 6);
+      auto const ref = logits_of(fp, tokens);
+      for (bool online : {true, false}) {
+        CAPTURE(online);
+        auto m = fp;
+        auto const rec = rotate_model(m, {.seed = 3, .online_hadamards = online});
+        CHECK(relative_logit_difference(ref, logits_of(m, tokens)) < 1e-4);
+        auto const notes = substitutes(rec);
+        std::string all;
+        for (auto const& n : notes) all += n + "\n";
+        CAPTURE(all);
+        // The residual (dim 24 = 12·2 or 56 = 28·2) has a construction; the heads and down_proj's input do not.
+        CHECK(notes.size() == (online ? 2u : 0u));
+        if (online) {
+          CHECK(all.find("across the " + std::to_string(heads) + " heads: no Hadamard of order " +
+                         std::to_string(heads)) != std::string::npos);
+          CHECK(all.find("block_diagonal[") != std::string::npos);
+        }
+        fold_online_transforms(m);  // the plain model a Hugging Face folder holds
+        CHECK(relative_logit_difference(ref, logits_of(m, tokens)) < 1e-4);
+      }
+      auto refused = fp;
+      CHECK_THROWS_WITH_AS((void)rotate_model(refused, {.hadamard = {.fallback = rsq::rotation::hadamard_fallback::none}}),
+                           doctest::Contains("no Hadamard construction"), rsq::invalid_argument);
+    }
+    auto m = random_model(odd_config(), 2);  // 12 heads, hidden 56: exact Hadamards, nothing substituted
+    CHECK(substitutes(rotate_model(m)).empty());
+  }
+
+  TEST_CASE("lm16m (6 heads, attention sinks): the rotated model computes the original logits") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = shared / "data/models/lm16m/hf";
+    if (!std::filesystem::exists(dir / "model.safetensors")) {
+      MESSAGE("SKIPPED: data/models/lm16m/hf not in ../shared");
+      return;
+    }
+    auto const fp = load_hf_model(dir).model;
+    REQUIRE(fp.config.n_heads == 6);
+    auto const tokens = random_tokens(1, 48, fp.config.vocab_size, 8);
+    auto const ref = logits_of(fp, tokens);
+    auto m = fp;
+    auto const rec = rotate_model(m, {.seed = 1});
+    REQUIRE(substitutes(rec).size() == 1);
+    CHECK(substitutes(rec)[0].find("across the 6 heads") != std::string::npos);
+    CHECK(relative_logit_difference(ref, logits_of(m, tokens)) < 1e-4);
   }
 
   TEST_CASE("norm fusion alone preserves the logits and leaves gains of ones") {
@@ -239,12 +299,14 @@ TEST_SUITE("pipeline.rotate") {
     (void)rotate_model(m);
     CHECK_THROWS_WITH_AS((void)rotate_model(m), doctest::Contains("already rotated"), rsq::invalid_argument);
 
-    // hidden 22 = 2·11 has no Hadamard construction: an error, and the model is left untouched.
+    // hidden 22 = 2·11 has no Hadamard construction: with the substitute turned off, an error, and the model is
+    // left untouched.
     auto c = tiny_config();
     c.hidden_dim = 22;
     auto bad = random_model(c, 2);
     auto const before = bad.layers[0].wq;
-    CHECK_THROWS_AS((void)rotate_model(bad), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)rotate_model(bad, {.hadamard = {.fallback = rsq::rotation::hadamard_fallback::none}}),
+                         doctest::Contains("no Hadamard construction for n = 22"), rsq::invalid_argument);
     CHECK(max_diff(bad.layers[0].wq, before) == 0);
     CHECK(bad.rms_final(0) != 1.f);
 

@@ -62,7 +62,11 @@ struct rotate_options {
   residual_rotation kind = residual_rotation::randomized_hadamard;
   std::uint64_t seed = 0;          ///< seed of Q (SplitMix64 streams of rsq/core/random.hpp)
   bool center_embeddings = false;  ///< §2.1 embedding centring: NOT function-preserving for RMSNorm models
-  rotation::hadamard_options hadamard{};  ///< construction of every Hadamard (Q, w2's H_I, the head Hadamards)
+  /// Construction of every Hadamard (Q, w2's H_I, the head Hadamards). Where an order has no Hadamard construction
+  /// (6 heads, as lm16m; 14, as Qwen2.5-0.5B; the reference code asserts there) the block-diagonal fallback gives an
+  /// orthogonal substitute (Hadamards of the largest supported sizes on the diagonal: 6 = 4 + 2), so that the rotation
+  /// still preserves the function; substitutes() names each one. hadamard_fallback::none refuses such a model.
+  rotation::hadamard_options hadamard{.fallback = rotation::hadamard_fallback::block_diagonal};
   /// false: only the rotations that fold entirely into the weights (norm fusion, Q, the per-head V/O Hadamard), no
   /// w2 Hadamard and no Hadamard across heads: the result is a plain model that any engine runs, at some cost in
   /// quantization error (the w2 input keeps its outliers; docs/results.md).
@@ -86,6 +90,26 @@ struct rotation_record {
   /// false (rotate_options::online_hadamards off): no online transforms; down_online and heads_online are unused.
   bool online = true;
 };
+
+/// One line per Hadamard of @p r that is a block-diagonal substitute (an order without a Hadamard construction), e.g.
+/// "the online Hadamard across the 6 heads: no Hadamard of order 6; block_diagonal[H4,H2] (orthogonal) instead";
+/// empty when every Hadamard is exact. For the tools' output and for research code that must know.
+[[nodiscard]] inline std::vector<std::string> substitutes(rotation_record const& r) {
+  std::vector<std::string> out;
+  auto const note = [&](index_t n, rotation::hadamard_options const& o, std::string const& what) {
+    auto const plan = rotation::plan_hadamard(n, o);
+    if (plan.kind == rotation::hadamard_kind::block_diagonal)
+      out.push_back(what + ": no Hadamard of order " + std::to_string(n) + "; " + plan.to_string() +
+                    " (orthogonal) instead");
+  };
+  if (r.kind == residual_rotation::randomized_hadamard) note(r.residual.n, r.residual.hadamard, "the residual rotation");
+  if (r.online) {
+    note(r.down_online.n, r.down_online.hadamard, "the online Hadamard of down_proj's input");
+    note(r.heads_online.n, r.heads_online.hadamard, "the online Hadamard across the " + std::to_string(r.n_heads) + " heads");
+  }
+  note(r.head_dim, r.value_heads.hadamard, "the per-head V/O Hadamard");
+  return out;
+}
 
 /// Everything a model's rotation needs, planned up front from the config (rotate_options): the residual Q, the fixed
 /// Hadamards and the online transforms.
