@@ -244,6 +244,7 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
                    opt.solver.damp_percent);
     return std::nullopt;
   }
+  if (!rc.quiet) rsq_cli::print_rotation_notes("rsq-llama2c", out.q.rotation);
   out.eval = evaluate(be, out.q.model, rsq::view(eval), 16, opt.forward);
   return out;
 }

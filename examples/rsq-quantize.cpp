@@ -237,6 +237,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                      : "its Hessian stayed not positive definite after every damping attempt");
     return 3;
   }
+  if (!rc.quiet) rsq_cli::print_rotation_notes("rsq-quantize", q.rotation);
   std::optional<double> q_ppl;
   if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
 

@@ -6,10 +6,12 @@
 
 #include <cstdio>
 #include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include <rsq/backend/tags.hpp>
+#include <rsq/model/rotate.hpp>
 #if defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA
 #include <rsq/cuda.hpp>
 #endif
@@ -32,6 +34,14 @@ int on_backend(bool cuda, F&& run) {
   (void)cuda;
 #endif
   return run(rsq::backend::cpu_eigen{});
+}
+
+/// One note per Hadamard of the rotation @p r that had no construction and got an orthogonal substitute (6 or 14
+/// heads, say), so that the user knows the rotation is not the paper's Hadamard there.
+inline void print_rotation_notes(char const* tool, std::optional<rsq::model::rotation_record> const& r) {
+  if (!r) return;
+  for (auto const& s : rsq::model::substitutes(*r))
+    std::fprintf(stderr, "%s: note: %s (function-preserving; docs/rotation.md)\n", tool, s.c_str());
 }
 
 /// The exit status of @p body(), or 2 for a usage_error and 1 for any other exception, each printed as

@@ -123,6 +123,31 @@ TEST_SUITE("model.tokenizer") {
     }
   }
 
+  TEST_CASE("lm7m and lm16m: encode (heap-ordered merges) equals run.c's literal algorithm on their texts") {
+    RSQ_NEED_SHARED(shared);
+    struct model_text {
+      char const* tokenizer;
+      char const* text;
+    };
+    for (auto const& [tok_path, text_path] : {model_text{"data/models/lm7m/llama2c/tokenizer.bin", "data/text/mix_valid.txt"},
+                                              model_text{"data/models/lm16m/llama2c/tokenizer.bin", "data/text/prose_valid.txt"}}) {
+      CAPTURE(tok_path);
+      if (!std::filesystem::exists(shared / tok_path) || !std::filesystem::exists(shared / text_path)) {
+        MESSAGE("SKIPPED: ", tok_path, " or ", text_path, " not in ../shared");
+        continue;
+      }
+      auto const t = load_tokenizer(shared / tok_path);
+      auto docs = rsq_test::split_stories(rsq_test::read_text(shared / text_path));
+      std::size_t compared = 0;
+      for (auto const& d : docs) {
+        if (d.size() > 6000) continue;  // the literal algorithm is quadratic
+        CHECK(t.encode(d, {.bos = true}) == naive_encode(t, d, true, false));
+        if (++compared == 40) break;
+      }
+      CHECK(compared == 40);
+    }
+  }
+
   TEST_CASE("byte fallback and the empty text") {
     RSQ_NEED_SHARED(shared);
     auto const t = load_tokenizer(shared / "data/models/tok512.bin", {.vocab_size = 512});
