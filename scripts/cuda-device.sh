@@ -12,7 +12,8 @@
 #         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine; hf-reference = transformers' logits of
 #         small Llama-3/Qwen2/Mistral folders and lm7m (scripts/hf-reference.py make, into $OUT/hf_reference) and the
 #         Python `tokenizers` fixtures (into $OUT/tokenizer_fixtures); hf-check = rsq-quantize on lm7m's Hugging Face
-#         folder with each backend, then transformers' perplexity of each written folder beside rsq's)
+#         folder with each backend ($HF_CHECK_BACKENDS, default "cuda cpu"), then transformers' perplexity of each
+#         written folder beside rsq's)
 # The tests: every test program (one body per algorithm over the backends) runs its CUDA cases (doctest -tc=*cuda*,
 # then the CUDA-only suites -ts=*.cuda): the CPU cases ran in CI.
 #   --prebuilt DIR  take the test and benchmark executables from DIR instead of building (a build of this tree made
@@ -270,7 +271,7 @@ if has hf-check; then
   else
     echo "=== transformers, the original lm7m" >> "$log"
     python3 "$root/scripts/hf-reference.py" perplexity --model "$lm7m" --tokens "$OUT/hf_check_eval.npy" >> "$log" 2>&1
-    for be in cuda cpu; do
+    for be in ${HF_CHECK_BACKENDS:-cuda cpu}; do
       for m in gptq rsq; do
         t0=$SECONDS
         dir=$(mktemp -d)/lm7m-$m-$be
