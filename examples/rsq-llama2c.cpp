@@ -73,11 +73,9 @@ constexpr char usage[] =
     "  --overwrite           replace an existing --out file or --packed folder (whole)\n"
     "  --quiet               no progress on stderr   --help, -h   this text\n"
     "\n"
-    "exit status: 0 done, 1 runtime error (an unreadable or corrupt file, a failed write), 2 bad usage (or an\n"
-    "output that cannot or may not be written), 3 a Hessian that stays not positive definite (nothing written)\n"
-    "\n"
-    "Exit status: 0 success, 1 unreadable or bad files and data (or a CUDA failure), 2 bad command line,\n"
-    "3 a Hessian not positive definite even after the damping escalation.";
+    "exit status: 0 done, 1 runtime error (an unreadable or corrupt file, a failed write, a CUDA failure), 2 bad\n"
+    "usage (or an output that cannot or may not be written), 3 a Hessian that stays not positive definite even\n"
+    "after the damping escalation (nothing written)";
 
 constexpr char where_to_get[] =
     "stories260K not found: pass --model, --tokenizer and --text, or set RSQ_SHARED_DIR to a folder with "
