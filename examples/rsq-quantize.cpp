@@ -45,7 +45,10 @@ constexpr char usage[] =
     "  --nsamples N          calibration windows (default 128; a .npy gives at most its rows)\n"
     "  --seqlen L            tokens per window (default 2048, at most the model's max_position_embeddings)\n"
     "  --seed S              seed of the windows and the rotation (default 0)\n"
-    "  --eval FILE           also report perplexity before and after on this text or .npy (windows of --seqlen)\n"
+    "  --calib-bos           every calibration window starts with BOS (its first token replaced by the\n"
+    "                        tokenizer's BOS: where attention sinks sit; default: random starts, as the reference)\n"
+    "  --eval FILE           also report perplexity before and after on this text or .npy (consecutive windows)\n"
+    "  --eval-seqlen L       tokens per evaluation window (default --seqlen; at most max_position_embeddings)\n"
     "  --eval-windows N      evaluate on the first N windows only (default: all)\n"
     "method\n"
     "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ; default)\n"
@@ -74,10 +77,10 @@ constexpr char usage[] =
 struct run_config {
   fs::path model, calib, eval;
   quantize_options opt;
-  index_t nsamples = 128, seqlen = 2048, eval_windows = -1;
+  index_t nsamples = 128, seqlen = 2048, eval_seqlen = -1, eval_windows = -1;
   std::uint64_t seed = 0;
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
-  bool cuda = false, quiet = false, overwrite = false, gptq = false;
+  bool cuda = false, quiet = false, overwrite = false, gptq = false, calib_bos = false;
 };
 
 run_config parse_config(rsq_cli::args const& a) {
@@ -135,6 +138,11 @@ run_config parse_config(rsq_cli::args const& a) {
   rc.eval_windows = a.integer("eval-windows", -1);
   if (a.has("eval-windows") && (rc.eval_windows < 1 || rc.eval.empty()))
     throw usage_error("--eval-windows needs --eval and a positive count");
+  rc.eval_seqlen = a.integer("eval-seqlen", -1);
+  if (a.has("eval-seqlen") && (rc.eval_seqlen < 2 || rc.eval.empty()))
+    throw usage_error("--eval-seqlen needs --eval and at least 2 tokens");
+  rc.calib_bos = a.flag("calib-bos");
+  if (rc.calib_bos && rc.calib.empty()) throw usage_error("--calib-bos needs calibration data (not --method rtn)");
   // Inputs are checked here, before the output folder is prepared and the model is read.
   if (!fs::is_directory(rc.model)) throw usage_error("--model " + rc.model.string() + ": is not a folder");
   if (!rc.calib.empty()) rsq_cli::expect_readable_file(rc.calib, "--calib");
@@ -205,10 +213,19 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   run_config cfg = rc;
   cfg.seqlen = seqlen;
   rsq::matrix<std::int32_t> calib, eval;
+  index_t const eval_seqlen = rc.eval_seqlen > 0 ? rc.eval_seqlen : seqlen;
+  if (eval_seqlen > fp.config.seq_len)
+    throw usage_error("--eval-seqlen " + std::to_string(eval_seqlen) + " exceeds the model's " +
+                      std::to_string(fp.config.seq_len) + " positions");
   if (rc.opt.method != quant_method::rtn) calib = calibration_windows(read_tokens(rc.calib, rc.model, "--calib"), cfg);
+  if (rc.calib_bos) {
+    auto const bos = load_hf_tokenizer(rc.model / "tokenizer.json").bos_id();
+    if (bos < 0) throw usage_error("--calib-bos: " + rc.model.string() + "/tokenizer.json names no BOS token");
+    for (index_t i = 0; i < index_t(calib.shape()[0]); ++i) calib(i, 0) = bos;
+  }
   if (!rc.eval.empty()) {
     auto const s = read_tokens(rc.eval, rc.model, "--eval");
-    eval = s.from_npy ? s.sequences : consecutive_windows(s.stream, seqlen);
+    eval = s.from_npy ? s.sequences : consecutive_windows(s.stream, eval_seqlen);
     if (rc.eval_windows > 0 && index_t(eval.shape()[0]) > rc.eval_windows) {
       auto first = rsq::make_matrix<std::int32_t>(rc.eval_windows, index_t(eval.shape()[1]));
       std::copy_n(eval.data(), first.size(), first.data());
@@ -300,8 +317,9 @@ int main(int argc, char** argv) {
         std::fputs(usage, stdout);
         return 0;
       }
-    rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help"},
-                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-windows", "method", "bits", "group-size",
+    rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos"},
+                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
+                     "bits", "group-size",
                      "rotation", "backend", "out", "format", "dtype", "check"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);

@@ -64,7 +64,8 @@ TEST_SUITE("cli.rsq-quantize") {
     for (char const* h : {"--help", "-h"}) {
       auto const r = run_tool(h);
       CHECK(r.status == 0);
-      for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--eval", "--eval-windows", "--method", "--bits",
+      for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--calib-bos", "--eval",
+                              "--eval-seqlen", "--eval-windows", "--method", "--bits",
                               "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
                               "--dtype", "--overwrite", "--quiet", "--check", "exit status"})
         CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
@@ -98,6 +99,8 @@ TEST_SUITE("cli.rsq-quantize") {
     refused("--model " + model + " --method rtn --format gguf --out " + out, "--format must be one of hf|gptq");
     refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
     refused("--model " + model + " --method rsq --format gptq --calib x.txt --out " + out, "use --rotation fused");
+    refused("--model " + model + " --method rtn --eval-seqlen 128 --out " + out, "--eval-seqlen needs --eval");
+    refused("--model " + model + " --method rtn --calib-bos --out " + out, "--calib-bos needs calibration data");
     std::ofstream(dir / "a_file") << "x";
     CHECK(run_tool("--model " + model + " --method rtn --out " + (dir / "a_file").string()).status == 2);
     fs::create_directory(out);
@@ -123,7 +126,14 @@ TEST_SUITE("cli.rsq-quantize") {
                              " --nsamples 8 --seqlen 64 --quiet --out " + out.string();
     // Text calibration (tokenized with the folder's tokenizer.json) and token ids (.npy).
     auto const text = (shared / "data/text/mix_valid.txt").string();
-    for (std::string method : {"gptq --act-order --calib " + text, "rsq --rotation fused --calib " + f->calib.string(),
+    {
+      auto const r = run_tool("--model " + f->model.string() + " --method rtn --quiet --eval " + text +
+                              " --eval-seqlen 96 --eval-windows 2 --overwrite --out " + out.string());
+      INFO(r.output);
+      CHECK(r.status == 0);
+      CHECK(r.output.find("(2 windows of 96)") != std::string::npos);
+    }
+    for (std::string method : {"gptq --act-order --calib-bos --calib " + text, "rsq --rotation fused --calib " + f->calib.string(),
                                "quarot --bits 3 --group-size -1 --calib " + f->calib.string()}) {
       CAPTURE(method);
       auto const r = run_tool(common + " --overwrite --method " + method);
