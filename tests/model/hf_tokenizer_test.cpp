@@ -5,8 +5,10 @@
 //    Node binding), and the llama2.c twin tokenizer.bin (tokenizer.hpp), which llama2.c merges by piece score;
 //  - hand-made byte-level fixtures (tests/model/fixtures/*_hand.tokenizer.json) whose ids are worked out by hand
 //    in the comments (and checked once against tokenizers 0.23.2: the same ids);
-//  - generated fixtures (tests/model/fixtures/generated/, scripts/make-tokenizer-fixtures.{py,mjs}): tiny
-//    tokenizers with Llama-3's and Qwen2's pre-tokenizers and the ids `tokenizers` gives for a mixed text.
+//  - generated fixtures: tiny tokenizers with Llama-3's and Qwen2's pre-tokenizers, trained by `tokenizers`, and the
+//    ids it gives for a mixed text; made twice, through its Node binding (tests/model/fixtures/generated/,
+//    scripts/make-tokenizer-fixtures.mjs, tokenizers 0.23.2) and through Python on the GPU machine
+//    (generated_python/, scripts/make-tokenizer-fixtures.py, 2026-12-05; its training gives other merges).
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -247,22 +249,25 @@ TEST_SUITE("model.hf_tokenizer") {
     CHECK_THROWS_WITH_AS((void)t.encode("cafe\xCC\x81"), doctest::Contains("U+301"), rsq::invalid_argument);
   }
 
-  TEST_CASE("byte-level, generated fixtures: ids of the tokenizers library") {
-    for (char const* name : {"llama3", "qwen2"}) {
-      CAPTURE(name);
-      auto const base = fixtures() / "generated" / name;
-      auto const json = std::filesystem::path(base.string() + ".tokenizer.json");
-      if (!std::filesystem::exists(json)) {
-        MESSAGE("SKIPPED: ", json.string(), " not found; run scripts/make-tokenizer-fixtures.py (or .mjs)");
-        continue;
+  TEST_CASE("byte-level, generated fixtures: ids of the tokenizers library (Node and Python bindings)") {
+    for (char const* folder : {"generated", "generated_python"}) {
+      for (char const* name : {"llama3", "qwen2"}) {
+        CAPTURE(folder);
+        CAPTURE(name);
+        auto const base = fixtures() / folder / name;
+        auto const json = std::filesystem::path(base.string() + ".tokenizer.json");
+        if (!std::filesystem::exists(json)) {
+          MESSAGE("SKIPPED: ", json.string(), " not found; run scripts/make-tokenizer-fixtures.py (or .mjs)");
+          continue;
+        }
+        auto const t = load_hf_tokenizer(json);
+        auto const text = rsq_test::read_text(base.string() + ".text.txt");
+        auto const want = read_ids(base.string() + ".ids.txt");
+        auto const got = t.encode(text);
+        CHECK(got.size() == want.size());
+        CHECK(got == want);
+        CHECK(t.decode(got, {.skip_special_tokens = false}).ends_with(text));
       }
-      auto const t = load_hf_tokenizer(json);
-      auto const text = rsq_test::read_text(base.string() + ".text.txt");
-      auto const want = read_ids(base.string() + ".ids.txt");
-      auto const got = t.encode(text);
-      CHECK(got.size() == want.size());
-      CHECK(got == want);
-      CHECK(t.decode(got, {.skip_special_tokens = false}).ends_with(text));
     }
   }
 
