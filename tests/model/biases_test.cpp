@@ -82,6 +82,17 @@ double max_rel_diff(A const& a, A const& b) {
 
 auto logits(llama_model const& m, rsq::matrix<std::int32_t> const& t) { return forward(m, rsq::view(t)); }
 
+/// @p m quantized as a GPTQ checkpoint stores it: RSQ, 4 bits, fp16 scales, rotations folded into the weights.
+quantized_model fused_rsq_for_gptq(llama_model const& m) {
+  quantize_options o;
+  o.method = quant_method::rsq;
+  o.grid = rsq_script_grid(4);
+  o.grid.fp16_scales = true;
+  o.rotation.online_hadamards = false;
+  auto const calib = tokens(4, 32, m.config.vocab_size);
+  return quantize_model(rsq::backend::cpu_eigen{}, m, rsq::view(calib), o);
+}
+
 /// The config.json of @p c as @p architecture (Qwen2: q/k/v biases; Llama: attention_bias and mlp_bias as @p c has).
 hf_config hf_config_of(llama_config const& c, char const* architecture) {
   nlohmann::json j = {{"architectures", {architecture}},        {"hidden_size", c.dim},
@@ -185,13 +196,7 @@ TEST_CASE("q/k/v biases: a Qwen2 folder and a GPTQ checkpoint carry them") {
     CHECK(back.model.layers[l].bv == m.layers[l].bv);
   }
 
-  quantize_options o;
-  o.method = quant_method::rsq;
-  o.grid = rsq_script_grid(4);
-  o.grid.fp16_scales = true;
-  o.rotation.online_hadamards = false;
-  auto const calib = tokens(4, 32, c.vocab_size);
-  auto const q = quantize_model(rsq::backend::cpu_eigen{}, m, rsq::view(calib), o);
+  auto const q = fused_rsq_for_gptq(m);
   REQUIRE(q.ok());
   auto const gdir = rsq_test::temp_dir("qwen2_gptq");
   save_gptq_checkpoint(gdir, q, src);
@@ -223,13 +228,7 @@ TEST_CASE("o_proj and MLP biases, wide heads: a Llama folder and a GPTQ checkpoi
       CHECK(back.layers[l].bias(id) == m.layers[l].bias(id));
     }
 
-  quantize_options o;
-  o.method = quant_method::rsq;
-  o.grid = rsq_script_grid(4);
-  o.grid.fp16_scales = true;
-  o.rotation.online_hadamards = false;
-  auto const calib = tokens(4, 32, c.vocab_size);
-  auto const q = quantize_model(rsq::backend::cpu_eigen{}, m, rsq::view(calib), o);
+  auto const q = fused_rsq_for_gptq(m);
   REQUIRE(q.ok());
   auto const gdir = rsq_test::temp_dir("llama_biases_gptq");
   save_gptq_checkpoint(gdir, q, src);

@@ -105,28 +105,10 @@ struct layer_weights {
   vector_view<const float> bq = {}, bk = {}, bv = {}, bo = {}, b1 = {}, b2 = {}, b3 = {};
 
   [[nodiscard]] matrix_view<const float> weight(linear_id l) const noexcept {
-    switch (l) {
-      case linear_id::wq: return wq;
-      case linear_id::wk: return wk;
-      case linear_id::wv: return wv;
-      case linear_id::wo: return wo;
-      case linear_id::w1: return w1;
-      case linear_id::w2: return w2;
-      case linear_id::w3: return w3;
-    }
-    return wq;
+    return detail::select_linear(l, wq, wk, wv, wo, w1, w2, w3);
   }
   [[nodiscard]] vector_view<const float> bias(linear_id l) const noexcept {
-    switch (l) {
-      case linear_id::wq: return bq;
-      case linear_id::wk: return bk;
-      case linear_id::wv: return bv;
-      case linear_id::wo: return bo;
-      case linear_id::w1: return b1;
-      case linear_id::w2: return b2;
-      case linear_id::w3: return b3;
-    }
-    return bq;
+    return detail::select_linear(l, bq, bk, bv, bo, b1, b2, b3);
   }
 };
 

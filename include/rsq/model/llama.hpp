@@ -28,6 +28,25 @@ namespace rsq::model {
 /// The seven linear layers of a decoder layer, in llama2c's file order.
 enum class linear_id { wq, wk, wv, wo, w1, w2, w3 };
 
+namespace detail {
+
+/// The one of @p wq ... @p w3 that linear @p l names (the accessors of the weight and bias sets share it).
+template <class T>
+[[nodiscard]] constexpr T& select_linear(linear_id l, T& wq, T& wk, T& wv, T& wo, T& w1, T& w2, T& w3) noexcept {
+  switch (l) {
+    case linear_id::wq: return wq;
+    case linear_id::wk: return wk;
+    case linear_id::wv: return wv;
+    case linear_id::wo: return wo;
+    case linear_id::w1: return w1;
+    case linear_id::w2: return w2;
+    case linear_id::w3: return w3;
+  }
+  return wq;
+}
+
+}  // namespace detail
+
 /// Hyperparameters of a Llama-architecture model: the seven fields of a llama2c header plus the constants of the
 /// forward pass.
 struct llama_config {
@@ -163,16 +182,7 @@ struct decoder_layer {
 
   /// The weight of linear @p l.
   [[nodiscard]] rsq::matrix<float>& weight(linear_id l) noexcept {
-    switch (l) {
-      case linear_id::wq: return wq;
-      case linear_id::wk: return wk;
-      case linear_id::wv: return wv;
-      case linear_id::wo: return wo;
-      case linear_id::w1: return w1;
-      case linear_id::w2: return w2;
-      case linear_id::w3: return w3;
-    }
-    return wq;
+    return detail::select_linear(l, wq, wk, wv, wo, w1, w2, w3);
   }
   [[nodiscard]] rsq::matrix<float> const& weight(linear_id l) const noexcept {
     return const_cast<decoder_layer&>(*this).weight(l);
@@ -180,16 +190,7 @@ struct decoder_layer {
 
   /// The bias of linear @p l (empty when it has none).
   [[nodiscard]] rsq::vector<float>& bias(linear_id l) noexcept {
-    switch (l) {
-      case linear_id::wq: return bq;
-      case linear_id::wk: return bk;
-      case linear_id::wv: return bv;
-      case linear_id::wo: return bo;
-      case linear_id::w1: return b1;
-      case linear_id::w2: return b2;
-      case linear_id::w3: return b3;
-    }
-    return bq;
+    return detail::select_linear(l, bq, bk, bv, bo, b1, b2, b3);
   }
   [[nodiscard]] rsq::vector<float> const& bias(linear_id l) const noexcept {
     return const_cast<decoder_layer&>(*this).bias(l);

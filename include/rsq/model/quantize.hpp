@@ -326,16 +326,7 @@ class resident_layer {
             w_.bo,      w_.b1,      w_.b2, w_.b3};
   }
   [[nodiscard]] matrix_view<float> weight(linear_id l) const noexcept {
-    switch (l) {
-      case linear_id::wq: return w_.wq;
-      case linear_id::wk: return w_.wk;
-      case linear_id::wv: return w_.wv;
-      case linear_id::wo: return w_.wo;
-      case linear_id::w1: return w_.w1;
-      case linear_id::w2: return w_.w2;
-      case linear_id::w3: return w_.w3;
-    }
-    return w_.wq;
+    return detail::select_linear(l, w_.wq, w_.wk, w_.wv, w_.wo, w_.w1, w_.w2, w_.w3);
   }
 
   /// Copies the gains and the v, o and down biases (changed by a rotation) back to the host layer (the weights go
