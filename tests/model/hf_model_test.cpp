@@ -152,6 +152,13 @@ TEST_CASE("RoPE row order: halves to adjacent pairs and back is the identity, an
   CHECK(p(5, 0) == w(6, 0));  // head 1
   CHECK(permute_rope_rows(p, 4, false) == w);
   CHECK_THROWS_AS((void)permute_rope_rows(w, 3, true), rsq::invalid_argument);
+  for (bool to_pairs : {true, false}) {  // in place (what load_hf_model uses) = the copying form
+    auto in_place = w;
+    permute_rope_rows_in_place(in_place, 4, to_pairs);
+    CHECK(in_place == permute_rope_rows(w, 4, to_pairs));
+  }
+  auto odd = w;
+  CHECK_THROWS_AS(permute_rope_rows_in_place(odd, 3, true), rsq::invalid_argument);
 }
 
 TEST_CASE("Hugging Face folders of ../shared: the same model as the llama2.c twin, and written back unchanged") {

@@ -81,6 +81,26 @@ template <class T>
   return out;
 }
 
+/// permute_rope_rows in place, through one head of scratch rows: reading a model permutes without a second copy of
+/// q and k (fresh memory costs a page fault per 4 KiB on the machines rsq is developed on).
+template <class T>
+void permute_rope_rows_in_place(xt::xtensor<T, 2>& w, int head_dim, bool to_pairs) {
+  std::size_t const rows = w.shape()[0], cols = w.shape()[1], hd = std::size_t(head_dim), half = hd / 2;
+  RSQ_EXPECTS(hd % 2 == 0 && rows % hd == 0, "permute_rope_rows: ", rows, " rows are not whole heads of ", hd);
+  if (cols == 0) return;
+  std::vector<T> head(hd * cols);
+  for (std::size_t h = 0; h < rows / hd; ++h) {
+    T* const base = &w(h * hd, 0);
+    std::memcpy(head.data(), base, hd * cols * sizeof(T));
+    for (std::size_t i = 0; i < half; ++i)
+      for (std::size_t j = 0; j < 2; ++j) {
+        std::size_t const pair_row = 2 * i + j, half_row = j * half + i;
+        std::size_t const to = to_pairs ? pair_row : half_row, from = to_pairs ? half_row : pair_row;
+        std::memcpy(base + to * cols, head.data() + from * cols, cols * sizeof(T));
+      }
+  }
+}
+
 namespace detail {
 
 /// A q or k bias permuted as its projection's rows (permute_rope_rows of a one-column matrix).
@@ -147,8 +167,9 @@ xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::strin
   bool const has_head = ck.contains("lm_head.weight");
   if (!has_head && !c.tie_word_embeddings)
     rsq::detail::throw_io_error(dir.string(), ": no lm_head.weight, and config.json does not tie the embeddings");
-  m.classifier = has_head && !c.tie_word_embeddings ? detail::hf_tensor<2>(ck, "lm_head.weight", {v, d})
-                                                    : m.token_embedding;
+  // A tied head is read a second time rather than copied: the same prefaulted conversion as every tensor.
+  m.classifier = detail::hf_tensor<2>(ck, has_head && !c.tie_word_embeddings ? "lm_head.weight" : "model.embed_tokens.weight",
+                                      {v, d});
   m.layers.resize(std::size_t(lc.n_layers));
   for (int l = 0; l < lc.n_layers; ++l) {
     auto& layer = m.layers[std::size_t(l)];
@@ -157,7 +178,7 @@ xt::xtensor<float, N> hf_tensor(io::safetensors_checkpoint const& ck, std::strin
     for (linear_id id : all_linears) {
       auto const shape = weight_shape(lc, id);
       auto w = detail::hf_tensor<2>(ck, detail::hf_weight_name(l, id), {std::size_t(shape[0]), std::size_t(shape[1])});
-      if (detail::rope_rows(id)) w = permute_rope_rows(w, lc.head_size(), true);
+      if (detail::rope_rows(id)) permute_rope_rows_in_place(w, lc.head_size(), true);
       layer.weight(id) = std::move(w);
       if (!lc.has_bias(id)) continue;
       auto b = detail::hf_tensor<1>(ck, detail::hf_bias_name(l, id), {std::size_t(shape[0])});
