@@ -31,6 +31,7 @@
 #include <rsq/model/tokenizer.hpp>
 
 #include "support/args.hpp"
+#include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
 
@@ -173,22 +174,6 @@ run_config parse_config(rsq_cli::args const& a) {
   return rc;
 }
 
-/// Effective number of tokens per sequence of the Hessian weights w ∝ r^p: (Σw)²/Σw², averaged over sequences
-/// (L for uniform weights; a handful when the importance sits on a few tokens).
-double effective_tokens(rsq::matrix_view<const float> r, double power) {
-  double total = 0;
-  for (rsq::index_t j = 0; j < r.rows(); ++j) {
-    double s = 0, s2 = 0;
-    for (rsq::index_t t = 0; t < r.cols(); ++t) {
-      double const w = std::pow(double(r(j, t)), power);
-      s += w;
-      s2 += w * w;
-    }
-    total += s2 > 0 ? s * s / s2 : 0;
-  }
-  return total / double(r.rows());
-}
-
 void print_layer(quant_method method, layer_report const& r, double ess) {
   std::fprintf(stderr, "rsq-llama2c: %-6s layer %d/%d", std::string(to_string(method)).c_str(), r.layer + 1,
                r.n_layers);
@@ -224,7 +209,9 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
   quantize_observer obs;
   double ess = 0;
   if (!rc.quiet) {
-    obs.on_importances = [&](int, rsq::matrix_view<const float> r) { ess = effective_tokens(r, opt.importance_power); };
+    obs.on_importances = [&](int, rsq::matrix_view<const float> r) {
+      ess = rsq_cli::importance_stats_of(r, opt.importance_power).effective_tokens;
+    };
     obs.on_layer = [&](layer_report const& r) { print_layer(method, r, ess); };
   }
   method_outcome out{quantize_model(be, fp, rsq::view(calib), opt, obs), {}};

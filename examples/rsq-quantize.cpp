@@ -20,6 +20,7 @@
 #include <rsq/model/rotate.hpp>
 
 #include "support/args.hpp"
+#include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
 
@@ -68,6 +69,8 @@ constexpr char usage[] =
     "  --dtype D             hf: storage of the weights: float32 (default, exact), bfloat16 or float16\n"
     "  --overwrite           replace an existing output folder whole\n"
     "  --quiet               no progress on stderr\n"
+    "  --diagnostics         rsq: per layer, the effective number of calibration tokens of the Hessian weights and\n"
+    "                        the share of the weight on each window's first position and on BOS tokens\n"
     "  --check DIR           report which engines load the GPTQ checkpoint in DIR, and why not\n"
     "  --help, -h            this text\n"
     "\n"
@@ -80,7 +83,7 @@ struct run_config {
   index_t nsamples = 128, seqlen = 2048, eval_seqlen = -1, eval_windows = -1;
   std::uint64_t seed = 0;
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
-  bool cuda = false, quiet = false, overwrite = false, gptq = false, calib_bos = false;
+  bool cuda = false, quiet = false, overwrite = false, gptq = false, calib_bos = false, diagnostics = false;
 };
 
 run_config parse_config(rsq_cli::args const& a) {
@@ -142,6 +145,7 @@ run_config parse_config(rsq_cli::args const& a) {
   if (a.has("eval-seqlen") && (rc.eval_seqlen < 2 || rc.eval.empty()))
     throw usage_error("--eval-seqlen needs --eval and at least 2 tokens");
   rc.calib_bos = a.flag("calib-bos");
+  rc.diagnostics = a.flag("diagnostics");
   if (rc.calib_bos && rc.calib.empty()) throw usage_error("--calib-bos needs calibration data (not --method rtn)");
   // Inputs are checked here, before the output folder is prepared and the model is read.
   if (!fs::is_directory(rc.model)) throw usage_error("--model " + rc.model.string() + ": is not a folder");
@@ -245,6 +249,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   auto const start = std::chrono::steady_clock::now();
   quantize_observer obs;
   if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_progress(r, start); };
+  std::vector<rsq_cli::importance_stats> stats;
+  std::int32_t bos = -1;
+  if (rc.diagnostics) {
+    if (fs::exists(rc.model / "tokenizer.json")) bos = load_hf_tokenizer(rc.model / "tokenizer.json").bos_id();
+    obs.on_importances = [&](int, rsq::matrix_view<const float> r) {
+      stats.push_back(rsq_cli::importance_stats_of(r, rc.opt.importance_power, rsq::view(std::as_const(calib)), bos));
+    };
+  }
   auto q = quantize_model(be, std::move(fp), rsq::view(calib), rc.opt, obs);
   if (!q.ok()) {
     std::fprintf(stderr, "rsq-quantize: error: layer %d %s: %s (%s); nothing was written\n", q.failed_layer,
@@ -255,6 +267,13 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     return 3;
   }
   if (!rc.quiet) rsq_cli::print_rotation_notes("rsq-quantize", q.rotation);
+  if (rc.diagnostics && stats.empty())
+    std::printf("diagnostics: %s weights every calibration token alike (no token importances)\n",
+                std::string(to_string(q.method)).c_str());
+  for (std::size_t l = 0; l < stats.size(); ++l)
+    std::printf("diagnostics: layer %zu: %.1f effective tokens of %td, Hessian weight on position 0 %.2f%%, on BOS "
+                "%.2f%%\n", l, stats[l].effective_tokens, index_t(calib.shape()[1]), 100 * stats[l].position0_share,
+                100 * stats[l].bos_share);
   std::optional<double> q_ppl;
   if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
 
@@ -317,7 +336,7 @@ int main(int argc, char** argv) {
         std::fputs(usage, stdout);
         return 0;
       }
-    rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos"},
+    rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos", "diagnostics"},
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
                      "bits", "group-size",
                      "rotation", "backend", "out", "format", "dtype", "check"});

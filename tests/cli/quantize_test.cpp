@@ -67,7 +67,7 @@ TEST_SUITE("cli.rsq-quantize") {
       for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--calib-bos", "--eval",
                               "--eval-seqlen", "--eval-windows", "--method", "--bits",
                               "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
-                              "--dtype", "--overwrite", "--quiet", "--check", "exit status"})
+                              "--dtype", "--overwrite", "--quiet", "--diagnostics", "--check", "exit status"})
         CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
     }
     CHECK(run_tool("").status == 2);
@@ -133,12 +133,17 @@ TEST_SUITE("cli.rsq-quantize") {
       CHECK(r.status == 0);
       CHECK(r.output.find("(2 windows of 96)") != std::string::npos);
     }
-    for (std::string method : {"gptq --act-order --calib-bos --calib " + text, "rsq --rotation fused --calib " + f->calib.string(),
+    for (std::string method : {"gptq --act-order --calib-bos --calib " + text,
+                               "rsq --rotation fused --diagnostics --calib " + f->calib.string(),
                                "quarot --bits 3 --group-size -1 --calib " + f->calib.string()}) {
       CAPTURE(method);
       auto const r = run_tool(common + " --overwrite --method " + method);
       INFO(r.output);
       REQUIRE(r.status == 0);
+      if (method.starts_with("rsq")) {  // one line per layer: effective tokens of 64, shares in percent
+        CHECK(r.output.find("diagnostics: layer 0: ") != std::string::npos);
+        CHECK(r.output.find("effective tokens of 64, Hessian weight on position 0 ") != std::string::npos);
+      }
       CHECK(r.output.find("wrote " + out.string() + ": a Hugging Face folder") != std::string::npos);
       CHECK(!fs::exists(out / "stale.txt"));  // left by the previous run's folder: replaced whole
       double const printed = number_after(r.output, "before, ");
