@@ -191,16 +191,20 @@ rsq::matrix<std::int32_t> calibration_windows(token_source const& s, run_config 
   return w;
 }
 
-/// One progress line per layer: a bar, the layer's seconds and the time left at the mean pace so far.
+/// One progress line per layer: a bar, the layer's seconds, the seconds so far in the main phases, and the time left
+/// at the mean pace so far.
 void print_progress(layer_report const& r, std::chrono::steady_clock::time_point start) {
   double const elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   int const done = r.layer + 1, width = 30, filled = width * done / std::max(1, r.n_layers);
   double const left = elapsed / done * (r.n_layers - done);
   double loss = 0;
   for (auto const& l : r.linears) loss += l.gptq_loss;
-  std::fprintf(stderr, "\rrsq-quantize: [%s%s] layer %d/%d  %.1f s  GPTQ loss %.4g  %.0f s left   ",
+  auto const& t = r.timings;
+  std::fprintf(stderr,
+               "\rrsq-quantize: [%s%s] layer %d/%d  %.1f s  GPTQ loss %.4g  (so far: forward %.1f s, Hessians %.1f s, "
+               "solves %.1f s, rotation %.1f s)  %.0f s left   ",
                std::string(std::size_t(filled), '#').c_str(), std::string(std::size_t(width - filled), '.').c_str(),
-               done, r.n_layers, r.seconds, loss, left);
+               done, r.n_layers, r.seconds, loss, t.forward, t.hessian, t.factorization + t.solver, t.rotation, left);
   if (done == r.n_layers) std::fputc('\n', stderr);
 }
 

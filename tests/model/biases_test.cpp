@@ -19,6 +19,7 @@
 
 #include "model/model_test_support.hpp"
 #include "support/backends.hpp"
+#include "support/compare.hpp"
 #include "support/shared_data.hpp"
 
 using namespace rsq::model;
@@ -69,17 +70,6 @@ rsq::matrix<std::int32_t> tokens(index_t s, index_t l, int vocab) {
   return t;
 }
 
-/// max |a − b| / max |b| over logits (sequences, L, vocab).
-template <class A>
-double max_rel_diff(A const& a, A const& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
-    den = std::max(den, std::abs(double(b.data()[i])));
-  }
-  return num / den;
-}
-
 auto logits(llama_model const& m, rsq::matrix<std::int32_t> const& t) { return forward(m, rsq::view(t)); }
 
 /// @p m quantized as a GPTQ checkpoint stores it: RSQ, 4 bits, fp16 scales, rotations folded into the weights.
@@ -121,13 +111,13 @@ TEST_CASE("biases: zero biases give the bias-free logits bit for bit; real ones 
       for (linear_id l : all_linears) L.bias(l) = rsq::vector<float>{};
     CHECK(logits(zero, t) == logits(plain, t));
     auto const biased = biased_model(c, 7, 0.5);
-    CHECK(max_rel_diff(logits(biased, t), logits(plain, t)) > 1e-3);
+    CHECK(rsq_test::max_norm_rel(logits(biased, t), logits(plain, t)) > 1e-3);
     for (linear_id l : all_linears) {  // each bias counts
       if (!c.has_bias(l)) continue;
       CAPTURE(name(l));
       auto one = zero;
       one.layers[1].bias(l) = biased.layers[1].bias(l);
-      CHECK(max_rel_diff(logits(one, t), logits(plain, t)) > 1e-5);
+      CHECK(rsq_test::max_norm_rel(logits(one, t), logits(plain, t)) > 1e-5);
     }
     auto bad = biased;
     bad.layers[1].bk = rsq::vector<float>::from_shape({3});
@@ -145,11 +135,11 @@ TEST_CASE("biases and wide heads: full and fused rotations keep the logits") {
       CAPTURE(online);
       auto m = fp;
       (void)rotate_model(m, {.seed = 4, .online_hadamards = online});
-      CHECK(max_rel_diff(logits(m, t), ref) < 1e-4);
+      CHECK(rsq_test::max_norm_rel(logits(m, t), ref) < 1e-4);
       CHECK(m.layers[0].bq == fp.layers[0].bq);  // the residual rotation acts on inputs: q/k biases are unchanged
       if (c.mlp_bias) CHECK(m.layers[0].b1 == fp.layers[0].b1);  // and w1/w3's outputs are not rotated
       fold_online_transforms(m);  // what a Hugging Face folder holds
-      CHECK(max_rel_diff(logits(m, t), ref) < 1e-4);
+      CHECK(rsq_test::max_norm_rel(logits(m, t), ref) < 1e-4);
     }
   }
 }
@@ -169,9 +159,9 @@ TEST_CASE_TEMPLATE("biases and wide heads: the pipeline rotates and quantizes on
       o.grid = rsq_script_grid(8);
       auto const q = quantize_model(B{}, fp, rsq::view(calib), o);
       REQUIRE(q.ok());
-      CHECK(max_rel_diff(logits(q.model, t), logits(fp, t)) < 0.05);
+      CHECK(rsq_test::max_norm_rel(logits(q.model, t), logits(fp, t)) < 0.05);
       // The backend's own forward pass agrees with the CPU's on the quantized model.
-      CHECK(max_rel_diff(forward(B{}, q.model, rsq::view(t)), logits(q.model, t)) < 1e-4);
+      CHECK(rsq_test::max_norm_rel(forward(B{}, q.model, rsq::view(t)), logits(q.model, t)) < 1e-4);
     }
   }
 }

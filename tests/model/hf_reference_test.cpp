@@ -21,6 +21,7 @@
 #include <rsq/model/quantize.hpp>
 
 #include "support/backends.hpp"
+#include "support/compare.hpp"
 #include "support/shared_data.hpp"
 
 namespace fs = std::filesystem;
@@ -29,17 +30,6 @@ using namespace rsq::model;
 namespace {
 
 fs::path fixtures() { return fs::path(__FILE__).parent_path() / "fixtures" / "hf_reference"; }
-
-/// max |a − b| / max |b|.
-template <class A, class R>
-double max_rel_diff(A const& a, R const& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    num = std::max(num, std::abs(double(a.data()[i]) - double(b.data()[i])));
-    den = std::max(den, std::abs(double(b.data()[i])));
-  }
-  return num / den;
-}
 
 /// Reads the model of @p model_dir, runs it on backend @p be over @p name's tokens and compares with the logits
 /// transformers gave.
@@ -52,7 +42,7 @@ void check_against_transformers(B const& be, std::string const& name, fs::path c
   auto const m = load_hf_model(model_dir).model;
   auto const logits = forward(be, m, rsq::view(tokens));
   REQUIRE(logits.shape() == expected.shape());
-  double const d = max_rel_diff(logits, expected);
+  double const d = rsq_test::max_norm_rel(logits, expected);
   MESSAGE(name << " on " << rsq_test::backend_name<B>() << ": max |rsq - transformers| / max |logit| = " << d);
   CHECK(d <= 1e-4);
 }

@@ -187,19 +187,6 @@ struct linear_report {
   double seconds = 0;
 };
 
-/// Outcome of one decoder layer (handed to the progress callback).
-struct layer_report {
-  int layer = 0;
-  int n_layers = 0;
-  std::vector<linear_report> linears;  ///< in the order they were quantized
-  double seconds = 0;
-  [[nodiscard]] bool ok() const noexcept {
-    for (auto const& l : linears)
-      if (l.info != gptq::status::ok) return false;
-    return true;
-  }
-};
-
 /// Seconds spent in each part of quantize_model() (each part waits for the backend's work before it is timed).
 struct pipeline_timings {
   double rotation = 0;       ///< rotating the embeddings and every layer
@@ -213,6 +200,21 @@ struct pipeline_timings {
   double total = 0;          ///< the whole call
   std::size_t peak_backend_bytes = 0;  ///< most backend memory in use at a layer's end (device backends; 0 on CPU)
 };
+
+/// Outcome of one decoder layer (handed to the progress callback).
+struct layer_report {
+  int layer = 0;
+  int n_layers = 0;
+  std::vector<linear_report> linears;  ///< in the order they were quantized
+  double seconds = 0;
+  pipeline_timings timings;  ///< seconds in each part so far, this layer included (`total` is set at the end only)
+  [[nodiscard]] bool ok() const noexcept {
+    for (auto const& l : linears)
+      if (l.info != gptq::status::ok) return false;
+    return true;
+  }
+};
+
 
 /// Result of quantize_model().
 struct quantized_model {
@@ -661,6 +663,7 @@ class layer_quantizer {
     if (obs_.on_importances && importance_.size() > 0) obs_.on_importances(l, rsq::view(std::as_const(importance_)));
     auto finish = [&](bool ok) {
       report.seconds = seconds_since(t_layer);
+      report.timings = q_.timings;
       q_.layers.push_back(report);
       if (obs_.on_layer) obs_.on_layer(q_.layers.back());
       return ok;
@@ -875,6 +878,7 @@ template <backend_tag B>
                                     .seconds = seconds_since(t0)});
         }
       report.seconds = seconds_since(t_layer);
+      report.timings = q.timings;
       q.layers.push_back(report);
       if (obs.on_layer) obs.on_layer(q.layers.back());
     }
