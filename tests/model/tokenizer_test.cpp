@@ -129,8 +129,9 @@ TEST_SUITE("model.tokenizer") {
       char const* tokenizer;
       char const* text;
     };
-    for (auto const& [tok_path, text_path] : {model_text{"data/models/lm7m/llama2c/tokenizer.bin", "data/text/mix_valid.txt"},
-                                              model_text{"data/models/lm16m/llama2c/tokenizer.bin", "data/text/prose_valid.txt"}}) {
+    for (auto const& pair : {model_text{"data/models/lm7m/llama2c/tokenizer.bin", "data/text/mix_valid.txt"},
+                             model_text{"data/models/lm16m/llama2c/tokenizer.bin", "data/text/prose_valid.txt"}}) {
+      std::string const tok_path = pair.tokenizer, text_path = pair.text;  // (clang: no structured bindings in CAPTURE)
       CAPTURE(tok_path);
       if (!std::filesystem::exists(shared / tok_path) || !std::filesystem::exists(shared / text_path)) {
         MESSAGE("SKIPPED: ", tok_path, " or ", text_path, " not in ../shared");

@@ -99,6 +99,7 @@ llama_model rebuild(std::filesystem::path const& dir, llama_config const& c, gpt
   // The online Hadamards, from the manifest alone.
   std::ifstream mf(dir / "manifest.json");
   std::string const manifest((std::istreambuf_iterator<char>(mf)), std::istreambuf_iterator<char>());
+  CHECK(manifest.find("\"head_dim\": " + std::to_string(c.head_size()) + ",") != std::string::npos);
   if (manifest.find("\"rotation\": null") == std::string::npos) {
     auto const online = manifest.substr(manifest.find("\"online\""));
     auto const down_text = json_string_value(online, "descriptor");

@@ -143,7 +143,8 @@ inline gptq_export export_gptq_directory(std::filesystem::path const& dir, quant
   js.precision(9);
   js << "{\n  \"format\": \"rsq-gptq/1\",\n";
   js << "  \"model\": {\"dim\": " << c.dim << ", \"hidden_dim\": " << c.hidden_dim << ", \"n_layers\": " << c.n_layers
-     << ", \"n_heads\": " << c.n_heads << ", \"n_kv_heads\": " << c.n_kv_heads << ", \"vocab_size\": " << c.vocab_size
+     << ", \"n_heads\": " << c.n_heads << ", \"n_kv_heads\": " << c.n_kv_heads << ", \"head_dim\": " << c.head_size()
+     << ", \"vocab_size\": " << c.vocab_size
      << ", \"seq_len\": " << c.seq_len << ", \"norm_eps\": " << std::setprecision(7) << c.norm_eps
      << std::setprecision(9) << ", \"rope_theta\": " << c.rope_theta
      << "},\n";
