@@ -66,21 +66,6 @@ struct hf_model {
 /// Rows of a q or k projection (heads·head_dim, in) reordered between the two RoPE layouts: `to_pairs` takes
 /// Hugging Face's halves to adjacent pairs, its inverse takes them back. Any per-row array permutes the same way
 /// (the codes, scales and zeros of a quantized q or k).
-template <class T>
-[[nodiscard]] xt::xtensor<T, 2> permute_rope_rows(xt::xtensor<T, 2> const& w, int head_dim, bool to_pairs) {
-  std::size_t const rows = w.shape()[0], cols = w.shape()[1], hd = std::size_t(head_dim), half = hd / 2;
-  RSQ_EXPECTS(hd % 2 == 0 && rows % hd == 0, "permute_rope_rows: ", rows, " rows are not whole heads of ", hd);
-  auto out = xt::xtensor<T, 2>::from_shape({rows, cols});
-  for (std::size_t h = 0; h < rows / hd; ++h)
-    for (std::size_t i = 0; i < half; ++i)
-      for (std::size_t j = 0; j < 2; ++j) {
-        std::size_t const pair_row = h * hd + 2 * i + j, half_row = h * hd + j * half + i;
-        std::size_t const to = to_pairs ? pair_row : half_row, from = to_pairs ? half_row : pair_row;
-        if (cols) std::memcpy(&out(to, 0), &w(from, 0), cols * sizeof(T));
-      }
-  return out;
-}
-
 /// permute_rope_rows in place, through one head of scratch rows: reading a model permutes without a second copy of
 /// q and k (fresh memory costs a page fault per 4 KiB on the machines rsq is developed on).
 template <class T>
@@ -99,6 +84,16 @@ void permute_rope_rows_in_place(xt::xtensor<T, 2>& w, int head_dim, bool to_pair
         std::memcpy(base + to * cols, head.data() + from * cols, cols * sizeof(T));
       }
   }
+}
+
+/// Rows of a q or k projection (heads·head_dim, in) reordered between the two RoPE layouts: `to_pairs` takes
+/// Hugging Face's halves to adjacent pairs, its inverse takes them back. Any per-row array permutes the same way
+/// (the codes, scales and zeros of a quantized q or k).
+template <class T>
+[[nodiscard]] xt::xtensor<T, 2> permute_rope_rows(xt::xtensor<T, 2> const& w, int head_dim, bool to_pairs) {
+  auto out = w;
+  permute_rope_rows_in_place(out, head_dim, to_pairs);
+  return out;
 }
 
 namespace detail {
