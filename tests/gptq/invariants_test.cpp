@@ -89,7 +89,7 @@ Mat reference_gptq(Mat w, Mat h, grid_spec const& g, rsq::gptq::options const& o
       if (o.static_groups)
         for (index_t r = 0; r < rows; ++r) cur[r] = stat[perm[col] / gs][r];
       for (index_t r = 0; r < rows; ++r)
-        q(r, col) = rsq::quant::quantize_dequantize(w1(r, i), cur[r].scale, cur[r].zero, g.max_code());
+        q(r, col) = rsq::quant::decode(g, rsq::quant::encode(g, w1(r, i), cur[r]), cur[r]);
       Eigen::VectorXd const err = (w1.col(i) - q.col(col)) / u(col, col);
       for (index_t j = i; j < nb; ++j) w1.col(j) -= err * u(col, i1 + j);
       e.col(i) = err;
@@ -172,6 +172,29 @@ TEST_SUITE("gptq.solve") {
           ++combos;
         }
     CHECK(combos > 120);
+  }
+
+  TEST_CASE_TEMPLATE("equals the literal reference loop on llama.cpp's block grids (Q4_0, Q4_1, Q8_0)", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    auto const ld = random_layer<double>(37, 256, 43);
+    Mat const w = to_eigen(ld.w), h = to_eigen(ld.h);
+    for (auto conv : {convention::q4_0, convention::q4_1, convention::q8_0})
+      for (index_t block : {16, 128})
+        for (index_t group : {32, 96})
+          for (int flags = 0; flags < 3; ++flags) {  // plain, static groups, act-order with static groups
+            rsq::gptq::options const o{.block_size = block, .group_size = group, .act_order = flags == 2,
+                                       .static_groups = flags >= 1};
+            grid_spec g{.bits = conv == convention::q8_0 ? 8 : 4, .conv = conv};
+            g.clip.enabled = flags == 1;
+            CAPTURE(int(conv));
+            CAPTURE(block);
+            CAPTURE(group);
+            CAPTURE(flags);
+            auto const res = rsq::gptq::solve(B{}, ld.w, ld.h, g, o);
+            check_against_reference(res, w, h, g, o);
+            if constexpr (!rsq_test::is_cpu<B>) check_against_cpu(res, ld.w, ld.h, g, o);
+          }
   }
 
   TEST_CASE_TEMPLATE("row-major weights over several panels (tiled load and store, padded rows) equal the literal loop",

@@ -378,6 +378,7 @@ template <class T>
   } else {
     quant::quantized_weight<float> f;
     f.bits = q.bits;
+    f.offset = q.offset;
     f.codes = std::move(q.codes);
     f.g_idx = std::move(q.g_idx);
     f.scales = rsq::matrix<float>::from_shape(q.scales.shape());

@@ -319,20 +319,22 @@ template <backend_tag B, class S>
   return to_host(be, pack_gptq_resident<B, S>(be, codes, scales, zeros, g_idx, bits, fmt));
 }
 
-/// Packs a quantized weight of backend B (e.g. gptq::result<T, B>::weight) on that backend, tensors in host memory.
-template <backend_tag B, class T>
-[[nodiscard]] gptq_tensors pack_gptq(B const& be, quant::quantized_weight<T, B> const& q,
-                                     zero_format fmt = zero_format::v1) {
-  return pack_gptq<B, T>(be, rsq::view(q.codes), rsq::view(q.scales), rsq::view(q.zeros), rsq::view(q.g_idx),
-                         q.bits, fmt);
-}
-
-/// The same, tensors left in the backend's memory.
+/// Packs a quantized weight of backend B (e.g. gptq::result<T, B>::weight) on that backend, tensors left in the
+/// backend's memory.
 template <backend_tag B, class T>
 [[nodiscard]] basic_gptq_tensors<B> pack_gptq_resident(B const& be, quant::quantized_weight<T, B> const& q,
                                                        zero_format fmt = zero_format::v1) {
-  return pack_gptq_resident<B, T>(be, rsq::view(q.codes), rsq::view(q.scales), rsq::view(q.zeros),
-                                  rsq::view(q.g_idx), q.bits, fmt);
+  RSQ_EXPECTS(!q.offset, "pack_gptq: a weight on an offset grid (llama.cpp Q4_1) has no integer zero points; a GPTQ "
+                         "checkpoint cannot store it (write it as GGUF)");
+  return pack_gptq_resident<B, T>(be, rsq::view(q.codes), rsq::view(q.scales), rsq::view(q.zeros), rsq::view(q.g_idx),
+                                  q.bits, fmt);
+}
+
+/// The same, tensors in host memory.
+template <backend_tag B, class T>
+[[nodiscard]] gptq_tensors pack_gptq(B const& be, quant::quantized_weight<T, B> const& q,
+                                     zero_format fmt = zero_format::v1) {
+  return to_host(be, pack_gptq_resident(be, q, fmt));
 }
 
 /// Packs on the CPU (the host arrays of a solver result), see pack_gptq_resident.

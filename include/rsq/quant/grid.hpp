@@ -3,7 +3,8 @@
 
 /// @file
 /// Uniform affine quantization grids (method spec §7): 2–8 bits, symmetric or asymmetric, per output row or per
-/// group of input columns, in the two conventions of the reference code, with the MSE clip search.
+/// group of input columns, in the two conventions of the reference code and the three block formats of llama.cpp
+/// that rsq writes (Q4_0, Q4_1, Q8_0: ../shared/docs/formats.md §5), with the MSE clip search.
 ///
 /// Every grid is stored the same way: an integer code u in [0, 2^bits − 1] per weight, and per row (or row and group)
 /// a scale s and an integer-valued zero z, so that the dequantized weight is s·(u − z). Both conventions fit this:
@@ -12,6 +13,16 @@
 ///    (2^(bits−1) − 1) with signed levels q ∈ [−2^(bits−1), 2^(bits−1) − 1], i.e. u = q + 2^(bits−1), z = 2^(bits−1).
 /// Codes are computed as clamp(round(x/s) + z, 0, 2^bits − 1) with round-half-to-even, in the precision T, which is
 /// exactly what both references compute.
+///
+/// The llama.cpp conventions fit the grid a GGUF block stores, with d (and m) rounded to fp16 as soon as they are
+/// formed, so that the solver chooses codes on exactly the grid the file holds and llama.cpp's dequantization of the
+/// written block equals the solver's (in float):
+///  - `q4_0`: d = e/−8 for the row's (or group's) value e of largest magnitude, z = 8: s·(u − z) = d·(q − 8);
+///  - `q8_0`: d = amax/127, z = 128 (u = q + 128 for the int8 q): s·(u − z) = d·q;
+///  - `q4_1`: d = (max − min)/15 and the *offset* m = min (range including 0, as every grid here): an offset grid,
+///    whose dequantized value is fl(s·u) + m rather than s·(u − z) — `zero` holds m (grid_spec::offset_form()).
+/// Their scales keep their sign (Q4_0's d is negative when the extreme is positive) and are clamped in magnitude to
+/// [2⁻²⁴, 65504] so that no code is ever divided by zero or decoded to infinity.
 
 #include <algorithm>
 #include <cfenv>
@@ -26,10 +37,13 @@
 
 namespace rsq::quant {
 
-/// Which reference the grid reproduces (spec §7).
+/// Which reference or file format the grid reproduces (spec §7; formats.md §5 for the llama.cpp blocks).
 enum class convention {
-  ist,  ///< IST-DASLab gptq `quant.py` Quantizer (GPTQ paper code)
-  rsq,  ///< RSQ / QuaRot `WeightQuantizer` (used by RSQ, QuaRot and their GPTQ baselines)
+  ist,   ///< IST-DASLab gptq `quant.py` Quantizer (GPTQ paper code)
+  rsq,   ///< RSQ / QuaRot `WeightQuantizer` (used by RSQ, QuaRot and their GPTQ baselines)
+  q4_0,  ///< llama.cpp Q4_0 blocks: 4 bits, d·(q − 8), fp16 d (group size a multiple of 32)
+  q4_1,  ///< llama.cpp Q4_1 blocks: 4 bits, d·q + m, fp16 d and m (an offset grid)
+  q8_0,  ///< llama.cpp Q8_0 blocks: 8 bits, d·q for int8 q, fp16 d
 };
 
 /// The MSE clip search of spec §7 (`mse=True`, RSQ/QuaRot `--w_clip`): shrink the range by p = 1 − i/grid for
@@ -52,9 +66,15 @@ struct grid_spec {
   /// the checkpoint dequantizes exactly to the solver's result. Off: the reference's full-precision scales.
   bool fp16_scales = false;
 
-  /// Throws rsq::invalid_argument unless 2 ≤ bits ≤ 8 and the clip parameters are usable.
+  /// Throws rsq::invalid_argument unless 2 ≤ bits ≤ 8 (4 for q4_0 and q4_1, 8 for q8_0) and the clip parameters
+  /// are usable.
   void validate() const {
     RSQ_EXPECTS(bits >= 2 && bits <= 8, "quantizer bits must be between 2 and 8, got ", bits);
+    if (llama_cpp_block()) {
+      int const need = conv == convention::q8_0 ? 8 : 4;
+      RSQ_EXPECTS(bits == need, "quantizer: the llama.cpp ", conv == convention::q4_0 ? "Q4_0" : (conv == convention::q4_1 ? "Q4_1" : "Q8_0"),
+                  " grid has ", need, " bits, got ", bits);
+    }
     if (clip.enabled) {
       RSQ_EXPECTS(clip.grid > 0, "clip search grid must be positive, got ", clip.grid);
       RSQ_EXPECTS(clip.max_shrink > 0 && clip.max_shrink <= 1, "clip search max_shrink must be in (0, 1], got ",
@@ -65,6 +85,13 @@ struct grid_spec {
 
   /// Largest code, 2^bits − 1.
   [[nodiscard]] constexpr int max_code() const noexcept { return (1 << bits) - 1; }
+  /// One of llama.cpp's block formats (q4_0, q4_1, q8_0): scales always in fp16, signed; fitted per 32 columns or a
+  /// multiple.
+  [[nodiscard]] constexpr bool llama_cpp_block() const noexcept {
+    return conv == convention::q4_0 || conv == convention::q4_1 || conv == convention::q8_0;
+  }
+  /// An offset grid (q4_1): `zero` holds the offset m and the dequantized value is fl(s·u) + m.
+  [[nodiscard]] constexpr bool offset_form() const noexcept { return conv == convention::q4_1; }
 };
 
 /// Scale and zero of one row (or one row of one group).
@@ -95,6 +122,46 @@ template <class T>
   return decode(encode(x, s, z, max_code), s, z);
 }
 
+/// Code of @p x on an offset grid (scale @p s, offset @p m; grid_spec::offset_form): clamp(round((x − m)/s), 0,
+/// max_code), round half to even.
+template <class T>
+[[nodiscard]] inline std::uint8_t encode_offset(T x, T s, T m, int max_code) noexcept {
+  T q = std::nearbyint((x - m) / s);
+  q = q < T(0) ? T(0) : (q > T(max_code) ? T(max_code) : q);
+  return static_cast<std::uint8_t>(q);
+}
+
+/// Dequantized value of a code on an offset grid: fl(s·u) + m, the product rounded on its own (never fused with the
+/// addition), as llama.cpp's `dequantize_row_q4_1` computes it.
+template <class T>
+[[nodiscard]] inline T decode_offset(std::uint8_t u, T s, T m) noexcept {
+  volatile T p = s * T(u);
+  return p + m;
+}
+
+/// The code of @p x on grid @p g with parameters @p p (either form).
+template <class T>
+[[nodiscard]] inline std::uint8_t encode(grid_spec const& g, T x, affine_params<T> p) noexcept {
+  return g.offset_form() ? encode_offset(x, p.scale, p.zero, g.max_code()) : encode(x, p.scale, p.zero, g.max_code());
+}
+
+/// The dequantized value of code @p u on grid @p g with parameters @p p (either form).
+template <class T>
+[[nodiscard]] inline T decode(grid_spec const& g, std::uint8_t u, affine_params<T> p) noexcept {
+  return g.offset_form() ? decode_offset(u, p.scale, p.zero) : decode(u, p.scale, p.zero);
+}
+
+/// Throws rsq::invalid_argument unless a weight with @p cols input columns, quantized in groups of @p group_size
+/// columns (−1: whole rows), fits grid @p g: the llama.cpp block grids need whole blocks of 32 columns, each inside
+/// one group (a group of 64 or 128 stores its scale in every block it covers). @p where names the caller.
+inline void check_group_layout(grid_spec const& g, index_t cols, index_t group_size, char const* where) {
+  if (!g.llama_cpp_block()) return;
+  RSQ_EXPECTS(group_size > 0 && group_size % 32 == 0, where,
+              ": the llama.cpp block grids need a group size that is a multiple of 32, got ", group_size);
+  RSQ_EXPECTS(cols % 32 == 0, where, ": the llama.cpp block grids need input columns in whole blocks of 32, got ",
+              cols, " columns");
+}
+
 namespace detail {
 
 /// @p scale as a grid with fp16_scales stores it (see grid_spec::fp16_scales); unchanged otherwise.
@@ -105,12 +172,31 @@ template <class T>
   return T(h < 0x1p-24f ? 0x1p-24f : (h > 65504.f ? 65504.f : h));
 }
 
+/// A llama.cpp block scale as the file stores it: rounded to fp16, its magnitude clamped to [2⁻²⁴, 65504], its
+/// sign kept.
+template <class T>
+[[nodiscard]] inline T block_scale(T scale) noexcept {
+  float const h = std::fabs(f16_to_float(float_to_f16(float(scale))));
+  float const m = h < 0x1p-24f ? 0x1p-24f : (h > 65504.f ? 65504.f : h);
+  return T(std::signbit(float(scale)) ? -m : m);
+}
+
 /// Parameters from a (possibly shrunk) range, following the reference formulas of each convention exactly.
 /// @p xmin ≤ 0 ≤ @p xmax are the row's range (already adjusted as each convention does before the search).
 template <class T>
 [[nodiscard]] affine_params<T> params_from_range(grid_spec const& g, T xmin, T xmax) noexcept {
   affine_params<T> p;
-  if (g.conv == convention::ist) {
+  if (g.conv == convention::q4_0) {
+    p.scale = block_scale((-xmin > xmax ? xmin : xmax) / T(-8));
+    p.zero = T(8);
+  } else if (g.conv == convention::q8_0) {
+    p.scale = block_scale(std::max(-xmin, xmax) / T(127));
+    p.zero = T(128);
+  } else if (g.conv == convention::q4_1) {
+    p.scale = block_scale((xmax - xmin) / T(15));
+    float const m = f16_to_float(float_to_f16(float(xmin)));
+    p.zero = T(m < -65504.f ? -65504.f : m);
+  } else if (g.conv == convention::ist) {
     T const maxq = T(g.max_code());
     p.scale = stored_scale(g, (xmax - xmin) / maxq);
     p.zero = g.symmetric ? T((g.max_code() + 1) / 2) : std::nearbyint(-xmin / p.scale);
@@ -130,7 +216,9 @@ template <class T>
 /// read again only by the clip search.
 template <class T>
 [[nodiscard]] affine_params<T> fit_range(grid_spec const& g, T xmin, T xmax, T const* x, index_t n, index_t stride) {
-  if (g.conv == convention::ist) {
+  if (g.llama_cpp_block()) {
+    // No range adjustment: an all-zero range gives the smallest scale, under which every code decodes to 0.
+  } else if (g.conv == convention::ist) {
     if (g.symmetric) {
       xmax = std::max(std::abs(xmin), xmax);
       if (xmin < T(0)) xmin = -xmax;
@@ -158,7 +246,6 @@ template <class T>
   }
   if (!g.clip.enabled) return best;
 
-  int const max_code = g.max_code();
   int const steps = int(g.clip.max_shrink * g.clip.grid);
   double best_err = std::numeric_limits<double>::infinity();
   for (int i = 0; i < steps; ++i) {
@@ -168,7 +255,7 @@ template <class T>
     double err = 0;
     for (index_t k = 0; k < n; ++k) {
       T const v = x[k * stride];
-      T const d = std::abs(quantize_dequantize(v, cand.scale, cand.zero, max_code) - v);
+      T const d = std::abs(decode(g, encode(g, v, cand), cand) - v);
       err += double(std::pow(d, T(g.clip.norm)));
     }
     if (err < best_err) {  // strictly better, as in the reference

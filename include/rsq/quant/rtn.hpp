@@ -35,6 +35,7 @@ template <backend_tag B, class T>
   RSQ_EXPECTS(group_size == -1 || group_size > 0, "quantize_rtn: group_size must be -1 (per row) or positive, got ",
               group_size);
   RSQ_EXPECTS(std::fegetround() == FE_TONEAREST, "quantize_rtn: the floating-point rounding mode must be FE_TONEAREST");
+  check_group_layout(grid, w.cols(), group_size, "quantize_rtn");
   return backend::implementation_t<algorithm::rtn, B>::template run<T>(be, w, grid, group_size);
 }
 
@@ -47,6 +48,7 @@ template <backend_tag B, class T>
   } else {
     quantized_weight<T> h;
     h.bits = q.bits;
+    h.offset = q.offset;
     h.codes = backend::to_host(be, matrix_view<const std::uint8_t>(rsq::view(q.codes)));
     h.scales = backend::to_host(be, matrix_view<const T>(rsq::view(q.scales)));
     h.zeros = backend::to_host(be, matrix_view<const T>(rsq::view(q.zeros)));

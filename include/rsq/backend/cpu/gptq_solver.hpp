@@ -89,8 +89,9 @@ inline constexpr index_t gptq_leaf_rows = 64;
 /// On return the columns hold q; the codes and scaled errors (error column e0 + i for column c0 + i) are written, and
 /// the loss of column c0 + i over rows [64 c, 64 c + 64) of the panel goes to loss[c · loss_ld + i]: sums over fixed
 /// chunks of rows, added up in row order at the end, so that the column losses do not depend on how many rows a
-/// panel holds (which depends on the thread count).
-template <class T>
+/// panel holds (which depends on the thread count). With @p Offset (an offset grid, llama.cpp Q4_1) the zeros hold the
+/// offsets m: code = clamp(round((x − m)/s), 0, max_code), q = fl(s·code) + m (quant::encode_offset, decode_offset).
+template <bool Offset, class T>
 void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err, index_t rows, index_t c0,
                 index_t e0, index_t nl, T const* const* scale, T const* const* zero, panel_ref<const T> u, T max_code,
                 double* loss, index_t loss_ld) {
@@ -128,8 +129,20 @@ void solve_leaf(panel_ref<T> wk, panel_ref<std::uint8_t> codes, panel_ref<T> err
         Packet const sk = ploadu<Packet>(s + k * P), zk = ploadu<Packet>(z + k * P);
         // clamp(round(x/s) + z, 0, max_code); a NaN (only from overflow: W is checked) clamps to 0, so that the
         // conversion of codes to bytes below is always defined.
-        Packet const c = pmin(pmax<Eigen::PropagateNumbers>(padd(print(pdiv(a[k], sk)), zk), lo), hi);
-        Packet const q = pmul(sk, psub(c, zk));
+        Packet c, q;
+        if constexpr (Offset) {
+          c = pmin(pmax<Eigen::PropagateNumbers>(print(pdiv(psub(a[k], zk), sk)), lo), hi);
+          // The product rounded on its own, as the file's reader computes it (the compiler may fuse a packet
+          // multiply and add).
+          alignas(64) T cq[P];
+          pstore(cq, c);
+          for (index_t l = 0; l < P; ++l)
+            cq[l] = quant::decode_offset(static_cast<std::uint8_t>(cq[l]), s[k * P + l], z[k * P + l]);
+          q = pload<Packet>(cq);
+        } else {
+          c = pmin(pmax<Eigen::PropagateNumbers>(padd(print(pdiv(a[k], sk)), zk), lo), hi);
+          q = pmul(sk, psub(c, zk));
+        }
         Packet const diff = psub(a[k], q);
         pstoreu(x + k * P, q);
         pstoreu(ev + k * P, pdiv(diff, d));
@@ -290,6 +303,7 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
   // Every element of these is written below.
   quant::quantized_weight<T>& qw = res.weight;
   qw.bits = grid.bits;
+  qw.offset = grid.offset_form();
   rsq::reshape_for_overwrite(qw.scales, rows, groups);
   rsq::reshape_for_overwrite(qw.zeros, rows, groups);
   qw.g_idx = gptq::detail::group_index(perm, opt);
@@ -433,8 +447,9 @@ gptq::result<T> gptq_solve(matrix_view<const T> w, gptq::factorization<T, backen
               leaf_scale[i - s0] = pscale.col(grid_of(i1 + i)).data();
               leaf_zero[i - s0] = pzero.col(grid_of(i1 + i)).data();
             }
-            solve_leaf(wk_ref, codes_ref, e_ref, n_pad, i1 + s0, s0, s1 - s0, leaf_scale, leaf_zero, u_ref,
-                       T(max_code), loss + i1 + s0, cols);
+            auto const leaf = grid.offset_form() ? solve_leaf<true, T> : solve_leaf<false, T>;
+            leaf(wk_ref, codes_ref, e_ref, n_pad, i1 + s0, s0, s1 - s0, leaf_scale, leaf_zero, u_ref, T(max_code),
+                 loss + i1 + s0, cols);
             return;
           }
           index_t const mid = s0 + ((s1 - s0) / 2 + gptq_leaf_columns - 1) / gptq_leaf_columns * gptq_leaf_columns;

@@ -28,19 +28,19 @@ struct implementation<algorithm::rtn, cpu_eigen> {
     index_t const groups = (cols + g - 1) / g;
     quant::quantized_weight<T> q;
     q.bits = grid.bits;
+    q.offset = grid.offset_form();
     q.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(rows, cols);
     q.scales = rsq::make_matrix_for_overwrite<T>(rows, groups);
     q.zeros = rsq::make_matrix_for_overwrite<T>(rows, groups);
     q.g_idx = rsq::make_vector<std::int32_t>(cols);
     for (index_t c = 0; c < cols; ++c) q.g_idx(c) = std::int32_t(c / g);
-    int const max_code = grid.max_code();
     for (index_t r = 0; r < rows; ++r)
       for (index_t gi = 0; gi < groups; ++gi) {
         index_t const c0 = gi * g, n = std::min(g, cols - c0);
         auto const p = quant::fit(grid, &w(r, c0), n, w.stride(1));
         q.scales(r, gi) = p.scale;
         q.zeros(r, gi) = p.zero;
-        for (index_t c = c0; c < c0 + n; ++c) q.codes(r, c) = quant::encode(w(r, c), p.scale, p.zero, max_code);
+        for (index_t c = c0; c < c0 + n; ++c) q.codes(r, c) = quant::encode(grid, w(r, c), p);
       }
     return q;
   }

@@ -222,6 +222,7 @@ gptq::result<T, backend::cuda> solve_impl(backend::cuda const& be, matrix_view<c
   if (!f.ok()) return res;
   auto& qw = res.weight;
   qw.bits = grid.bits;
+  qw.offset = grid.offset_form();
 
   bool const permuted = opt.act_order;
   std::vector<int> perm(f.perm.begin(), f.perm.end()), invperm(perm.size()), gcol(perm.size());
@@ -346,7 +347,7 @@ gptq::result<T, backend::cuda> solve_impl(backend::cuda const& be, matrix_view<c
         phase_timer t(s, prof.column_kernel);
         launch_block(static_cast<T const*>(src + s0), ld_src, static_cast<T const*>(u + c0 + c0 * cols), cols,
                      int(s1 - s0), rows, static_cast<T const*>(scales), static_cast<T const*>(zeros), groups,
-                     static_cast<int const*>(gcol_d.data() + c0), dg.max_code, codes_solve + c0, cols, eb + s0, span,
+                     static_cast<int const*>(gcol_d.data() + c0), dg.max_code, dg.offset, codes_solve + c0, cols, eb + s0, span,
                      loss_partial + c0, cols);
       }
       if (s1 < nb) {  // W1[:, s1:nb] −= E[:, s0:s1]·U[c0:i1+s1, i1+s1:i2]
@@ -371,7 +372,7 @@ gptq::result<T, backend::cuda> solve_impl(backend::cuda const& be, matrix_view<c
   phase_timer fin(s, prof.finalize);
   res.dequantized = device_matrix<T>(rows, cols);
   kernels::finalize_kernel<<<kernels::grid_2d(rows, cols), 256, 0, s>>>(
-      codes_solve, permuted ? invperm_d.data() : nullptr, qw.g_idx.data(), scales, zeros, groups, rows, cols,
+      codes_solve, permuted ? invperm_d.data() : nullptr, qw.g_idx.data(), scales, zeros, groups, dg.offset, rows, cols,
       qw.codes.data(), res.dequantized.data());
   RSQ_CUDA_CHECK_LAUNCH("finalize_kernel");
   res.column_loss = device_array<T>(cols);
@@ -397,6 +398,7 @@ gptq::result<T> to_host_impl(backend::cuda const& be, gptq::result<T, backend::c
   index_t const rows = d.weight.rows(), cols = d.weight.cols(), groups = d.weight.groups();
   auto& w = r.weight;
   w.bits = d.weight.bits;
+  w.offset = d.weight.offset;
   // Every element is copied below.
   rsq::reshape_for_overwrite(w.codes, rows, cols);
   rsq::reshape_for_overwrite(w.scales, rows, groups);

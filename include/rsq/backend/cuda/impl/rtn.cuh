@@ -18,10 +18,10 @@ namespace rsq::cuda::kernels {
 template <class T>
 __global__ void rtn_encode_kernel(T const* __restrict__ w, index_t rows, index_t cols, index_t group,
                                   T const* __restrict__ scales, T const* __restrict__ zeros, index_t groups,
-                                  int max_code, std::uint8_t* __restrict__ codes) {
+                                  int max_code, bool offset, std::uint8_t* __restrict__ codes) {
   RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) {
     index_t const g = c / group;
-    codes[r * cols + c] = std::uint8_t(encode(w[r * cols + c], scales[r * groups + g], zeros[r * groups + g], max_code));
+    codes[r * cols + c] = std::uint8_t(encode(w[r * cols + c], scales[r * groups + g], zeros[r * groups + g], max_code, offset));
   }
 }
 
@@ -46,6 +46,7 @@ quant::quantized_weight<T, backend::cuda> rtn_impl(backend::cuda const& be, matr
 
   quant::quantized_weight<T, backend::cuda> q;
   q.bits = grid.bits;
+  q.offset = grid.offset_form();
   q.scales = device_matrix<T>(rows, groups);
   q.zeros = device_matrix<T>(rows, groups);
   q.codes = device_matrix<std::uint8_t>(rows, cols);
@@ -58,7 +59,7 @@ quant::quantized_weight<T, backend::cuda> rtn_impl(backend::cuda const& be, matr
       wd.data(), cols, rows, cols, 0, g, groups, 0, dg, q.scales.data(), q.zeros.data(), groups);
   RSQ_CUDA_CHECK_LAUNCH("fit_kernel");
   kernels::rtn_encode_kernel<T><<<kernels::grid_2d(rows, cols), 256, 0, s>>>(
-      wd.data(), rows, cols, g, q.scales.data(), q.zeros.data(), groups, dg.max_code, q.codes.data());
+      wd.data(), rows, cols, g, q.scales.data(), q.zeros.data(), groups, dg.max_code, dg.offset, q.codes.data());
   RSQ_CUDA_CHECK_LAUNCH("rtn_encode_kernel");
   RSQ_CUDA_CHECK(cudaStreamSynchronize(s));  // wd is freed on return
   return q;

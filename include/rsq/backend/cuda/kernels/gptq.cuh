@@ -49,7 +49,7 @@ __global__ void fit_kernel(T const* __restrict__ x, index_t ld, index_t rows, in
       double err = 0;
       for (index_t k = lane; k < n; k += 32) {
         T const v = row[k];
-        T const d = fabs(decode(encode(v, cs, cz, g.max_code), cs, cz) - v);
+        T const d = fabs(decode(encode(v, cs, cz, g.max_code, g.offset), cs, cz, g.offset) - v);
         err += double(pow(d, norm));
       }
       err = warp_sum(err);
@@ -99,7 +99,7 @@ template <class T, int SUB, int TPR, int NT>
 __global__ void __launch_bounds__(NT) gptq_block_kernel(
     T const* __restrict__ w1, index_t ld_w1, T const* __restrict__ u, index_t ld_u, int nbs, index_t rows,
     T const* __restrict__ scales, T const* __restrict__ zeros, index_t groups, int const* __restrict__ gcol,
-    int max_code, std::uint8_t* __restrict__ codes, index_t ld_codes, T* __restrict__ e_out, index_t ld_e,
+    int max_code, bool offset, std::uint8_t* __restrict__ codes, index_t ld_codes, T* __restrict__ e_out, index_t ld_e,
     double* __restrict__ loss_partial, index_t ld_loss) {
   constexpr int C = SUB / TPR;
   constexpr int P = SUB + 1;  // padded pitch: the transposing tile load does not hit one bank
@@ -151,8 +151,8 @@ __global__ void __launch_bounds__(NT) gptq_block_kernel(
       }
       int const o = i % TPR, ki = i / TPR;
       T const x = w[ki];
-      unsigned const code = encode(x, s, z, max_code);
-      T const q = decode(code, s, z);
+      unsigned const code = encode(x, s, z, max_code, offset);
+      T const q = decode(code, s, z, offset);
       // e = (w − q)/d as a product with 1/d (one rounding away from the quotient, and off the division latency of
       // the serial chain); the loss (w − q)²/d² = e².
       T e = (x - q) * dinv_sh[i];
@@ -220,13 +220,13 @@ __global__ void permute_columns_kernel(T const* __restrict__ w, index_t rows, in
 template <class T>
 __global__ void finalize_kernel(std::uint8_t const* __restrict__ codes_solve, int const* __restrict__ invperm,
                                 int const* __restrict__ g_idx, T const* __restrict__ scales,
-                                T const* __restrict__ zeros, index_t groups, index_t rows, index_t cols,
+                                T const* __restrict__ zeros, index_t groups, bool offset, index_t rows, index_t cols,
                                 std::uint8_t* __restrict__ codes, T* __restrict__ deq) {
   RSQ_FOR_ROWS(r, rows) RSQ_FOR_COLS(c, cols) {
     std::uint8_t const code = codes_solve[r * cols + (invperm ? invperm[c] : c)];
     index_t const g = g_idx[c];
     codes[r * cols + c] = code;
-    deq[r * cols + c] = decode(unsigned(code), scales[r * groups + g], zeros[r * groups + g]);
+    deq[r * cols + c] = decode(unsigned(code), scales[r * groups + g], zeros[r * groups + g], offset);
   }
 }
 

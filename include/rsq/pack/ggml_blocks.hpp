@@ -1,0 +1,353 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// @file
+/// llama.cpp's tensor types (ggml types) as GGUF files store them (../shared/docs/formats.md §5): the type ids and
+/// block sizes of every common type, and for the types rsq writes (F32, F16, Q4_0, Q4_1, Q8_0) the block layout in
+/// both directions plus llama.cpp's own round-to-nearest rules.
+///
+/// A row of n elements is n / block_elements blocks of block_bytes bytes, each covering consecutive elements:
+///  - Q4_0: fp16 d, then 16 bytes of nibbles; byte j holds element j (low nibble) and j + 16 (high); x = d·(q − 8);
+///  - Q4_1: fp16 d, fp16 m, then the nibbles as Q4_0; x = d·q + m;
+///  - Q8_0: fp16 d, then 32 int8 q; x = d·q.
+/// Dequantization evaluates those products and sums in float, one rounding each (no fused multiply-add), as
+/// llama.cpp's `dequantize_row_*` do: a weight rsq solved on these grids dequantizes to the same float here and there.
+///
+/// quantize_row_reference() reproduces llama.cpp's `quantize_row_*_ref` bit for bit (tested against the library
+/// itself): Q4_0's d = −max/8 of the element with the largest magnitude (the first one on ties) and codes
+/// min(15, trunc(x·(1/d) + 8.5)); Q4_1's d = (max − min)/15, m = min, codes min(15, trunc((x − m)·(1/d) + 0.5));
+/// Q8_0's d = amax/127 and codes roundf(x·(1/d)) (halves away from zero). The reciprocal comes from d before it is
+/// rounded to fp16 — llama.cpp's rule, which the GPTQ grids of rsq/quant/grid.hpp deliberately do not share (they
+/// round d first so that the solver sees the grid the file stores).
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "rsq/core/error.hpp"
+#include "rsq/core/half.hpp"
+#include "rsq/core/view.hpp"
+#include "rsq/quant/grid.hpp"
+#include "rsq/quant/quantized_weight.hpp"
+
+namespace rsq::pack {
+
+/// ggml tensor type ids (ggml.h `enum ggml_type`), as stored in GGUF tensor infos. Only F32, F16, Q4_0, Q4_1 and
+/// Q8_0 are written by rsq; the others are known so that a reader can size and name them.
+enum class ggml_type : std::uint32_t {
+  f32 = 0,
+  f16 = 1,
+  q4_0 = 2,
+  q4_1 = 3,
+  q5_0 = 6,
+  q5_1 = 7,
+  q8_0 = 8,
+  q8_1 = 9,
+  q2_k = 10,
+  q3_k = 11,
+  q4_k = 12,
+  q5_k = 13,
+  q6_k = 14,
+  q8_k = 15,
+  i8 = 24,
+  i16 = 25,
+  i32 = 26,
+  i64 = 27,
+  f64 = 28,
+  bf16 = 30,
+};
+
+/// Name, block size and byte size of one ggml type.
+struct ggml_type_traits {
+  ggml_type type;
+  std::string_view name;   ///< llama.cpp's name ("Q4_0", …)
+  index_t block_elements;  ///< consecutive elements per block (1 for plain types)
+  std::size_t block_bytes; ///< bytes per block
+  bool decodable;          ///< dequantize_row() converts it
+};
+
+namespace detail {
+inline constexpr std::array<ggml_type_traits, 20> ggml_type_table{{
+    {ggml_type::f32, "F32", 1, 4, true},      {ggml_type::f16, "F16", 1, 2, true},
+    {ggml_type::q4_0, "Q4_0", 32, 18, true},  {ggml_type::q4_1, "Q4_1", 32, 20, true},
+    {ggml_type::q5_0, "Q5_0", 32, 22, false}, {ggml_type::q5_1, "Q5_1", 32, 24, false},
+    {ggml_type::q8_0, "Q8_0", 32, 34, true},  {ggml_type::q8_1, "Q8_1", 32, 36, false},
+    {ggml_type::q2_k, "Q2_K", 256, 84, false}, {ggml_type::q3_k, "Q3_K", 256, 110, false},
+    {ggml_type::q4_k, "Q4_K", 256, 144, false}, {ggml_type::q5_k, "Q5_K", 256, 176, false},
+    {ggml_type::q6_k, "Q6_K", 256, 210, false}, {ggml_type::q8_k, "Q8_K", 256, 292, false},
+    {ggml_type::i8, "I8", 1, 1, false},       {ggml_type::i16, "I16", 1, 2, false},
+    {ggml_type::i32, "I32", 1, 4, false},     {ggml_type::i64, "I64", 1, 8, false},
+    {ggml_type::f64, "F64", 1, 8, false},     {ggml_type::bf16, "BF16", 1, 2, true},
+}};
+}  // namespace detail
+
+/// The traits of type id @p id, or nothing for an id rsq does not know.
+[[nodiscard]] constexpr std::optional<ggml_type_traits> find_ggml_type(std::uint32_t id) noexcept {
+  for (auto const& t : detail::ggml_type_table)
+    if (std::uint32_t(t.type) == id) return t;
+  return std::nullopt;
+}
+
+/// The traits of @p t (every enumerator has them).
+[[nodiscard]] constexpr ggml_type_traits traits(ggml_type t) noexcept { return *find_ggml_type(std::uint32_t(t)); }
+
+/// The type named @p name ("q4_0", "Q8_0", "f16", …; case-insensitive), or nothing.
+[[nodiscard]] inline std::optional<ggml_type> parse_ggml_type(std::string_view name) noexcept {
+  for (auto const& t : detail::ggml_type_table) {
+    if (t.name.size() != name.size()) continue;
+    bool same = true;
+    for (std::size_t i = 0; i < name.size() && same; ++i) {
+      char c = name[i];
+      if (c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
+      same = c == t.name[i];
+    }
+    if (same) return t.type;
+  }
+  return std::nullopt;
+}
+
+/// Bytes of a row of @p n elements of type @p t.
+/// @throws rsq::invalid_argument unless @p n is a positive multiple of the type's block size
+[[nodiscard]] inline std::size_t row_bytes(ggml_type t, index_t n) {
+  auto const tr = traits(t);
+  RSQ_EXPECTS(n > 0 && n % tr.block_elements == 0, "ggml ", tr.name, ": a row of ", n,
+              " elements is not a positive multiple of the block size ", tr.block_elements);
+  return std::size_t(n / tr.block_elements) * tr.block_bytes;
+}
+
+namespace detail {
+
+inline float load_f16(std::byte const* p) noexcept {
+  std::uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_float(h);
+}
+inline void store_f16(std::byte* p, float f) noexcept {
+  std::uint16_t const h = float_to_f16(f);
+  std::memcpy(p, &h, 2);
+}
+
+// a·b rounded on its own: never contracted with a following addition into a fused multiply-add (which GCC does
+// across inlined calls where the target has FMA), as llama.cpp's scalar code rounds it.
+[[nodiscard]] inline float mul(float a, float b) noexcept {
+  volatile float p = a * b;
+  return p;
+}
+
+}  // namespace detail
+
+/// The floats of one row of @p n elements of type @p t stored in @p src into @p dst.
+/// @throws rsq::invalid_argument for a type that is not decodable, or sizes that do not match
+inline void dequantize_row(ggml_type t, std::span<const std::byte> src, std::span<float> dst) {
+  auto const tr = traits(t);
+  index_t const n = index_t(dst.size());
+  RSQ_EXPECTS(tr.decodable, "ggml: dequantizing ", tr.name, " is not supported");
+  RSQ_EXPECTS(src.size() == row_bytes(t, n), "ggml ", tr.name, ": ", src.size(), " bytes for ", n, " elements, expected ",
+              row_bytes(t, n));
+  std::byte const* p = src.data();
+  float* y = dst.data();
+  switch (t) {
+    case ggml_type::f32:
+      std::memcpy(y, p, std::size_t(n) * 4);
+      return;
+    case ggml_type::f16:
+      for (index_t i = 0; i < n; ++i) y[i] = detail::load_f16(p + 2 * i);
+      return;
+    case ggml_type::bf16:
+      for (index_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        y[i] = bf16_to_float(h);
+      }
+      return;
+    case ggml_type::q4_0:
+      for (index_t b = 0; b < n / 32; ++b, p += 18, y += 32) {
+        float const d = detail::load_f16(p);
+        for (int j = 0; j < 16; ++j) {
+          auto const v = std::uint8_t(p[2 + j]);
+          y[j] = float(int(v & 0x0F) - 8) * d;
+          y[j + 16] = float(int(v >> 4) - 8) * d;
+        }
+      }
+      return;
+    case ggml_type::q4_1:
+      for (index_t b = 0; b < n / 32; ++b, p += 20, y += 32) {
+        float const d = detail::load_f16(p), m = detail::load_f16(p + 2);
+        for (int j = 0; j < 16; ++j) {
+          auto const v = std::uint8_t(p[4 + j]);
+          y[j] = detail::mul(float(v & 0x0F), d) + m;
+          y[j + 16] = detail::mul(float(v >> 4), d) + m;
+        }
+      }
+      return;
+    case ggml_type::q8_0:
+      for (index_t b = 0; b < n / 32; ++b, p += 34, y += 32) {
+        float const d = detail::load_f16(p);
+        for (int j = 0; j < 32; ++j) y[j] = float(std::int8_t(p[2 + j])) * d;
+      }
+      return;
+    default:
+      break;
+  }
+  rsq::detail::throw_invalid_argument("ggml: dequantizing ", tr.name, " is not supported");
+}
+
+/// The solver grid whose codes a block of type @p t stores (Q4_0, Q4_1, Q8_0: rsq/quant/grid.hpp's conventions).
+/// @throws rsq::invalid_argument for another type
+[[nodiscard]] inline quant::grid_spec block_grid(ggml_type t) {
+  switch (t) {
+    case ggml_type::q4_0:
+      return {.bits = 4, .symmetric = true, .conv = quant::convention::q4_0};
+    case ggml_type::q4_1:
+      return {.bits = 4, .symmetric = false, .conv = quant::convention::q4_1};
+    case ggml_type::q8_0:
+      return {.bits = 8, .symmetric = true, .conv = quant::convention::q8_0};
+    default:
+      break;
+  }
+  rsq::detail::throw_invalid_argument("ggml: ", traits(t).name, " is not a block type rsq solves on (Q4_0, Q4_1, Q8_0)");
+}
+
+/// One block's parameters and codes, as a GPTQ solve on the block grid produced them: scale d, offset m (Q4_1
+/// only) and 32 codes in [0, 15] (Q4_0: q with x = d·(q − 8); Q4_1: q with x = d·q + m) or [0, 255] (Q8_0: the
+/// int8 q plus 128).
+struct ggml_block_codes {
+  float d = 0;
+  float m = 0;
+  std::uint8_t const* codes = nullptr;  ///< 32 codes, consecutive elements
+};
+
+/// Writes one block of type @p t (Q4_0, Q4_1 or Q8_0) from solver codes into @p dst (block_bytes bytes). d and m
+/// must be fp16 values already (the grids of rsq/quant/grid.hpp form them so); they are stored exactly.
+inline void pack_block(ggml_type t, ggml_block_codes const& b, std::byte* dst) {
+  auto code = [&](int j) { return b.codes[j]; };
+  switch (t) {
+    case ggml_type::q4_0:
+    case ggml_type::q4_1: {
+      std::byte* q = dst + 2;
+      detail::store_f16(dst, b.d);
+      if (t == ggml_type::q4_1) {
+        detail::store_f16(dst + 2, b.m);
+        q += 2;
+      }
+      for (int j = 0; j < 16; ++j) q[j] = std::byte((code(j) & 0x0F) | ((code(j + 16) & 0x0F) << 4));
+      return;
+    }
+    case ggml_type::q8_0:
+      detail::store_f16(dst, b.d);
+      for (int j = 0; j < 32; ++j) dst[2 + j] = std::byte(std::uint8_t(int(code(j)) - 128));
+      return;
+    default:
+      break;
+  }
+  rsq::detail::throw_invalid_argument("ggml: packing solver codes into ", traits(t).name, " is not supported");
+}
+
+/// The GGUF bytes of a weight (rows, cols) solved on the block grid of @p t (gptq::solve or quant::quantize_rtn with
+/// block_grid(t), groups of 32 or a multiple, in original column order): rows × row_bytes(t, cols) bytes, row-major,
+/// each row's blocks holding its groups' fp16 scales (and Q4_1 offsets) and codes exactly, so that dequantize_row()
+/// of the bytes gives the solver's dequantized weight.
+/// @throws rsq::invalid_argument for a weight of another grid (bits, zero points, offset form), a block whose columns
+///         lie in two groups (act-order with dynamic groups), a scale or offset that is not an fp16 value
+template <class T>
+[[nodiscard]] std::vector<std::byte> pack_weight(ggml_type t, quant::quantized_weight<T> const& q) {
+  auto const grid = block_grid(t);
+  auto const name = traits(t).name;
+  index_t const rows = q.rows(), cols = q.cols();
+  std::size_t const row_size = row_bytes(t, cols);
+  RSQ_EXPECTS(q.bits == grid.bits && q.offset == grid.offset_form(), "ggml ", name, ": the weight was quantized with ",
+              q.bits, "-bit ", q.offset ? "offset" : "zero-point", " codes, not on the ", name, " grid");
+  RSQ_EXPECTS(index_t(q.g_idx.size()) == cols, "ggml ", name, ": g_idx has ", q.g_idx.size(), " entries for ", cols,
+              " columns");
+  for (index_t c = 0; c < cols; ++c)
+    RSQ_EXPECTS(q.g_idx(c) == q.g_idx(c / 32 * 32) && q.g_idx(c) >= 0 && q.g_idx(c) < q.groups(), "ggml ", name,
+                ": column ", c, " is in group ", q.g_idx(c), ", its block's first column in group ", q.g_idx(c / 32 * 32),
+                " (a block is 32 consecutive columns of one group)");
+  auto is_f16 = [](T v) { return float(v) == f16_to_float(float_to_f16(float(v))); };
+  std::vector<std::byte> out(std::size_t(rows) * row_size);
+  std::uint8_t codes[32];
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t b = 0; b < cols / 32; ++b) {
+      auto const g = q.g_idx(b * 32);
+      T const s = q.scales(r, g), z = q.zeros(r, g);
+      RSQ_EXPECTS(is_f16(s) && (!grid.offset_form() || is_f16(z)), "ggml ", name, ": row ", r, " group ", g,
+                  " has a scale or offset that is not an fp16 value (not solved on the ", name, " grid)");
+      RSQ_EXPECTS(grid.offset_form() || z == T(grid.conv == quant::convention::q8_0 ? 128 : 8), "ggml ", name, ": row ",
+                  r, " group ", g, " has zero point ", z, ", not the grid's");
+      for (int j = 0; j < 32; ++j) codes[j] = q.codes(r, b * 32 + j);
+      pack_block(t, {.d = float(s), .m = float(z), .codes = codes},
+                 out.data() + std::size_t(r) * row_size + std::size_t(b) * traits(t).block_bytes);
+    }
+  return out;
+}
+
+/// The block of type @p t of 32 floats @p x by llama.cpp's own round-to-nearest rule (see the file comment), into
+/// @p dst; F32 and F16 rows are converted element by element (n any size).
+inline void quantize_row_reference(ggml_type t, std::span<const float> x, std::span<std::byte> dst) {
+  index_t const n = index_t(x.size());
+  RSQ_EXPECTS(dst.size() == row_bytes(t, n), "ggml ", traits(t).name, ": ", dst.size(), " bytes for ", n,
+              " elements, expected ", row_bytes(t, n));
+  float const* v = x.data();
+  std::byte* p = dst.data();
+  auto reciprocal = [](float d) { return d != 0.f ? 1.0f / d : 0.0f; };
+  switch (t) {
+    case ggml_type::f32:
+      std::memcpy(p, v, std::size_t(n) * 4);
+      return;
+    case ggml_type::f16:
+      for (index_t i = 0; i < n; ++i) detail::store_f16(p + 2 * i, v[i]);
+      return;
+    case ggml_type::q4_0:
+      for (index_t b = 0; b < n / 32; ++b, v += 32, p += 18) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; ++j)
+          if (amax < std::fabs(v[j])) {
+            amax = std::fabs(v[j]);
+            max = v[j];
+          }
+        float const d = max / -8, id = reciprocal(d);
+        detail::store_f16(p, d);
+        for (int j = 0; j < 16; ++j) {
+          auto q = [&](float x0) { return std::min(15, int(std::int8_t(detail::mul(x0, id) + 8.5f))); };
+          p[2 + j] = std::byte(q(v[j]) | (q(v[j + 16]) << 4));
+        }
+      }
+      return;
+    case ggml_type::q4_1:
+      for (index_t b = 0; b < n / 32; ++b, v += 32, p += 20) {
+        float lo = v[0], hi = v[0];
+        for (int j = 1; j < 32; ++j) {
+          lo = v[j] < lo ? v[j] : lo;
+          hi = v[j] > hi ? v[j] : hi;
+        }
+        float const d = (hi - lo) / 15, id = reciprocal(d);
+        detail::store_f16(p, d);
+        detail::store_f16(p + 2, lo);
+        for (int j = 0; j < 16; ++j) {
+          auto q = [&](float x0) { return std::min(15, int(std::int8_t(detail::mul(x0 - lo, id) + 0.5f))); };
+          p[4 + j] = std::byte(q(v[j]) | (q(v[j + 16]) << 4));
+        }
+      }
+      return;
+    case ggml_type::q8_0:
+      for (index_t b = 0; b < n / 32; ++b, v += 32, p += 34) {
+        float amax = 0;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(v[j]));
+        float const d = amax / 127, id = reciprocal(d);
+        detail::store_f16(p, d);
+        for (int j = 0; j < 32; ++j) p[2 + j] = std::byte(std::int8_t(std::round(detail::mul(v[j], id))));
+      }
+      return;
+    default:
+      break;
+  }
+  rsq::detail::throw_invalid_argument("ggml: quantizing to ", traits(t).name, " is not supported");
+}
+
+}  // namespace rsq::pack
