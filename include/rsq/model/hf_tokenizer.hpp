@@ -222,6 +222,13 @@ class merge_table {
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
 
+  /// Calls @p f(entry) for every merge, in no particular order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (auto const& e : slots_)
+      if (e.key != empty) f(e);
+  }
+
  private:
   static std::uint64_t key(std::int32_t a, std::int32_t b) noexcept {
     return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
@@ -456,6 +463,16 @@ class hf_tokenizer {
   [[nodiscard]] std::int32_t find(std::string_view piece) const {
     auto it = index_.find(piece);
     return it == index_.end() ? -1 : it->second;
+  }
+  /// Per id, the rank of the lowest-ranked merge that makes it (its position in `model.merges`), or −1 where no
+  /// merge does (bytes, single characters, added tokens).
+  [[nodiscard]] std::vector<std::int32_t> merge_ranks() const {
+    std::vector<std::int32_t> r(pieces_.size(), -1);
+    merges_.for_each([&](detail::merge_table::entry const& e) {
+      auto& v = r[std::size_t(e.id)];
+      if (v < 0 || e.rank < v) v = e.rank;
+    });
+    return r;
   }
   /// Whether @p id is a special added token (skipped by decode with skip_special_tokens).
   [[nodiscard]] bool is_special(std::int32_t id) const {

@@ -49,6 +49,7 @@
 #include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
+#include "rsq/core/half.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
 #include "rsq/gptq/options.hpp"
@@ -147,6 +148,13 @@ struct quantize_options {
     RSQ_EXPECTS(method != quant_method::rtn || expand_factor == 1,
                 "quantize options: rtn uses no calibration, so expand_factor does not apply");
     RSQ_EXPECTS(chunk_tokens >= 0, "quantize options: chunk_tokens must be >= 0 (0: automatic), got ", chunk_tokens);
+    if (grid.llama_cpp_block()) {
+      RSQ_EXPECTS(solver.group_size > 0 && solver.group_size % 32 == 0,
+                  "quantize options: the llama.cpp block grids need a group size that is a multiple of 32, got ",
+                  solver.group_size);
+      RSQ_EXPECTS(!solver.act_order || solver.static_groups, "quantize options: act-order with a llama.cpp block grid "
+                  "needs static groups (blocks are consecutive columns)");
+    }
     RSQ_EXPECTS(!double_precision || hessian.precision == hessian::precision::strict,
                 "quantize options: the TF32 and bf16 Hessians are float opt-ins; double_precision accumulates in fp64");
   }
@@ -185,6 +193,9 @@ struct linear_report {
   /// GPTQ: Σ (w − q)²/(2 d²) over the weight, the reference's printed "error"; rtn: 0.
   double gptq_loss = 0;
   double seconds = 0;
+  /// Not quantized: the grid cannot hold the linear's input size (llama.cpp's blocks need a multiple of 32 columns).
+  /// Its weight is rounded to fp16 instead, as a GGUF stores it, and its quantized_weight stays empty.
+  bool kept = false;
 };
 
 /// Seconds spent in each part of quantize_model() (each part waits for the backend's work before it is timed).
@@ -368,6 +379,21 @@ template <backend_tag B>
     a.view = rsq::view(a.owned);
   }
   return a;
+}
+
+/// Whether grid @p g can quantize a linear with @p cols input columns (see linear_report::kept).
+[[nodiscard]] inline bool grid_holds(quant::grid_spec const& g, index_t cols) noexcept {
+  return !g.llama_cpp_block() || cols % 32 == 0;
+}
+
+/// A linear the grid cannot hold: its weight @p wf (on the backend) rounded to fp16 there and in the host model's
+/// @p host.
+template <backend_tag B>
+void keep_in_f16(B const& be, matrix_view<float> wf, rsq::matrix<float>& host) {
+  auto h = backend::to_host(be, matrix_view<const float>(wf));
+  for (auto& v : h) v = f16_to_float(float_to_f16(v));
+  backend::copy(be, wf.data(), h.data(), wf.size());
+  if (host.data() != wf.data()) host = std::move(h);
 }
 
 /// The quantized weight in host memory as float (the solver may run in double).
@@ -569,13 +595,20 @@ class layer_quantizer {
       obs_.on_hessian(l, *ids.begin(), hd);
     }
     std::optional<gptq::factorization<T, B>> f;
-    {
+    if (grid_holds(opt_.grid, rsq::view(h).rows())) {
       phase<B> p(be_, tm.factorization);
       f.emplace(gptq::factor(be_, matrix_view<const T>(rsq::view(h)), opt_.solver));
     }
     for (linear_id id : ids) {
       auto const t0 = clock::now();
       auto const wf = w.weight(id);  // (out, in) float on the backend
+      if (!f) {
+        phase<B> p(be_, tm.copies);
+        keep_in_f16(be_, wf, host_layer.weight(id));
+        report.linears.push_back({.linear = id, .info = gptq::status::ok, .damp_attempts = 0, .damp_percent_used = 0,
+                                  .loss = 0, .gptq_loss = 0, .seconds = seconds_since(t0), .kept = true});
+        continue;
+      }
       // The solver's precision: the float weight itself, or a float64 copy.
       backend::matrix<T, B> wt;
       matrix_view<const T> wv;
@@ -592,7 +625,8 @@ class layer_quantizer {
         res.emplace(gptq::solve_resident(be_, wv, *f, opt_.grid, opt_.solver));
       }
       linear_report lr{.linear = id, .info = res->info, .damp_attempts = res->damp_attempts,
-                       .damp_percent_used = res->damp_percent_used, .loss = 0, .gptq_loss = 0, .seconds = 0};
+                       .damp_percent_used = res->damp_percent_used, .loss = 0, .gptq_loss = 0, .seconds = 0,
+                       .kept = false};
       if (!res->ok()) {
         lr.seconds = seconds_since(t0);
         report.linears.push_back(lr);
@@ -628,7 +662,7 @@ class layer_quantizer {
     auto const t_layer = clock::now();
     auto& tm = q_.timings;
     auto& host_layer = q_.model.layers[std::size_t(l)];
-    layer_report report{.layer = l, .n_layers = c_.n_layers, .linears = {}, .seconds = 0};
+    layer_report report{.layer = l, .n_layers = c_.n_layers, .linears = {}, .seconds = 0, .timings = {}};
     std::optional<resident_layer<B>> w;
     {
       phase<B> p(be_, tm.copies);
@@ -848,7 +882,7 @@ template <backend_tag B>
   if (opt.method == quant_method::rtn) {
     for (int l = 0; l < c.n_layers; ++l) {
       auto const t_layer = clock::now();
-      layer_report report{.layer = l, .n_layers = c.n_layers, .linears = {}, .seconds = 0};
+      layer_report report{.layer = l, .n_layers = c.n_layers, .linears = {}, .seconds = 0, .timings = {}};
       auto& layer = q.model.layers[std::size_t(l)];
       resident_layer<B> w(be, layer);
       if (rotation) {
@@ -860,6 +894,13 @@ template <backend_tag B>
         for (int i = 0; i < true_sequential_group_sizes[g]; ++i) {
           linear_id const id = true_sequential_groups[g][std::size_t(i)];
           auto const t0 = clock::now();
+          if (!grid_holds(opt.grid, w.weight(id).cols())) {
+            phase<B> p(be, q.timings.copies);
+            keep_in_f16(be, w.weight(id), layer.weight(id));
+            report.linears.push_back({.linear = id, .info = gptq::status::ok, .damp_attempts = 0, .damp_percent_used = 0,
+                                  .loss = 0, .gptq_loss = 0, .seconds = seconds_since(t0), .kept = true});
+            continue;
+          }
           quant::quantized_weight<float> qw;
           {
             phase<B> p(be, q.timings.solver);
@@ -876,7 +917,7 @@ template <backend_tag B>
           q.weights[std::size_t(l)][std::size_t(id)] = std::move(qw);
           report.linears.push_back({.linear = id, .info = gptq::status::ok, .damp_attempts = 0,
                                     .damp_percent_used = 0, .loss = err, .gptq_loss = 0,
-                                    .seconds = seconds_since(t0)});
+                                    .seconds = seconds_since(t0), .kept = false});
         }
       report.seconds = seconds_since(t_layer);
       report.timings = q.timings;
