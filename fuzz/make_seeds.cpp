@@ -2,7 +2,8 @@
 // Writes the seed corpora of the fuzz targets into <dir>/{checkpoint,tokenizer,npy,safetensors,hf_tokenizer}: tiny
 // valid files made by rsq's own writers (shared and separate classifiers, zero and real RoPE tables, a tokenizer with
 // byte-fallback pieces, .npy files of several dtypes and ranks, safetensors files of mixed dtypes with and without
-// metadata), and two small tokenizer.json, one of each kind.
+// metadata), two small tokenizer.json, one of each kind, a GGUF with metadata of several types and a tensor of each
+// type rsq writes (at alignments 32 and 64), and an imatrix in both of llama.cpp's formats.
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <rsq/io/gguf.hpp>
+#include <rsq/io/imatrix.hpp>
 #include <rsq/io/npy.hpp>
 #include <rsq/io/safetensors.hpp>
 #include <rsq/model/llama2c.hpp>
@@ -131,7 +134,7 @@ int main(int argc, char** argv) {
   namespace fs = std::filesystem;
   using namespace rsq::model;
   fs::path const dir = argv[1];
-  for (char const* sub : {"checkpoint", "tokenizer", "npy", "safetensors", "hf_tokenizer"})
+  for (char const* sub : {"checkpoint", "tokenizer", "npy", "safetensors", "hf_tokenizer", "gguf", "imatrix"})
     fs::create_directories(dir / sub);
 
   save_llama2c_checkpoint(dir / "checkpoint/tied.bin", tiny_model(1, true));
@@ -175,5 +178,40 @@ int main(int argc, char** argv) {
   recs.push_back(rsq::io::make_raw_record<std::int32_t>("g_idx", q, {3}, rsq::io::tensor_dtype::i32));
   rsq::io::save_safetensors(dir / "safetensors/mixed.safetensors", recs);
   rsq::io::save_safetensors(dir / "safetensors/one.safetensors", std::span(recs).subspan(1, 1), {});
+
+  // GGUF: a few kvs, one tensor of each type rsq writes (two rows of 32), at the default and a larger alignment.
+  std::vector<float> x(64);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 7) - 3) * 0.25f;
+  using rsq::pack::ggml_type;
+  for (std::uint32_t alignment : {32u, 64u}) {
+    rsq::io::gguf_writer g;
+    g.set("general.architecture", "llama");
+    g.set("general.alignment", alignment);
+    g.set("llama.block_count", std::uint32_t(1));
+    g.set("llama.rope.freq_base", 10000.f);
+    g.set("tokenizer.ggml.tokens", std::vector<std::string>{"<unk>", "a", "b"});
+    g.set("tokenizer.ggml.scores", std::vector<float>{0.f, -1.f, -2.f});
+    g.set("flags", std::vector<bool>{true, false});
+    g.set("big", std::int64_t(-1));
+    std::vector<std::vector<std::byte>> blocks;
+    for (auto t : {ggml_type::f32, ggml_type::f16, ggml_type::q4_0, ggml_type::q4_1, ggml_type::q8_0}) {
+      std::size_t const rb = rsq::pack::row_bytes(t, 32);
+      blocks.emplace_back(2 * rb);
+      for (std::size_t r = 0; r < 2; ++r)
+        rsq::pack::quantize_row_reference(t, std::span<const float>(x).subspan(32 * r, 32),
+                                          std::span(blocks.back()).subspan(r * rb, rb));
+      g.add_tensor("blk.0." + std::string(rsq::pack::traits(t).name) + ".weight", {32, 2}, t, blocks.back());
+    }
+    g.write(dir / ("gguf/small_" + std::to_string(alignment) + ".gguf"));
+  }
+
+  rsq::io::imatrix im;
+  im.datasets = {"calib.txt"};
+  im.chunk_count = 2;
+  im.chunk_size = 4;
+  im.entries.push_back({"blk.0.attn_q.weight", {1.f, 2.f, 0.5f, 4.f}, 8.f});
+  im.entries.push_back({"blk.0.ffn_down.weight", {0.25f, 0.f}, 6.f});
+  rsq::io::write_imatrix_gguf(dir / "imatrix/imatrix.gguf", im);
+  rsq::io::write_imatrix_dat(dir / "imatrix/imatrix.dat", im);
   return 0;
 }
