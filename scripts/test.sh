@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what rsq's tests need, builds and runs every test (what CI runs: .ci/run):
 #   1. GCC, Release (-O3 -march=native): the command-line tools and their tests, install + find_package/FetchContent
-#      consumers, the tests labelled "heavy" (large sizes, tests/CMakeLists.txt), and every public header compiled
-#      on its own;
+#      consumers, the tests labelled "heavy" (large sizes, and llama.cpp running rsq's GGUF files through
+#      node-llama-cpp, installed here by `npm ci` in tests/llama_cpp; tests/CMakeLists.txt), and every public header
+#      compiled on its own;
 #   2. clang, -O1, AddressSanitizer + UndefinedBehaviorSanitizer: every other test (golden data from
 #      ../shared when present); each test runs once, instrumented;
 #   3. the libFuzzer targets (clang) for a bounded time each;
@@ -12,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# A real llama.cpp for the GGUF tests: node-llama-cpp's prebuilt libraries, pinned by the committed lock file.
+(cd tests/llama_cpp && npm ci --no-audit --no-fund --loglevel=error)
 jobs=$(nproc)
 step() { printf '\n=== %s (at %d s) ===\n' "$*" "$SECONDS"; }
 
@@ -28,7 +31,7 @@ step "release build: tools, command-line, package and heavy tests, self-containe
 cmake --build build/release -j "$jobs" --target rsq-quantize-layer rsq-llama2c rsq-quantize rsq_test_cli_quantize_layer_test \
       rsq_test_cli_quantize_test \
       rsq_self_contained_headers rsq_test_linalg_determinism_test rsq_test_linalg_syrk_test \
-      rsq_test_pipeline_backends_test rsq_test_model_hf_tokenizer_test
+      rsq_test_pipeline_backends_test rsq_test_model_hf_tokenizer_test rsq_test_model_gguf_llama_cpp_test
 ctest --test-dir build/release --output-on-failure -j "$jobs" -L "cli|package|heavy"
 
 step "all tests under AddressSanitizer + UndefinedBehaviorSanitizer"

@@ -63,3 +63,35 @@ struct ggml_base {
   REQUIRE_MESSAGE(var##_opt.has_value(), "libggml-base.so in ", var##_dir->string(),                    \
                   " lacks the block quantizers: ", dlerror());                                           \
   auto const& var = *var##_opt
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace rsq_test {
+
+/// Whether Node.js and node-llama-cpp are installed (tests/llama_cpp/node_modules).
+inline bool node_llama_cpp_available() {
+  return std::filesystem::is_directory(std::filesystem::path(RSQ_LLAMA_CPP_SCRIPTS) / "node_modules/node-llama-cpp") &&
+         std::system("node --version > /dev/null 2>&1") == 0;
+}
+
+/// Runs tests/llama_cpp/evaluate.mjs on @p request (written to @p scratch/request.json) and returns its JSON answer.
+inline nlohmann::json run_llama_cpp(nlohmann::json const& request, std::filesystem::path const& scratch) {
+  auto const req = scratch / "request.json";
+  std::ofstream(req) << request.dump();
+  std::string const cmd = "node " + (std::filesystem::path(RSQ_LLAMA_CPP_SCRIPTS) / "evaluate.mjs").string() + " " +
+                          req.string() + " 2>&1";
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    while (std::size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    int const status = pclose(p);
+    REQUIRE_MESSAGE(status == 0, "node evaluate.mjs failed: ", out);
+  }
+  auto const brace = out.rfind("\n{");
+  return nlohmann::json::parse(brace == std::string::npos ? out : out.substr(brace + 1));
+}
+
+}  // namespace rsq_test

@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: MIT
+// A real llama.cpp runs the GGUF files rsq writes (node-llama-cpp 3.21.1, tests/llama_cpp/evaluate.mjs, on the CPU):
+// for stories260K and lm7m, in F32, RSQ-Q4_0 (rotation fused), GPTQ-Q4_1, GPTQ-Q8_0 and llama.cpp's own Q4_0 round
+// to nearest,
+//  - llama.cpp's token log-probabilities over 8 evaluation windows match rsq's evaluation of the same dequantized
+//    model (load_gguf_model): mean loss within 0.5% (llama.cpp multiplies quantized weights by 8-bit quantized
+//    activations, so the two differ by more than rounding);
+//  - greedy continuations of 32 tokens from 4 prompts are identical (float weights), or part only at a near-tie of
+//    two logits (within 0.5%: llama.cpp's 8-bit activations against block weights);
+//  - llama.cpp tokenizes text with the written vocabulary as rsq's tokenizer does (llama2.c and tokenizer.json).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <rsq/model/calibration.hpp>
+#include <rsq/model/gguf.hpp>
+#include <rsq/model/hf_model.hpp>
+#include <rsq/model/hf_tokenizer.hpp>
+#include <rsq/model/llama2c.hpp>
+#include <rsq/model/quantize.hpp>
+#include <rsq/model/tokenizer.hpp>
+
+#include "support/llama_cpp.hpp"
+#include "support/shared_data.hpp"
+
+using namespace rsq::model;
+using rsq::index_t;
+using rsq::pack::ggml_type;
+
+namespace {
+
+struct variant {
+  std::string name;
+  quant_method method = quant_method::rsq;
+  ggml_type type = ggml_type::f32;  ///< f32: the float model; with `rtn_llama` llama.cpp's round to nearest
+  bool rtn_llama = false;
+};
+
+const std::vector<variant> variants = {{"f32", quant_method::rsq, ggml_type::f32, true},
+                                       {"rtn-q4_0", quant_method::rtn, ggml_type::q4_0, true},
+                                       {"rsq-q4_0", quant_method::rsq, ggml_type::q4_0, false},
+                                       {"gptq-q4_1", quant_method::gptq, ggml_type::q4_1, false},
+                                       {"gptq-q8_0", quant_method::gptq, ggml_type::q8_0, false}};
+
+/// rsq's greedy continuation of @p prompt by @p n tokens (the first of equal logits).
+std::vector<std::int32_t> greedy(llama_model const& m, std::vector<std::int32_t> prompt, int n) {
+  std::vector<std::int32_t> out;
+  for (int k = 0; k < n; ++k) {
+    auto ids = rsq::make_matrix<std::int32_t>(1, index_t(prompt.size()));
+    std::copy(prompt.begin(), prompt.end(), ids.begin());
+    auto const logits = forward(rsq::backend::cpu_eigen{}, m, rsq::view(std::as_const(ids)));
+    index_t const last = index_t(prompt.size()) - 1, V = index_t(logits.shape()[2]);
+    index_t best = 0;
+    for (index_t v = 1; v < V; ++v)
+      if (logits(0, last, v) > logits(0, last, best)) best = v;
+    out.push_back(std::int32_t(best));
+    prompt.push_back(std::int32_t(best));
+  }
+  return out;
+}
+
+template <class Tok>
+void check_model(std::string const& label, llama_model const& fp, Tok const& tok, gguf_vocab const& vocab,
+                 std::vector<std::int32_t> const& calib_stream, std::vector<std::int32_t> const& eval_stream,
+                 std::vector<std::string> const& texts, std::vector<std::vector<std::int32_t>> const& text_ids) {
+  auto const dir = rsq_test::temp_dir("gguf_llama_cpp_" + label);
+  auto const calib = sample_windows(calib_stream, 128, 32, 0);
+  auto const eval = consecutive_windows(eval_stream, 128);
+  REQUIRE(eval.shape()[0] >= 8);
+  auto windows = rsq::make_matrix<std::int32_t>(8, 128);
+  std::copy(eval.begin(), eval.begin() + 8 * 128, windows.begin());
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (int p = 0; p < 4; ++p) prompts.emplace_back(eval.begin() + p * 128 + 17 * p, eval.begin() + p * 128 + 17 * p + 8);
+
+  for (auto const& v : variants) {
+    CAPTURE(label);
+    CAPTURE(v.name);
+    auto const path = dir / (v.name + ".gguf");
+    if (v.rtn_llama) {
+      (void)save_gguf(path, fp, vocab, {.name = label, .float_type = ggml_type::f32, .linear_type = v.type});
+    } else {
+      quantize_options opt;
+      opt.method = v.method;
+      opt.grid = rsq::pack::block_grid(v.type);
+      opt.solver.group_size = 32;
+      opt.rotation.online_hadamards = false;
+      auto const q = quantize_model(rsq::backend::cpu_eigen{}, llama_model(fp), rsq::view(calib), opt);
+      REQUIRE(q.ok());
+      (void)save_gguf(path, q, vocab, {.name = label, .float_type = ggml_type::f32});
+    }
+    auto const m = load_gguf_model(path);
+    auto const ours = evaluate(m, rsq::view(std::as_const(windows)));
+
+    nlohmann::json req{{"model", path.string()}, {"generate", 32}, {"windows", nlohmann::json::array()},
+                       {"prompts", prompts}, {"texts", texts}};
+    for (index_t w = 0; w < 8; ++w)
+      req["windows"].push_back(std::vector<std::int32_t>(&windows(w, 0), &windows(w, 0) + 128));
+    auto const ans = rsq_test::run_llama_cpp(req, dir);
+    double sum = 0;
+    index_t count = 0;
+    for (auto const& w : ans["windows"]) {
+      sum += w["sum"].get<double>();
+      count += w["count"].get<index_t>();
+    }
+    REQUIRE(count == ours.count);
+    double const theirs = sum / double(count);
+    MESSAGE(label, " ", v.name, ": mean loss rsq ", ours.mean, ", llama.cpp ", theirs, " (",
+            100 * (theirs - ours.mean) / ours.mean, "%)");
+    CHECK(std::abs(theirs - ours.mean) <= 0.005 * ours.mean);
+    int identical = 0;
+    for (std::size_t p = 0; p < prompts.size(); ++p) {
+      CAPTURE(p);
+      auto const theirs_ids = ans["greedy"][p].get<std::vector<std::int32_t>>();
+      auto const ours_ids = greedy(m, prompts[p], 32);
+      REQUIRE(theirs_ids.size() == ours_ids.size());
+      std::size_t k = 0;
+      while (k < ours_ids.size() && ours_ids[k] == theirs_ids[k]) ++k;
+      if (k == ours_ids.size()) {
+        ++identical;
+        continue;
+      }
+      // Float weights: llama.cpp computes in float, as rsq does, and every continuation must be identical. Block
+      // weights: llama.cpp multiplies them by activations quantized to 8 bits (Q8_0 / Q8_1 blocks), so two tokens
+      // whose logits nearly tie may swap; the continuations may part only there.
+      CHECK(v.type != ggml_type::f32);
+      auto ctx = prompts[p];
+      ctx.insert(ctx.end(), ours_ids.begin(), ours_ids.begin() + long(k));
+      auto ids = rsq::make_matrix<std::int32_t>(1, index_t(ctx.size()));
+      std::copy(ctx.begin(), ctx.end(), ids.begin());
+      auto const logits = forward(rsq::backend::cpu_eigen{}, m, rsq::view(std::as_const(ids)));
+      float const a = logits(0, index_t(ctx.size()) - 1, ours_ids[k]);
+      float const b = logits(0, index_t(ctx.size()) - 1, theirs_ids[k]);
+      MESSAGE(label, " ", v.name, " prompt ", p, ": the continuations part at token ", k, " of 32, a near-tie: rsq's logits ",
+              a, " (its choice) and ", b, " (llama.cpp's)");
+      CHECK(a - b <= 0.005f * std::abs(a));
+    }
+    MESSAGE(label, " ", v.name, ": ", identical, " of 4 greedy continuations identical for all 32 tokens");
+    for (std::size_t t = 0; t < texts.size(); ++t) {
+      CAPTURE(texts[t]);
+      CHECK(ans["tokens"][t].get<std::vector<std::int32_t>>() == text_ids[t]);
+    }
+    (void)tok;
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("model.gguf_llama_cpp") {
+  TEST_CASE("llama.cpp runs rsq's GGUF files of stories260K as rsq evaluates them") {
+    RSQ_NEED_SHARED(shared);
+    if (!rsq_test::node_llama_cpp_available()) {
+      MESSAGE("SKIPPED: node or node-llama-cpp not installed (cd tests/llama_cpp && npm ci)");
+      return;
+    }
+    auto const fp = load_llama2c_checkpoint(shared / "data/models/stories260K.bin");
+    auto const tok = load_tokenizer(shared / "data/models/tok512.bin", {.vocab_size = 512, .name = {}});
+    auto const stories = load_stories(shared / "data/text/tinystories_val.txt");
+    std::vector<std::string> texts(stories.begin() + 500, stories.begin() + 504);
+    std::vector<std::vector<std::int32_t>> ids;
+    for (auto const& t : texts) ids.push_back(tok.encode(t, {.bos = false, .eos = false}));
+    check_model("stories260K", fp, tok, to_gguf_vocab(tok), story_tokens(tok, stories, {0, 200}),
+                story_tokens(tok, stories, {500, 600}), texts, ids);
+  }
+
+  TEST_CASE("llama.cpp runs rsq's GGUF files of lm7m (Hugging Face form, tokenizer.json) as rsq evaluates them") {
+    RSQ_NEED_SHARED(shared);
+    if (!rsq_test::node_llama_cpp_available()) {
+      MESSAGE("SKIPPED: node or node-llama-cpp not installed (cd tests/llama_cpp && npm ci)");
+      return;
+    }
+    auto const fp = load_hf_model(shared / "data/models/lm7m/hf").model;
+    auto const tok = load_hf_tokenizer(shared / "data/models/lm7m/hf");
+    auto const stories = load_stories(shared / "data/text/tinystories_val.txt");
+    auto stream = [&](index_t a, index_t b) {
+      std::vector<std::int32_t> s;
+      for (index_t i = a; i < b; ++i) {
+        auto const t = tok.encode(stories[std::size_t(i)]);
+        s.insert(s.end(), t.begin(), t.end());
+      }
+      return s;
+    };
+    std::vector<std::string> texts(stories.begin() + 500, stories.begin() + 504);
+    std::vector<std::vector<std::int32_t>> ids;
+    for (auto const& t : texts) ids.push_back(tok.encode(t, {.add_special_tokens = false}));
+    check_model("lm7m", fp, tok, to_gguf_vocab(tok), stream(0, 200), stream(500, 600), texts, ids);
+  }
+}
