@@ -7,13 +7,15 @@
 //               [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1]
 //               [--seed 0] [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym]
 //               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR]
-//               [--backend cpu|cuda] [--bf16] [--quiet]
+//               [--format llama2c|gguf] [--gguf-type q4_0|q4_1|q8_0] [--imatrix FILE] [--backend cpu|cuda] [--bf16]
+//               [--quiet]
 //
 // A "story" is a paragraph of the text (blank-line separated; story 0 of tinystories_val.txt is 85 tokens with BOS).
 // Defaults for --model/--tokenizer/--text: $RSQ_SHARED_DIR/data/..., else ../shared or ../../shared relative to the
 // current directory. Exit status: 0 on success, 1 for unreadable or bad files and data, 2 for a bad command line,
 // 3 when a Hessian is not positive definite even after the damping escalation.
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +28,7 @@
 
 #include <rsq/model/calibration.hpp>
 #include <rsq/model/export.hpp>
+#include <rsq/model/gguf.hpp>
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
@@ -63,15 +66,26 @@ constexpr char usage[] =
     "  --quantizer rsq|ist   grid convention (default rsq)        --damp P   relative damping (default 0.01)\n"
     "  --act-order           quantize columns by decreasing diag(H)  --f64   Hessians and solves in float64\n"
     "Rotation and importance:\n"
-    "  --rotation hadamard|random   residual rotation (default hadamard)   --center-embeddings  (not function-"
-    "preserving)\n"
+    "  --rotation hadamard|random|fused   residual rotation (default hadamard, with online Hadamards before wo\n"
+    "                        and w2; fused: only rotations that fold into the weights, a plain model)\n"
+    "  --center-embeddings   (not function-preserving)\n"
     "  --rotate on|off       override the method's choice of rotating\n"
     "  --policy P            token importance: uniform, first_n:P/Q, attncon, actnorm, actdiff, tokensim, tokenfreq\n"
     "  --r-min X --r-max Y   importance range (default 0.005, 1)    --importance-power p  (default 1)\n"
     "Outputs:\n"
-    "  --out model.bin       the quantized model as a llama2c checkpoint (online transforms folded in)\n"
+    "  --out FILE            the quantized model: a llama2c checkpoint (online transforms folded in), or with\n"
+    "                        --format gguf a GGUF file that llama.cpp runs\n"
+    "  --format llama2c|gguf what --out writes (default llama2c)\n"
+    "  --gguf-type T         gguf: q4_0, q4_1 or q8_0 (default q4_0): the solver works on exactly these llama.cpp\n"
+    "                        blocks (fp16 scales, groups of --groupsize, default 32, a multiple of 32); linears whose\n"
+    "                        input size is not a multiple of 32 stay F16 (listed); quarot/rsq need --rotation fused.\n"
+    "                        With --method rtn: llama.cpp's own round to nearest (what llama-quantize does), or f16 /\n"
+    "                        f32 for an unquantized conversion. The perplexity reported is the written file's\n"
+    "  --imatrix FILE        gptq/quarot/rsq: also write the importance matrix of the calibration (per linear the\n"
+    "                        importance-weighted sum of squares of its inputs, what the Hessian diagonal holds) for\n"
+    "                        `llama-quantize --imatrix`: GGUF, or llama.cpp's legacy format for a name ending .dat\n"
     "  --packed DIR          GPTQ int32 tensors (.npy) and a manifest\n"
-    "  --overwrite           replace an existing --out file or --packed folder (whole)\n"
+    "  --overwrite           replace an existing --out file, --imatrix file or --packed folder (whole)\n"
     "  --quiet               no progress on stderr   --help, -h   this text\n"
     "\n"
     "exit status: 0 done, 1 runtime error (an unreadable or corrupt file, a failed write, a CUDA failure), 2 bad\n"
@@ -104,6 +118,7 @@ fs::path data_path(rsq_cli::args const& a, std::string const& option, char const
 struct run_config {
   quantize_options opt;
   bool cuda = false;  ///< --backend cuda
+  std::optional<rsq::pack::ggml_type> gguf;  ///< --format gguf: the type of the linears
   story_range calib, eval;
   rsq::index_t seqlen = 256, nsamples = 128;
   std::uint64_t seed = 0;
@@ -154,11 +169,35 @@ run_config parse_config(rsq_cli::args const& a) {
   if (seed < 0) throw usage_error("--seed must be >= 0, got " + std::to_string(seed));
   rc.seed = std::uint64_t(seed);
   o.rotation.seed = rc.seed;
-  o.rotation.kind = a.choice("rotation", {"hadamard", "random"}) == "hadamard" ? residual_rotation::randomized_hadamard
-                                                                                 : residual_rotation::random_orthogonal;
+  auto const rotation = a.choice("rotation", {"hadamard", "random", "fused"});
+  o.rotation.kind = rotation == "random" ? residual_rotation::random_orthogonal : residual_rotation::randomized_hadamard;
+  o.rotation.online_hadamards = rotation != "fused";
   o.rotation.center_embeddings = a.flag("center-embeddings");
   if (a.has("rotate")) o.rotate = a.choice("rotate", {"on", "off"}) == "on";
   rc.quiet = a.flag("quiet");
+  if (a.choice("format", {"llama2c", "gguf"}) == "gguf") {
+    if (!a.has("out")) throw usage_error("--format gguf writes --out: give the GGUF file's name");
+    auto const t = rsq::pack::parse_ggml_type(a.get("gguf-type", "q4_0"));
+    if (!t || (*t != rsq::pack::ggml_type::q4_0 && *t != rsq::pack::ggml_type::q4_1 && *t != rsq::pack::ggml_type::q8_0 &&
+               *t != rsq::pack::ggml_type::f16 && *t != rsq::pack::ggml_type::f32))
+      throw usage_error("--gguf-type must be q4_0, q4_1 or q8_0 (or f16 / f32 with --method rtn), got '" +
+                        a.get("gguf-type") + "'");
+    for (char const* opt : {"bits", "asym", "quantizer"})
+      if (a.has(opt)) throw usage_error(std::string("--") + opt + " does not apply to --format gguf: --gguf-type sets the grid");
+    rc.gguf = *t;
+    if (*t != rsq::pack::ggml_type::f16 && *t != rsq::pack::ggml_type::f32) {
+      bool const clip = o.grid.clip.enabled;
+      o.grid = rsq::pack::block_grid(*t);
+      o.grid.clip.enabled = clip;
+    }
+    if (!a.has("groupsize")) o.solver.group_size = 32;
+    if (o.solver.group_size < 0 || o.solver.group_size % 32 != 0)
+      throw usage_error("--groupsize must be a multiple of 32 for --format gguf (a block is 32 columns), got " +
+                        std::to_string(o.solver.group_size));
+    if (o.solver.act_order) o.solver.static_groups = true;  // blocks are consecutive columns
+  } else if (a.has("gguf-type")) {
+    throw usage_error("--gguf-type needs --format gguf");
+  }
   try {
     rc.calib = parse_story_range(a.get("calib-stories", "0:500"), "--calib-stories");
     rc.eval = parse_story_range(a.get("eval-stories", "500:1000"), "--eval-stories");
@@ -179,6 +218,10 @@ void print_layer(quant_method method, layer_report const& r, double ess) {
                r.n_layers);
   if (ess > 0) std::fprintf(stderr, "  eff. tokens %.1f", ess);
   for (auto const& l : r.linears) {
+    if (l.kept) {
+      std::fprintf(stderr, "  %s kept F16", std::string(name(l.linear)).c_str());
+      continue;
+    }
     std::fprintf(stderr, "  %s %.3g", std::string(name(l.linear)).c_str(), l.loss);
     if (l.info != rsq::gptq::status::ok) std::fprintf(stderr, " NOT POSITIVE DEFINITE");
     else if (l.damp_attempts > 1) std::fprintf(stderr, " (damp x%d)", l.damp_attempts);
@@ -197,7 +240,7 @@ struct method_outcome {
 template <class B>
 std::optional<method_outcome> run_method(B const& be, llama_model const& fp, quant_method method, run_config const& rc,
                                          bool compare, rsq::matrix<std::int32_t> const& calib,
-                                         rsq::matrix<std::int32_t> const& eval) {
+                                         rsq::matrix<std::int32_t> const& eval, imatrix_from_hessians* imatrix = nullptr) {
   auto opt = rc.opt;
   opt.method = method;
   if (method == quant_method::rtn) {
@@ -214,6 +257,7 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
     };
     obs.on_layer = [&](layer_report const& r) { print_layer(method, r, ess); };
   }
+  if (imatrix) obs.on_hessian = imatrix->on_hessian();
   method_outcome out{quantize_model(be, fp, rsq::view(calib), opt, obs), {}};
   if (!out.q.ok()) {
     if (out.q.info == rsq::gptq::status::no_live_columns)
@@ -234,6 +278,44 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
   return out;
 }
 
+void print_gguf_summary(gguf_summary const& s) {
+  std::fprintf(stderr, "rsq-llama2c: wrote %s: GGUF v3, llama architecture, linears %s, %d tensors, %.1f MB; llama.cpp "
+               "loads it (llama-cli -m, llama-server, node-llama-cpp, LM Studio, Ollama)\n",
+               s.path.string().c_str(), std::string(rsq::pack::traits(s.linear_type).name).c_str(), s.tensors,
+               double(s.bytes) / 1e6);
+  if (!s.kept.empty()) {
+    std::fprintf(stderr, "rsq-llama2c: %zu linears kept in F16 (input size not a multiple of 32):", s.kept.size());
+    for (auto const& k : s.kept) std::fprintf(stderr, " %s", k.c_str());
+    std::fprintf(stderr, "\n");
+  }
+}
+
+void write_imatrix(fs::path const& path, rsq::io::imatrix const& m) {
+  if (path.extension() == ".dat") rsq::io::write_imatrix_dat(path, m);
+  else rsq::io::write_imatrix_gguf(path, m);
+  std::fprintf(stderr, "rsq-llama2c: wrote %s: importance matrix (%s, %zu linears, %d chunks of %d tokens) for "
+               "llama-quantize --imatrix\n", path.string().c_str(), path.extension() == ".dat" ? "legacy .dat" : "GGUF",
+               m.entries.size(), m.chunk_count, m.chunk_size);
+}
+
+/// --method rtn --format gguf: the float model converted by llama.cpp's own rules (round to nearest for the block
+/// types), then the written file evaluated.
+template <class B>
+int write_llama_cpp_rtn(B const& be, rsq_cli::args const& a, run_config const& rc, llama_model const& fp,
+                        tokenizer const& tok, rsq::matrix<std::int32_t> const& eval) {
+  auto const t0 = std::chrono::steady_clock::now();
+  auto const s = save_gguf(a.get("out"), fp, to_gguf_vocab(tok),
+                           {.name = fs::path(a.get("out")).stem().string(), .float_type = rsq::pack::ggml_type::f16,
+                            .linear_type = *rc.gguf});
+  auto const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto const ev = evaluate(be, load_gguf_model(a.get("out")), rsq::view(eval), 16, rc.opt.forward);
+  std::printf("method rtn (llama.cpp %s) seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
+              std::string(rsq::pack::traits(*rc.gguf).name).c_str(), static_cast<unsigned long long>(rc.seed),
+              ev.perplexity, ev.mean, ev.count, seconds);
+  print_gguf_summary(s);
+  return 0;
+}
+
 template <class B>
 int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   bool const compare = a.flag("compare");
@@ -251,8 +333,22 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
         (a.has("r-min") || a.has("r-max")))
       throw usage_error("--r-min and --r-max set the range of a token-importance policy: use --method rsq or --policy");
   }
-  if (compare && (a.has("out") || a.has("packed") || a.has("rotate")))
-    throw usage_error("--out, --packed and --rotate need --method, not --compare");
+  if (compare && (a.has("out") || a.has("packed") || a.has("rotate") || a.has("imatrix") || a.has("format")))
+    throw usage_error("--out, --packed, --rotate, --imatrix and --format need --method, not --compare");
+  if (a.has("imatrix") && method == quant_method::rtn)
+    throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
+  if (rc.gguf) {
+    bool const float_type = *rc.gguf == rsq::pack::ggml_type::f16 || *rc.gguf == rsq::pack::ggml_type::f32;
+    if (float_type && method != quant_method::rtn)
+      throw usage_error("--gguf-type f16 and f32 are conversions without quantization: use them with --method rtn");
+    if (a.has("packed")) throw usage_error("--packed writes GPTQ tensors: it does not go with --format gguf");
+    if (method == quant_method::rtn && a.has("rotate"))
+      throw usage_error("--method rtn with --format gguf is llama.cpp's own round to nearest, without rotation");
+    if (rc.opt.rotate.value_or(rotates(method)) && rc.opt.rotation.online_hadamards)
+      throw usage_error("--format gguf: " + std::string(to_string(method)) + " needs online Hadamards, which "
+                        "llama.cpp does not apply; use --rotation fused");
+  }
+  if (a.has("imatrix")) rsq_cli::check_output_file(a.get("imatrix"), "--imatrix", a.flag("overwrite"));
   // Outputs are checked before any work; --packed is written into a staging folder and moved into place.
   if (a.has("out")) rsq_cli::check_output_file(a.get("out"), "--out", a.flag("overwrite"));
   std::optional<rsq_cli::output_folder> packed;
@@ -291,19 +387,31 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                  rsq::index_t(eval.shape()[0]), rc.seqlen, rc.eval.begin, rc.eval.end);
 
   std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
+  if (rc.gguf && method == quant_method::rtn) return write_llama_cpp_rtn(be, a, rc, fp, tok, eval);
   if (!compare) {
-    auto const out = run_method(be, fp, method, rc, false, calib, eval);
+    std::optional<imatrix_from_hessians> imatrix;
+    if (a.has("imatrix"))
+      imatrix.emplace(rsq::index_t(calib.shape()[0]) * rc.opt.expand_factor, rsq::index_t(calib.shape()[1]));
+    auto out = run_method(be, fp, method, rc, false, calib, eval, imatrix ? &*imatrix : nullptr);
     if (!out) return 3;
+    std::optional<gguf_summary> written;
+    if (rc.gguf) {  // the perplexity of the file as written (what llama.cpp runs)
+      written = save_gguf(a.get("out"), out->q, to_gguf_vocab(tok), {.name = model_path.stem().string()});
+      out->eval = evaluate(be, load_gguf_model(a.get("out")), rsq::view(eval), 16, rc.opt.forward);
+    }
     std::printf("method %s%s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
                 std::string(to_string(method)).c_str(),
                 out->q.rotation.has_value() == rotates(method) ? "" : (out->q.rotation ? " (rotated)" : " (unrotated)"),
                 rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
                 static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
                 out->q.timings.total);
-    if (a.has("out")) {
+    if (written) {
+      print_gguf_summary(*written);
+    } else if (a.has("out")) {
       save_quantized_checkpoint(a.get("out"), out->q);
       if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
     }
+    if (imatrix) write_imatrix(a.get("imatrix"), imatrix->result(text_path.filename().string()));
     if (a.has("packed")) {
       auto const ex = export_gptq_directory(packed->staging(), out->q);
       packed->commit();
@@ -360,7 +468,8 @@ int main(int argc, char** argv) {
                      "help"},
                     {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
-                     "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend"});
+                     "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend", "format", "gguf-type",
+                     "imatrix"});
     if (a.flag("help") || argc == 1) {
       std::puts(usage);
       return argc == 1 ? 2 : 0;

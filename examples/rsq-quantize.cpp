@@ -13,6 +13,7 @@
 
 #include <rsq/io/npy.hpp>
 #include <rsq/model/calibration.hpp>
+#include <rsq/model/gguf.hpp>
 #include <rsq/model/gptq_checkpoint.hpp>
 #include <rsq/model/hf_model.hpp>
 #include <rsq/model/hf_tokenizer.hpp>
@@ -62,10 +63,19 @@ constexpr char usage[] =
     "                        or fused (only rotations that fold into the weights: a plain model)\n"
     "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
     "output\n"
-    "  --out DIR             the output folder (required); must be empty or absent unless --overwrite\n"
+    "  --out DIR             the output folder (required; a file for gguf); must be empty or absent unless\n"
+    "                        --overwrite\n"
     "  --format F            hf (default): a Hugging Face folder with the dequantized weights;\n"
     "                        gptq: a GPTQ checkpoint (qweight/qzeros/scales/g_idx, bits 2, 3, 4, 8; the solver uses\n"
-    "                        the fp16 scales it stores; quarot/rsq need --rotation fused)\n"
+    "                        the fp16 scales it stores; quarot/rsq need --rotation fused);\n"
+    "                        gguf: one GGUF file that llama.cpp runs (SentencePiece tokenizers: Llama-2, Mistral)\n"
+    "  --gguf-type T         gguf: q4_0 (default), q4_1 or q8_0: the solver works on exactly these llama.cpp blocks\n"
+    "                        (fp16 scales, --group-size a multiple of 32, default 32); linears whose input size is\n"
+    "                        not a multiple of 32 stay F16. --method rtn: llama.cpp's own round to nearest, or f16 /\n"
+    "                        f32 for a conversion without quantization\n"
+    "  --imatrix FILE        gptq/quarot/rsq: also write the calibration's importance matrix (per linear the\n"
+    "                        importance-weighted sum of squares of its inputs) for llama-quantize --imatrix: GGUF,\n"
+    "                        or llama.cpp's legacy format for a name ending .dat\n"
     "  --dtype D             hf: storage of the weights: float32 (default, exact), bfloat16 or float16\n"
     "  --overwrite           replace an existing output folder whole\n"
     "  --quiet               no progress on stderr\n"
@@ -84,13 +94,15 @@ struct run_config {
   std::uint64_t seed = 0;
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
   bool cuda = false, quiet = false, overwrite = false, gptq = false, calib_bos = false, diagnostics = false;
+  std::optional<rsq::pack::ggml_type> gguf;  ///< --format gguf: the type of the linears
 };
 
 run_config parse_config(rsq_cli::args const& a) {
   run_config rc;
   rc.model = a.require("model");
   rc.quiet = a.flag("quiet");
-  rc.gptq = a.choice("format", {"hf", "gptq"}) == "gptq";
+  auto const format = a.choice("format", {"hf", "gptq", "gguf"});
+  rc.gptq = format == "gptq";
   rc.overwrite = a.flag("overwrite");
   try {
     rc.opt.method = parse_quant_method(a.get("method", "rsq"));
@@ -128,6 +140,35 @@ run_config parse_config(rsq_cli::args const& a) {
     if (a.has("dtype")) throw usage_error("--dtype applies to --format hf (a GPTQ checkpoint stores float16)");
     rc.opt.grid.fp16_scales = true;
   }
+  if (format == "gguf") {
+    auto const t = rsq::pack::parse_ggml_type(a.get("gguf-type", "q4_0"));
+    using rsq::pack::ggml_type;
+    bool const block = t && (*t == ggml_type::q4_0 || *t == ggml_type::q4_1 || *t == ggml_type::q8_0);
+    if (!block && !(t && (*t == ggml_type::f16 || *t == ggml_type::f32)))
+      throw usage_error("--gguf-type must be q4_0, q4_1 or q8_0 (or f16 / f32 with --method rtn), got '" +
+                        a.get("gguf-type") + "'");
+    if (!block && rc.opt.method != quant_method::rtn)
+      throw usage_error("--gguf-type f16 and f32 are conversions without quantization: use them with --method rtn");
+    for (char const* opt : {"bits", "asym", "dtype"})
+      if (a.has(opt)) throw usage_error(std::string("--") + opt + " does not apply to --format gguf (--gguf-type sets the grid)");
+    if (rotates(rc.opt.method) && rc.opt.rotation.online_hadamards)
+      throw usage_error("--format gguf: " + a.get("method", "rsq") + " with --rotation " + rot +
+                        " needs online Hadamards, which llama.cpp does not apply; use --rotation fused");
+    if (block) {
+      rc.opt.grid = rsq::pack::block_grid(*t);
+      rc.opt.grid.clip.enabled = true;
+    }
+    if (!a.has("group-size")) rc.opt.solver.group_size = 32;
+    if (rc.opt.solver.group_size < 0 || rc.opt.solver.group_size % 32 != 0)
+      throw usage_error("--group-size must be a multiple of 32 for --format gguf (a block is 32 columns), got " +
+                        std::to_string(rc.opt.solver.group_size));
+    if (rc.opt.solver.act_order) rc.opt.solver.static_groups = true;  // blocks are consecutive columns
+    rc.gguf = *t;
+  } else if (a.has("gguf-type")) {
+    throw usage_error("--gguf-type needs --format gguf");
+  }
+  if (a.has("imatrix") && rc.opt.method == quant_method::rtn)
+    throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
   auto const dt = a.choice("dtype", {"float32", "bfloat16", "float16"});
   rc.dtype = dt == "float32" ? rsq::io::tensor_dtype::f32
              : dt == "bfloat16" ? rsq::io::tensor_dtype::bf16 : rsq::io::tensor_dtype::f16;
@@ -208,10 +249,34 @@ void print_progress(layer_report const& r, std::chrono::steady_clock::time_point
   if (done == r.n_layers) std::fputc('\n', stderr);
 }
 
+void print_gguf_summary(gguf_summary const& s) {
+  std::printf("wrote %s: GGUF v3, llama architecture, linears %s, %d tensors, %.1f MB; llama.cpp loads it (llama-cli "
+              "-m, llama-server, node-llama-cpp, LM Studio, Ollama)\n", s.path.string().c_str(),
+              std::string(rsq::pack::traits(s.linear_type).name).c_str(), s.tensors, double(s.bytes) / 1e6);
+  if (!s.kept.empty()) {
+    std::printf("%zu linears kept in F16 (input size not a multiple of 32):", s.kept.size());
+    for (auto const& k : s.kept) std::printf(" %s", k.c_str());
+    std::printf("\n");
+  }
+}
+
 template <class B>
 int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   // Everything that can be checked is checked before the long work starts.
-  rsq_cli::output_folder out(a.require("out"), rc.overwrite);
+  std::optional<rsq_cli::output_folder> out;
+  if (rc.gguf) rsq_cli::check_output_file(a.require("out"), "--out", rc.overwrite);
+  else out.emplace(a.require("out"), rc.overwrite);
+  if (a.has("imatrix")) rsq_cli::check_output_file(a.get("imatrix"), "--imatrix", rc.overwrite);
+  std::optional<gguf_vocab> vocab;
+  if (rc.gguf) {
+    if (!fs::exists(rc.model / "tokenizer.json"))
+      throw usage_error("--format gguf: " + rc.model.string() + " has no tokenizer.json (the GGUF carries the vocabulary)");
+    try {
+      vocab = to_gguf_vocab(load_hf_tokenizer(rc.model / "tokenizer.json"));
+    } catch (rsq::invalid_argument const& e) {
+      throw usage_error(std::string("--format gguf: ") + e.what());
+    }
+  }
   auto hf = load_hf_model(rc.model);
   auto& fp = hf.model;
   index_t const seqlen = std::min<index_t>(rc.seqlen, fp.config.seq_len);
@@ -250,9 +315,27 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
 
   std::optional<double> fp_ppl;
   if (eval.size()) fp_ppl = evaluate(be, fp, rsq::view(eval)).perplexity;
+  if (rc.gguf && rc.opt.method == quant_method::rtn) {  // llama.cpp's own rules on the float model
+    auto const s = save_gguf(a.get("out"), fp, *vocab, {.name = rc.model.filename().string(),
+                                                        .float_type = rsq::pack::ggml_type::f16,
+                                                        .linear_type = *rc.gguf});
+    std::printf("converted %s with llama.cpp's %s round to nearest\n", rc.model.string().c_str(),
+                std::string(rsq::pack::traits(*rc.gguf).name).c_str());
+    if (fp_ppl)
+      std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
+                  evaluate(be, load_gguf_model(s.path), rsq::view(eval)).perplexity, index_t(eval.shape()[0]),
+                  index_t(eval.shape()[1]));
+    print_gguf_summary(s);
+    return 0;
+  }
   auto const start = std::chrono::steady_clock::now();
   quantize_observer obs;
   if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_progress(r, start); };
+  std::optional<imatrix_from_hessians> imatrix;
+  if (a.has("imatrix")) {
+    imatrix.emplace(index_t(calib.shape()[0]) * rc.opt.expand_factor, index_t(calib.shape()[1]));
+    obs.on_hessian = imatrix->on_hessian();
+  }
   std::vector<rsq_cli::importance_stats> stats;
   std::int32_t bos = -1;
   if (rc.diagnostics) {
@@ -279,18 +362,42 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                 "%.2f%%\n", l, stats[l].effective_tokens, index_t(calib.shape()[1]), 100 * stats[l].position0_share,
                 100 * stats[l].bos_share);
   std::optional<double> q_ppl;
+  auto report_imatrix = [&] {
+    if (!imatrix) return;
+    fs::path const path = a.get("imatrix");
+    auto const m = imatrix->result(rc.calib.filename().string());
+    if (path.extension() == ".dat") rsq::io::write_imatrix_dat(path, m);
+    else rsq::io::write_imatrix_gguf(path, m);
+    std::printf("wrote %s: importance matrix (%s, %zu linears, %d chunks of %d tokens) for llama-quantize --imatrix\n",
+                path.string().c_str(), path.extension() == ".dat" ? "legacy .dat" : "GGUF", m.entries.size(),
+                m.chunk_count, m.chunk_size);
+  };
+  if (rc.gguf) {
+    auto const s = save_gguf(a.get("out"), q, *vocab, {.name = rc.model.filename().string()});
+    if (eval.size()) q_ppl = evaluate(be, load_gguf_model(s.path), rsq::view(eval)).perplexity;  // as written
+    std::printf("quantized %s with %s on llama.cpp's %s blocks, group %td, in %.1f s (%s backend)\n",
+                rc.model.string().c_str(), std::string(to_string(q.method)).c_str(),
+                std::string(rsq::pack::traits(s.linear_type).name).c_str(), q.group_size, q.timings.total,
+                rc.cuda ? "cuda" : "cpu");
+    if (fp_ppl && q_ppl)
+      std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(),
+                  *fp_ppl, *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
+    print_gguf_summary(s);
+    report_imatrix();
+    return 0;
+  }
   if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
 
   std::vector<std::string> files;
   if (rc.gptq) {
-    files = save_gptq_checkpoint(out.staging(), q, hf.config);
+    files = save_gptq_checkpoint(out->staging(), q, hf.config);
   } else {
     // A Hugging Face loader applies no online Hadamards: fold them into o_proj and down_proj (the same function).
     fold_online_transforms(q.model);
-    files = save_hf_model(out.staging(), q.model, hf.config, {.dtype = rc.dtype});
+    files = save_hf_model(out->staging(), q.model, hf.config, {.dtype = rc.dtype});
   }
-  for (auto& f : copy_hf_side_files(rc.model, out.staging())) files.push_back(f);
-  out.commit();
+  for (auto& f : copy_hf_side_files(rc.model, out->staging())) files.push_back(f);
+  out->commit();
 
   std::printf("quantized %s with %s, %d-bit, group %s in %.1f s (%s backend)\n", rc.model.string().c_str(),
               std::string(to_string(q.method)).c_str(), q.grid.bits,
@@ -300,19 +407,20 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
                 *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
   if (rc.gptq)
-    std::printf("wrote %s: a GPTQ checkpoint (%d-bit, %s, checkpoint_format %s%s): ", out.target().string().c_str(),
+    std::printf("wrote %s: a GPTQ checkpoint (%d-bit, %s, checkpoint_format %s%s): ", out->target().string().c_str(),
                 q.grid.bits, q.grid.symmetric ? "symmetric" : "asymmetric", q.grid.symmetric ? "gptq" : "gptq_v2",
                 q.rotation ? ", rotated" : "");
   else
-    std::printf("wrote %s: a Hugging Face folder (%s dequantized weights%s): ", out.target().string().c_str(),
+    std::printf("wrote %s: a Hugging Face folder (%s dequantized weights%s): ", out->target().string().c_str(),
                 std::string(rsq::io::to_string(rc.dtype)).c_str(), q.rotation ? ", rotated" : "");
   for (std::size_t i = 0; i < files.size(); ++i) std::printf("%s%s", i ? ", " : "", files[i].c_str());
   std::printf("\n");
+  report_imatrix();
   if (!rc.gptq) {
     std::printf("load it with transformers (AutoModelForCausalLM.from_pretrained) or vLLM as an unquantized model\n");
     return 0;
   }
-  for (auto const& v : check_gptq_checkpoint(out.target()))
+  for (auto const& v : check_gptq_checkpoint(out->target()))
     std::printf("%-22s %s: %s\n", v.engine.c_str(), v.loads ? "loads it" : "does not load it", v.why.c_str());
   return 0;
 }
@@ -343,7 +451,7 @@ int main(int argc, char** argv) {
     rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos", "diagnostics"},
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
                      "bits", "group-size",
-                     "rotation", "backend", "out", "format", "dtype", "check"});
+                     "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);
       return argc == 1 ? 2 : 0;

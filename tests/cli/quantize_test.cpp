@@ -11,7 +11,9 @@
 #include <string>
 
 #include <rsq/io/npy.hpp>
+#include <rsq/io/imatrix.hpp>
 #include <rsq/model/calibration.hpp>
+#include <rsq/model/gguf.hpp>
 #include <rsq/model/hf_model.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
@@ -96,7 +98,15 @@ TEST_SUITE("cli.rsq-quantize") {
     refused("--model " + model + " --method gptq --calib " + dir.string() + " --out " + out, "is a folder, not a file");
     refused("--model " + model + " --method gptq --calib " + (dir / "none.txt").string() + " --out " + out,
             "no such file");
-    refused("--model " + model + " --method rtn --format gguf --out " + out, "--format must be one of hf|gptq");
+    refused("--model " + model + " --method rtn --format safetensors --out " + out, "--format must be one of hf|gptq|gguf");
+    refused("--model " + model + " --method rtn --format gguf --bits 4 --out " + out, "--bits does not apply to --format gguf");
+    refused("--model " + model + " --method rtn --format gguf --gguf-type q4_k --out " + out, "--gguf-type must be q4_0");
+    refused("--model " + model + " --method rsq --format gguf --calib x.txt --out " + out,
+            "needs online Hadamards, which llama.cpp does not apply; use --rotation fused");
+    refused("--model " + model + " --method gptq --format gguf --group-size 48 --calib x.txt --out " + out,
+            "--group-size must be a multiple of 32");
+    refused("--model " + model + " --method gptq --gguf-type q4_0 --calib x.txt --out " + out, "--gguf-type needs --format gguf");
+    refused("--model " + model + " --method rtn --imatrix i.gguf --out " + out, "--imatrix needs calibration");
     refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
     refused("--model " + model + " --method rsq --format gptq --calib x.txt --out " + out, "use --rotation fused");
     refused("--model " + model + " --method rtn --eval-seqlen 128 --out " + out, "--eval-seqlen needs --eval");
@@ -157,6 +167,44 @@ TEST_SUITE("cli.rsq-quantize") {
     auto const r = run_tool(common + " --overwrite --method rtn --calib " + f->calib.string());
     CHECK(r.status == 2);  // rtn takes no --calib: refused before the folder is touched
     CHECK(fs::exists(out / "stale.txt"));
+  }
+
+  TEST_CASE("lm7m: a GGUF file on llama.cpp's blocks and an importance matrix; the file computes the printed "
+            "perplexity") {
+    RSQ_NEED_SHARED(shared);
+    auto const f = lm7m(shared);
+    if (!f) {
+      MESSAGE("SKIPPED: lm7m not in ../shared");
+      return;
+    }
+    auto const eval = rsq::io::load_npy<std::int32_t, 2>(f->eval);
+    auto const dir = rsq_test::temp_dir("cli_quantize_gguf");
+    auto const out = dir / "lm7m.gguf", im = dir / "lm7m.dat";
+    auto const r = run_tool("--model " + f->model.string() + " --calib " + f->calib.string() + " --eval " +
+                            f->eval.string() + " --nsamples 8 --seqlen 64 --quiet --method rsq --rotation fused "
+                            "--act-order --format gguf --gguf-type q4_1 --imatrix " + im.string() + " --out " +
+                            out.string());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(r.output.find("on llama.cpp's Q4_1 blocks, group 32") != std::string::npos);
+    CHECK(r.output.find("wrote " + out.string() + ": GGUF v3, llama architecture, linears Q4_1") != std::string::npos);
+    CHECK(r.output.find("llama.cpp loads it") != std::string::npos);
+    double const printed = number_after(r.output, "before, ");
+    CHECK(rsq::model::evaluate(rsq::model::load_gguf_model(out), rsq::view(eval)).perplexity ==
+          doctest::Approx(printed).epsilon(1e-4));
+    auto const m = rsq::io::read_imatrix(im);
+    CHECK(m.entries.size() == 56);  // 8 layers x 7 linears
+    CHECK(m.chunk_count == 8);
+    // A second run does not replace the files without --overwrite; llama.cpp's own round to nearest with it does.
+    auto const again = run_tool("--model " + f->model.string() + " --method rtn --format gguf --out " + out.string());
+    CHECK(again.status == 2);
+    auto const rtn = run_tool("--model " + f->model.string() + " --method rtn --format gguf --gguf-type q8_0 --eval " +
+                              f->eval.string() + " --quiet --overwrite --out " + out.string());
+    INFO(rtn.output);
+    REQUIRE(rtn.status == 0);
+    CHECK(rtn.output.find("llama.cpp's Q8_0 round to nearest") != std::string::npos);
+    CHECK(rsq::model::evaluate(rsq::model::load_gguf_model(out), rsq::view(eval)).perplexity ==
+          doctest::Approx(number_after(rtn.output, "before, ")).epsilon(1e-4));
   }
 
   TEST_CASE("lm7m: a GPTQ checkpoint with its quantization_config, and the engines that load it") {

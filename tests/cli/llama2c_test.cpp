@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: MIT
+// rsq-llama2c's GGUF output on stories260K: the written file computes the perplexity the tool printed, names the
+// linears it kept in F16, and comes with an importance matrix; llama.cpp's own round to nearest with --method rtn;
+// --help describes the options; bad combinations are refused with exit 2 before any work, and nothing is written.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <string>
+
+#include <rsq/io/imatrix.hpp>
+#include <rsq/model/calibration.hpp>
+#include <rsq/model/gguf.hpp>
+#include <rsq/model/quantize.hpp>
+#include <rsq/model/tokenizer.hpp>
+
+#include "cli/cli_support.hpp"
+#include "support/shared_data.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+rsq_test::run_result run_tool(std::string const& args) {
+  return rsq_test::run_tool_named("rsq-llama2c", "--model " + std::string(RSQ_SHARED_DIR) + "/data/models/stories260K.bin "
+                                  "--tokenizer " + std::string(RSQ_SHARED_DIR) + "/data/models/tok512.bin --text " +
+                                  std::string(RSQ_SHARED_DIR) + "/data/text/tinystories_val.txt " + args);
+}
+
+double perplexity_after(std::string const& text) {
+  auto const p = text.find("perplexity ");
+  REQUIRE_MESSAGE(p != std::string::npos, text);
+  return std::stod(text.substr(p + 11));
+}
+
+}  // namespace
+
+TEST_SUITE("cli.rsq-llama2c") {
+  TEST_CASE("--help describes the GGUF options") {
+    auto const r = rsq_test::run_tool_named("rsq-llama2c", "--help");
+    CHECK(r.status == 0);
+    for (char const* opt : {"--format llama2c|gguf", "--gguf-type", "--imatrix FILE", "fused"}) {
+      CAPTURE(opt);
+      CHECK(r.output.find(opt) != std::string::npos);
+    }
+  }
+
+  TEST_CASE("stories260K as GGUF: the file computes the printed perplexity; imatrix; llama.cpp's round to nearest") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = rsq_test::temp_dir("cli_llama2c_gguf");
+    auto const out = dir / "s.gguf", im = dir / "s.imatrix.gguf";
+    std::string const small = " --nsamples 16 --eval-stories 500:540 --quiet";
+    auto const r = run_tool("--method rsq --rotation fused --format gguf --gguf-type q4_0 --out " + out.string() +
+                            " --imatrix " + im.string() + small);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(r.output.find("5 linears kept in F16 (input size not a multiple of 32): blk.0.ffn_down.weight") !=
+          std::string::npos);
+    auto const tok = rsq::model::load_tokenizer(shared / "data/models/tok512.bin", {.vocab_size = 512, .name = {}});
+    auto const stories = rsq::model::load_stories(shared / "data/text/tinystories_val.txt");
+    auto const eval = rsq::model::consecutive_windows(rsq::model::story_tokens(tok, stories, {500, 540}), 256);
+    auto const ppl = rsq::model::evaluate(rsq::model::load_gguf_model(out), rsq::view(eval)).perplexity;
+    CHECK(ppl == doctest::Approx(perplexity_after(r.output)).epsilon(1e-4));
+    auto const m = rsq::io::read_imatrix(im);
+    CHECK(m.entries.size() == 35);
+    CHECK(m.chunk_size == 256);
+
+    auto const rtn = run_tool("--method rtn --format gguf --gguf-type q4_1 --overwrite --out " + out.string() + small);
+    INFO(rtn.output);
+    REQUIRE(rtn.status == 0);
+    CHECK(rtn.output.find("method rtn (llama.cpp Q4_1)") != std::string::npos);
+    CHECK(rsq::model::evaluate(rsq::model::load_gguf_model(out), rsq::view(eval)).perplexity ==
+          doctest::Approx(perplexity_after(rtn.output)).epsilon(1e-4));
+  }
+
+  TEST_CASE("bad combinations are refused with exit 2 before any work") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = rsq_test::temp_dir("cli_llama2c_bad");
+    auto const out = (dir / "x.gguf").string();
+    auto const refused = [&](std::string const& args, std::string const& says) {
+      CAPTURE(args);
+      auto const r = run_tool(args);
+      INFO(r.output);
+      CHECK(r.status == 2);
+      CHECK(r.output.find(says) != std::string::npos);
+      CHECK(!fs::exists(out));
+    };
+    refused("--method gptq --format gguf", "--format gguf writes --out");
+    refused("--method gptq --format gguf --bits 4 --out " + out, "--bits does not apply to --format gguf");
+    refused("--method rsq --format gguf --out " + out, "use --rotation fused");
+    refused("--method gptq --format gguf --groupsize 16 --out " + out, "multiple of 32");
+    refused("--method gptq --format gguf --gguf-type f16 --out " + out, "use them with --method rtn");
+    refused("--method gptq --gguf-type q8_0 --out " + out, "--gguf-type needs --format gguf");
+    refused("--method rtn --imatrix " + (dir / "i.gguf").string(), "--imatrix needs calibration");
+    refused("--compare --format gguf --out " + out, "need --method, not --compare");
+  }
+}
