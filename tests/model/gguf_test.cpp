@@ -268,6 +268,13 @@ TEST_SUITE("model.gguf") {
                          doctest::Contains("linear_type must be F32, F16, Q4_0, Q4_1 or Q8_0, got Q4_K"),
                          rsq::invalid_argument);
 
+    auto bad = r.fp;
+    bad.layers[1].w3(2, 5) = std::nanf("");
+    CHECK_THROWS_WITH_AS(save_gguf(dir / "nan.gguf", bad, vocab), doctest::Contains("blk.1.ffn_up.weight row 2 has a NaN"),
+                         rsq::invalid_argument);
+    CHECK_FALSE(std::filesystem::exists(dir / "nan.gguf"));
+    CHECK_FALSE(std::filesystem::exists(dir / "nan.gguf.tmp"));
+
     // An imatrix GGUF is not a model; a truncated model names what is missing.
     rsq::io::imatrix m;
     m.datasets = {"x.txt"};

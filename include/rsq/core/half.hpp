@@ -8,7 +8,12 @@
 /// float → half → float exactly.
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
+
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace rsq {
 
@@ -55,6 +60,27 @@ namespace rsq {
   std::uint32_t const rest = man & ((1u << shift) - 1u), half = 1u << (shift - 1u);
   if (rest > half || (rest == half && (q & 1u))) ++q;
   return std::uint16_t(sign | q);
+}
+
+/// float_to_f16 of @p n floats at once: the F16C instructions (the same rounding, 8 at a time) where the build
+/// targets them (-march=native on x86-64); NaN payloads may differ from float_to_f16's canonical NaN there.
+inline void floats_to_f16(float const* src, std::uint16_t* dst, std::size_t n) noexcept {
+  std::size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+  for (; i < n; ++i) dst[i] = float_to_f16(src[i]);
+}
+
+/// f16_to_float of @p n halves at once (F16C where the build targets it; exact either way).
+inline void f16s_to_float(std::uint16_t const* src, float* dst, std::size_t n) noexcept {
+  std::size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = f16_to_float(src[i]);
 }
 
 }  // namespace rsq

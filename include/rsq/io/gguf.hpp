@@ -41,6 +41,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <set>
@@ -306,7 +307,8 @@ inline std::uint64_t align_up(std::uint64_t x, std::uint64_t a) noexcept { retur
 // ------------------------------------------------------------------------------------------------------------------
 // Writing
 
-/// Fills the provided span (exactly the tensor's byte count) with a tensor's bytes.
+/// Fills the provided span (exactly the tensor's byte count) with a tensor's bytes: every byte of it (the buffer is reused
+/// from tensor to tensor and not cleared).
 using gguf_fill = std::function<void(std::span<std::byte>)>;
 /// Writes exactly the tensor's byte count to the stream.
 using gguf_stream = std::function<void(std::ostream&)>;
@@ -410,19 +412,21 @@ class gguf_writer {
   /// @throws rsq::invalid_argument when a stream callback writes another number of bytes than its tensor has;
   ///         what a callback throws propagates
   void write(std::ostream& out) const {
-    std::string const head = header();
-    out.write(head.data(), std::streamsize(head.size()));
     std::size_t fill_bytes = 0;
     for (auto const& t : tensors_)
       if (t.fill) fill_bytes = std::max(fill_bytes, std::size_t(t.info.bytes));
-    std::vector<std::byte> buffer(fill_bytes);
+    // One buffer for every fill callback, not cleared: a callback writes every byte of its span (gguf_fill). (Filling
+    // the next tensor on a second thread while this one is written was measured slower on lm7m: the hand-offs cost
+    // more than the overlap saved, docs/benchmarks.md.)
+    std::unique_ptr<std::byte[]> const buffer(new std::byte[fill_bytes]);
+    std::string const head = header();
+    out.write(head.data(), std::streamsize(head.size()));
     static constexpr char zeros[256] = {};
     for (auto const& t : tensors_) {
       auto const n = std::size_t(t.info.bytes);
       if (t.fill) {
-        std::fill_n(buffer.begin(), n, std::byte{0});
-        t.fill(std::span<std::byte>(buffer.data(), n));
-        out.write(reinterpret_cast<char const*>(buffer.data()), std::streamsize(n));
+        t.fill(std::span<std::byte>(buffer.get(), n));
+        out.write(reinterpret_cast<char const*>(buffer.get()), std::streamsize(n));
       } else if (t.stream) {
         auto const before = out.tellp();
         t.stream(out);

@@ -23,6 +23,7 @@
 /// `llama-quantize --imatrix` weights its K-quants by AttnCon.
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -187,6 +188,21 @@ inline std::uint32_t gguf_file_type(pack::ggml_type t) {
   rsq::detail::throw_invalid_argument("save_gguf: ", pack::traits(t).name, " is not a type rsq writes");
 }
 
+/// A fill callback converting the row-major float tensor @p v (rows of @p n) to type @p t by llama.cpp's rules,
+/// refusing a NaN or Inf (named by @p name and row) in the same pass that reads the values.
+inline io::gguf_fill converted(float const* v, index_t n, pack::ggml_type t, std::string name) {
+  return [v, n, t, name = std::move(name)](std::span<std::byte> out) {
+    std::size_t const row = pack::row_bytes(t, n);
+    for (std::size_t r = 0; r < out.size() / row; ++r) {
+      float const* x = v + r * std::size_t(n);
+      std::uint32_t nonfinite = 0;  // all exponent bits set: NaN or Inf (an integer test, so the loop vectorizes)
+      for (index_t i = 0; i < n; ++i) nonfinite |= std::uint32_t((std::bit_cast<std::uint32_t>(x[i]) & 0x7f800000u) == 0x7f800000u);
+      RSQ_EXPECTS(nonfinite == 0, "save_gguf: ", name, " row ", r, " has a NaN or Inf");
+      pack::quantize_row_reference(t, {x, std::size_t(n)}, out.subspan(r * row, row));
+    }
+  };
+}
+
 /// Metadata, vocabulary, norms, embedding and head of @p m: everything but the linears.
 inline void add_gguf_common(io::gguf_writer& w, llama_model const& m, gguf_vocab const& vocab, gguf_options const& opt,
                             pack::ggml_type linear_type, char const* who) {
@@ -241,11 +257,8 @@ inline void add_gguf_common(io::gguf_writer& w, llama_model const& m, gguf_vocab
   }
 
   auto add_float = [&](std::string name, std::vector<index_t> ne, float const* v, pack::ggml_type t) {
-    w.add_tensor_filled(std::move(name), ne, t, [v, t, n = ne[0]](std::span<std::byte> out) {
-      std::size_t const row = pack::row_bytes(t, n);
-      for (std::size_t r = 0; r < out.size() / row; ++r)
-        pack::quantize_row_reference(t, {v + r * std::size_t(n), std::size_t(n)}, out.subspan(r * row, row));
-    });
+    auto fill = converted(v, ne[0], t, name);
+    w.add_tensor_filled(std::move(name), std::move(ne), t, std::move(fill));
   };
   index_t const d = c.dim;
   add_float("token_embd.weight", {d, c.vocab_size}, m.token_embedding.data(), opt.float_type);
@@ -267,7 +280,8 @@ inline void add_gguf_common(io::gguf_writer& w, llama_model const& m, gguf_vocab
   }
   add_float("output_norm.weight", {d}, m.rms_final.data(), pack::ggml_type::f32);
   // A head equal to the embedding (tied, unrotated) is left out: llama.cpp then uses token_embd.
-  if (!std::equal(m.classifier.begin(), m.classifier.end(), m.token_embedding.begin(), m.token_embedding.end()))
+  if (m.classifier.size() != m.token_embedding.size() ||
+      std::memcmp(m.classifier.data(), m.token_embedding.data(), m.classifier.size() * sizeof(float)) != 0)
     add_float("output.weight", {d, c.vocab_size}, m.classifier.data(), opt.float_type);
 }
 
@@ -287,7 +301,7 @@ inline gguf_summary finish_gguf(io::gguf_writer const& w, std::filesystem::path 
 ///         rsq::io_error when the file cannot be written
 inline gguf_summary save_gguf(std::filesystem::path const& path, llama_model const& m, gguf_vocab const& vocab,
                               gguf_options const& opt = {}) {
-  validate(m, /*check_finite=*/true);
+  validate(m, /*check_finite=*/false);  // the values are checked as they are converted
   auto const t = opt.linear_type;
   RSQ_EXPECTS(t == pack::ggml_type::f32 || t == pack::ggml_type::f16 || t == pack::ggml_type::q4_0 ||
                   t == pack::ggml_type::q4_1 || t == pack::ggml_type::q8_0,
@@ -302,11 +316,7 @@ inline gguf_summary save_gguf(std::filesystem::path const& path, llama_model con
       auto const name = detail::gguf_linear_name(l, id);
       pack::ggml_type const lt = cols % pack::traits(t).block_elements == 0 ? t : opt.float_type;
       if (lt != t) kept.push_back(name);
-      w.add_tensor_filled(name, {cols, rows}, lt, [v = wt.data(), lt, cols](std::span<std::byte> out) {
-        std::size_t const row = pack::row_bytes(lt, cols);
-        for (std::size_t r = 0; r < out.size() / row; ++r)
-          pack::quantize_row_reference(lt, {v + r * std::size_t(cols), std::size_t(cols)}, out.subspan(r * row, row));
-      });
+      w.add_tensor_filled(name, {cols, rows}, lt, detail::converted(wt.data(), cols, lt, name));
     }
   return detail::finish_gguf(w, path, t, std::move(kept));
 }
@@ -338,19 +348,14 @@ inline gguf_summary save_gguf(std::filesystem::path const& path, quantized_model
       auto const name = detail::gguf_linear_name(l, id);
       if (qw.bits == 0) {  // kept: the model holds its fp16-rounded weight
         kept.push_back(name);
-        w.add_tensor_filled(name, {cols, rows}, opt.float_type, [v = wt.data(), t = opt.float_type, cols](std::span<std::byte> out) {
-          std::size_t const row = pack::row_bytes(t, cols);
-          for (std::size_t r = 0; r < out.size() / row; ++r)
-            pack::quantize_row_reference(t, {v + r * std::size_t(cols), std::size_t(cols)}, out.subspan(r * row, row));
-        });
+        w.add_tensor_filled(name, {cols, rows}, opt.float_type, detail::converted(wt.data(), cols, opt.float_type, name));
         continue;
       }
       RSQ_EXPECTS(qw.rows() == rows && qw.cols() == cols, "save_gguf: ", name, ": the quantized weight's shape differs "
                   "from the model's");
       w.add_tensor_filled(name, {cols, rows}, t, [&qw, t, name](std::span<std::byte> out) {
         try {
-          auto const bytes = pack::pack_weight(t, qw);
-          std::copy(bytes.begin(), bytes.end(), out.begin());
+          pack::pack_weight(t, qw, out);
         } catch (rsq::invalid_argument const& e) {
           rsq::detail::throw_invalid_argument("save_gguf: ", name, ": ", e.what());
         }
@@ -429,7 +434,7 @@ inline gguf_summary save_gguf(std::filesystem::path const& path, quantized_model
   }
   m.rms_final = vector_of("output_norm.weight", c.dim);
   m.classifier = f.find_tensor("output.weight") ? matrix_of("output.weight", c.vocab_size, c.dim) : m.token_embedding;
-  validate(m, /*check_finite=*/true);
+  validate(m, /*check_finite=*/false);  // to_float refused NaN and Inf
   return m;
 }
 

@@ -20,6 +20,7 @@
 /// rounded to fp16 — llama.cpp's rule, which the GPTQ grids of rsq/quant/grid.hpp deliberately do not share (they
 /// round d first so that the solver sees the grid the file stores).
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
@@ -157,7 +158,12 @@ inline void dequantize_row(ggml_type t, std::span<const std::byte> src, std::spa
       std::memcpy(y, p, std::size_t(n) * 4);
       return;
     case ggml_type::f16:
-      for (index_t i = 0; i < n; ++i) y[i] = detail::load_f16(p + 2 * i);
+      for (index_t i = 0; i < n; i += 256) {  // the bytes may be unaligned: through a buffer
+        std::uint16_t h[256];
+        std::size_t const k = std::size_t(std::min<index_t>(256, n - i));
+        std::memcpy(h, p + 2 * i, k * 2);
+        f16s_to_float(h, y + i, k);
+      }
       return;
     case ggml_type::bf16:
       for (index_t i = 0; i < n; ++i) {
@@ -250,40 +256,68 @@ inline void pack_block(ggml_type t, ggml_block_codes const& b, std::byte* dst) {
 }
 
 /// The GGUF bytes of a weight (rows, cols) solved on the block grid of @p t (gptq::solve or quant::quantize_rtn with
-/// block_grid(t), groups of 32 or a multiple, in original column order): rows × row_bytes(t, cols) bytes, row-major,
-/// each row's blocks holding its groups' fp16 scales (and Q4_1 offsets) and codes exactly, so that dequantize_row()
-/// of the bytes gives the solver's dequantized weight.
+/// block_grid(t), groups of 32 or a multiple, in original column order) into @p out (rows × row_bytes(t, cols) bytes,
+/// row-major): each row's blocks hold its groups' fp16 scales (and Q4_1 offsets) and codes exactly, so that
+/// dequantize_row() of the bytes gives the solver's dequantized weight.
 /// @throws rsq::invalid_argument for a weight of another grid (bits, zero points, offset form), a block whose columns
-///         lie in two groups (act-order with dynamic groups), a scale or offset that is not an fp16 value
+///         lie in two groups (act-order with dynamic groups), a scale or offset that is not an fp16 value, or an
+///         @p out of another size
+template <class T>
+void pack_weight(ggml_type t, quant::quantized_weight<T> const& q, std::span<std::byte> out) {
+  auto const grid = block_grid(t);
+  auto const tr = traits(t);
+  index_t const rows = q.rows(), cols = q.cols(), groups = q.groups();
+  std::size_t const row_size = row_bytes(t, cols);
+  RSQ_EXPECTS(q.bits == grid.bits && q.offset == grid.offset_form(), "ggml ", tr.name, ": the weight was quantized with ",
+              q.bits, "-bit ", q.offset ? "offset" : "zero-point", " codes, not on the ", tr.name, " grid");
+  RSQ_EXPECTS(index_t(q.g_idx.size()) == cols, "ggml ", tr.name, ": g_idx has ", q.g_idx.size(), " entries for ",
+              cols, " columns");
+  RSQ_EXPECTS(out.size() == std::size_t(rows) * row_size, "ggml ", tr.name, ": ", out.size(), " bytes for a weight of ",
+              rows, " x ", cols, ", expected ", std::size_t(rows) * row_size);
+  std::int32_t const* g_idx = q.g_idx.data();
+  for (index_t c = 0; c < cols; ++c)
+    RSQ_EXPECTS(g_idx[c] == g_idx[c / 32 * 32] && g_idx[c] >= 0 && g_idx[c] < groups, "ggml ", tr.name, ": column ", c,
+                " is in group ", g_idx[c], ", its block's first column in group ", g_idx[c / 32 * 32],
+                " (a block is 32 consecutive columns of one group)");
+  // Every (row, group)'s parameters are checked once, as the halves the blocks store.
+  std::vector<std::uint16_t> d(static_cast<std::size_t>(rows * groups)), m(grid.offset_form() ? d.size() : 0);
+  T const zero = T(grid.conv == quant::convention::q8_0 ? 128 : 8);
+  for (index_t i = 0; i < rows * groups; ++i) {
+    T const s = q.scales.data()[i], z = q.zeros.data()[i];
+    d[std::size_t(i)] = float_to_f16(float(s));
+    if (grid.offset_form()) m[std::size_t(i)] = float_to_f16(float(z));
+    RSQ_EXPECTS(float(s) == f16_to_float(d[std::size_t(i)]) &&
+                    (!grid.offset_form() || float(z) == f16_to_float(m[std::size_t(i)])),
+                "ggml ", tr.name, ": row ", i / groups, " group ", i % groups, " has a scale or offset that is not an "
+                "fp16 value (not solved on the ", tr.name, " grid)");
+    RSQ_EXPECTS(grid.offset_form() || z == zero, "ggml ", tr.name, ": row ", i / groups, " group ", i % groups,
+                " has zero point ", z, ", not the grid's");
+  }
+  std::size_t const head = t == ggml_type::q4_1 ? 4 : 2;  // the halves before the codes
+  for (index_t r = 0; r < rows; ++r) {
+    std::uint8_t const* codes = q.codes.data() + r * cols;
+    std::byte* dst = out.data() + std::size_t(r) * row_size;
+    for (index_t b = 0; b < cols / 32; ++b, dst += tr.block_bytes, codes += 32) {
+      std::size_t const g = std::size_t(r * groups + g_idx[b * 32]);
+      std::memcpy(dst, &d[g], 2);
+      if (head == 4) std::memcpy(dst + 2, &m[g], 2);
+      std::uint8_t q[32];
+      if (t == ggml_type::q8_0) {
+        for (int j = 0; j < 32; ++j) q[j] = std::uint8_t(codes[j] - 128u);
+        std::memcpy(dst + 2, q, 32);
+      } else {
+        for (int j = 0; j < 16; ++j) q[j] = std::uint8_t((codes[j] & 0x0F) | ((codes[j + 16] & 0x0F) << 4));
+        std::memcpy(dst + head, q, 16);
+      }
+    }
+  }
+}
+
+/// pack_weight() into a new buffer.
 template <class T>
 [[nodiscard]] std::vector<std::byte> pack_weight(ggml_type t, quant::quantized_weight<T> const& q) {
-  auto const grid = block_grid(t);
-  auto const name = traits(t).name;
-  index_t const rows = q.rows(), cols = q.cols();
-  std::size_t const row_size = row_bytes(t, cols);
-  RSQ_EXPECTS(q.bits == grid.bits && q.offset == grid.offset_form(), "ggml ", name, ": the weight was quantized with ",
-              q.bits, "-bit ", q.offset ? "offset" : "zero-point", " codes, not on the ", name, " grid");
-  RSQ_EXPECTS(index_t(q.g_idx.size()) == cols, "ggml ", name, ": g_idx has ", q.g_idx.size(), " entries for ", cols,
-              " columns");
-  for (index_t c = 0; c < cols; ++c)
-    RSQ_EXPECTS(q.g_idx(c) == q.g_idx(c / 32 * 32) && q.g_idx(c) >= 0 && q.g_idx(c) < q.groups(), "ggml ", name,
-                ": column ", c, " is in group ", q.g_idx(c), ", its block's first column in group ", q.g_idx(c / 32 * 32),
-                " (a block is 32 consecutive columns of one group)");
-  auto is_f16 = [](T v) { return float(v) == f16_to_float(float_to_f16(float(v))); };
-  std::vector<std::byte> out(std::size_t(rows) * row_size);
-  std::uint8_t codes[32];
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t b = 0; b < cols / 32; ++b) {
-      auto const g = q.g_idx(b * 32);
-      T const s = q.scales(r, g), z = q.zeros(r, g);
-      RSQ_EXPECTS(is_f16(s) && (!grid.offset_form() || is_f16(z)), "ggml ", name, ": row ", r, " group ", g,
-                  " has a scale or offset that is not an fp16 value (not solved on the ", name, " grid)");
-      RSQ_EXPECTS(grid.offset_form() || z == T(grid.conv == quant::convention::q8_0 ? 128 : 8), "ggml ", name, ": row ",
-                  r, " group ", g, " has zero point ", z, ", not the grid's");
-      for (int j = 0; j < 32; ++j) codes[j] = q.codes(r, b * 32 + j);
-      pack_block(t, {.d = float(s), .m = float(z), .codes = codes},
-                 out.data() + std::size_t(r) * row_size + std::size_t(b) * traits(t).block_bytes);
-    }
+  std::vector<std::byte> out(std::size_t(q.rows()) * row_bytes(t, q.cols()));
+  pack_weight(t, q, out);
   return out;
 }
 
@@ -301,7 +335,12 @@ inline void quantize_row_reference(ggml_type t, std::span<const float> x, std::s
       std::memcpy(p, v, std::size_t(n) * 4);
       return;
     case ggml_type::f16:
-      for (index_t i = 0; i < n; ++i) detail::store_f16(p + 2 * i, v[i]);
+      for (index_t i = 0; i < n; i += 256) {  // the bytes may be unaligned: through a buffer
+        std::uint16_t h[256];
+        std::size_t const k = std::size_t(std::min<index_t>(256, n - i));
+        floats_to_f16(v + i, h, k);
+        std::memcpy(p + 2 * i, h, k * 2);
+      }
       return;
     case ggml_type::q4_0:
       for (index_t b = 0; b < n / 32; ++b, v += 32, p += 18) {
