@@ -70,10 +70,11 @@ TEST_SUITE("model.gguf") {
     auto const vocab = to_gguf_vocab(r.tok);
     for (auto t : {ggml_type::q4_0, ggml_type::q4_1, ggml_type::q8_0}) {
       CAPTURE(rsq::pack::traits(t).name);
+      // [snippet:gguf_model]
       quantize_options opt;
       opt.method = t == ggml_type::q4_1 ? quant_method::gptq : quant_method::rsq;
-      opt.rotation.online_hadamards = false;
-      opt.grid = rsq::pack::block_grid(t);
+      opt.rotation.online_hadamards = false;  // llama.cpp applies no online Hadamard
+      opt.grid = rsq::pack::block_grid(t);    // the solver's grid is exactly the blocks (fp16 d and m)
       opt.solver.group_size = t == ggml_type::q8_0 ? 64 : 32;
       auto const q = quantize_model(rsq::backend::cpu_eigen{}, llama_model(r.fp), rsq::view(r.calib), opt);
       REQUIRE(q.ok());
@@ -82,12 +83,13 @@ TEST_SUITE("model.gguf") {
         for (auto const& l : layer.linears) CHECK(l.kept == (l.linear == linear_id::w2));
       auto const path = dir / (std::string(rsq::pack::traits(t).name) + ".gguf");
       auto const sum = save_gguf(path, q, vocab, {.name = "stories260K", .float_type = ggml_type::f32});
+      auto const back = load_gguf_model(path);  // what llama.cpp dequantizes: the model q evaluated
+      // [snippet:gguf_model]
       CHECK(sum.linear_type == t);
       CHECK(sum.kept.size() == std::size_t(q.model.config.n_layers));
       CHECK(sum.bytes == std::filesystem::file_size(path));
       CHECK_FALSE(std::filesystem::exists(path.string() + ".tmp"));
 
-      auto const back = load_gguf_model(path);
       CHECK(back.config == q.model.config);
       for (int l = 0; l < q.model.config.n_layers; ++l)
         for (linear_id id : all_linears) {
