@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 namespace rsq_test {
@@ -27,6 +28,15 @@ inline run_result run_tool_named(std::string const& tool, std::string const& arg
   int const st = pclose(p);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return r;
+}
+
+/// Checks that @p result is a refusal for bad usage: exit status 2, a message containing @p says, and nothing at
+/// @p out.
+inline void check_refused(run_result const& result, std::string const& says, std::filesystem::path const& out) {
+  INFO(result.output);
+  CHECK(result.status == 2);
+  CHECK(result.output.find(says) != std::string::npos);
+  CHECK(!std::filesystem::exists(out));
 }
 
 }  // namespace rsq_test

@@ -78,11 +78,7 @@ TEST_SUITE("cli.rsq-llama2c") {
     auto const out = (dir / "x.gguf").string();
     auto const refused = [&](std::string const& args, std::string const& says) {
       CAPTURE(args);
-      auto const r = run_tool(args);
-      INFO(r.output);
-      CHECK(r.status == 2);
-      CHECK(r.output.find(says) != std::string::npos);
-      CHECK(!fs::exists(out));
+      rsq_test::check_refused(run_tool(args), says, out);
     };
     refused("--method gptq --format gguf", "--format gguf writes --out");
     refused("--method gptq --format gguf --bits 4 --out " + out, "--bits does not apply to --format gguf");

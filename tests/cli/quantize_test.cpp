@@ -82,11 +82,7 @@ TEST_SUITE("cli.rsq-quantize") {
     auto const out = (dir / "out").string();
     auto const refused = [&](std::string const& args, std::string const& says) {
       CAPTURE(args);
-      auto const r = run_tool(args);
-      INFO(r.output);
-      CHECK(r.status == 2);
-      CHECK(r.output.find(says) != std::string::npos);
-      CHECK(!fs::exists(out));
+      rsq_test::check_refused(run_tool(args), says, out);
     };
     refused("--model " + model + " --method rtn --bogus 1 --out " + out, "unknown option --bogus");
     refused("--model " + model + " --method rtn --bits 9 --out " + out, "--bits must be between 2 and 8");
