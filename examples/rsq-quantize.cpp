@@ -21,6 +21,7 @@
 #include <rsq/model/rotate.hpp>
 
 #include "support/args.hpp"
+#include "support/diagnostics.hpp"
 #include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
@@ -79,8 +80,11 @@ constexpr char usage[] =
     "  --dtype D             hf: storage of the weights: float32 (default, exact), bfloat16 or float16\n"
     "  --overwrite           replace an existing output folder whole\n"
     "  --quiet               no progress on stderr\n"
-    "  --diagnostics         rsq: per layer, the effective number of calibration tokens of the Hessian weights and\n"
-    "                        the share of the weight on each window's first position and on BOS tokens\n"
+    "  --diagnostics         per layer: the weights' crest factor (max|w|/rms) before and after the rotation, the\n"
+    "                        crest of each linear input's channel energies (from the Hessians), and for rsq the\n"
+    "                        effective number of calibration tokens of the Hessian weights and the share of the\n"
+    "                        weight on each window's first position and on BOS tokens; with --eval, the loss in\n"
+    "                        each quarter of the window positions before and after\n"
     "  --check DIR           report which engines load the GPTQ checkpoint in DIR, and why not\n"
     "  --help, -h            this text\n"
     "\n"
@@ -338,7 +342,24 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   }
   std::vector<rsq_cli::importance_stats> stats;
   std::int32_t bos = -1;
+  std::vector<double> crest_before, crest_after;
+  std::vector<std::array<double, 4>> channel_crest;  // per layer: q/k/v, o, gate/up, down inputs
+  std::optional<std::array<double, 4>> fp_quarters;
   if (rc.diagnostics) {
+    crest_before = rsq_cli::weight_crest(fp);
+    if (rc.opt.rotates_model()) {
+      auto rotated = fp;
+      (void)rotate_model(rotated, rc.opt.rotation);
+      crest_after = rsq_cli::weight_crest(rotated);
+    }
+    if (eval.size()) fp_quarters = rsq_cli::quarter_losses(be, fp, rsq::view(std::as_const(eval)));
+    auto chained = obs.on_hessian;
+    obs.on_hessian = [&, chained](int layer, linear_id group, rsq::matrix<double> const& h) {
+      if (chained) chained(layer, group, h);
+      if (std::size_t(layer) >= channel_crest.size()) channel_crest.resize(std::size_t(layer) + 1);
+      int const slot = group == linear_id::wq ? 0 : group == linear_id::wo ? 1 : group == linear_id::w1 ? 2 : 3;
+      channel_crest[std::size_t(layer)][std::size_t(slot)] = rsq_cli::channel_crest(h);
+    };
     if (fs::exists(rc.model / "tokenizer.json")) bos = load_hf_tokenizer(rc.model / "tokenizer.json").bos_id();
     obs.on_importances = [&](int, rsq::matrix_view<const float> r) {
       stats.push_back(rsq_cli::importance_stats_of(r, rc.opt.importance_power, rsq::view(std::as_const(calib)), bos));
@@ -361,7 +382,25 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     std::printf("diagnostics: layer %zu: %.1f effective tokens of %td, Hessian weight on position 0 %.2f%%, on BOS "
                 "%.2f%%\n", l, stats[l].effective_tokens, index_t(calib.shape()[1]), 100 * stats[l].position0_share,
                 100 * stats[l].bos_share);
+  for (std::size_t l = 0; l < crest_before.size(); ++l) {
+    std::printf("diagnostics: layer %zu: weight crest %.2f", l, crest_before[l]);
+    if (!crest_after.empty()) std::printf(" -> %.2f rotated", crest_after[l]);
+    if (l < channel_crest.size())
+      std::printf("; input channel crest q/k/v %.2f, o %.2f, gate/up %.2f, down %.2f", channel_crest[l][0],
+                  channel_crest[l][1], channel_crest[l][2], channel_crest[l][3]);
+    std::printf("\n");
+  }
   std::optional<double> q_ppl;
+  auto report_quarters = [&](llama_model const& quantized) {
+    if (!fp_quarters) return;
+    auto const qq = rsq_cli::quarter_losses(be, quantized, rsq::view(std::as_const(eval)));
+    index_t const L = index_t(eval.shape()[1]) - 1;
+    std::printf("diagnostics: loss per quarter of the predicted positions, FP -> quantized:");
+    for (std::size_t i = 0; i < 4; ++i)
+      std::printf("  %td-%td: %.4f -> %.4f (%+.2f%%)", index_t(i) * L / 4, (index_t(i) + 1) * L / 4 - 1,
+                  (*fp_quarters)[i], qq[i], 100 * (qq[i] - (*fp_quarters)[i]) / (*fp_quarters)[i]);
+    std::printf("\n");
+  };
   auto report_imatrix = [&] {
     if (!imatrix) return;
     fs::path const path = a.get("imatrix");
@@ -375,6 +414,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (rc.gguf) {
     auto const s = save_gguf(a.get("out"), q, *vocab, {.name = rc.model.filename().string()});
     if (eval.size()) q_ppl = evaluate(be, load_gguf_model(s.path), rsq::view(eval)).perplexity;  // as written
+    report_quarters(q.model);
     std::printf("quantized %s with %s on llama.cpp's %s blocks, group %td, in %.1f s (%s backend)\n",
                 rc.model.string().c_str(), std::string(to_string(q.method)).c_str(),
                 std::string(rsq::pack::traits(s.linear_type).name).c_str(), q.group_size, q.timings.total,
@@ -387,6 +427,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     return 0;
   }
   if (eval.size()) q_ppl = evaluate(be, q.model, rsq::view(eval)).perplexity;
+  report_quarters(q.model);
 
   std::vector<std::string> files;
   if (rc.gptq) {

@@ -149,6 +149,10 @@ TEST_SUITE("cli.rsq-quantize") {
       if (method.starts_with("rsq")) {  // one line per layer: effective tokens of 64, shares in percent
         CHECK(r.output.find("diagnostics: layer 0: ") != std::string::npos);
         CHECK(r.output.find("effective tokens of 64, Hessian weight on position 0 ") != std::string::npos);
+        // Crest factors before and after the rotation, from the weights and the Hessians; the loss by position.
+        CHECK(r.output.find(" rotated; input channel crest q/k/v ") != std::string::npos);
+        CHECK(r.output.find("diagnostics: loss per quarter of the predicted positions, FP -> quantized:  0-14: ") !=
+              std::string::npos);
       }
       CHECK(r.output.find("wrote " + out.string() + ": a Hugging Face folder") != std::string::npos);
       CHECK(!fs::exists(out / "stale.txt"));  // left by the previous run's folder: replaced whole
