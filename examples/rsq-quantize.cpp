@@ -58,6 +58,11 @@ constexpr char usage[] =
     "  --bits B              2 to 8 (default 4)\n"
     "  --group-size G        columns per scale (default 128; -1: one scale per row)\n"
     "  --act-order           quantize columns by decreasing Hessian diagonal\n"
+    "  --policy P            token importance (default: attncon for rsq, uniform otherwise; given with gptq or\n"
+    "                        quarot, importance-scaled GPTQ): uniform, first_n:P/Q, attncon, actnorm, actdiff,\n"
+    "                        tokensim, tokenfreq; a scored policy with :cap_peak caps each window's highest score\n"
+    "                        at the next highest (attncon:cap_peak, the sink-aware AttnCon)\n"
+    "  --r-min X --r-max Y   importance range of a scored policy (default 0.005, 1)\n"
     "  --asym                asymmetric grid (a zero point per group; default symmetric)\n"
     "  --rotation R          quarot/rsq: hadamard (randomized Hadamard Q plus the online Hadamards before o_proj\n"
     "                        and down_proj, folded back into the written weights; default), random (Haar random Q),\n"
@@ -170,6 +175,16 @@ run_config parse_config(rsq_cli::args const& a) {
     rc.gguf = *t;
   } else if (a.has("gguf-type")) {
     throw usage_error("--gguf-type needs --format gguf");
+  }
+  if (a.has("policy") || a.has("r-min") || a.has("r-max")) {
+    if (rc.opt.method == quant_method::rtn) throw usage_error("--method rtn uses no calibration: --policy does not apply");
+    try {
+      rc.opt.policy = rsq::importance::any_policy::parse(a.get("policy", "attncon"), a.number("r-min", 0.005),
+                                                         a.number("r-max", 1.0));
+    } catch (rsq::invalid_argument const& e) {
+      std::string msg = e.what();
+      throw usage_error("--policy: " + (msg.rfind("rsq: ", 0) == 0 ? msg.substr(5) : msg));
+    }
   }
   if (a.has("imatrix") && rc.opt.method == quant_method::rtn)
     throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
@@ -492,7 +507,8 @@ int main(int argc, char** argv) {
     rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos", "diagnostics"},
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
                      "bits", "group-size",
-                     "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix"});
+                     "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix", "policy", "r-min",
+                     "r-max"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);
       return argc == 1 ? 2 : 0;

@@ -103,6 +103,9 @@ TEST_SUITE("cli.rsq-quantize") {
             "--group-size must be a multiple of 32");
     refused("--model " + model + " --method gptq --gguf-type q4_0 --calib x.txt --out " + out, "--gguf-type needs --format gguf");
     refused("--model " + model + " --method rtn --imatrix i.gguf --out " + out, "--imatrix needs calibration");
+    refused("--model " + model + " --method rtn --policy attncon --out " + out, "--policy does not apply");
+    refused("--model " + model + " --method rsq --policy attncon:3 --calib x.txt --out " + out,
+            "--policy: policy: \"attncon\" takes no argument but cap_peak");
     refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
     refused("--model " + model + " --method rsq --format gptq --calib x.txt --out " + out, "use --rotation fused");
     refused("--model " + model + " --method rtn --eval-seqlen 128 --out " + out, "--eval-seqlen needs --eval");

@@ -70,6 +70,27 @@ TEST_SUITE("importance.normalize") {
     check_close(imp::normalize(make(t)), min_max(s, 0.005, 1.0), 1e-12);
   }
 
+  TEST_CASE("cap_peak: the highest score becomes the second highest, then min-max (the sink keeps r_max)") {
+    auto s = random_scores(64, 4);
+    s[0] = 1000.0;  // a sink far above every other token (the others lie in [0, 50))
+    auto capped = s;
+    capped[0] = *std::max_element(s.begin() + 1, s.end());
+    imp::normalize_options opt;
+    opt.cap_peak = true;
+    check_close(imp::normalize(make(s), opt), min_max(capped, 0.005, 1.0), 1e-12);
+    auto const plain = imp::normalize(make(s));
+    auto const r = imp::normalize(make(s), opt);
+    CHECK(r(0) == 1.0);
+    double plain_sum = 0, capped_sum = 0;  // the other tokens are no longer squeezed toward r_min
+    for (std::size_t i = 1; i < s.size(); ++i) {
+      plain_sum += plain(i);
+      capped_sum += r(i);
+    }
+    CHECK(capped_sum > 5 * plain_sum);
+    std::vector<double> one{2.0};
+    CHECK(imp::normalize(make(one), opt)(0) == 1.0);  // a single token has no second score: unchanged
+  }
+
   TEST_CASE("reverse mirrors the importances inside [r_min, r_max]") {
     auto const s = random_scores(50, 3);
     auto const r = imp::normalize(make(s));

@@ -324,7 +324,12 @@ TEST_SUITE("importance.policies") {
     CHECK_THROWS_WITH_AS((void)any_policy::parse("first_n:0_8"), doctest::Contains("bad chunk string \"0_8\""),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("attncon:3"),
-                         doctest::Contains("takes no argument"), rsq::invalid_argument);
+                         doctest::Contains("takes no argument but cap_peak"), rsq::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)any_policy::parse("uniform:cap_peak"), doctest::Contains("takes no argument"),
+                         rsq::invalid_argument);
+    CHECK(std::get<imp::attncon>(any_policy::parse("attncon:cap_peak").get()).normalization.cap_peak);
+    CHECK_FALSE(std::get<imp::attncon>(any_policy::parse("attncon").get()).normalization.cap_peak);
+    CHECK(std::get<imp::actnorm>(any_policy::parse("actnorm:cap_peak", 0.1).get()).normalization.r_min == 0.1);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("attncon", 1.0, 0.5), doctest::Contains("r_min must be <= r_max"),
                          rsq::invalid_argument);
     CHECK_THROWS_WITH_AS((void)any_policy::parse("actnorm", -1.0), doctest::Contains("r_min must be >= 0"),

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <concepts>
 #include <numeric>
 #include <optional>
@@ -51,6 +52,10 @@ struct normalize_options {
   std::optional<double> masking{};           ///< p ∈ [0, 1]: the ⌊p·L⌋ lowest tokens get 0, all others 1
   std::optional<double> truncate{};          ///< p ∈ [0, 1]: the ⌊p·L⌋ lowest tokens get 0, the others keep r
   index_t num_bins = 0;                     ///< B ≥ 2: quantile binning into B levels in [r_min, r_max]; 0 = off
+  /// The highest transformed score is lowered to the second highest before the range is taken, so that one outlier
+  /// token (AttnCon's attention sink, which receives a fifth to two fifths of some heads' attention) keeps r_max
+  /// without squeezing every other token toward r_min. Not in the reference (off).
+  bool cap_peak = false;
 };
 
 /// Checks @p opt and throws rsq::invalid_argument naming @p who and the bad field.
@@ -144,6 +149,13 @@ template <class T>
   RSQ_EXPECTS(n >= 1, "normalize: the scores are empty");
   rsq::detail::check_finite(scores, "normalize: scores");
   std::vector<double> s = transform_scores(scores, opt);  // (tokens)
+  if (opt.cap_peak && s.size() >= 2) {
+    auto const peak = std::max_element(s.begin(), s.end());  // the first of equal peaks
+    double second = -std::numeric_limits<double>::infinity();
+    for (auto it = s.begin(); it != s.end(); ++it)
+      if (it != peak) second = std::max(second, *it);
+    *peak = second;
+  }
 
   // Min-max range, or the (1−q, q) quantiles (swapped when q < 0.5, as the reference does).
   double lo = 0, hi = 0;

@@ -41,7 +41,8 @@ class any_policy {
   /// Parses a command-line policy string:
   /// `uniform`, `first_n:P1,P2,.../P` (e.g. `first_n:0/8`, `first_n:0,31/32`), `attncon`, `actnorm`, `actdiff`,
   /// `tokensim`, `tokenfreq`. The scored policies get [r_min, r_max] and otherwise their yaml defaults (reverse for
-  /// actdiff and tokenfreq); uniform and first_n ignore the range.
+  /// actdiff and tokenfreq); uniform and first_n ignore the range. A scored policy followed by `:cap_peak`
+  /// (`attncon:cap_peak`, the sink-aware AttnCon) caps each sequence's highest score (normalize_options::cap_peak).
   [[nodiscard]] static any_policy parse(std::string_view spec, double r_min = 0.005, double r_max = 1.0) {
     normalize_options range{.r_min = r_min, .r_max = r_max};
     validate(range, "policy");
@@ -53,7 +54,10 @@ class any_policy {
                   "\" needs its chunks, e.g. first_n:0/8 (First-N) or first_n:0,31/32 (First&Last-N)");
       return first_n::from_list(arg);
     }
-    RSQ_EXPECTS(colon == std::string_view::npos, "policy: \"", kind, "\" takes no argument, got \"", spec, "\"");
+    bool const scored = kind != uniform::name;
+    RSQ_EXPECTS(colon == std::string_view::npos || (scored && arg == "cap_peak"), "policy: \"", kind,
+                "\" takes no argument", scored ? " but cap_peak" : "", ", got \"", spec, "\"");
+    range.cap_peak = colon != std::string_view::npos;
     if (kind == uniform::name) return uniform{};
     if (kind == attncon::name) return attncon{.normalization = range};
     if (kind == actnorm::name) return actnorm{.normalization = range};
