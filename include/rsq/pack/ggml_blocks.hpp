@@ -220,41 +220,6 @@ inline void dequantize_row(ggml_type t, std::span<const std::byte> src, std::spa
   rsq::detail::throw_invalid_argument("ggml: ", traits(t).name, " is not a block type rsq solves on (Q4_0, Q4_1, Q8_0)");
 }
 
-/// One block's parameters and codes, as a GPTQ solve on the block grid produced them: scale d, offset m (Q4_1
-/// only) and 32 codes in [0, 15] (Q4_0: q with x = d·(q − 8); Q4_1: q with x = d·q + m) or [0, 255] (Q8_0: the
-/// int8 q plus 128).
-struct ggml_block_codes {
-  float d = 0;
-  float m = 0;
-  std::uint8_t const* codes = nullptr;  ///< 32 codes, consecutive elements
-};
-
-/// Writes one block of type @p t (Q4_0, Q4_1 or Q8_0) from solver codes into @p dst (block_bytes bytes). d and m
-/// must be fp16 values already (the grids of rsq/quant/grid.hpp form them so); they are stored exactly.
-inline void pack_block(ggml_type t, ggml_block_codes const& b, std::byte* dst) {
-  auto code = [&](int j) { return b.codes[j]; };
-  switch (t) {
-    case ggml_type::q4_0:
-    case ggml_type::q4_1: {
-      std::byte* q = dst + 2;
-      detail::store_f16(dst, b.d);
-      if (t == ggml_type::q4_1) {
-        detail::store_f16(dst + 2, b.m);
-        q += 2;
-      }
-      for (int j = 0; j < 16; ++j) q[j] = std::byte((code(j) & 0x0F) | ((code(j + 16) & 0x0F) << 4));
-      return;
-    }
-    case ggml_type::q8_0:
-      detail::store_f16(dst, b.d);
-      for (int j = 0; j < 32; ++j) dst[2 + j] = std::byte(std::uint8_t(int(code(j)) - 128));
-      return;
-    default:
-      break;
-  }
-  rsq::detail::throw_invalid_argument("ggml: packing solver codes into ", traits(t).name, " is not supported");
-}
-
 /// The GGUF bytes of a weight (rows, cols) solved on the block grid of @p t (gptq::solve or quant::quantize_rtn with
 /// block_grid(t), groups of 32 or a multiple, in original column order) into @p out (rows × row_bytes(t, cols) bytes,
 /// row-major): each row's blocks hold its groups' fp16 scales (and Q4_1 offsets) and codes exactly, so that
