@@ -4,6 +4,7 @@
 // docs/quantize-your-model.md.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -63,6 +64,8 @@ constexpr char usage[] =
     "                        tokensim, tokenfreq; a scored policy with :cap_peak caps each window's highest score\n"
     "                        at the next highest (attncon:cap_peak, the sink-aware AttnCon)\n"
     "  --r-min X --r-max Y   importance range of a scored policy (default 0.005, 1)\n"
+    "  --importance-power p  Hessian weights w = r^p (default 1, the released code)\n"
+    "  --expand K            dataset expansion: each window also at K - 1 cyclic shifts (default 1, off)\n"
     "  --asym                asymmetric grid (a zero point per group; default symmetric)\n"
     "  --rotation R          quarot/rsq: hadamard (randomized Hadamard Q plus the online Hadamards before o_proj\n"
     "                        and down_proj, folded back into the written weights; default), random (Haar random Q),\n"
@@ -186,6 +189,14 @@ run_config parse_config(rsq_cli::args const& a) {
       throw usage_error("--policy: " + (msg.rfind("rsq: ", 0) == 0 ? msg.substr(5) : msg));
     }
   }
+  rc.opt.importance_power = a.number("importance-power", 1.0);
+  if (!(rc.opt.importance_power > 0) || !std::isfinite(rc.opt.importance_power))
+    throw usage_error("--importance-power must be a positive number");
+  long const expand = a.integer("expand", 1);
+  if (expand < 1) throw usage_error("--expand must be at least 1, got " + std::to_string(expand));
+  if (expand > 1 && rc.opt.method == quant_method::rtn)
+    throw usage_error("--method rtn uses no calibration: --expand does not apply");
+  rc.opt.expand_factor = expand;
   if (a.has("imatrix") && rc.opt.method == quant_method::rtn)
     throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
   auto const dt = a.choice("dtype", {"float32", "bfloat16", "float16"});
@@ -508,7 +519,7 @@ int main(int argc, char** argv) {
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
                      "bits", "group-size",
                      "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix", "policy", "r-min",
-                     "r-max"});
+                     "r-max", "importance-power", "expand"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);
       return argc == 1 ? 2 : 0;

@@ -104,6 +104,9 @@ TEST_SUITE("cli.rsq-quantize") {
     refused("--model " + model + " --method gptq --gguf-type q4_0 --calib x.txt --out " + out, "--gguf-type needs --format gguf");
     refused("--model " + model + " --method rtn --imatrix i.gguf --out " + out, "--imatrix needs calibration");
     refused("--model " + model + " --method rtn --policy attncon --out " + out, "--policy does not apply");
+    refused("--model " + model + " --method rsq --importance-power 0 --calib x.txt --out " + out,
+            "--importance-power must be a positive number");
+    refused("--model " + model + " --method rtn --expand 2 --out " + out, "--expand does not apply");
     refused("--model " + model + " --method rsq --policy attncon:3 --calib x.txt --out " + out,
             "--policy: policy: \"attncon\" takes no argument but cap_peak");
     refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
@@ -143,7 +146,8 @@ TEST_SUITE("cli.rsq-quantize") {
       CHECK(r.output.find("(2 windows of 96)") != std::string::npos);
     }
     for (std::string method : {"gptq --act-order --calib-bos --calib " + text,
-                               "rsq --rotation fused --diagnostics --calib " + f->calib.string(),
+                               "rsq --rotation fused --diagnostics --importance-power 2 --expand 2 --calib " +
+                                   f->calib.string(),
                                "quarot --bits 3 --group-size -1 --calib " + f->calib.string()}) {
       CAPTURE(method);
       auto const r = run_tool(common + " --overwrite --method " + method);
