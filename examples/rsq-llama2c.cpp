@@ -34,6 +34,7 @@
 #include <rsq/model/tokenizer.hpp>
 
 #include "support/args.hpp"
+#include "support/gguf_output.hpp"
 #include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
@@ -278,26 +279,6 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
   return out;
 }
 
-void print_gguf_summary(gguf_summary const& s) {
-  std::fprintf(stderr, "rsq-llama2c: wrote %s: GGUF v3, llama architecture, linears %s, %d tensors, %.1f MB; llama.cpp "
-               "loads it (llama-cli -m, llama-server, node-llama-cpp, LM Studio, Ollama)\n",
-               s.path.string().c_str(), std::string(rsq::pack::traits(s.linear_type).name).c_str(), s.tensors,
-               double(s.bytes) / 1e6);
-  if (!s.kept.empty()) {
-    std::fprintf(stderr, "rsq-llama2c: %zu linears kept in F16 (input size not a multiple of 32):", s.kept.size());
-    for (auto const& k : s.kept) std::fprintf(stderr, " %s", k.c_str());
-    std::fprintf(stderr, "\n");
-  }
-}
-
-void write_imatrix(fs::path const& path, rsq::io::imatrix const& m) {
-  if (path.extension() == ".dat") rsq::io::write_imatrix_dat(path, m);
-  else rsq::io::write_imatrix_gguf(path, m);
-  std::fprintf(stderr, "rsq-llama2c: wrote %s: importance matrix (%s, %zu linears, %d chunks of %d tokens) for "
-               "llama-quantize --imatrix\n", path.string().c_str(), path.extension() == ".dat" ? "legacy .dat" : "GGUF",
-               m.entries.size(), m.chunk_count, m.chunk_size);
-}
-
 /// --method rtn --format gguf: the float model converted by llama.cpp's own rules (round to nearest for the block
 /// types), then the written file evaluated.
 template <class B>
@@ -312,7 +293,7 @@ int write_llama_cpp_rtn(B const& be, rsq_cli::args const& a, run_config const& r
   std::printf("method rtn (llama.cpp %s) seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
               std::string(rsq::pack::traits(*rc.gguf).name).c_str(), static_cast<unsigned long long>(rc.seed),
               ev.perplexity, ev.mean, ev.count, seconds);
-  print_gguf_summary(s);
+  rsq_cli::print_gguf_summary(stderr, "rsq-llama2c: ", s);
   return 0;
 }
 
@@ -406,12 +387,13 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                 static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
                 out->q.timings.total);
     if (written) {
-      print_gguf_summary(*written);
+      rsq_cli::print_gguf_summary(stderr, "rsq-llama2c: ", *written);
     } else if (a.has("out")) {
       save_quantized_checkpoint(a.get("out"), out->q);
       if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
     }
-    if (imatrix) write_imatrix(a.get("imatrix"), imatrix->result(text_path.filename().string()));
+    if (imatrix)
+      rsq_cli::write_imatrix(stderr, "rsq-llama2c: ", a.get("imatrix"), imatrix->result(text_path.filename().string()));
     if (a.has("packed")) {
       auto const ex = export_gptq_directory(packed->staging(), out->q);
       packed->commit();

@@ -23,6 +23,7 @@
 
 #include "support/args.hpp"
 #include "support/diagnostics.hpp"
+#include "support/gguf_output.hpp"
 #include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
@@ -279,17 +280,6 @@ void print_progress(layer_report const& r, std::chrono::steady_clock::time_point
   if (done == r.n_layers) std::fputc('\n', stderr);
 }
 
-void print_gguf_summary(gguf_summary const& s) {
-  std::printf("wrote %s: GGUF v3, llama architecture, linears %s, %d tensors, %.1f MB; llama.cpp loads it (llama-cli "
-              "-m, llama-server, node-llama-cpp, LM Studio, Ollama)\n", s.path.string().c_str(),
-              std::string(rsq::pack::traits(s.linear_type).name).c_str(), s.tensors, double(s.bytes) / 1e6);
-  if (!s.kept.empty()) {
-    std::printf("%zu linears kept in F16 (input size not a multiple of 32):", s.kept.size());
-    for (auto const& k : s.kept) std::printf(" %s", k.c_str());
-    std::printf("\n");
-  }
-}
-
 template <class B>
 int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   // Everything that can be checked is checked before the long work starts.
@@ -355,7 +345,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
       std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
                   evaluate(be, load_gguf_model(s.path), rsq::view(eval)).perplexity, index_t(eval.shape()[0]),
                   index_t(eval.shape()[1]));
-    print_gguf_summary(s);
+    rsq_cli::print_gguf_summary(stdout, "", s);
     return 0;
   }
   auto const start = std::chrono::steady_clock::now();
@@ -428,14 +418,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     std::printf("\n");
   };
   auto report_imatrix = [&] {
-    if (!imatrix) return;
-    fs::path const path = a.get("imatrix");
-    auto const m = imatrix->result(rc.calib.filename().string());
-    if (path.extension() == ".dat") rsq::io::write_imatrix_dat(path, m);
-    else rsq::io::write_imatrix_gguf(path, m);
-    std::printf("wrote %s: importance matrix (%s, %zu linears, %d chunks of %d tokens) for llama-quantize --imatrix\n",
-                path.string().c_str(), path.extension() == ".dat" ? "legacy .dat" : "GGUF", m.entries.size(),
-                m.chunk_count, m.chunk_size);
+    if (imatrix) rsq_cli::write_imatrix(stdout, "", a.get("imatrix"), imatrix->result(rc.calib.filename().string()));
   };
   if (rc.gguf) {
     auto const s = save_gguf(a.get("out"), q, *vocab, {.name = rc.model.filename().string()});
@@ -448,7 +431,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     if (fp_ppl && q_ppl)
       std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(),
                   *fp_ppl, *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
-    print_gguf_summary(s);
+    rsq_cli::print_gguf_summary(stdout, "", s);
     report_imatrix();
     return 0;
   }

@@ -31,10 +31,7 @@ void validate_weight_shape(matrix_view<const T> w, quant::grid_spec const& grid,
   opt.validate();
   RSQ_EXPECTS(w.rows() > 0 && w.cols() > 0, "gptq::solve: weight is empty ", rsq::detail::shape_string(w));
   RSQ_EXPECTS(w.cols() < (index_t(1) << 31) && w.rows() < (index_t(1) << 31), "gptq::solve: weight too large");
-  quant::check_group_layout(grid, w.cols(), opt.group_size, "gptq::solve");
-  // A block stores consecutive columns: act-order's groups of consecutive *solve-order* columns would not be blocks.
-  RSQ_EXPECTS(!grid.llama_cpp_block() || !opt.act_order || opt.static_groups,
-              "gptq::solve: act-order with a llama.cpp block grid needs static groups (blocks are consecutive columns)");
+  quant::check_group_layout(grid, w.cols(), opt.group_size, opt.act_order, opt.static_groups, "gptq::solve");
   RSQ_EXPECTS(std::fegetround() == FE_TONEAREST,
               "gptq::solve: the floating-point rounding mode must be FE_TONEAREST (round half to even)");
 }

@@ -148,13 +148,7 @@ struct quantize_options {
     RSQ_EXPECTS(method != quant_method::rtn || expand_factor == 1,
                 "quantize options: rtn uses no calibration, so expand_factor does not apply");
     RSQ_EXPECTS(chunk_tokens >= 0, "quantize options: chunk_tokens must be >= 0 (0: automatic), got ", chunk_tokens);
-    if (grid.llama_cpp_block()) {
-      RSQ_EXPECTS(solver.group_size > 0 && solver.group_size % 32 == 0,
-                  "quantize options: the llama.cpp block grids need a group size that is a multiple of 32, got ",
-                  solver.group_size);
-      RSQ_EXPECTS(!solver.act_order || solver.static_groups, "quantize options: act-order with a llama.cpp block grid "
-                  "needs static groups (blocks are consecutive columns)");
-    }
+    quant::check_block_grouping(grid, solver.group_size, solver.act_order, solver.static_groups, "quantize options");
     RSQ_EXPECTS(!double_precision || hessian.precision == hessian::precision::strict,
                 "quantize options: the TF32 and bf16 Hessians are float opt-ins; double_precision accumulates in fp64");
   }

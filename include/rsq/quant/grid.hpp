@@ -151,34 +151,42 @@ template <class T>
   return g.offset_form() ? decode_offset(u, p.scale, p.zero) : decode(u, p.scale, p.zero);
 }
 
-/// Throws rsq::invalid_argument unless a weight with @p cols input columns, quantized in groups of @p group_size
-/// columns (−1: whole rows), fits grid @p g: the llama.cpp block grids need whole blocks of 32 columns, each inside
-/// one group (a group of 64 or 128 stores its scale in every block it covers). @p where names the caller.
-inline void check_group_layout(grid_spec const& g, index_t cols, index_t group_size, char const* where) {
+/// Throws rsq::invalid_argument unless groups of @p group_size columns (−1: whole rows) can be blocks of grid @p g:
+/// the llama.cpp block grids need groups of 32 columns or a multiple (a group of 64 or 128 stores its scale in every
+/// block it covers), and act-order only with static groups (a block is 32 consecutive columns, not 32 consecutive
+/// solve positions). @p where names the caller.
+inline void check_block_grouping(grid_spec const& g, index_t group_size, bool act_order, bool static_groups,
+                                 char const* where) {
   if (!g.llama_cpp_block()) return;
   RSQ_EXPECTS(group_size > 0 && group_size % 32 == 0, where,
               ": the llama.cpp block grids need a group size that is a multiple of 32, got ", group_size);
-  RSQ_EXPECTS(cols % 32 == 0, where, ": the llama.cpp block grids need input columns in whole blocks of 32, got ",
-              cols, " columns");
+  RSQ_EXPECTS(!act_order || static_groups, where,
+              ": act-order with a llama.cpp block grid needs static groups (blocks are consecutive columns)");
+}
+
+/// check_block_grouping() for a weight with @p cols input columns, which must also be whole blocks of 32.
+inline void check_group_layout(grid_spec const& g, index_t cols, index_t group_size, bool act_order,
+                               bool static_groups, char const* where) {
+  check_block_grouping(g, group_size, act_order, static_groups, where);
+  RSQ_EXPECTS(!g.llama_cpp_block() || cols % 32 == 0, where,
+              ": the llama.cpp block grids need input columns in whole blocks of 32, got ", cols, " columns");
 }
 
 namespace detail {
 
-/// @p scale as a grid with fp16_scales stores it (see grid_spec::fp16_scales); unchanged otherwise.
-template <class T>
-[[nodiscard]] inline T stored_scale(grid_spec const& g, T scale) noexcept {
-  if (!g.fp16_scales) return scale;
-  float const h = f16_to_float(float_to_f16(float(scale)));
-  return T(h < 0x1p-24f ? 0x1p-24f : (h > 65504.f ? 65504.f : h));
-}
-
-/// A llama.cpp block scale as the file stores it: rounded to fp16, its magnitude clamped to [2⁻²⁴, 65504], its
-/// sign kept.
+/// A scale as an fp16 field stores it: rounded to fp16, its magnitude clamped to [2⁻²⁴, 65504] (no code is ever
+/// divided by zero or decoded to infinity), its sign kept (Q4_0's d is negative when the extreme is positive).
 template <class T>
 [[nodiscard]] inline T block_scale(T scale) noexcept {
   float const h = std::fabs(f16_to_float(float_to_f16(float(scale))));
   float const m = h < 0x1p-24f ? 0x1p-24f : (h > 65504.f ? 65504.f : h);
   return T(std::signbit(float(scale)) ? -m : m);
+}
+
+/// @p scale as a grid with fp16_scales stores it (see grid_spec::fp16_scales; the scales are ≥ 0); unchanged otherwise.
+template <class T>
+[[nodiscard]] inline T stored_scale(grid_spec const& g, T scale) noexcept {
+  return g.fp16_scales ? block_scale(scale) : scale;
 }
 
 /// Parameters from a (possibly shrunk) range, following the reference formulas of each convention exactly.

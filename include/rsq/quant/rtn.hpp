@@ -35,7 +35,7 @@ template <backend_tag B, class T>
   RSQ_EXPECTS(group_size == -1 || group_size > 0, "quantize_rtn: group_size must be -1 (per row) or positive, got ",
               group_size);
   RSQ_EXPECTS(std::fegetround() == FE_TONEAREST, "quantize_rtn: the floating-point rounding mode must be FE_TONEAREST");
-  check_group_layout(grid, w.cols(), group_size, "quantize_rtn");
+  check_group_layout(grid, w.cols(), group_size, /*act_order=*/false, /*static_groups=*/false, "quantize_rtn");
   return backend::implementation_t<algorithm::rtn, B>::template run<T>(be, w, grid, group_size);
 }
 

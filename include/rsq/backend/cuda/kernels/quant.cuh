@@ -73,12 +73,10 @@ __device__ __forceinline__ T block_scale(T scale) {
   return T(signbit(float(scale)) ? -m : m);
 }
 
-/// quant::detail::stored_scale: to float, then to the nearest fp16 (round to nearest even), clamped.
+/// quant::detail::stored_scale.
 template <class T>
 __device__ __forceinline__ T stored_scale(device_grid const& g, T scale) {
-  if (!g.fp16_scales) return scale;
-  float const h = __half2float(__float2half_rn(float(scale)));
-  return T(fminf(fmaxf(h, 0x1p-24f), 65504.f));
+  return g.fp16_scales ? block_scale(scale) : scale;
 }
 
 /// quant::detail::params_from_range.
