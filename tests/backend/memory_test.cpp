@@ -8,11 +8,13 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <xtensor/xmanipulation.hpp>
 
 #include <rsq/backend/memory.hpp>
+#include <rsq/backend/transfer.hpp>
 #include <rsq/core/tensor.hpp>
 
 #include "support/backend_data.hpp"
@@ -63,6 +65,41 @@ TEST_SUITE("backend.memory") {
     CHECK(rsq_test::download(be, xd.view()) == x);
     CHECK_THROWS_WITH_AS((void)rsq::backend::to_host(be, strided), doctest::Contains("contiguous"),
                          rsq::invalid_argument);
+  }
+
+  TEST_CASE_TEMPLATE("the download queue lands every push in host memory, in order, once the sources are gone", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    // 1 MiB of staging (the least the CUDA queue takes) in pieces of 256 KiB: pushes of 0.1 to 0.9 MiB wrap the ring
+    // and wait for the worker, and each source is overwritten and freed as soon as its push returns.
+    rsq::backend::download_queue<B> queue(be, std::size_t(1) << 20);
+    std::vector<std::vector<float>> host;
+    for (index_t k = 0; k < 24; ++k) {
+      index_t const n = 25'000 + 37'000 * (k % 7);
+      auto src = rsq::make_matrix_for_overwrite<float>(1, n);
+      for (index_t i = 0; i < n; ++i) src(0, i) = float(k) * 1e6f + float(i);
+      auto d = rsq::backend::to_backend(be, rsq::matrix_view<const float>(rsq::view(src)));
+      host.emplace_back(std::size_t(n), -1.0f);
+      queue.push(host.back().data(), rsq::view(d).data(), n);
+      if constexpr (std::is_same_v<B, rsq::backend::cpu_eigen>) {
+        // On the CPU the copy is done when push returns (and the queue writes nothing later).
+        CHECK(host.back()[std::size_t(n - 1)] == float(k) * 1e6f + float(n - 1));
+      }
+      auto const scratch = rsq::view(d);
+      std::vector<float> const junk(std::size_t(n), 7.0f);
+      rsq::backend::copy(be, scratch.data(), junk.data(), n);  // the source changes: the copy must not see it
+    }
+    queue.wait();
+    for (std::size_t k = 0; k < host.size(); ++k) {
+      CAPTURE(k);
+      bool same = true;
+      for (std::size_t i = 0; i < host[k].size(); ++i) same = same && host[k][i] == float(k) * 1e6f + float(i);
+      CHECK(same);
+    }
+    queue.push(host[0].data(), host[1].data(), index_t(10));  // host to host is a plain copy
+    queue.wait();
+    CHECK(host[0][9] == 1e6f + 9.0f);
   }
 }
 

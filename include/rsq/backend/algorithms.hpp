@@ -12,6 +12,7 @@ namespace rsq::algorithm {
 // Memory and checks every front end relies on.
 struct memory {};              ///< owned arrays, copies, where a pointer lives       <rsq/backend/memory.hpp>
 struct validation {};          ///< NaN/Inf and symmetry checks on the backend's data  <rsq/backend/validation.hpp>
+struct host_downloads {};      ///< copies to host memory that overlap the backend's work <rsq/backend/transfer.hpp>
 
 // Quantize.
 struct gemm {};                ///< C = α·op(A)·op(B) + β·C in fp32, bf16 inputs or fp64 <rsq/linalg/gemm.hpp>

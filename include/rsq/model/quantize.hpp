@@ -48,6 +48,7 @@
 
 #include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
+#include "rsq/backend/transfer.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/half.hpp"
 #include "rsq/core/tensor.hpp"
@@ -258,7 +259,8 @@ struct quantized_model {
 
 /// Callbacks of quantize_model(), all optional, called from the calling thread.
 struct quantize_observer {
-  /// After each layer (a progress line).
+  /// After each layer (a progress line). On a device backend the layer's weights may still be on their way to the host
+  /// model (backend::download_queue): read the model after quantize_model() returns.
   std::function<void(layer_report const&)> on_layer;
   /// The token importances of a layer, (sequences, L), when the policy is not uniform.
   std::function<void(int layer, rsq::matrix_view<const float> importances)> on_importances;
@@ -434,6 +436,12 @@ template <backend_tag B>
   return std::size_t(weights + stream + chunk + hessian + solve);
 }
 
+/// Pinned staging memory for the downloads of the layer loop: two of the largest weights, at most 512 MiB.
+[[nodiscard]] inline std::size_t staging_bytes(llama_config const& c) {
+  std::size_t const largest = sizeof(float) * std::size_t(std::max(c.q_dim(), c.hidden_dim)) * std::size_t(c.dim);
+  return std::min<std::size_t>(2 * largest, std::size_t(512) << 20);
+}
+
 /// The layer loop of quantize_model() for the GPTQ methods on backend B, Hessians and solves in precision T.
 template <class T, backend_tag B>
 class layer_quantizer {
@@ -465,9 +473,12 @@ class layer_quantizer {
       nn::embed(be_, rsq::view(tokens_), embedding, rsq::view(x_));
     }
     for (int l = 0; l < c_.n_layers; ++l) {
-      if (!layer(l)) return;
+      bool const ok = layer(l);
       tm.peak_backend_bytes = std::max(tm.peak_backend_bytes, backend::bytes_in_use(be_));
+      if (!ok) break;
     }
+    phase<B> p(be_, tm.copies);
+    downloads_.wait();  // the host model and q_.weights are complete from here on
   }
 
  private:
@@ -570,6 +581,31 @@ class layer_quantizer {
     else acc.add(as_batch(in), importance_rows(s0, s1));
   }
 
+  /// A host copy of the solver's quantized weight @p w: its arrays arrive through the download queue (float on a
+  /// device backend), or at once (moved on the CPU backend; converted from a float64 solve).
+  [[nodiscard]] quant::quantized_weight<float> download(quant::quantized_weight<T, B>&& w) {
+    if constexpr (std::is_same_v<B, backend::cpu_eigen> || !std::is_same_v<T, float>) {
+      return to_float_weight<T>(quant::to_host(be_, std::move(w)));
+    } else {
+      quant::quantized_weight<float> h;
+      h.bits = w.bits;
+      h.offset = w.offset;
+      auto const codes = rsq::view(w.codes);
+      auto const scales = rsq::view(w.scales);
+      auto const zeros = rsq::view(w.zeros);
+      auto const g_idx = rsq::view(w.g_idx);
+      h.codes = rsq::make_matrix_for_overwrite<std::uint8_t>(codes.rows(), codes.cols());
+      h.scales = rsq::make_matrix_for_overwrite<float>(scales.rows(), scales.cols());
+      h.zeros = rsq::make_matrix_for_overwrite<float>(zeros.rows(), zeros.cols());
+      h.g_idx = rsq::make_vector<std::int32_t>(g_idx.extent(0));
+      downloads_.push(h.codes.data(), codes.data(), codes.size());
+      downloads_.push(h.scales.data(), scales.data(), scales.size());
+      downloads_.push(h.zeros.data(), zeros.data(), zeros.size());
+      downloads_.push(h.g_idx.data(), g_idx.data(), g_idx.extent(0));
+      return h;  // moving the containers keeps their buffers where the queue writes
+    }
+  }
+
   /// Quantizes the linears @p ids of layer @p l with the Hessian of @p acc; false (and the failure recorded) if it
   /// is not positive definite. Each quantized weight replaces its full-precision one on the backend and in the host
   /// model.
@@ -640,10 +676,10 @@ class layer_quantizer {
         phase<B> p(be_, tm.copies);
         linalg::convert(be_, matrix_view<const T>(rsq::view(res->dequantized)), wf);
         auto& hw = host_layer.weight(id);
-        if (hw.data() != wf.data()) backend::copy(be_, hw.data(), wf.data(), wf.size());
+        if (hw.data() != wf.data()) downloads_.push(hw.data(), wf.data(), wf.size());
         auto const loss = backend::to_host(be_, matrix_view<const T>(rsq::view(res->column_loss).data(), 1, wf.cols()));
         for (auto v : loss) lr.gptq_loss += double(v);
-        q_.weights[std::size_t(l)][std::size_t(id)] = to_float_weight<T>(quant::to_host(be_, std::move(res->weight)));
+        q_.weights[std::size_t(l)][std::size_t(id)] = download(std::move(res->weight));
       }
       lr.seconds = seconds_since(t0);
       report.linears.push_back(lr);
@@ -770,6 +806,9 @@ class layer_quantizer {
   rsq::matrix<std::int64_t> ids64_;
   std::optional<importance::token_frequency> freq_;
   backend::matrix<float, B> x_;  // (S·L, dim) the residual stream, in the backend's memory
+  /// The quantized weights on their way to the host model and q_.weights while the next linears are solved; last,
+  /// so that it is destroyed (waiting for every copy) first.
+  backend::download_queue<B> downloads_{be_, staging_bytes(c_)};
 };
 
 }  // namespace pipeline_detail

@@ -17,4 +17,5 @@
 #include "rsq/backend/cuda/nn.hpp"
 #include "rsq/backend/cuda/pack.hpp"
 #include "rsq/backend/cuda/rtn.hpp"
+#include "rsq/backend/cuda/transfer.hpp"
 #include "rsq/backend/tags.hpp"

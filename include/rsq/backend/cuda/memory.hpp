@@ -39,6 +39,8 @@ template <class = void>
 struct runtime_api {
   static void* allocate(std::size_t bytes);                // cudaMalloc; throws cuda_error naming bytes asked, free
   static void release(void* p) noexcept;                   // cudaFree
+  static void* allocate_pinned(std::size_t bytes);         // cudaHostAlloc; throws cuda_error naming the bytes
+  static void release_pinned(void* p) noexcept;            // cudaFreeHost
   static memory_space where(void const* p);                // cudaPointerGetAttributes
   static int device_of(void const* p);                     // the device of device memory, −1 for host memory
   static void copy(void* dst, void const* src, std::size_t bytes, CUstream_st* stream);  // cudaMemcpyAsync + sync

@@ -36,6 +36,24 @@ void runtime_api<D>::release(void* p) noexcept {
 }
 
 template <class D>
+void* runtime_api<D>::allocate_pinned(std::size_t bytes) {
+  void* p = nullptr;
+  cudaError_t const e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw cuda_error(cuda_error::source::runtime, int(e),
+                     rsq::detail::concat("rsq: cannot allocate ", bytes, " bytes (", double(bytes) / double(1 << 20),
+                                         " MiB) of pinned host memory: ", cudaGetErrorString(e)));
+  }
+  return p;
+}
+
+template <class D>
+void runtime_api<D>::release_pinned(void* p) noexcept {
+  if (p != nullptr && cudaFreeHost(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+template <class D>
 memory_space runtime_api<D>::where(void const* p) {
   if (p == nullptr) return memory_space::host;
   cudaPointerAttributes a{};
