@@ -45,7 +45,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 
 step "fuzz targets (libFuzzer, bounded time)"
 cmake -S . -B build/fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DRSQ_BUILD_FUZZERS=ON -DRSQ_BUILD_TESTS=OFF \
-      -DRSQ_BUILD_EXAMPLES=OFF -DRSQ_BUILD_BENCHMARKS=OFF -DRSQ_FUZZ_SECONDS="${RSQ_FUZZ_SECONDS:-15}"
+      -DRSQ_BUILD_EXAMPLES=OFF -DRSQ_BUILD_BENCHMARKS=OFF -DRSQ_FUZZ_SECONDS="${RSQ_FUZZ_SECONDS:-10}"
 cmake --build build/fuzz -j "$jobs"
 ctest --test-dir build/fuzz --output-on-failure -L fuzz
 

@@ -57,6 +57,8 @@ enum class residual_rotation {
   return r == residual_rotation::randomized_hadamard ? "hadamard" : "random";
 }
 
+struct learned_rotation;  // model/learned_rotation.hpp
+
 /// Options of rotate_model().
 struct rotate_options {
   residual_rotation kind = residual_rotation::randomized_hadamard;
@@ -71,6 +73,9 @@ struct rotate_options {
   /// w2 Hadamard and no Hadamard across heads: the result is a plain model that any engine runs, at some cost in
   /// quantization error (the w2 input keeps its outliers; docs/results.md).
   bool online_hadamards = true;
+  /// A learned R1/R2 (model/learned_rotation.hpp, e.g. from learn_rotation()) that quantize_model() rotates by
+  /// instead of Q and the per-head Hadamard; the online Hadamards stay. Empty: the fixed rotation above.
+  std::shared_ptr<learned_rotation const> learned = nullptr;
 };
 
 /// What rotate_model() did, so that an engine can run the rotated model (written into the packed manifest).
@@ -316,6 +321,8 @@ inline void expect_plain(llama_model const& m, char const* who) {
 inline rotation_record rotate_model(llama_model& m, rotate_options const& opt = {}) {
   validate(m, /*check_finite=*/true);
   expect_plain(m, "rotate_model");
+  RSQ_EXPECTS(opt.learned == nullptr, "rotate_model: a learned rotation is applied by apply_learned_rotation() "
+              "(model/learned_rotation.hpp) before rotate_model(), or by quantize_model()");
   auto const p = plan_rotation(m.config, opt);  // an unsupported size fails here, with the model untouched
   backend::cpu_eigen const be{};
   if (opt.center_embeddings) center_embeddings(m);
