@@ -67,6 +67,7 @@
 #include "rsq/model/calibration.hpp"
 #include "rsq/model/forward.hpp"
 #include "rsq/model/learned_rotation.hpp"
+#include "rsq/model/learned_rotation.hpp"
 #include "rsq/model/llama.hpp"
 #include "rsq/model/rotate.hpp"
 #include "rsq/quant/grid.hpp"
@@ -115,6 +116,30 @@ inline constexpr quant_method all_quant_methods[] = {quant_method::rtn, quant_me
   return quant::grid_spec{.bits = bits, .symmetric = true, .conv = quant::convention::rsq, .clip = {.enabled = true}};
 }
 
+/// How quantize_options::choice picks the token weighting of each linear's Hessian (beyond the paper, opt-in).
+enum class importance_choice {
+  off,     ///< the policy's weights, on every calibration window (the paper)
+  choose,  ///< per linear, uniform or the policy's weights (α ∈ {0, 1}), whichever predicts held-out tokens better
+  blend,   ///< per linear, the best of α ∈ {0, 0.25, 0.5, 0.75, 1} in α·H_policy + (1 − α)·H_uniform
+};
+
+/// "off", "choose" or "blend".
+[[nodiscard]] constexpr std::string_view to_string(importance_choice c) noexcept {
+  switch (c) {
+    case importance_choice::off: return "off";
+    case importance_choice::choose: return "choose";
+    case importance_choice::blend: return "blend";
+  }
+  return "?";
+}
+
+/// Parses "off", "choose" or "blend". @throws rsq::invalid_argument for anything else.
+[[nodiscard]] inline importance_choice parse_importance_choice(std::string_view s) {
+  for (importance_choice c : {importance_choice::off, importance_choice::choose, importance_choice::blend})
+    if (s == to_string(c)) return c;
+  rsq::detail::throw_invalid_argument("importance choice: unknown choice \"", s, "\"; expected off, choose or blend");
+}
+
 /// Options of quantize_model(). Defaults: the RSQ scripts (spec §8.3).
 struct quantize_options {
   quant_method method = quant_method::rsq;
@@ -125,6 +150,23 @@ struct quantize_options {
   std::optional<importance::any_policy> policy = std::nullopt;
   double importance_power = 1.0;      ///< Hessian weights w ∝ r^p (spec §5.3; 1 = the released code)
   index_t expand_factor = 1;          ///< dataset expansion by cyclic shifts (§8.2), 1 = off
+  /// An importance that never hurts (beyond the paper; off by default). With `choose` or `blend`, the last
+  /// `held_out` of the calibration windows (before expansion; their cyclic shifts with them) are held out: they flow
+  /// through the forward passes like the others, but no Hessian that is solved with contains them. Per
+  /// true-sequential group the fitting windows give H_policy (the policy's token weights) and H_uniform, the held-out
+  /// windows H_ho (uniform); every linear of the group is solved with each candidate H_α = α·H_policy +
+  /// (1 − α)·H_uniform and keeps the Q whose held-out output error tr((W − Q)·H_ho·(W − Q)ᵀ) is the smallest (the
+  /// smaller α on a tie), the squared error of the linear's outputs on the held-out tokens. linear_report records the
+  /// α kept and every candidate's error. Needs a policy that is not uniform (rsq's AttnCon, or `policy`); costs one
+  /// factorization and one solve per candidate, and the held-out windows no longer calibrate.
+  importance_choice choice = importance_choice::off;
+  /// The fraction of the calibration windows held out by `choice` (rounded to the nearest count; at least one window
+  /// must be held out and one must remain). Unused when `choice` is off.
+  double held_out = 0.25;
+  /// The candidates' α for `choice`, increasing, in [0, 1]; empty: the choice's own ({0, 1} for choose, {0, 0.25,
+  /// 0.5, 0.75, 1} for blend). A single α fixes the weighting (α = 1: the policy's, 0: uniform, both on the fitting
+  /// windows only).
+  std::vector<double> choice_alphas = {};
   rotate_options rotation = {};       ///< quarot and rsq: Q kind, seed, embedding centring
   /// Rotate before quantizing; empty: the method's own choice (quarot and rsq rotate). `rotate = true` with rtn is
   /// QuaRot-RTN, `rotate = false` with rsq is importance-scaled GPTQ without rotation (ablations).
@@ -150,6 +192,23 @@ struct quantize_options {
     RSQ_EXPECTS(method != quant_method::rtn || expand_factor == 1,
                 "quantize options: rtn uses no calibration, so expand_factor does not apply");
     RSQ_EXPECTS(chunk_tokens >= 0, "quantize options: chunk_tokens must be >= 0 (0: automatic), got ", chunk_tokens);
+    if (choice == importance_choice::off) {
+      RSQ_EXPECTS(choice_alphas.empty(), "quantize options: choice_alphas need an importance choice (choose or blend)");
+    } else {
+      RSQ_EXPECTS(method != quant_method::rtn, "quantize options: rtn uses no calibration, so importance choice ",
+                  to_string(choice), " does not apply");
+      RSQ_EXPECTS(!std::holds_alternative<importance::uniform>(effective_policy().get()),
+                  "quantize options: importance choice ", to_string(choice), " chooses between uniform weights and "
+                  "the policy's, but the policy is uniform (use rsq, or set a policy such as attncon)");
+      RSQ_EXPECTS(std::isfinite(held_out) && held_out > 0 && held_out < 1,
+                  "quantize options: held_out must be a fraction in (0, 1), got ", held_out);
+      for (std::size_t i = 0; i < choice_alphas.size(); ++i) {
+        double const a = choice_alphas[i];
+        RSQ_EXPECTS(a >= 0 && a <= 1, "quantize options: choice_alphas must lie in [0, 1], got ", a);
+        RSQ_EXPECTS(i == 0 || a > choice_alphas[i - 1], "quantize options: choice_alphas must increase, got ",
+                    choice_alphas[i - 1], " then ", a);
+      }
+    }
     quant::check_block_grouping(grid, solver.group_size, solver.act_order, solver.static_groups, "quantize options");
     RSQ_EXPECTS(!double_precision || hessian.precision == hessian::precision::strict,
                 "quantize options: the TF32 and bf16 Hessians are float opt-ins; double_precision accumulates in fp64");
@@ -157,6 +216,14 @@ struct quantize_options {
 
   /// Whether the model is rotated first (see `rotate`).
   [[nodiscard]] bool rotates_model() const noexcept { return rotate.value_or(rotates(method)); }
+
+  /// The α of the candidates `choice` tries (see `choice_alphas`); empty when `choice` is off.
+  [[nodiscard]] std::vector<double> candidate_alphas() const {
+    if (choice == importance_choice::off) return {};
+    if (!choice_alphas.empty()) return choice_alphas;
+    if (choice == importance_choice::choose) return {0.0, 1.0};
+    return {0.0, 0.25, 0.5, 0.75, 1.0};
+  }
 
   /// The policy the method uses (see `policy`).
   [[nodiscard]] importance::any_policy effective_policy() const {
@@ -192,6 +259,12 @@ struct linear_report {
   /// Not quantized: the grid cannot hold the linear's input size (llama.cpp's blocks need a multiple of 32 columns).
   /// Its weight is rounded to fp16 instead, as a GGUF stores it, and its quantized_weight stays empty.
   bool kept = false;
+  /// quantize_options::choice: the α of the Hessian α·H_policy + (1 − α)·H_uniform whose Q was kept (empty without
+  /// a choice). `loss` is then the proxy loss with that Hessian.
+  std::optional<double> importance_alpha = std::nullopt;
+  /// quantize_options::choice: the held-out output error tr((W − Q_α)·H_ho·(W − Q_α)ᵀ) of each candidate, in the
+  /// order of quantize_options::candidate_alphas() (+inf where a candidate's Hessian stayed not positive definite).
+  std::vector<double> held_out_losses = {};
 };
 
 /// Seconds spent in each part of quantize_model() (each part waits for the backend's work before it is timed).
@@ -246,6 +319,9 @@ struct quantized_model {
   double importance_power = 1.0;
   index_t expand_factor = 1;
   index_t calibration_sequences = 0;  ///< after expansion
+  importance_choice choice = importance_choice::off;
+  /// quantize_options::choice: the held-out sequences (after expansion; the last ones), not in any solved Hessian.
+  index_t held_out_sequences = 0;
   index_t calibration_tokens = 0;     ///< per sequence (L)
   pipeline_timings timings;
 
@@ -424,15 +500,17 @@ template <backend_tag B>
 
 /// The backend memory the layer loop needs at its peak, in bytes: one layer's weights (and a float64 copy of the
 /// largest for the rotation and the proxy loss), the residual stream and the attention output of every calibration
-/// token, the layer buffers of a chunk, the largest Hessian with its factorization, and a solve's copies of a weight.
+/// token, the layer buffers of a chunk, the largest Hessian with its factorization (with an importance choice: three
+/// accumulators and one Hessian and factorization per each of @p candidates), and a solve's copies of a weight.
 [[nodiscard]] inline std::size_t layer_bytes(llama_config const& c, index_t tokens, index_t chunk_tokens,
-                                             bool double_precision) {
+                                             bool double_precision, index_t candidates = 0) {
   double const f = 4, t = double_precision ? 8 : 4;
   double const d = c.dim, qd = c.q_dim(), h = c.hidden_dim, kv = c.kv_dim(), big = std::max({d, qd, h});
   double const weights = f * (2 * qd * d + 2 * kv * d + 3 * h * d) + 8 * big * d;
   double const stream = f * double(tokens) * (d + qd);
   double const chunk = f * double(chunk_tokens) * (d + 2 * qd + 2 * kv + 2 * h);
-  double const hessian = 2 * t * big * big + 2 * 8 * big * big;
+  double const choice = candidates > 0 ? (4 + 2 * double(candidates)) * t * big * big : 0;
+  double const hessian = 2 * t * big * big + 2 * 8 * big * big + choice;
   double const solve = 4 * t * h * d;
   return std::size_t(weights + stream + chunk + hessian + solve);
 }
@@ -454,6 +532,8 @@ class layer_quantizer {
         obs_(obs), ws_(be), S_(index_t(tokens.shape()[0])), L_(index_t(tokens.shape()[1])),
         chunk_(chunk_sequences<B>(c_, S_, L_, opt.chunk_tokens)) {
     needs_ = policy.requirements();
+    alphas_ = opt.candidate_alphas();
+    S_fit_ = S_ - q.held_out_sequences;
     activation_ = importance::activation_form_of(policy);
     if (activation_) importance::validate(activation_->normalization, activation_->policy);
     if (!is_uniform(policy)) importance_ = rsq::make_matrix<float>(S_, L_);
@@ -575,11 +655,85 @@ class layer_quantizer {
     }
   }
 
-  /// Adds the chunk [s0, s1) of a group's input @p in (chunk tokens, features) to @p acc.
-  void accumulate(hessian_accumulator<T, B>& acc, matrix_view<const float> in, index_t s0, index_t s1) {
+  /// The Hessians of a true-sequential group: `fit`, of the fitting sequences with the policy's weights (every
+  /// sequence without an importance choice); with a choice also `uniform`, of the fitting sequences with uniform
+  /// weights, and `held_out`, of the held-out sequences with uniform weights.
+  struct group_hessians {
+    group_hessians(index_t features, B const& be, hessian::weighting const& wt, hessian::options const& o, bool choice)
+        : fit(features, be, wt, o) {
+      if (!choice) return;
+      uniform.emplace(features, be, wt, o);
+      held_out.emplace(features, be, wt, o);
+    }
+    hessian_accumulator<T, B> fit;
+    std::optional<hessian_accumulator<T, B>> uniform, held_out;
+  };
+
+  /// Adds the chunk [s0, s1) of a group's input @p in (chunk tokens, features) to @p g: its fitting sequences to
+  /// g.fit (and g.uniform), its held-out sequences to g.held_out.
+  void accumulate(group_hessians& g, matrix_view<const float> in, index_t s0, index_t s1) {
     phase<B> p(be_, q_.timings.hessian);
-    if (importance_.size() == 0) acc.add(as_batch(in), matrix_view<const float>{});
-    else acc.add(as_batch(in), importance_rows(s0, s1));
+    index_t const m = std::clamp(S_fit_, s0, s1);  // the chunk's first held-out sequence
+    auto const part = [&](index_t a, index_t b) {  // the sequences [a, b) of the chunk
+      return as_batch(matrix_view<const float>(in.data() + (a - s0) * L_ * in.stride(0), {(b - a) * L_, in.cols()},
+                                               in.strides()));
+    };
+    if (m > s0) {
+      if (importance_.size() == 0) g.fit.add(part(s0, m), matrix_view<const float>{});
+      else g.fit.add(part(s0, m), importance_rows(s0, m));
+      if (g.uniform) g.uniform->add(part(s0, m), matrix_view<const float>{});
+    }
+    if (m < s1) g.held_out->add(part(m, s1), matrix_view<const float>{});
+  }
+
+  /// A Hessian a group's linears may be solved with: α·H_policy + (1 − α)·H_uniform (α empty: the group's only
+  /// Hessian, without an importance choice), factored unless the grid cannot hold the linears.
+  struct candidate {
+    std::optional<double> alpha;
+    backend::matrix<T, B> h;
+    std::optional<gptq::factorization<T, B>> f;
+  };
+
+  /// α·@p hp + (1 − α)·@p hu, computed as hu + α·hp − α·hu (exactly hu for α = 0 and hp for α = 1).
+  [[nodiscard]] backend::matrix<T, B> blend(backend::matrix<T, B> const& hp, backend::matrix<T, B> const& hu,
+                                            double alpha) const {
+    auto const pv = matrix_view<const T>(rsq::view(hp)), uv = matrix_view<const T>(rsq::view(hu));
+    auto out = backend::make_matrix<T>(be_, pv.rows(), pv.cols());
+    backend::copy(be_, rsq::view(out).data(), (alpha == 1 ? pv : uv).data(), pv.size());
+    if (alpha > 0 && alpha < 1) {
+      linalg::axpy(be_, T(alpha), pv, rsq::view(out));
+      linalg::axpy(be_, T(-alpha), uv, rsq::view(out));
+    }
+    return out;
+  }
+
+  /// Solves @p wv with every candidate and leaves in @p res the solution with the smallest held-out output error
+  /// tr((W − Q)·H_ho·(W − Q)ᵀ) (the first on a tie; a failed one where every candidate failed); appends each
+  /// candidate's error to @p errors (+inf for a failure) and returns the index of the one kept.
+  std::size_t choose(matrix_view<const T> wv, std::vector<candidate> const& cands, matrix_view<const T> h_ho,
+                     std::optional<gptq::result<T, B>>& res, std::vector<double>& errors) {
+    auto& tm = q_.timings;
+    std::size_t best = 0;
+    double best_error = std::numeric_limits<double>::infinity();
+    for (std::size_t k = 0; k < cands.size(); ++k) {
+      std::optional<gptq::result<T, B>> r;
+      {
+        phase<B> p(be_, tm.solver);
+        r.emplace(gptq::solve_resident(be_, wv, *cands[k].f, opt_.grid, opt_.solver));
+      }
+      double error = std::numeric_limits<double>::infinity();
+      if (r->ok()) {
+        phase<B> p(be_, tm.loss);
+        error = gptq::proxy_loss(be_, wv, matrix_view<const T>(rsq::view(r->dequantized)), h_ho);
+      }
+      errors.push_back(error);
+      if (!res || error < best_error) {
+        best = k;
+        best_error = error;
+        res = std::move(r);
+      }
+    }
+    return best;
   }
 
   /// A host copy of the solver's quantized weight @p w: its arrays arrive through the download queue (float on a
@@ -607,17 +761,25 @@ class layer_quantizer {
     }
   }
 
-  /// Quantizes the linears @p ids of layer @p l with the Hessian of @p acc; false (and the failure recorded) if it
-  /// is not positive definite. Each quantized weight replaces its full-precision one on the backend and in the host
-  /// model.
-  bool solve_group(int l, resident_layer<B> const& w, hessian_accumulator<T, B> const& acc,
-                   std::initializer_list<linear_id> ids, layer_report& report) {
+  /// Quantizes the linears @p ids of layer @p l with the Hessians of @p g; false (and the failure recorded) if it
+  /// is not positive definite. With an importance choice each linear is solved with every candidate Hessian and keeps
+  /// the solution with the smallest held-out output error (choose()). Each quantized weight replaces its
+  /// full-precision one on the backend and in the host model.
+  bool solve_group(int l, resident_layer<B> const& w, group_hessians const& g, std::initializer_list<linear_id> ids,
+                   layer_report& report) {
     auto& tm = q_.timings;
     auto& host_layer = q_.model.layers[std::size_t(l)];
-    backend::matrix<T, B> h;
+    backend::matrix<T, B> h;     // the policy's Hessian (of the fitting sequences with an importance choice)
+    backend::matrix<T, B> h_ho;  // importance choice: the held-out sequences' Hessian
+    std::vector<candidate> cands;
     {
       phase<B> p(be_, tm.hessian);
-      h = acc.hessian_resident();
+      h = g.fit.hessian_resident();
+      if (g.held_out) {
+        auto const hu = g.uniform->hessian_resident();
+        h_ho = g.held_out->hessian_resident();
+        for (double a : alphas_) cands.push_back({a, blend(h, hu, a), std::nullopt});
+      }
     }
     if (obs_.on_hessian) {
       auto const hh = backend::to_host(be_, matrix_view<const T>(rsq::view(h)));
@@ -625,15 +787,17 @@ class layer_quantizer {
       std::copy(hh.begin(), hh.end(), hd.begin());
       obs_.on_hessian(l, *ids.begin(), hd);
     }
-    std::optional<gptq::factorization<T, B>> f;
-    if (grid_holds(opt_.grid, rsq::view(h).rows())) {
+    if (cands.empty()) cands.push_back({std::nullopt, std::move(h), std::nullopt});
+    h = {};
+    bool const holds = grid_holds(opt_.grid, rsq::view(cands.front().h).rows());
+    if (holds) {
       phase<B> p(be_, tm.factorization);
-      f.emplace(gptq::factor(be_, matrix_view<const T>(rsq::view(h)), opt_.solver));
+      for (auto& c : cands) c.f.emplace(gptq::factor(be_, matrix_view<const T>(rsq::view(c.h)), opt_.solver));
     }
     for (linear_id id : ids) {
       auto const t0 = clock::now();
       auto const wf = w.weight(id);  // (out, in) float on the backend
-      if (!f) {
+      if (!holds) {
         phase<B> p(be_, tm.copies);
         keep_in_f16(be_, wf, host_layer.weight(id));
         report.linears.push_back({.linear = id, .info = gptq::status::ok, .damp_attempts = 0, .damp_percent_used = 0,
@@ -651,13 +815,18 @@ class layer_quantizer {
         wv = rsq::view(wt);
       }
       std::optional<gptq::result<T, B>> res;
-      {
+      std::size_t pick = 0;
+      std::vector<double> held_out_losses;
+      if (g.held_out) {
+        pick = choose(wv, cands, matrix_view<const T>(rsq::view(h_ho)), res, held_out_losses);
+      } else {
         phase<B> p(be_, tm.solver);
-        res.emplace(gptq::solve_resident(be_, wv, *f, opt_.grid, opt_.solver));
+        res.emplace(gptq::solve_resident(be_, wv, *cands.front().f, opt_.grid, opt_.solver));
       }
       linear_report lr{.linear = id, .info = res->info, .damp_attempts = res->damp_attempts,
                        .damp_percent_used = res->damp_percent_used, .loss = 0, .gptq_loss = 0, .seconds = 0,
-                       .kept = false};
+                       .kept = false, .importance_alpha = cands[pick].alpha,
+                       .held_out_losses = std::move(held_out_losses)};
       if (!res->ok()) {
         lr.seconds = seconds_since(t0);
         report.linears.push_back(lr);
@@ -669,7 +838,7 @@ class layer_quantizer {
       if (opt_.proxy_loss) {
         phase<B> p(be_, tm.loss);
         lr.loss = gptq::proxy_loss(be_, wv, matrix_view<const T>(rsq::view(res->dequantized)),
-                                   matrix_view<const T>(rsq::view(h)));
+                                   matrix_view<const T>(rsq::view(cands[pick].h)));
       }
       {
         // Q replaces W on the backend (the next groups' passes run with it) and in the host model; the codes, scales
@@ -711,7 +880,7 @@ class layer_quantizer {
 
     // Group q/k/v: the importances from the full-precision layer (once per layer, before any of its linears is
     // quantized), and the normalised inputs.
-    hessian_accumulator<T, B> acc_qkv(D, be_, wt, opt_.hessian);
+    group_hessians acc_qkv(D, be_, wt, opt_.hessian, !alphas_.empty());
     for_chunks([&](index_t s0, index_t s1) {
       auto const xc = rows(x, s0, s1);
       if (importance_.size() > 0) {
@@ -738,7 +907,7 @@ class layer_quantizer {
 
     // Group o: the attention output of the quantized q/k/v (kept: the residual needs it once o is quantized).
     auto attention_all = backend::make_matrix<float>(be_, T_all, c_.q_dim());  // (tokens, q_dim)
-    hessian_accumulator<T, B> acc_o(c_.q_dim(), be_, wt, opt_.hessian);
+    group_hessians acc_o(c_.q_dim(), be_, wt, opt_.hessian, !alphas_.empty());
     for_chunks([&](index_t s0, index_t s1) {
       auto const xc = rows(x, s0, s1);
       auto const ac = rows(rsq::view(attention_all), s0, s1);
@@ -757,7 +926,7 @@ class layer_quantizer {
     }
 
     // Group w1/w3: the normalised residual.
-    hessian_accumulator<T, B> acc_ffn(D, be_, wt, opt_.hessian);
+    group_hessians acc_ffn(D, be_, wt, opt_.hessian, !alphas_.empty());
     for_chunks([&](index_t s0, index_t s1) {
       matrix_view<float> n;
       {
@@ -769,7 +938,7 @@ class layer_quantizer {
     if (!solve_group(l, *w, acc_ffn, {linear_id::w1, linear_id::w3}, report)) return finish(false);
 
     // Group w2: SwiGLU of the quantized w1/w3 (recomputed for the residual unless one chunk holds every token).
-    hessian_accumulator<T, B> acc_down(F, be_, wt, opt_.hessian);
+    group_hessians acc_down(F, be_, wt, opt_.hessian, !alphas_.empty());
     bool const keep_hidden = chunk_ >= S_;  // one chunk: the workspace holds it still
     for_chunks([&](index_t s0, index_t s1) {
       matrix_view<float> g;
@@ -801,6 +970,8 @@ class layer_quantizer {
   quantize_observer const& obs_;
   forward_workspace<B> ws_;
   index_t S_, L_, chunk_;
+  index_t S_fit_ = 0;           ///< the sequences [0, S_fit_) fit the Hessians, the rest are held out (S_: none)
+  std::vector<double> alphas_;  ///< the importance choice's candidates (empty: no choice)
   importance::needs needs_{};
   std::optional<importance::activation_form> activation_;  ///< set for ActNorm, ActDiff, TokenSim
   rsq::matrix<float> importance_;  // (S, L) host; empty when uniform
@@ -857,6 +1028,16 @@ template <backend_tag B>
       }
     if (opt.expand_factor > 1) tokens = expand_cyclic(rsq::view(std::as_const(tokens)), opt.expand_factor);
   }
+  // importance choice: the last windows are held out (with their cyclic shifts, which follow each window).
+  index_t held_out = 0;
+  if (opt.choice != importance_choice::off) {
+    index_t const windows = calibration.rows(), n = index_t(std::lround(opt.held_out * double(windows)));
+    RSQ_EXPECTS(n >= 1 && n < windows, "quantize_model: importance choice ", to_string(opt.choice), " holds out ",
+                opt.held_out, " of the ", windows, " calibration windows, i.e. ", n,
+                " (rounded); at least one must be held out and one must remain to fit (use more windows or another "
+                "held_out)");
+    held_out = n * opt.expand_factor;
+  }
 
   // A device that cannot hold a layer's work is an error before any work starts (naming the bytes).
   if (std::size_t const free = backend::bytes_free(be); free != std::numeric_limits<std::size_t>::max()) {
@@ -864,7 +1045,7 @@ template <backend_tag B>
     index_t const L = opt.method == quant_method::rtn ? 1 : index_t(tokens.shape()[1]);
     std::size_t const need =
         layer_bytes(c, S * L, chunk_sequences<B>(c, std::max<index_t>(S, 1), L, opt.chunk_tokens) * L,
-                    opt.double_precision) +
+                    opt.double_precision, index_t(opt.candidate_alphas().size())) +
         std::size_t(c.vocab_size) * std::size_t(c.dim) * (rotation ? 12 : 4);  // the embedding (and its rotation)
     RSQ_EXPECTS(need <= free, "quantize_model: a layer of this model with ", S * L, " calibration tokens needs about ",
                 double(need) / double(1 << 30), " GiB of the backend's memory, ", double(free) / double(1 << 30),
@@ -873,6 +1054,10 @@ template <backend_tag B>
 
   quantized_model q;
   q.model = std::move(fp);  // quantized in place: its weights become the dequantized ones
+  // A learned R1/R2: the plain model is pre-rotated so that the pipeline's own rotation completes it exactly.
+  RSQ_EXPECTS(opt.rotation.learned == nullptr || rotation, "quantize_model: a learned rotation needs a method that "
+              "rotates (quarot, rsq) or rotate = true");
+  if (rotation && opt.rotation.learned) apply_learned_rotation(q.model, *opt.rotation.learned, *rotation);
   // A learned R1/R2: the plain model is pre-rotated so that the pipeline's own rotation completes it exactly.
   RSQ_EXPECTS(opt.rotation.learned == nullptr || rotation, "quantize_model: a learned rotation needs a method that "
               "rotates (quarot, rsq) or rotate = true");
@@ -887,6 +1072,8 @@ template <backend_tag B>
   q.policy = opt.method == quant_method::rtn ? "none" : std::string(policy.name());
   q.calibration_sequences = index_t(tokens.shape()[0]);
   q.calibration_tokens = tokens.size() > 0 ? index_t(tokens.shape()[1]) : 0;
+  q.choice = opt.choice;
+  q.held_out_sequences = held_out;
 
   // The embeddings: rotated on the backend (they stay there for the calibration's embedding lookup).
   if (rotation && opt.rotation.center_embeddings) center_embeddings(q.model);
