@@ -132,7 +132,7 @@ TEST_SUITE("learn_rotation") {
     auto qo2 = qo;
     qo2.rotation.seed = 7;
     auto const q2 = quantize_model(m, rsq::view(ids), qo2);
-    CHECK(evaluate(q2.model, rsq::view(ids)).mean == doctest::Approx(evaluate(q.model, rsq::view(ids)).mean).epsilon(1e-4));
+    CHECK(evaluate(q2.model, rsq::view(ids)).mean == doctest::Approx(evaluate(q.model, rsq::view(ids)).mean).epsilon(1e-3));
     // QuaRot's own rotation given as learned is QuaRot.
     quantize_options plain;
     plain.method = quant_method::quarot;

@@ -107,6 +107,7 @@ template <backend_tag B>
                                    .group_size = opt.group_size,
                                    .chunk_sequences = opt.chunk_sequences};
   rotation::cayley_sgd sgd({.momentum = opt.momentum});
+  rotation_workspace<float> workspace;
   // Windows are drawn without replacement from a seeded shuffle, reshuffled (seed + epoch) when used up.
   index_t const S = calibration.rows(), L = calibration.cols(), batch = opt.sequences_per_step;
   std::vector<index_t> order(static_cast<std::size_t>(S), index_t(0));
@@ -126,7 +127,7 @@ template <backend_tag B>
       for (index_t t = 0; t < L; ++t) ids(std::size_t(b), std::size_t(t)) = calibration(row, t);
     }
     auto const g = rotation_loss_and_gradient(be, problem, out.rotation, matrix_view<const std::int32_t>(rsq::view(ids)),
-                                              lopt);
+                                              lopt, static_cast<quantization_offsets<float> const*>(nullptr), &workspace);
     out.loss.push_back(g.loss);
     double const lr = rotation::cosine_learning_rate(opt.learning_rate, step, opt.steps);
     // Every matrix steps on its own generator (SpinQuant's optimizer treats each parameter separately); a

@@ -99,16 +99,41 @@ template <class T>
   return rsq::view(m);
 }
 
-template <class T>
-[[nodiscard]] rsq::matrix<T> zeros(index_t r, index_t c) {
-  return rsq::make_matrix<T>(r, c);
-}
 
 /// C ← α op(A) op(B) + β C on the CPU backend.
 template <class T>
 void gemm(matrix_view<const T> a, linalg::op oa, matrix_view<const T> b, linalg::op ob, matrix_view<T> c,
           double beta = 0, double alpha = 1) {
   linalg::gemm(backend::cpu_eigen{}, a, oa, b, ob, c, linalg::gemm_options{.alpha = alpha, .beta = beta});
+}
+
+/// Makes @p m (r, c), reusing its memory when the shape is already that (buffers are kept from step to step: a
+/// fresh page costs about 10 µs at its first touch, more than the arithmetic on it).
+template <class T>
+void ensure(rsq::matrix<T>& m, index_t r, index_t c) {
+  if (index_t(m.shape()[0]) != r || index_t(m.shape()[1]) != c || m.dimension() != 2)
+    m = rsq::make_matrix_for_overwrite<T>(r, c);
+}
+
+template <class T>
+void fill_zero(rsq::matrix<T>& m, index_t r, index_t c) {
+  ensure(m, r, c);
+  std::fill(m.begin(), m.end(), T(0));
+}
+
+/// out ← op(A)·op(B) into @p out's memory.
+template <class T>
+void mul_into(rsq::matrix<T>& out, rsq::matrix<T> const& a, linalg::op oa, rsq::matrix<T> const& b, linalg::op ob) {
+  index_t const rows = oa == linalg::op::none ? index_t(a.shape()[0]) : index_t(a.shape()[1]);
+  index_t const cols = ob == linalg::op::none ? index_t(b.shape()[1]) : index_t(b.shape()[0]);
+  ensure(out, rows, cols);
+  gemm<T>(cv(a), oa, cv(b), ob, rsq::view(out));
+}
+
+template <class T>
+void copy_into(rsq::matrix<T>& out, rsq::matrix<T> const& a) {
+  ensure(out, index_t(a.shape()[0]), index_t(a.shape()[1]));
+  std::copy(a.begin(), a.end(), out.begin());
 }
 
 template <class T>
@@ -147,24 +172,30 @@ struct rotated_layer {
 };
 
 template <class T>
-[[nodiscard]] rotated_layer<T> rotate(dense_layer<T> const& a, rsq::matrix<T> const& r1, rsq::matrix<T> const& r2,
-                                      llama_config const& c) {
+void rotate_into(rotated_layer<T>& out, dense_layer<T> const& a, rsq::matrix<T> const& r1, rsq::matrix<T> const& r2,
+                 llama_config const& c) {
   using linalg::op;
   index_t const hd = c.head_size();
-  rotated_layer<T> out;
-  out.m.wq = mul(a.wq, op::none, r1, op::none);
-  out.m.wk = mul(a.wk, op::none, r1, op::none);
-  out.m.w1 = mul(a.w1, op::none, r1, op::none);
-  out.m.w3 = mul(a.w3, op::none, r1, op::none);
-  out.m.w2 = mul(r1, op::transpose, a.w2, op::none);
-  out.v_in = mul(a.wv, op::none, r1, op::none);
-  out.m.wv = zeros<T>(c.kv_dim(), c.dim);
+  mul_into(out.m.wq, a.wq, op::none, r1, op::none);
+  mul_into(out.m.wk, a.wk, op::none, r1, op::none);
+  mul_into(out.m.w1, a.w1, op::none, r1, op::none);
+  mul_into(out.m.w3, a.w3, op::none, r1, op::none);
+  mul_into(out.m.w2, r1, op::transpose, a.w2, op::none);
+  mul_into(out.v_in, a.wv, op::none, r1, op::none);
+  ensure(out.m.wv, c.kv_dim(), c.dim);
   for (index_t g = 0; g < c.n_kv_heads; ++g)
     gemm<T>(cv(r2), op::transpose, rows(cv(out.v_in), g * hd, hd), op::none, rows(rsq::view(out.m.wv), g * hd, hd));
-  out.o_mid = zeros<T>(c.dim, c.q_dim());
+  ensure(out.o_mid, c.dim, c.q_dim());
   for (index_t h = 0; h < c.n_heads; ++h)
     gemm<T>(columns(cv(a.wo), h * hd, hd), op::none, cv(r2), op::none, columns(rsq::view(out.o_mid), h * hd, hd));
-  out.m.wo = mul(r1, op::transpose, out.o_mid, op::none);
+  mul_into(out.m.wo, r1, op::transpose, out.o_mid, op::none);
+}
+
+template <class T>
+[[nodiscard]] rotated_layer<T> rotate(dense_layer<T> const& a, rsq::matrix<T> const& r1, rsq::matrix<T> const& r2,
+                                      llama_config const& c) {
+  rotated_layer<T> out;
+  rotate_into(out, a, r1, r2, c);
   return out;
 }
 
@@ -197,12 +228,11 @@ template <class T>
 
 /// The weights the forward pass runs on, W̃ = fold(Q(N)) or fold(N + D), or M without quantization.
 template <class T>
-[[nodiscard]] dense_layer<T> forward_weights(rotated_layer<T> const& r, rotation_problem<T> const& p,
-                                             rotation_loss_options const& opt, dense_layer<T> const* frozen) {
-  dense_layer<T> w;
+void forward_weights_into(dense_layer<T>& w, rotated_layer<T> const& r, rotation_problem<T> const& p,
+                          rotation_loss_options const& opt, dense_layer<T> const* frozen) {
   for (linear_id id : all_linears) {
     auto& out = w.weight(id);
-    out = r.m.weight(id);
+    copy_into(out, r.m.weight(id));
     if (!opt.grid && frozen == nullptr) continue;
     online_fold(p.online, p.config, id, out, false);
     if (frozen != nullptr) {
@@ -213,7 +243,6 @@ template <class T>
     }
     online_fold(p.online, p.config, id, out, true);
   }
-  return w;
 }
 
 /// Everything one decoder layer's reverse pass needs, for one chunk of tokens.
@@ -227,7 +256,7 @@ struct layer_tape {
 template <class T>
 void rms_forward(rsq::matrix<T> const& x, float eps, rsq::matrix<T>& y, std::vector<T>& r) {
   index_t const rows = index_t(x.shape()[0]), d = index_t(x.shape()[1]);
-  y = rsq::make_matrix_for_overwrite<T>(rows, d);
+  ensure(y, rows, d);
   r.resize(std::size_t(rows));
 #pragma omp parallel for schedule(static)
   for (index_t i = 0; i < rows; ++i) {
@@ -301,8 +330,8 @@ void attention_forward(layer_tape<T>& tp, llama_config const& c, index_t S, inde
   using linalg::op;
   index_t const hd = c.head_size(), H = c.n_heads, KV = c.n_kv_heads, group = H / KV;
   T const scale = T(1.0 / std::sqrt(double(hd)));
-  tp.probs = rsq::make_matrix_for_overwrite<T>(S * H * L, L);
-  tp.o = zeros<T>(S * L, c.q_dim());
+  ensure(tp.probs, S * H * L, L);
+  ensure(tp.o, S * L, c.q_dim());  // every head's block is written whole
 #pragma omp parallel for schedule(dynamic, 1)
   for (index_t item = 0; item < S * KV; ++item) {
     index_t const s = item / KV, g = item % KV;
@@ -333,13 +362,14 @@ void attention_forward(layer_tape<T>& tp, llama_config const& c, index_t S, inde
 /// The reverse of attention_forward: dq, dk, dv (post-RoPE q and k) from do.
 template <class T>
 void attention_backward(layer_tape<T> const& tp, rsq::matrix<T> const& d_o, llama_config const& c, index_t S,
-                        index_t L, rsq::matrix<T>& dq, rsq::matrix<T>& dk, rsq::matrix<T>& dv) {
+                        index_t L, rsq::matrix<T>& dq, rsq::matrix<T>& dk, rsq::matrix<T>& dv, rsq::matrix<T>& dps) {
   using linalg::op;
   index_t const hd = c.head_size(), H = c.n_heads, KV = c.n_kv_heads, group = H / KV;
   T const scale = T(1.0 / std::sqrt(double(hd)));
-  dq = zeros<T>(S * L, c.q_dim());
-  dk = zeros<T>(S * L, c.kv_dim());
-  dv = zeros<T>(S * L, c.kv_dim());
+  ensure(dq, S * L, c.q_dim());  // every head's block is written whole
+  fill_zero(dk, S * L, c.kv_dim());
+  fill_zero(dv, S * L, c.kv_dim());
+  ensure(dps, S * KV * L, L);  // one (L, L) scratch per item
 #pragma omp parallel for schedule(dynamic, 1)
   for (index_t item = 0; item < S * KV; ++item) {
     index_t const s = item / KV, g = item % KV;
@@ -347,13 +377,13 @@ void attention_backward(layer_tape<T> const& tp, rsq::matrix<T> const& d_o, llam
     auto const v = columns(rows(cv(tp.v), s * L, L), g * hd, hd);
     auto const dks = columns(rows(rsq::view(dk), s * L, L), g * hd, hd);
     auto const dvs = columns(rows(rsq::view(dv), s * L, L), g * hd, hd);
-    auto dp = rsq::make_matrix_for_overwrite<T>(L, L);
+    auto const dp = rows(rsq::view(dps), item * L, L);
     for (index_t h = g * group; h < (g + 1) * group; ++h) {
       auto const q = columns(rows(cv(tp.q), s * L, L), h * hd, hd);
       auto const go = columns(rows(cv(d_o), s * L, L), h * hd, hd);
       auto const p = rows(cv(tp.probs), (s * H + h) * L, L);
       gemm<T>(p, op::transpose, go, op::none, dvs, 1);               // dv += Pᵀ do
-      gemm<T>(go, op::none, v, op::transpose, rsq::view(dp));       // dP = do vᵀ
+      gemm<T>(go, op::none, v, op::transpose, dp);                  // dP = do vᵀ
       for (index_t i = 0; i < L; ++i) {                             // dS = P ⊙ (dP − Σ_j P dP)
         T* dr = dp.data() + i * L;
         T const* pr = p.data() + i * p.stride(0);
@@ -362,8 +392,9 @@ void attention_backward(layer_tape<T> const& tp, rsq::matrix<T> const& d_o, llam
         for (index_t j = 0; j <= i; ++j) dr[j] = pr[j] * (dr[j] - T(dot));
         for (index_t j = i + 1; j < L; ++j) dr[j] = T(0);
       }
-      gemm<T>(cv(dp), op::none, k, op::none, columns(rows(rsq::view(dq), s * L, L), h * hd, hd), 0, double(scale));
-      gemm<T>(cv(dp), op::transpose, q, op::none, dks, 1, double(scale));
+      gemm<T>(matrix_view<const T>(dp), op::none, k, op::none, columns(rows(rsq::view(dq), s * L, L), h * hd, hd), 0,
+              double(scale));
+      gemm<T>(matrix_view<const T>(dp), op::transpose, q, op::none, dks, 1, double(scale));
     }
   }
 }
@@ -374,59 +405,70 @@ template <class T>
   return T(1) / (T(1) + std::exp(-a));
 }
 
-/// Per-chunk accumulation: gradients of the forward weights, of E's gathered rows and of the classifier.
+/// Gradients of the forward weights, of the classifier and of R1 through the embedding rows, summed over chunks.
 template <class T>
 struct weight_grads {
   std::vector<dense_layer<T>> layers;
-  rsq::matrix<T> classifier;  ///< (vocab, dim)
-  rsq::matrix<T> r1_embedding;  ///< (dim, dim): E[tok]ᵀ G_x0, summed over chunks
+  rsq::matrix<T> classifier;    ///< (vocab, dim)
+  rsq::matrix<T> r1_embedding;  ///< (dim, dim): E[tok]ᵀ G_x0
 };
 
-/// Forward (and, with @p grads, reverse) pass of one chunk of @p S sequences of @p L tokens; returns the chunk's
-/// summed cross-entropy.
+/// Every buffer of the objective, kept from call to call (see ensure()).
 template <class T>
-double run_chunk(rotation_problem<T> const& p, std::vector<dense_layer<T>> const& w, rsq::matrix<T> const& emb_rot,
-               rsq::matrix<T> const& cls_rot, matrix_view<const std::int32_t> ids, rope_table const& rt,
-               index_t total_predictions, weight_grads<T>* grads) {
+struct chunk_buffers {
+  std::vector<layer_tape<T>> tape;
+  rsq::matrix<T> x, nf, logits, dnf, dx, du, dm, d_o, dq, dk, dv, dps, dn, e;
+  std::vector<T> rf;
+  std::vector<rotated_layer<T>> rotated;
+  std::vector<dense_layer<T>> weights;
+  rsq::matrix<T> emb, cls;
+  weight_grads<T> grads;
+};
+
+/// Forward (and, with @p grads, reverse) pass of one chunk of sequences @p ids (S, L) on the weights in @p ws;
+/// returns the chunk's summed cross-entropy.
+template <class T>
+double run_chunk(rotation_problem<T> const& p, chunk_buffers<T>& ws, matrix_view<const std::int32_t> ids,
+                 rope_table const& rt, index_t total_predictions, bool with_gradient) {
   using linalg::op;
   auto const& c = p.config;
+  auto const& w = ws.weights;
   index_t const S = ids.rows(), L = ids.cols(), Tn = S * L, d = c.dim, V = c.vocab_size;
   float const eps = c.norm_eps;
-  std::vector<layer_tape<T>> tape(std::size_t(c.n_layers));
-  auto x = rsq::make_matrix_for_overwrite<T>(Tn, d);
+  ws.tape.resize(std::size_t(c.n_layers));
+  auto& x = ws.x;
+  ensure(x, Tn, d);
   for (index_t s = 0; s < S; ++s)
     for (index_t t = 0; t < L; ++t)
-      std::copy_n(emb_rot.data() + index_t(ids(s, t)) * d, d, x.data() + (s * L + t) * d);
+      std::copy_n(ws.emb.data() + index_t(ids(s, t)) * d, d, x.data() + (s * L + t) * d);
   for (int l = 0; l < c.n_layers; ++l) {
-    auto& tp = tape[std::size_t(l)];
+    // The forward alone keeps one tape, reused by every layer.
+    auto& tp = ws.tape[with_gradient ? std::size_t(l) : 0];
     auto const& lw = w[std::size_t(l)];
-    tp.x = x;
+    copy_into(tp.x, x);
     rms_forward(tp.x, eps, tp.n, tp.r_att);
-    tp.q = mul(tp.n, op::none, lw.wq, op::transpose);
-    tp.k = mul(tp.n, op::none, lw.wk, op::transpose);
-    tp.v = mul(tp.n, op::none, lw.wv, op::transpose);
+    mul_into(tp.q, tp.n, op::none, lw.wq, op::transpose);
+    mul_into(tp.k, tp.n, op::none, lw.wk, op::transpose);
+    mul_into(tp.v, tp.n, op::none, lw.wv, op::transpose);
     rope(tp.q, rt, L, c.head_size(), false);
     rope(tp.k, rt, L, c.head_size(), false);
     attention_forward(tp, c, S, L);
     gemm<T>(cv(tp.o), op::none, cv(lw.wo), op::transpose, rsq::view(x), 1);
-    tp.x1 = x;
+    copy_into(tp.x1, x);
     rms_forward(tp.x1, eps, tp.m, tp.r_ffn);
-    tp.a = mul(tp.m, op::none, lw.w1, op::transpose);
-    tp.b = mul(tp.m, op::none, lw.w3, op::transpose);
-    tp.u = rsq::make_matrix_for_overwrite<T>(Tn, c.hidden_dim);
+    mul_into(tp.a, tp.m, op::none, lw.w1, op::transpose);
+    mul_into(tp.b, tp.m, op::none, lw.w3, op::transpose);
+    ensure(tp.u, Tn, c.hidden_dim);
     for (std::size_t i = 0; i < tp.u.size(); ++i) {
       T const a = tp.a.data()[i];
       tp.u.data()[i] = a * sigmoid(a) * tp.b.data()[i];
     }
     gemm<T>(cv(tp.u), op::none, cv(lw.w2), op::transpose, rsq::view(x), 1);
-    if (grads == nullptr) {
-      tp = {};  // the forward alone keeps nothing
-    }
   }
-  rsq::matrix<T> nf;
-  std::vector<T> rf;
-  rms_forward(x, eps, nf, rf);
-  auto logits = mul(nf, op::none, cls_rot, op::transpose);  // (tokens, vocab)
+  auto& nf = ws.nf;
+  rms_forward(x, eps, nf, ws.rf);
+  auto& logits = ws.logits;
+  mul_into(logits, nf, op::none, ws.cls, op::transpose);  // (tokens, vocab)
   // Cross-entropy of the predictions t < L − 1; logits become dL/dlogits = (softmax − onehot) / total_predictions.
   std::vector<double> row_loss(std::size_t(Tn), 0.0);
 #pragma omp parallel for schedule(static)
@@ -443,57 +485,59 @@ double run_chunk(rotation_problem<T> const& p, std::vector<dense_layer<T>> const
     double sum = 0;
     for (index_t j = 0; j < V; ++j) sum += std::exp(double(z[j] - mx));
     row_loss[std::size_t(r)] = std::log(sum) + double(mx) - double(z[target]);
-    for (index_t j = 0; j < V; ++j) z[j] = T(std::exp(double(z[j] - mx)) / sum / double(total_predictions));
+    if (!with_gradient) continue;
+    double const scale = 1.0 / sum / double(total_predictions);
+    for (index_t j = 0; j < V; ++j) z[j] = T(std::exp(double(z[j] - mx)) * scale);
     z[target] -= T(1.0 / double(total_predictions));
   }
   double chunk_loss = 0;
   for (double v : row_loss) chunk_loss += v;  // in token order: the same sum for any thread count
-  if (grads == nullptr) return chunk_loss;
+  if (!with_gradient) return chunk_loss;
 
   // Reverse pass.
-  gemm<T>(cv(logits), op::transpose, cv(nf), op::none, rsq::view(grads->classifier), 1);
-  auto dnf = mul(logits, op::none, cls_rot, op::none);  // (tokens, dim)
-  auto dx = zeros<T>(Tn, d);
-  rms_backward(nf, rf, dnf, dx);
+  auto& grads = ws.grads;
+  gemm<T>(cv(logits), op::transpose, cv(nf), op::none, rsq::view(grads.classifier), 1);
+  mul_into(ws.dnf, logits, op::none, ws.cls, op::none);  // (tokens, dim)
+  auto& dx = ws.dx;
+  fill_zero(dx, Tn, d);
+  rms_backward(nf, ws.rf, ws.dnf, dx);
   for (int l = c.n_layers - 1; l >= 0; --l) {
-    auto& tp = tape[std::size_t(l)];
+    auto& tp = ws.tape[std::size_t(l)];
     auto const& lw = w[std::size_t(l)];
-    auto& g = grads->layers[std::size_t(l)];
+    auto& g = grads.layers[std::size_t(l)];
     // FFN: x2 = x1 + u W2ᵀ.
     gemm<T>(cv(dx), op::transpose, cv(tp.u), op::none, rsq::view(g.w2), 1);
-    auto du = mul(dx, op::none, lw.w2, op::none);  // (tokens, hidden)
-    for (std::size_t i = 0; i < du.size(); ++i) {
-      T const a = tp.a.data()[i], sg = sigmoid(a), gu = du.data()[i];
+    mul_into(ws.du, dx, op::none, lw.w2, op::none);  // (tokens, hidden)
+    for (std::size_t i = 0; i < ws.du.size(); ++i) {
+      T const a = tp.a.data()[i], sg = sigmoid(a), gu = ws.du.data()[i];
       tp.a.data()[i] = gu * tp.b.data()[i] * sg * (T(1) + a * (T(1) - sg));  // da
       tp.b.data()[i] = gu * a * sg;                                          // db
     }
     gemm<T>(cv(tp.a), op::transpose, cv(tp.m), op::none, rsq::view(g.w1), 1);
     gemm<T>(cv(tp.b), op::transpose, cv(tp.m), op::none, rsq::view(g.w3), 1);
-    auto dm = mul(tp.a, op::none, lw.w1, op::none);
-    gemm<T>(cv(tp.b), op::none, cv(lw.w3), op::none, rsq::view(dm), 1);
-    rms_backward(tp.m, tp.r_ffn, dm, dx);  // dx is now dL/dx1
+    mul_into(ws.dm, tp.a, op::none, lw.w1, op::none);
+    gemm<T>(cv(tp.b), op::none, cv(lw.w3), op::none, rsq::view(ws.dm), 1);
+    rms_backward(tp.m, tp.r_ffn, ws.dm, dx);  // dx is now dL/dx1
     // Attention: x1 = x + o Woᵀ.
     gemm<T>(cv(dx), op::transpose, cv(tp.o), op::none, rsq::view(g.wo), 1);
-    auto d_o = mul(dx, op::none, lw.wo, op::none);  // (tokens, q_dim)
-    rsq::matrix<T> dq, dk, dv;
-    attention_backward(tp, d_o, c, S, L, dq, dk, dv);
-    rope(dq, rt, L, c.head_size(), true);
-    rope(dk, rt, L, c.head_size(), true);
-    gemm<T>(cv(dq), op::transpose, cv(tp.n), op::none, rsq::view(g.wq), 1);
-    gemm<T>(cv(dk), op::transpose, cv(tp.n), op::none, rsq::view(g.wk), 1);
-    gemm<T>(cv(dv), op::transpose, cv(tp.n), op::none, rsq::view(g.wv), 1);
-    auto dn = mul(dq, op::none, lw.wq, op::none);
-    gemm<T>(cv(dk), op::none, cv(lw.wk), op::none, rsq::view(dn), 1);
-    gemm<T>(cv(dv), op::none, cv(lw.wv), op::none, rsq::view(dn), 1);
-    rms_backward(tp.n, tp.r_att, dn, dx);  // dx is now dL/dx of layer l
-    tp = {};
+    mul_into(ws.d_o, dx, op::none, lw.wo, op::none);  // (tokens, q_dim)
+    attention_backward(tp, ws.d_o, c, S, L, ws.dq, ws.dk, ws.dv, ws.dps);
+    rope(ws.dq, rt, L, c.head_size(), true);
+    rope(ws.dk, rt, L, c.head_size(), true);
+    gemm<T>(cv(ws.dq), op::transpose, cv(tp.n), op::none, rsq::view(g.wq), 1);
+    gemm<T>(cv(ws.dk), op::transpose, cv(tp.n), op::none, rsq::view(g.wk), 1);
+    gemm<T>(cv(ws.dv), op::transpose, cv(tp.n), op::none, rsq::view(g.wv), 1);
+    mul_into(ws.dn, ws.dq, op::none, lw.wq, op::none);
+    gemm<T>(cv(ws.dk), op::none, cv(lw.wk), op::none, rsq::view(ws.dn), 1);
+    gemm<T>(cv(ws.dv), op::none, cv(lw.wv), op::none, rsq::view(ws.dn), 1);
+    rms_backward(tp.n, tp.r_att, ws.dn, dx);  // dx is now dL/dx of layer l
   }
   // The embedding rows: x0 = E[tok]·R1, so ∂R1 += E[tok]ᵀ dx0.
-  auto e = rsq::make_matrix_for_overwrite<T>(Tn, d);
+  ensure(ws.e, Tn, d);
   for (index_t s = 0; s < S; ++s)
     for (index_t t = 0; t < L; ++t)
-      std::copy_n(p.embedding.data() + index_t(ids(s, t)) * d, d, e.data() + (s * L + t) * d);
-  gemm<T>(cv(e), op::transpose, cv(dx), op::none, rsq::view(grads->r1_embedding), 1);
+      std::copy_n(p.embedding.data() + index_t(ids(s, t)) * d, d, ws.e.data() + (s * L + t) * d);
+  gemm<T>(cv(ws.e), op::transpose, cv(dx), op::none, rsq::view(grads.r1_embedding), 1);
   return chunk_loss;
 }
 
@@ -550,7 +594,8 @@ namespace rotation_detail {
 template <class T>
 [[nodiscard]] rotation_gradient evaluate(rotation_problem<T> const& p, learned_rotation const& r,
                                          matrix_view<const std::int32_t> ids, rotation_loss_options const& opt,
-                                         quantization_offsets<T> const* frozen, bool with_gradient) {
+                                         quantization_offsets<T> const* frozen, bool with_gradient,
+                                         chunk_buffers<T>& ws) {
   using linalg::op;
   auto const& c = p.config;
   opt.validate();
@@ -561,32 +606,34 @@ template <class T>
   auto const r1 = convert<T>(r.r1);
   std::vector<rsq::matrix<T>> r2;
   for (auto const& m : r.r2) r2.push_back(convert<T>(m));
-  std::vector<rotated_layer<T>> rotated;
-  std::vector<dense_layer<T>> w;
+  ws.rotated.resize(std::size_t(c.n_layers));
+  ws.weights.resize(std::size_t(c.n_layers));
+  auto const& rotated = ws.rotated;
   for (int l = 0; l < c.n_layers; ++l) {
-    rotated.push_back(rotate(p.layers[std::size_t(l)], r1, r2[std::size_t(l)], c));
-    w.push_back(forward_weights(rotated.back(), p, opt, frozen ? &(*frozen)[std::size_t(l)] : nullptr));
+    rotate_into(ws.rotated[std::size_t(l)], p.layers[std::size_t(l)], r1, r2[std::size_t(l)], c);
+    forward_weights_into(ws.weights[std::size_t(l)], ws.rotated[std::size_t(l)], p, opt,
+                         frozen ? &(*frozen)[std::size_t(l)] : nullptr);
   }
-  auto const emb = mul(p.embedding, op::none, r1, op::none);
-  auto const cls = mul(p.classifier, op::none, r1, op::none);
+  mul_into(ws.emb, p.embedding, op::none, r1, op::none);
+  mul_into(ws.cls, p.classifier, op::none, r1, op::none);
   auto const rt = make_rope(c, ids.cols());
   index_t const S = ids.rows(), L = ids.cols(), total = S * (L - 1);
-  weight_grads<T> g;
-  for (int l = 0; l < c.n_layers; ++l) {
-    dense_layer<T> z;
-    for (linear_id id : all_linears) {
-      auto const shape = weight_shape(c, id);
-      z.weight(id) = zeros<T>(shape[0], shape[1]);
-    }
-    g.layers.push_back(std::move(z));
+  auto& g = ws.grads;
+  if (with_gradient) {
+    g.layers.resize(std::size_t(c.n_layers));
+    for (int l = 0; l < c.n_layers; ++l)
+      for (linear_id id : all_linears) {
+        auto const shape = weight_shape(c, id);
+        fill_zero(g.layers[std::size_t(l)].weight(id), shape[0], shape[1]);
+      }
+    fill_zero(g.classifier, c.vocab_size, c.dim);
+    fill_zero(g.r1_embedding, c.dim, c.dim);
   }
-  g.classifier = zeros<T>(c.vocab_size, c.dim);
-  g.r1_embedding = zeros<T>(c.dim, c.dim);
   double loss_sum = 0;  // chunk by chunk, in order
   for (index_t s0 = 0; s0 < S; s0 += opt.chunk_sequences) {
     index_t const n = std::min(opt.chunk_sequences, S - s0);
     matrix_view<const std::int32_t> chunk(ids.data() + s0 * ids.stride(0), {n, L}, {ids.stride(0), ids.stride(1)});
-    loss_sum += run_chunk(p, w, emb, cls, chunk, rt, total, with_gradient ? &g : nullptr);
+    loss_sum += run_chunk(p, ws, chunk, rt, total, with_gradient);
   }
   rotation_gradient out;
   out.count = total;
@@ -607,8 +654,8 @@ template <class T>
       gemm<T>(cv(a.weight(id)), op::transpose, cv(gl.weight(id)), op::none, rsq::view(g1), 1);
     gemm<T>(cv(a.w2), op::none, cv(gl.w2), op::transpose, rsq::view(g1), 1);
     gemm<T>(cv(rl.o_mid), op::none, cv(gl.wo), op::transpose, rsq::view(g1), 1);
-    auto gv = zeros<T>(c.kv_dim(), c.dim);  // (I ⊗ R2) G_v
-    auto g2 = zeros<T>(hd, hd);
+    auto gv = rsq::make_matrix<T>(c.kv_dim(), c.dim);  // (I ⊗ R2) G_v
+    auto g2 = rsq::make_matrix<T>(hd, hd);
     for (index_t k = 0; k < c.n_kv_heads; ++k) {
       gemm<T>(cv(r2l), op::none, rows(cv(gl.wv), k * hd, hd), op::none, rows(rsq::view(gv), k * hd, hd));
       gemm<T>(rows(cv(rl.v_in), k * hd, hd), op::none, rows(cv(gl.wv), k * hd, hd), op::transpose, rsq::view(g2), 1);
@@ -625,15 +672,24 @@ template <class T>
 
 }  // namespace rotation_detail
 
+/// The buffers of the objective, kept from call to call: pass the same one to every step of a learning loop and a
+/// step allocates nothing after the first (the pages of fresh buffers cost more than the arithmetic on them).
+template <std::floating_point T>
+struct rotation_workspace {
+  rotation_detail::chunk_buffers<T> buffers;
+};
+
 /// The mean next-token cross-entropy of @p ids (sequences, L) at rotation @p r, through fake-quantized weights when
 /// `opt.grid` is set (or W = N(R) + D with @p frozen offsets D).
 /// @throws rsq::invalid_argument for shapes that do not fit, ids outside the vocabulary, L < 2 or > seq_len
 template <backend_tag B, std::floating_point T>
 [[nodiscard]] double rotation_loss(B const&, rotation_problem<T> const& p, learned_rotation const& r,
                                    matrix_view<const std::int32_t> ids, rotation_loss_options const& opt = {},
-                                   quantization_offsets<T> const* frozen = nullptr) {
+                                   quantization_offsets<T> const* frozen = nullptr,
+                                   rotation_workspace<T>* workspace = nullptr) {
   static_assert(std::is_same_v<B, backend::cpu_eigen>, "rotation_loss: the reverse pass runs on the CPU backend only");
-  return rotation_detail::evaluate(p, r, ids, opt, frozen, false).loss;
+  rotation_workspace<T> local;
+  return rotation_detail::evaluate(p, r, ids, opt, frozen, false, (workspace ? *workspace : local).buffers).loss;
 }
 
 /// rotation_loss() and its gradient with respect to R1 and R2 (straight-through through the rounding).
@@ -642,10 +698,12 @@ template <backend_tag B, std::floating_point T>
                                                            learned_rotation const& r,
                                                            matrix_view<const std::int32_t> ids,
                                                            rotation_loss_options const& opt = {},
-                                                           quantization_offsets<T> const* frozen = nullptr) {
+                                                           quantization_offsets<T> const* frozen = nullptr,
+                                                           rotation_workspace<T>* workspace = nullptr) {
   static_assert(std::is_same_v<B, backend::cpu_eigen>,
                 "rotation_loss_and_gradient: the reverse pass runs on the CPU backend only");
-  return rotation_detail::evaluate(p, r, ids, opt, frozen, true);
+  rotation_workspace<T> local;
+  return rotation_detail::evaluate(p, r, ids, opt, frozen, true, (workspace ? *workspace : local).buffers);
 }
 
 /// The rounding offsets D = Q(N(R)) − N(R) of every linear at rotation @p r on `opt.grid`, for the frozen-rounding
