@@ -2,10 +2,12 @@
 // rsq-llama2c: RSQ end to end on a llama2c model (stories260K): rotate, calibrate, quantize layer by layer with RTN,
 // GPTQ, QuaRot or RSQ, evaluate the perplexity, and optionally write the quantized model.
 //
-//   rsq-llama2c [--model M.bin] [--tokenizer T.bin] [--text stories.txt] (--method rtn|gptq|quarot|rsq | --compare)
+//   rsq-llama2c [--model M.bin] [--tokenizer T.bin] [--text stories.txt]
+//               (--method rtn|gptq|quarot|rsq|spinquant | --compare)
 //               [--bits 3] [--groupsize -1] [--policy attncon] [--r-min 0.005] [--r-max 1] [--importance-power 1]
 //               [--calib-stories 0:500] [--eval-stories 500:1000] [--seqlen 256] [--nsamples 128] [--expand 1]
-//               [--seed 0] [--rotation hadamard|random] [--center-embeddings] [--quantizer rsq|ist] [--asym]
+//               [--seed 0] [--rotation hadamard|random|fused|learned] [--spin-steps 100] [--spin-lr 1.5]
+//               [--spin-sequences 8] [--spin-momentum 0] [--save-rotation P] [--load-rotation P] [--center-embeddings] [--quantizer rsq|ist] [--asym]
 //               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR]
 //               [--format llama2c|gguf] [--gguf-type q4_0|q4_1|q8_0] [--imatrix FILE] [--backend cpu|cuda] [--bf16]
 //               [--quiet]
@@ -29,6 +31,7 @@
 #include <rsq/model/calibration.hpp>
 #include <rsq/model/export.hpp>
 #include <rsq/model/gguf.hpp>
+#include <rsq/model/learn_rotation.hpp>
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
@@ -46,11 +49,12 @@ using rsq_cli::usage_error;
 using namespace rsq::model;
 
 constexpr char usage[] =
-    "usage: rsq-llama2c [options] (--method rtn|gptq|quarot|rsq | --compare)\n"
+    "usage: rsq-llama2c [options] (--method rtn|gptq|quarot|rsq|spinquant | --compare)\n"
     "Quantizes a llama2c model layer by layer (rotate, scale, quantize) and reports its perplexity.\n"
     "\n"
     "What to run:\n"
-    "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ)\n"
+    "  --method M            rtn, gptq, quarot (rotation + GPTQ), rsq (rotation + AttnCon-scaled GPTQ) or\n"
+    "                        spinquant (learned rotation + GPTQ: quarot with --rotation learned)\n"
     "  --compare             run fp32 and every method, print one table (no --out, --packed, --rotate)\n"
     "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
     "  --bf16                bf16 inputs for the calibration products and the Hessians (GPU opt-in; the CPU\n"
@@ -67,6 +71,12 @@ constexpr char usage[] =
     "  --quantizer rsq|ist   grid convention (default rsq)        --damp P   relative damping (default 0.01)\n"
     "  --act-order           quantize columns by decreasing diag(H)  --f64   Hessians and solves in float64\n"
     "Rotation and importance:\n"
+    "  --rotation learned    learn R1 (residual) and R2 (per-head V/O) by Cayley SGD against the fake-quantized\n"
+    "                        loss (SpinQuant), starting from the Hadamard of --seed; with quarot or rsq\n"
+    "  --spin-steps N        learning steps (default 100)    --spin-lr X   learning rate, cosine decay (default 1.5)\n"
+    "  --spin-sequences N    calibration windows per step (default 8)   --spin-momentum B   (default 0)\n"
+    "  --save-rotation P     write the learned R1, R2 as P.r1.npy, P.r2.npy (float64)\n"
+    "  --load-rotation P     use P.r1.npy, P.r2.npy instead of learning\n"
     "  --rotation hadamard|random|fused   residual rotation (default hadamard, with online Hadamards before wo\n"
     "                        and w2; fused: only rotations that fold into the weights, a plain model)\n"
     "  --center-embeddings   (not function-preserving)\n"
@@ -125,6 +135,8 @@ struct run_config {
   std::uint64_t seed = 0;
   bool quiet = false;
   bool policy_given = false;  ///< --policy: also applies to a single gptq/quarot run (importance-scaled ablation)
+  bool learned = false;       ///< --rotation learned (or --method spinquant): learn or load R1/R2 first
+  learn_rotation_options learn;  ///< --spin-*: how
 };
 
 /// Parses everything but the files; library argument errors become usage errors (exit 2).
@@ -170,11 +182,35 @@ run_config parse_config(rsq_cli::args const& a) {
   if (seed < 0) throw usage_error("--seed must be >= 0, got " + std::to_string(seed));
   rc.seed = std::uint64_t(seed);
   o.rotation.seed = rc.seed;
-  auto const rotation = a.choice("rotation", {"hadamard", "random", "fused"});
+  auto const rotation = a.choice("rotation", {"hadamard", "random", "fused", "learned"});
+  rc.learned = rotation == "learned" || a.get("method") == "spinquant";
+  if (!rc.learned)
+    for (char const* opt : {"spin-steps", "spin-lr", "spin-sequences", "spin-momentum", "save-rotation", "load-rotation"})
+      if (a.has(opt)) throw usage_error(std::string("--") + opt + " needs --rotation learned or --method spinquant");
+  if (a.has("load-rotation") && a.has("save-rotation"))
+    throw usage_error("--load-rotation and --save-rotation exclude each other");
+  rc.learn.steps = a.integer("spin-steps", 100);
+  rc.learn.learning_rate = a.number("spin-lr", 1.5);
+  rc.learn.sequences_per_step = a.integer("spin-sequences", 8);
+  rc.learn.momentum = a.number("spin-momentum", 0.0);
   o.rotation.kind = rotation == "random" ? residual_rotation::random_orthogonal : residual_rotation::randomized_hadamard;
   o.rotation.online_hadamards = rotation != "fused";
   o.rotation.center_embeddings = a.flag("center-embeddings");
   if (a.has("rotate")) o.rotate = a.choice("rotate", {"on", "off"}) == "on";
+  // The fake quantizer of the learning: the target grid without the clip search, the target group size.
+  rc.learn.grid = o.grid;
+  rc.learn.grid.clip.enabled = false;
+  rc.learn.group_size = o.solver.group_size;
+  rc.learn.seed = rc.seed;
+  rc.learn.rotation = o.rotation;
+  if (rc.learned) {
+    if (o.rotation.center_embeddings) throw usage_error("--center-embeddings does not go with a learned rotation");
+    try {
+      rc.learn.validate();
+    } catch (rsq::invalid_argument const& e) {
+      throw usage_error(e.what());
+    }
+  }
   rc.quiet = a.flag("quiet");
   if (a.choice("format", {"llama2c", "gguf"}) == "gguf") {
     if (!a.has("out")) throw usage_error("--format gguf writes --out: give the GGUF file's name");
@@ -297,17 +333,71 @@ int write_llama_cpp_rtn(B const& be, rsq_cli::args const& a, run_config const& r
   return 0;
 }
 
+/// --rotation learned / --method spinquant: R1 and R2 learned on the calibration windows (or loaded), then the method
+/// on that rotation; prints the loss curve (stderr) and the perplexity line.
+template <class B>
+int run_learned(B const& be, rsq_cli::args const& a, run_config const& rc, quant_method method, std::string_view label,
+                llama_model const& fp, rsq::matrix<std::int32_t> const& calib, rsq::matrix<std::int32_t> const& eval) {
+  auto const t0 = std::chrono::steady_clock::now();
+  learned_rotation r;
+  if (a.has("load-rotation")) {
+    r = load_learned_rotation(a.get("load-rotation"), fp.config);
+  } else {
+    // The learning runs on the CPU (the reverse pass has no CUDA version yet).
+    auto const learned = learn_rotation(rsq::backend::cpu_eigen{}, fp, rsq::view(calib), rc.learn,
+                                        [&](rsq::index_t step, double loss) {
+                                          if (!rc.quiet)
+                                            std::fprintf(stderr, "rsq-llama2c: rotation step %td/%td loss %.5f\n",
+                                                         step + 1, rc.learn.steps, loss);
+                                        });
+    if (learned.status != rsq::rotation::cayley_status::ok)
+      std::fprintf(stderr, "rsq-llama2c: warning: a gradient was not finite after %zu steps; using the last finite "
+                   "rotation\n", learned.loss.size());
+    std::printf("rotation loss curve (%zu steps, %.1f s):", learned.loss.size(), learned.seconds);
+    for (double l : learned.loss) std::printf(" %.5f", l);
+    std::printf("\n");
+    r = learned.rotation;
+    if (a.has("save-rotation")) {
+      save_learned_rotation(a.get("save-rotation"), r);
+      if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s.r1.npy and .r2.npy\n", a.get("save-rotation").c_str());
+    }
+  }
+  double const learn_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  run_config with = rc;
+  with.opt.rotation.learned = std::make_shared<learned_rotation const>(std::move(r));
+  auto out = run_method(be, fp, method, with, false, calib, eval);
+  if (!out) return 3;
+  std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
+  std::printf("method %s (learned rotation) bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td "
+              "tokens, %.1f s + %.1f s learning)\n",
+              std::string(label).c_str(), rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
+              static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
+              out->q.timings.total, learn_seconds);
+  if (a.has("out")) {
+    save_quantized_checkpoint(a.get("out"), out->q);
+    if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
+  }
+  return 0;
+}
+
 template <class B>
 int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   bool const compare = a.flag("compare");
   if (compare == a.has("method")) throw usage_error("give exactly one of --method and --compare");
   quant_method method = quant_method::rsq;
+  bool const spinquant = !compare && a.get("method") == "spinquant";
+  if (compare && rc.learned) throw usage_error("--rotation learned needs --method (quarot, rsq or spinquant)");
   if (!compare) {
     try {
-      method = parse_quant_method(a.get("method"));
+      method = spinquant ? quant_method::quarot : parse_quant_method(a.get("method"));
     } catch (rsq::invalid_argument const&) {
-      throw usage_error("--method must be one of rtn|gptq|quarot|rsq, got '" + a.get("method") + "'");
+      throw usage_error("--method must be one of rtn|gptq|quarot|rsq|spinquant, got '" + a.get("method") + "'");
     }
+    if (rc.learned && !rc.opt.rotate.value_or(rotates(method)))
+      throw usage_error("--rotation learned needs a rotating method: quarot, rsq or spinquant");
+    if (rc.learned && rc.gguf) throw usage_error("--rotation learned needs online Hadamards, which GGUF does not hold");
+    if (rc.learned && (a.has("packed") || a.has("imatrix")))
+      throw usage_error("--packed and --imatrix do not take a learned rotation yet (use --out)");
     if (method == quant_method::rtn && (a.has("policy") || a.has("expand") || a.has("r-min") || a.has("r-max")))
       throw usage_error("--method rtn uses no calibration: --policy, --r-min, --r-max and --expand do not apply");
     if ((method == quant_method::gptq || method == quant_method::quarot) && !a.has("policy") &&
@@ -330,6 +420,9 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                         "llama.cpp does not apply; use --rotation fused");
   }
   if (a.has("imatrix")) rsq_cli::check_output_file(a.get("imatrix"), "--imatrix", a.flag("overwrite"));
+  if (a.has("save-rotation"))
+    for (char const* suffix : {".r1.npy", ".r2.npy"})
+      rsq_cli::check_output_file(a.get("save-rotation") + suffix, "--save-rotation", a.flag("overwrite"));
   // Outputs are checked before any work; --packed is written into a staging folder and moved into place.
   if (a.has("out")) rsq_cli::check_output_file(a.get("out"), "--out", a.flag("overwrite"));
   std::optional<rsq_cli::output_folder> packed;
@@ -369,6 +462,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
 
   std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
   if (rc.gguf && method == quant_method::rtn) return write_llama_cpp_rtn(be, a, rc, fp, tok, eval);
+  if (rc.learned) return run_learned(be, a, rc, method, spinquant ? "spinquant" : to_string(method), fp, calib, eval);
   if (!compare) {
     std::optional<imatrix_from_hessians> imatrix;
     if (a.has("imatrix"))
@@ -451,6 +545,7 @@ int main(int argc, char** argv) {
                     {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
                      "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend", "format", "gguf-type",
+                     "spin-steps", "spin-lr", "spin-sequences", "spin-momentum", "save-rotation", "load-rotation",
                      "imatrix"});
     if (a.flag("help") || argc == 1) {
       std::puts(usage);
