@@ -144,6 +144,29 @@ TEST_SUITE("learn_rotation") {
     CHECK(same == doctest::Approx(quarot).epsilon(1e-3));
   }
 
+  TEST_CASE("learn a rotation, then GPTQ (SpinQuant) and RSQ on it (the snippet of docs/learned-rotations.md)") {
+    auto const c = small_config();
+    auto const model = rsq_test::random_model(c, 30);
+    auto const calibration = tokens(8, 12, c.vocab_size, 31);
+    // [snippet:learn_rotation]
+    rsq::backend::cpu_eigen const be{};
+    rsq::model::learn_rotation_options lo;
+    lo.steps = 4;               // SpinQuant: 100
+    lo.sequences_per_step = 4;  // SpinQuant: 8
+    lo.grid.bits = 3;           // the loss goes through weights fake-quantized on the target grid
+    auto const learned = rsq::model::learn_rotation(be, model, rsq::view(calibration), lo);
+    // learned.loss: the loss of every step; learned.rotation: R1 (dim x dim) and one R2 (head_dim x head_dim) per layer
+    rsq::model::quantize_options qo;
+    qo.method = rsq::model::quant_method::quarot;  // learned rotation + GPTQ = SpinQuant; quant_method::rsq adds AttnCon
+    qo.grid = rsq::model::rsq_script_grid(3);
+    qo.rotation.learned = std::make_shared<rsq::model::learned_rotation const>(learned.rotation);
+    auto const q = rsq::model::quantize_model(be, model, rsq::view(calibration), qo);
+    // [snippet:learn_rotation]
+    CHECK(q.ok());
+    CHECK(learned.loss.size() == 4);
+    CHECK(q.rotation.has_value());
+  }
+
   TEST_CASE("save and load round-trip; bad input is refused with a clear message") {
     auto const c = small_config();
     auto const m = rsq_test::random_model(c, 2);
