@@ -10,7 +10,7 @@
 //               [--spin-sequences 8] [--spin-momentum 0] [--save-rotation P] [--load-rotation P] [--center-embeddings] [--quantizer rsq|ist] [--asym]
 //               [--no-clip] [--damp 0.01] [--act-order] [--f64] [--rotate on|off] [--out model.bin] [--packed DIR]
 //               [--format llama2c|gguf] [--gguf-type q4_0|q4_1|q8_0] [--imatrix FILE] [--backend cpu|cuda] [--bf16]
-//               [--quiet]
+//               [--importance-choice off|choose|blend] [--held-out 0.25] [--quiet]
 //
 // A "story" is a paragraph of the text (blank-line separated; story 0 of tinystories_val.txt is 85 tokens with BOS).
 // Defaults for --model/--tokenizer/--text: $RSQ_SHARED_DIR/data/..., else ../shared or ../../shared relative to the
@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include <rsq/model/calibration.hpp>
@@ -38,6 +39,7 @@
 
 #include "support/args.hpp"
 #include "support/gguf_output.hpp"
+#include "support/importance_choice.hpp"
 #include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
@@ -83,6 +85,11 @@ constexpr char usage[] =
     "  --rotate on|off       override the method's choice of rotating\n"
     "  --policy P            token importance: uniform, first_n:P/Q, attncon, actnorm, actdiff, tokensim, tokenfreq\n"
     "  --r-min X --r-max Y   importance range (default 0.005, 1)    --importance-power p  (default 1)\n"
+    "  --importance-choice C off (default), choose or blend: hold out the last calibration windows and give each\n"
+    "                        linear the Hessian alpha*H_policy + (1-alpha)*H_uniform of the other windows whose\n"
+    "                        solution has the smallest output error on the held-out ones; choose tries alpha 0 and\n"
+    "                        1, blend 0, .25, .5, .75, 1 (rsq, or gptq/quarot with --policy; --compare: the rsq row)\n"
+    "  --held-out F          the fraction of the calibration windows --importance-choice holds out (default 0.25)\n"
     "Outputs:\n"
     "  --out FILE            the quantized model: a llama2c checkpoint (online transforms folded in), or with\n"
     "                        --format gguf a GGUF file that llama.cpp runs\n"
@@ -247,6 +254,28 @@ run_config parse_config(rsq_cli::args const& a) {
     if (msg.rfind("rsq: ", 0) == 0) msg = msg.substr(5);
     throw usage_error(msg);
   }
+  if (a.has("importance-choice")) {
+    try {
+      o.choice = parse_importance_choice(a.get("importance-choice"));
+    } catch (rsq::invalid_argument const&) {
+      throw usage_error("--importance-choice must be off, choose or blend, got '" + a.get("importance-choice") + "'");
+    }
+  }
+  if (o.choice != importance_choice::off) {
+    if (o.policy && std::holds_alternative<rsq::importance::uniform>(o.policy->get()))
+      throw usage_error("--importance-choice chooses between uniform token weights and a policy's: --policy uniform "
+                        "leaves nothing to choose");
+    o.held_out = a.number("held-out", 0.25);
+    if (!(o.held_out > 0 && o.held_out < 1))
+      throw usage_error("--held-out must be a fraction between 0 and 1, got " + a.get("held-out"));
+    auto const held = std::lround(o.held_out * double(rc.nsamples));
+    if (held < 1 || held >= rc.nsamples)
+      throw usage_error("--held-out " + a.get("held-out", "0.25") + " of --nsamples " + std::to_string(rc.nsamples) +
+                        " holds out " + std::to_string(held) + " windows: at least one must be held out and one must "
+                        "remain");
+  } else if (a.has("held-out")) {
+    throw usage_error("--held-out needs --importance-choice choose or blend");
+  }
   return rc;
 }
 
@@ -260,6 +289,7 @@ void print_layer(quant_method method, layer_report const& r, double ess) {
       continue;
     }
     std::fprintf(stderr, "  %s %.3g", std::string(name(l.linear)).c_str(), l.loss);
+    if (l.importance_alpha) std::fprintf(stderr, " (alpha %g)", *l.importance_alpha);
     if (l.info != rsq::gptq::status::ok) std::fprintf(stderr, " NOT POSITIVE DEFINITE");
     else if (l.damp_attempts > 1) std::fprintf(stderr, " (damp x%d)", l.damp_attempts);
   }
@@ -286,6 +316,7 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
   } else if (method != quant_method::rsq && (compare || !rc.policy_given)) {
     opt.policy.reset();
   }
+  if (method != quant_method::rsq && (compare || !rc.policy_given)) opt.choice = importance_choice::off;
   quantize_observer obs;
   double ess = 0;
   if (!rc.quiet) {
@@ -311,6 +342,8 @@ std::optional<method_outcome> run_method(B const& be, llama_model const& fp, qua
     return std::nullopt;
   }
   if (!rc.quiet) rsq_cli::print_rotation_notes("rsq-llama2c", out.q.rotation);
+  if (auto const s = rsq_cli::choice_summary(out.q); !s.empty())
+    std::fprintf(compare ? stderr : stdout, "%s%s\n", compare ? "rsq-llama2c: " : "", s.c_str());
   out.eval = evaluate(be, out.q.model, rsq::view(eval), 16, opt.forward);
   return out;
 }
@@ -398,8 +431,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     if (rc.learned && rc.gguf) throw usage_error("--rotation learned needs online Hadamards, which GGUF does not hold");
     if (rc.learned && (a.has("packed") || a.has("imatrix")))
       throw usage_error("--packed and --imatrix do not take a learned rotation yet (use --out)");
-    if (method == quant_method::rtn && (a.has("policy") || a.has("expand") || a.has("r-min") || a.has("r-max")))
-      throw usage_error("--method rtn uses no calibration: --policy, --r-min, --r-max and --expand do not apply");
+    if (method == quant_method::rtn && (a.has("policy") || a.has("expand") || a.has("r-min") || a.has("r-max") ||
+                                        a.has("importance-choice")))
+      throw usage_error("--method rtn uses no calibration: --policy, --r-min, --r-max, --expand and "
+                        "--importance-choice do not apply");
+    if ((method == quant_method::gptq || method == quant_method::quarot) && !a.has("policy") &&
+        rc.opt.choice != importance_choice::off)
+      throw usage_error("--importance-choice chooses between uniform token weights and a policy's: use --method rsq "
+                        "or give --policy");
     if ((method == quant_method::gptq || method == quant_method::quarot) && !a.has("policy") &&
         (a.has("r-min") || a.has("r-max")))
       throw usage_error("--r-min and --r-max set the range of a token-importance policy: use --method rsq or --policy");
@@ -408,6 +447,8 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     throw usage_error("--out, --packed, --rotate, --imatrix and --format need --method, not --compare");
   if (a.has("imatrix") && method == quant_method::rtn)
     throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
+  if (a.has("imatrix") && rc.opt.choice != importance_choice::off)
+    throw usage_error("--imatrix does not go with --importance-choice (the held-out windows are in no Hessian)");
   if (rc.gguf) {
     bool const float_type = *rc.gguf == rsq::pack::ggml_type::f16 || *rc.gguf == rsq::pack::ggml_type::f32;
     if (float_type && method != quant_method::rtn)
@@ -546,7 +587,7 @@ int main(int argc, char** argv) {
                      "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
                      "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend", "format", "gguf-type",
                      "spin-steps", "spin-lr", "spin-sequences", "spin-momentum", "save-rotation", "load-rotation",
-                     "imatrix"});
+                     "imatrix", "importance-choice", "held-out"});
     if (a.flag("help") || argc == 1) {
       std::puts(usage);
       return argc == 1 ? 2 : 0;

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include <rsq/io/npy.hpp>
@@ -24,6 +25,7 @@
 #include "support/args.hpp"
 #include "support/diagnostics.hpp"
 #include "support/gguf_output.hpp"
+#include "support/importance_choice.hpp"
 #include "support/importance_stats.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
@@ -67,6 +69,11 @@ constexpr char usage[] =
     "  --r-min X --r-max Y   importance range of a scored policy (default 0.005, 1)\n"
     "  --importance-power p  Hessian weights w = r^p (default 1, the released code)\n"
     "  --expand K            dataset expansion: each window also at K - 1 cyclic shifts (default 1, off)\n"
+    "  --importance-choice C off (default), choose or blend: hold out the last calibration windows and give each\n"
+    "                        linear the Hessian alpha*H_policy + (1-alpha)*H_uniform of the other windows whose\n"
+    "                        solution has the smallest output error on the held-out ones; choose tries alpha 0 and\n"
+    "                        1, blend 0, .25, .5, .75, 1 (needs a token-importance policy: rsq, or --policy)\n"
+    "  --held-out F          the fraction of the calibration windows --importance-choice holds out (default 0.25)\n"
     "  --asym                asymmetric grid (a zero point per group; default symmetric)\n"
     "  --rotation R          quarot/rsq: hadamard (randomized Hadamard Q plus the online Hadamards before o_proj\n"
     "                        and down_proj, folded back into the written weights; default), random (Haar random Q),\n"
@@ -198,6 +205,27 @@ run_config parse_config(rsq_cli::args const& a) {
   if (expand > 1 && rc.opt.method == quant_method::rtn)
     throw usage_error("--method rtn uses no calibration: --expand does not apply");
   rc.opt.expand_factor = expand;
+  if (a.has("importance-choice")) {
+    try {
+      rc.opt.choice = parse_importance_choice(a.get("importance-choice"));
+    } catch (rsq::invalid_argument const&) {
+      throw usage_error("--importance-choice must be off, choose or blend, got '" + a.get("importance-choice") + "'");
+    }
+  }
+  if (rc.opt.choice != importance_choice::off) {
+    if (rc.opt.method == quant_method::rtn)
+      throw usage_error("--method rtn uses no calibration: --importance-choice does not apply");
+    if (std::holds_alternative<rsq::importance::uniform>(rc.opt.effective_policy().get()))
+      throw usage_error("--importance-choice chooses between uniform token weights and a policy's: use --method rsq "
+                        "or give --policy");
+    if (a.has("imatrix"))
+      throw usage_error("--imatrix does not go with --importance-choice (the held-out windows are in no Hessian)");
+    rc.opt.held_out = a.number("held-out", 0.25);
+    if (!(rc.opt.held_out > 0 && rc.opt.held_out < 1))
+      throw usage_error("--held-out must be a fraction between 0 and 1, got " + a.get("held-out"));
+  } else if (a.has("held-out")) {
+    throw usage_error("--held-out needs --importance-choice choose or blend");
+  }
   if (a.has("imatrix") && rc.opt.method == quant_method::rtn)
     throw usage_error("--imatrix needs calibration: use --method gptq, quarot or rsq");
   auto const dt = a.choice("dtype", {"float32", "bfloat16", "float16"});
@@ -207,6 +235,13 @@ run_config parse_config(rsq_cli::args const& a) {
 #if !(defined(RSQ_WITH_CUDA) && RSQ_WITH_CUDA)
   if (rc.cuda) throw usage_error("--backend cuda: this build has no CUDA backend (configure with -DRSQ_WITH_CUDA=ON)");
 #endif
+  if (rc.opt.choice != importance_choice::off) {
+    auto const held = std::lround(rc.opt.held_out * double(rc.nsamples));
+    if (held < 1 || held >= rc.nsamples)
+      throw usage_error("--held-out " + a.get("held-out", "0.25") + " of --nsamples " + std::to_string(rc.nsamples) +
+                        " holds out " + std::to_string(held) + " windows: at least one must be held out and one must "
+                        "remain");
+  }
   if (rc.opt.method != quant_method::rtn) rc.calib = a.require("calib");
   else if (a.has("calib")) throw usage_error("--method rtn uses no calibration data: drop --calib");
   if (a.has("eval")) rc.eval = a.get("eval");
@@ -350,7 +385,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   }
   auto const start = std::chrono::steady_clock::now();
   quantize_observer obs;
-  if (!rc.quiet) obs.on_layer = [&](layer_report const& r) { print_progress(r, start); };
+  if (!rc.quiet)
+    obs.on_layer = [&](layer_report const& r) {
+      print_progress(r, start);
+      if (rc.opt.choice == importance_choice::off) return;
+      // With an importance choice the bar does not overwrite itself: each layer's alphas follow it on their line.
+      std::fprintf(stderr, "%srsq-quantize: layer %d: alpha kept %s\n", r.layer + 1 < r.n_layers ? "\n" : "",
+                   r.layer, rsq_cli::alphas_of(r, [](linear_id id) { return hf_name(id); }).c_str());
+    };
   std::optional<imatrix_from_hessians> imatrix;
   if (a.has("imatrix")) {
     imatrix.emplace(index_t(calib.shape()[0]) * rc.opt.expand_factor, index_t(calib.shape()[1]));
@@ -391,6 +433,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     return 3;
   }
   if (!rc.quiet) rsq_cli::print_rotation_notes("rsq-quantize", q.rotation);
+  if (auto const s = rsq_cli::choice_summary(q); !s.empty()) std::printf("%s\n", s.c_str());
   if (rc.diagnostics && stats.empty())
     std::printf("diagnostics: %s weights every calibration token alike (no token importances)\n",
                 std::string(to_string(q.method)).c_str());
@@ -502,7 +545,7 @@ int main(int argc, char** argv) {
                     {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
                      "bits", "group-size",
                      "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix", "policy", "r-min",
-                     "r-max", "importance-power", "expand"});
+                     "r-max", "importance-power", "expand", "importance-choice", "held-out"});
     if (a.flag("help") || argc == 1) {
       std::fputs(usage, stdout);
       return argc == 1 ? 2 : 0;

@@ -35,10 +35,11 @@ double perplexity_after(std::string const& text) {
 }  // namespace
 
 TEST_SUITE("cli.rsq-llama2c") {
-  TEST_CASE("--help describes the GGUF options") {
+  TEST_CASE("--help describes the GGUF and importance-choice options") {
     auto const r = rsq_test::run_tool_named("rsq-llama2c", "--help");
     CHECK(r.status == 0);
-    for (char const* opt : {"--format llama2c|gguf", "--gguf-type", "--imatrix FILE", "fused"}) {
+    for (char const* opt : {"--format llama2c|gguf", "--gguf-type", "--imatrix FILE", "fused", "--importance-choice",
+                            "--held-out"}) {
       CAPTURE(opt);
       CHECK(r.output.find(opt) != std::string::npos);
     }
@@ -88,5 +89,29 @@ TEST_SUITE("cli.rsq-llama2c") {
     refused("--method gptq --gguf-type q8_0 --out " + out, "--gguf-type needs --format gguf");
     refused("--method rtn --imatrix " + (dir / "i.gguf").string(), "--imatrix needs calibration");
     refused("--compare --format gguf --out " + out, "need --method, not --compare");
+    refused("--method rtn --importance-choice choose --out " + out, "--importance-choice do not apply");
+    refused("--method quarot --importance-choice blend --out " + out, "chooses between uniform token weights");
+    refused("--method rsq --importance-choice sometimes --out " + out, "must be off, choose or blend");
+    refused("--method rsq --held-out 0.5 --out " + out, "--held-out needs --importance-choice");
+    refused("--method rsq --importance-choice blend --held-out 1 --out " + out, "--held-out must be a fraction");
+    refused("--method rsq --importance-choice blend --nsamples 3 --held-out 0.1 --out " + out, "holds out 0 windows");
+    refused("--method rsq --importance-choice choose --imatrix " + (dir / "i.gguf").string(),
+            "--imatrix does not go with --importance-choice");
+  }
+
+  TEST_CASE("--importance-choice: the alpha of every linear and a summary; the baselines of --compare keep theirs") {
+    RSQ_NEED_SHARED(shared);
+    auto const r = run_tool("--method rsq --importance-choice choose --nsamples 8 --eval-stories 500:540");
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(r.output.find("importance choice choose: 2 of 8 windows held out; alpha kept by 35 linears:") !=
+          std::string::npos);
+    CHECK(r.output.find("rsq-llama2c: rsq    layer 1/5") != std::string::npos);
+    CHECK(r.output.find(" (alpha ") != std::string::npos);
+    auto const c = run_tool("--compare --importance-choice blend --nsamples 8 --eval-stories 500:540");
+    INFO(c.output);
+    REQUIRE(c.status == 0);
+    CHECK(c.output.find("importance choice blend: 2 of 8 windows held out") != std::string::npos);  // the rsq row's
+    CHECK(c.output.find("quarot   uniform") != std::string::npos);
   }
 }
