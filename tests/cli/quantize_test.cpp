@@ -69,7 +69,8 @@ TEST_SUITE("cli.rsq-quantize") {
       for (char const* opt : {"--model", "--calib", "--nsamples", "--seqlen", "--seed", "--calib-bos", "--eval",
                               "--eval-seqlen", "--eval-windows", "--method", "--bits",
                               "--group-size", "--act-order", "--asym", "--rotation", "--backend", "--out", "--format",
-                              "--dtype", "--overwrite", "--quiet", "--diagnostics", "--check", "exit status"})
+                              "--dtype", "--overwrite", "--quiet", "--diagnostics", "--check", "--importance-choice",
+                              "--held-out", "exit status"})
         CHECK_MESSAGE(r.output.find(opt) != std::string::npos, opt);
     }
     CHECK(run_tool("").status == 2);
@@ -107,6 +108,20 @@ TEST_SUITE("cli.rsq-quantize") {
     refused("--model " + model + " --method rsq --importance-power 0 --calib x.txt --out " + out,
             "--importance-power must be a positive number");
     refused("--model " + model + " --method rtn --expand 2 --out " + out, "--expand does not apply");
+    refused("--model " + model + " --method rtn --importance-choice choose --out " + out,
+            "--importance-choice does not apply");
+    refused("--model " + model + " --method quarot --importance-choice blend --calib x.txt --out " + out,
+            "chooses between uniform token weights and a policy's");
+    refused("--model " + model + " --method rsq --importance-choice always --calib x.txt --out " + out,
+            "--importance-choice must be off, choose or blend");
+    refused("--model " + model + " --method rsq --held-out 0.5 --calib x.txt --out " + out,
+            "--held-out needs --importance-choice");
+    refused("--model " + model + " --method rsq --importance-choice choose --held-out 0 --calib x.txt --out " + out,
+            "--held-out must be a fraction");
+    refused("--model " + model + " --method rsq --importance-choice choose --nsamples 2 --held-out 0.9 --calib x.txt "
+            "--out " + out, "holds out 2 windows: at least one must be held out and one must remain");
+    refused("--model " + model + " --method rsq --importance-choice blend --imatrix i.gguf --calib x.txt --out " + out,
+            "--imatrix does not go with --importance-choice");
     refused("--model " + model + " --method rsq --policy attncon:3 --calib x.txt --out " + out,
             "--policy: policy: \"attncon\" takes no argument but cap_peak");
     refused("--model " + model + " --method rtn --format gptq --bits 5 --out " + out, "stores 2, 3, 4 or 8 bits");
@@ -148,12 +163,14 @@ TEST_SUITE("cli.rsq-quantize") {
     for (std::string method : {"gptq --act-order --calib-bos --calib " + text,
                                "rsq --rotation fused --diagnostics --importance-power 2 --expand 2 --calib " +
                                    f->calib.string(),
-                               "quarot --bits 3 --group-size -1 --calib " + f->calib.string()}) {
+                               "quarot --bits 3 --group-size -1 --calib " + f->calib.string(),
+                               "rsq --importance-choice choose --bits 3 --group-size -1 --calib " +
+                                   f->calib.string()}) {
       CAPTURE(method);
       auto const r = run_tool(common + " --overwrite --method " + method);
       INFO(r.output);
       REQUIRE(r.status == 0);
-      if (method.starts_with("rsq")) {  // one line per layer: effective tokens of 64, shares in percent
+      if (method.find("--diagnostics") != std::string::npos) {  // per layer: effective tokens of 64, shares in %
         CHECK(r.output.find("diagnostics: layer 0: ") != std::string::npos);
         CHECK(r.output.find("effective tokens of 64, Hessian weight on position 0 ") != std::string::npos);
         // Crest factors before and after the rotation, from the weights and the Hessians; the loss by position.
@@ -161,6 +178,9 @@ TEST_SUITE("cli.rsq-quantize") {
         CHECK(r.output.find("diagnostics: loss per quarter of the predicted positions, FP -> quantized:  0-14: ") !=
               std::string::npos);
       }
+      if (method.find("--importance-choice") != std::string::npos)  // 2 of the 8 windows held out
+        CHECK(r.output.find("importance choice choose: 2 of 8 windows held out; alpha kept by 56 linears:") !=
+              std::string::npos);
       CHECK(r.output.find("wrote " + out.string() + ": a Hugging Face folder") != std::string::npos);
       CHECK(!fs::exists(out / "stale.txt"));  // left by the previous run's folder: replaced whole
       double const printed = number_after(r.output, "before, ");
