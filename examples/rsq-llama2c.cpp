@@ -542,7 +542,12 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     return 0;
   }
 
+  auto const since = [](auto t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  auto const t_fp = std::chrono::steady_clock::now();
   auto const fp_eval = evaluate(be, fp, rsq::view(eval), 16, rc.opt.forward);
+  double const fp_seconds = since(t_fp);
   std::printf("bits %d, group %s, seed %llu, seqlen %td, nsamples %td, expand %td, calib %td:%td, eval %td:%td "
               "(%td windows)\n",
               rc.opt.grid.bits, group.c_str(), static_cast<unsigned long long>(rc.seed), rc.seqlen, rc.nsamples,
@@ -552,8 +557,16 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   std::printf("%-8s %-10s %12.4f %12s %10s\n", "fp32", "-", fp_eval.perplexity, "-", "-");
   std::fflush(stdout);
   int status = 0;
+  struct phase_row {
+    quant_method method;
+    pipeline_timings t;
+    double evaluation;  // the method's wall time less quantize_model's: evaluating the quantized model
+  };
+  std::vector<phase_row> phases;
   for (quant_method m : all_quant_methods) {
+    auto const t0 = std::chrono::steady_clock::now();
     auto const out = run_method(be, fp, m, rc, true, calib, eval);
+    if (out) phases.push_back({m, out->q.timings, since(t0) - out->q.timings.total});
     if (!out) {
       std::printf("%-8s %-10s %12s\n", std::string(to_string(m)).c_str(), "-", "failed");
       status = 3;
@@ -563,6 +576,14 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
                 out->eval.perplexity, out->eval.perplexity - fp_eval.perplexity, out->q.timings.total);
     std::fflush(stdout);
   }
+  // Where the time goes (quantize_model's phases; each waits for the backend's work before it is timed).
+  std::printf("\nseconds per phase (fp32 evaluation: %.2f s)\n%-8s %8s %8s %8s %8s %8s %8s %8s %8s %8s %9s\n",
+              fp_seconds, "method", "forward", "rotation", "import.", "hessian", "factor", "solve", "loss", "copies",
+              "quantize", "evaluate");
+  for (auto const& r : phases)
+    std::printf("%-8s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %9.2f\n",
+                std::string(to_string(r.method)).c_str(), r.t.forward, r.t.rotation, r.t.importance, r.t.hessian,
+                r.t.factorization, r.t.solver, r.t.loss, r.t.copies, r.t.total, r.evaluation);
   return status;
 }
 
