@@ -36,6 +36,11 @@ struct raw {
   std::string s;
   raw& u32(std::uint32_t v) { return put(v); }
   raw& u64(std::uint64_t v) { return put(v); }
+  raw& i32(std::int32_t v) { return put(v); }
+  raw& text(std::string_view t) {  // bytes without a length (the legacy imatrix .dat names theirs with an i32)
+    s.append(t);
+    return *this;
+  }
   raw& str(std::string_view v) {
     u64(v.size());
     s.append(v);
@@ -430,21 +435,6 @@ imatrix sample() {
   return m;
 }
 
-struct raw {
-  std::string s;
-  template <class T>
-  raw& put(T v) {
-    char b[sizeof v];
-    std::memcpy(b, &v, sizeof v);
-    s.append(b, sizeof v);
-    return *this;
-  }
-  raw& i32(std::int32_t v) { return put(v); }
-  raw& text(std::string_view t) {
-    s.append(t);
-    return *this;
-  }
-};
 
 imatrix parse(std::string const& bytes) {
   return rsq::io::parse_imatrix(std::as_bytes(std::span(bytes.data(), bytes.size())), "hand.imatrix");
