@@ -5,11 +5,12 @@
 # and writes full logs under $OUT (default ./cuda-device-out).
 #
 # usage: scripts/cuda-device.sh [--prebuilt DIR] [--shared DIR] [--keep-going] [--quick] STEP...
-#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench hf-reference hf-check all  (all = build
+#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench compare-lm16m hf-reference hf-check all  (all = build
 #         test sanitize bench model hadamard cpu hf-reference hf-check; bench = bench_gptq_cuda and the PyTorch reference loop, bench-ours = ours only; model =
 #         the whole Llama-3-8B-shaped model on the GPU (bench_model_cuda) next to the PyTorch RSQ layer loop on two
 #         layers; nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
-#         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine; hf-reference = transformers' logits of
+#         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine; compare-lm16m = rsq-llama2c --compare
+#         on lm16m (3 bits, g128) with --backend cuda, cuda --bf16, and cpu on 2 pinned cores; hf-reference = transformers' logits of
 #         small Llama-3/Qwen2/Mistral folders and lm7m (scripts/hf-reference.py make, into $OUT/hf_reference) and the
 #         Python `tokenizers` fixtures (into $OUT/tokenizer_fixtures); hf-check = rsq-quantize on lm7m's Hugging Face
 #         folder with each backend ($HF_CHECK_BACKENDS, default "cuda cpu"), then transformers' perplexity of each
@@ -212,6 +213,28 @@ if has hadamard; then
   else
     fail bench_hadamard_cuda "not found or failed"
   fi
+fi
+
+if has compare-lm16m; then
+  # Issue 18's benchmark: the whole --compare on lm16m (3 bits, g128, 128 x 256 calibration tokens, 100 evaluation
+  # documents of prose_valid.txt) on the GPU (fp32 and --bf16) and on 2 pinned CPU cores, each with its table of
+  # seconds per phase.
+  exe=$(find_exe rsq-llama2c)
+  m=$shared/data/models/lm16m/llama2c
+  args=(--model "$m/model.bin" --tokenizer "$m/tokenizer.bin" --text "$shared/data/text/prose_valid.txt"
+        --calib-stories 0:300 --eval-stories 300:400 --compare --bits 3 --groupsize 128 --seqlen 256 --nsamples 128
+        --quiet)
+  for run in "cuda|--backend cuda" "cuda-bf16|--backend cuda --bf16" "cpu-2-threads|--backend cpu"; do
+    name=${run%%|*} t0=$SECONDS
+    pin=(); [ "$name" = cpu-2-threads ] && pin=(taskset -c 0,1)
+    # shellcheck disable=SC2086
+    if [ -n "$exe" ] && [ -f "$m/model.bin" ] && OMP_NUM_THREADS=2 timeout 900 "${pin[@]}" "$exe" "${args[@]}" ${run#*|} \
+         > "$OUT/compare_lm16m_$name.txt" 2>&1; then
+      add "rsq-llama2c --compare lm16m ($name)" ok "$((SECONDS - t0)) s (compare_lm16m_$name.txt)"
+    else
+      fail "rsq-llama2c --compare lm16m ($name)" "compare_lm16m_$name.txt"
+    fi
+  done
 fi
 
 if has cpu; then
