@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <sstream>
 #include <string>
 
 #include <rsq/io/imatrix.hpp>
@@ -113,5 +114,27 @@ TEST_SUITE("cli.rsq-llama2c") {
     REQUIRE(c.status == 0);
     CHECK(c.output.find("importance choice blend: 2 of 8 windows held out") != std::string::npos);  // the rsq row's
     CHECK(c.output.find("quarot   uniform") != std::string::npos);
+    // The table of seconds per phase: a row per method whose phases fit in its whole quantization.
+    auto const table = c.output.find("seconds per phase");
+    REQUIRE(table != std::string::npos);
+    std::istringstream rows(c.output.substr(table));
+    std::string line;
+    std::getline(rows, line);  // title
+    std::getline(rows, line);  // column names
+    for (char const* method : {"rtn", "gptq", "quarot", "rsq"}) {
+      CAPTURE(method);
+      REQUIRE(std::getline(rows, line));
+      std::istringstream row(line);
+      std::string name;
+      double phase[8] = {}, quantize = -1, evaluate = -1;
+      row >> name;
+      for (double& p : phase) row >> p;
+      row >> quantize >> evaluate;
+      CHECK(name == method);
+      double sum = 0;
+      for (double p : phase) sum += p;
+      CHECK(sum <= quantize + 0.05);  // printed to 0.01 s
+      CHECK(evaluate > 0);
+    }
   }
 }
