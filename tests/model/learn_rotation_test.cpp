@@ -133,6 +133,23 @@ TEST_SUITE("learn_rotation") {
     qo2.rotation.seed = 7;
     auto const q2 = quantize_model(m, rsq::view(ids), qo2);
     CHECK(evaluate(q2.model, rsq::view(ids)).mean == doctest::Approx(evaluate(q.model, rsq::view(ids)).mean).epsilon(1e-3));
+    // The same at 3 bits (QuaRot-RTN), where the rotation decides the rounding: with R applied once the two seeds
+    // give the same weights to float rounding; R applied twice (R·Qᵀ·R with the seed's Q) would not.
+    quantize_options rtn;
+    rtn.method = quant_method::rtn;
+    rtn.rotate = true;
+    rtn.grid = rsq_script_grid(3);
+    rtn.rotation.learned = qo.rotation.learned;
+    auto rtn7 = rtn;
+    rtn7.rotation.seed = 7;
+    auto const w0 = quantize_model(m, rsq::view(ids), rtn).model.layers[0].wq;
+    auto const w7 = quantize_model(m, rsq::view(ids), rtn7).model.layers[0].wq;
+    double diff = 0, norm = 0;
+    for (std::size_t i = 0; i < w0.size(); ++i) {
+      diff += std::abs(double(w0.data()[i]) - double(w7.data()[i]));
+      norm += std::abs(double(w0.data()[i]));
+    }
+    CHECK(diff <= 1e-3 * norm);
     // QuaRot's own rotation given as learned is QuaRot.
     quantize_options plain;
     plain.method = quant_method::quarot;

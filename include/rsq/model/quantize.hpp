@@ -1058,10 +1058,6 @@ template <backend_tag B>
   RSQ_EXPECTS(opt.rotation.learned == nullptr || rotation, "quantize_model: a learned rotation needs a method that "
               "rotates (quarot, rsq) or rotate = true");
   if (rotation && opt.rotation.learned) apply_learned_rotation(q.model, *opt.rotation.learned, *rotation);
-  // A learned R1/R2: the plain model is pre-rotated so that the pipeline's own rotation completes it exactly.
-  RSQ_EXPECTS(opt.rotation.learned == nullptr || rotation, "quantize_model: a learned rotation needs a method that "
-              "rotates (quarot, rsq) or rotate = true");
-  if (rotation && opt.rotation.learned) apply_learned_rotation(q.model, *opt.rotation.learned, *rotation);
   q.weights.assign(std::size_t(c.n_layers), std::vector<quant::quantized_weight<float>>(std::size(all_linears)));
   q.method = opt.method;
   q.grid = opt.grid;
