@@ -9,7 +9,8 @@
 # Models: stories260K (100 steps of 8 windows, SpinQuant's defaults), lm7m (50 steps of 4 windows: the CPU time of
 # the table). Writes results-spinquant.tsv (model bits group seed method perplexity) and results-spinquant-curves.tsv
 # (model bits group seed, then the loss of every step) in the current folder. Set OMP_NUM_THREADS as you like: the
-# numbers are the same bits for any thread count.
+# numbers are the same bits for any thread count. BITS, GROUP_SIZES and SEEDS (default "3 4", "-1 32", "0 1 2") pick the
+# cells.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=${1:-$root/build/release}/examples/rsq-llama2c
@@ -29,9 +30,9 @@ for model in $models; do
           spin=(--spin-steps 50 --spin-sequences 4) ;;
     *) echo "unknown model $model" >&2; exit 2 ;;
   esac
-  for bits in 3 4; do
-    for group in -1 32; do
-      for seed in 0 1 2; do
+  for bits in ${BITS:-3 4}; do
+    for group in ${GROUP_SIZES:--1 32}; do
+      for seed in ${SEEDS:-0 1 2}; do
         cell=(--bits "$bits" --groupsize "$group" --seed "$seed")
         table=$("$T" "${args[@]}" "${cell[@]}" --compare --quiet 2>/dev/null)
         for m in fp32 rtn gptq quarot rsq; do
