@@ -10,7 +10,7 @@
 # the table). Writes results-spinquant.tsv (model bits group seed method perplexity) and results-spinquant-curves.tsv
 # (model bits group seed, then the loss of every step) in the current folder. Set OMP_NUM_THREADS as you like: the
 # numbers are the same bits for any thread count. BITS, GROUP_SIZES and SEEDS (default "3 4", "-1 32", "0 1 2") pick the
-# cells.
+# cells; LEARNED_ONLY=1 runs only the two learned-rotation rows (the --compare rows do not depend on them).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=${1:-$root/build/release}/examples/rsq-llama2c
@@ -34,11 +34,13 @@ for model in $models; do
     for group in ${GROUP_SIZES:--1 32}; do
       for seed in ${SEEDS:-0 1 2}; do
         cell=(--bits "$bits" --groupsize "$group" --seed "$seed")
-        table=$("$T" "${args[@]}" "${cell[@]}" --compare --quiet 2>/dev/null)
-        for m in fp32 rtn gptq quarot rsq; do
-          printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$model" "$bits" "$group" "$seed" "$m" \
-            "$(echo "$table" | awk -v m="$m" '$1 == m { print $3 }')" >> "$out"
-        done
+        if [ -z "${LEARNED_ONLY:-}" ]; then
+          table=$("$T" "${args[@]}" "${cell[@]}" --compare --quiet 2>/dev/null)
+          for m in fp32 rtn gptq quarot rsq; do
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$model" "$bits" "$group" "$seed" "$m" \
+              "$(echo "$table" | awk -v m="$m" '$1 == m { print $3 }')" >> "$out"
+          done
+        fi
         line=$("$T" "${args[@]}" "${cell[@]}" "${spin[@]}" --method spinquant --save-rotation "$work/r" --overwrite \
                --quiet 2>/dev/null)
         printf '%s\t%s\t%s\t%s\tspinquant\t%s\n' "$model" "$bits" "$group" "$seed" "$(echo "$line" | ppl)" >> "$out"
