@@ -29,7 +29,7 @@ fi
 
 step "release build: tools, command-line, package and heavy tests, self-contained headers"
 cmake --build build/release -j "$jobs" --target rsq-quantize-layer rsq-llama2c rsq-quantize rsq_test_cli_quantize_layer_test \
-      rsq_test_cli_quantize_test rsq_test_cli_llama2c_test rsq_test_cli_spinquant_test \
+      rsq_test_cli_quantize_test rsq_test_cli_llama2c_test \
       rsq_self_contained_headers rsq_test_linalg_determinism_test rsq_test_linalg_syrk_test \
       rsq_test_pipeline_backends_test rsq_test_model_hf_tokenizer_test rsq_test_model_gguf_llama_cpp_test
 ctest --test-dir build/release --output-on-failure -j "$jobs" -L "cli|package|heavy"
