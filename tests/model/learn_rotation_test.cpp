@@ -325,17 +325,8 @@ namespace learn_cases {
 
 namespace {
 
-llama_config small_config() {
-  llama_config c;
-  c.dim = 32;
-  c.hidden_dim = 48;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 40;
-  c.seq_len = 16;
-  return c;
-}
+/// The tests' tiny GQA config (dim 32, 4 query heads of 8 sharing 2 KV heads).
+llama_config small_config() { return rsq_test::tiny_config(); }
 
 
 void set_threads([[maybe_unused]] int n) {
