@@ -15,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "rsq/backend/algorithms.hpp"
 #include "rsq/backend/cuda/memory.hpp"
