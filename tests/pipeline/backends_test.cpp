@@ -173,4 +173,29 @@ TEST_SUITE("pipeline.backends") {
       }
     }
   }
+
+  TEST_CASE_TEMPLATE("a device backend refuses a layer that does not fit, before any work, naming the GiB", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    if constexpr (std::is_same_v<B, rsq::backend::cpu_eigen>) {
+      MESSAGE("SKIPPED on the CPU backend: host memory has no limit the pipeline checks");
+      return;
+    }
+    // One layer of dim 4096 and 2048 windows of 4096 tokens: the residual stream and attention output alone are
+    // 256 GiB, more than any device holds; the model itself is small (368 MB).
+    llama_config c;
+    c.dim = 4096;
+    c.hidden_dim = 4096;
+    c.n_layers = 1;
+    c.n_heads = 32;
+    c.n_kv_heads = 8;
+    c.vocab_size = 256;
+    c.seq_len = 4096;
+    auto const m = rsq_pipeline_test::random_model(c, 3);
+    auto const calibration = rsq_pipeline_test::random_tokens(2048, 4096, c.vocab_size, 5);
+    quantize_options opt;
+    opt.method = quant_method::gptq;
+    CHECK_THROWS_WITH_AS((void)quantize_model(B{}, m, rsq::view(std::as_const(calibration)), opt),
+                         doctest::Contains("GiB of the backend's memory"), rsq::invalid_argument);
+  }
 }
