@@ -46,4 +46,13 @@ void gemm(B const& be, matrix_view<const T> a, op op_a, matrix_view<const T> b, 
   backend::implementation_t<algorithm::gemm, B>::template run<T>(be, a, op_a, b, op_b, c, opt);
 }
 
+/// op(A)·op(B) in a new matrix of @p be's memory (gemm() with α = 1, β = 0).
+template <backend_tag B, class T>
+[[nodiscard]] backend::matrix<T, B> product(B const& be, matrix_view<const T> a, op op_a, matrix_view<const T> b,
+                                            op op_b, gemm_options const& opt = {}) {
+  auto c = backend::make_matrix<T>(be, op_a == op::none ? a.rows() : a.cols(), op_b == op::none ? b.cols() : b.rows());
+  gemm(be, a, op_a, b, op_b, rsq::view(c), opt);
+  return c;
+}
+
 }  // namespace rsq::linalg

@@ -56,13 +56,11 @@ namespace learned_detail {
   return worst;
 }
 
+/// op(A)·op(B) on the CPU backend.
 [[nodiscard]] inline rsq::matrix<double> product(rsq::matrix<double> const& a, linalg::op oa,
                                                  rsq::matrix<double> const& b, linalg::op ob) {
-  index_t const rows = oa == linalg::op::none ? index_t(a.shape()[0]) : index_t(a.shape()[1]);
-  index_t const cols = ob == linalg::op::none ? index_t(b.shape()[1]) : index_t(b.shape()[0]);
-  auto c = rsq::make_matrix<double>(rows, cols);
-  linalg::gemm(backend::cpu_eigen{}, rsq::view(a), oa, rsq::view(b), ob, rsq::view(c));
-  return c;
+  return linalg::product(backend::cpu_eigen{}, matrix_view<const double>(rsq::view(a)), oa,
+                         matrix_view<const double>(rsq::view(b)), ob);
 }
 
 /// The top-left (n, n) block of @p m.

@@ -62,10 +62,8 @@ namespace cayley_detail {
 
 [[nodiscard]] inline rsq::matrix<double> mul(rsq::matrix<double> const& a, linalg::op oa, rsq::matrix<double> const& b,
                                              linalg::op ob) {
-  index_t const n = index_t(a.shape()[0]);
-  auto c = rsq::make_matrix_for_overwrite<double>(n, n);
-  linalg::gemm(backend::cpu_eigen{}, rsq::view(a), oa, rsq::view(b), ob, rsq::view(c));
-  return c;
+  return linalg::product(backend::cpu_eigen{}, matrix_view<const double>(rsq::view(a)), oa,
+                         matrix_view<const double>(rsq::view(b)), ob);
 }
 
 /// Solves A·Y = B in place (B becomes Y) for square A (overwritten by its LU factors), by Gaussian elimination with
