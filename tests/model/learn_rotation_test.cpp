@@ -27,6 +27,7 @@
 #include <rsq/rotation/random_orthogonal.hpp>
 
 #include "model/model_test_support.hpp"
+#include "support/backends.hpp"
 
 using namespace rsq::model;
 using rsq::index_t;
@@ -76,7 +77,9 @@ rsq::matrix<double> negated(rsq::matrix<double> const& a) {
 }  // namespace
 
 TEST_SUITE("cayley_sgd") {
-  TEST_CASE("descends to the optimum of max tr(AᵀX) and keeps X orthogonal, with and without momentum") {
+  TEST_CASE_TEMPLATE("descends to the optimum of max tr(AᵀX) and keeps X orthogonal, with and without momentum", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
     index_t const n = 24;
     auto const a = random_orthogonal(n, 5).dense();  // an orthogonal A scaled below: optimum −tr(AᵀA)/... = −n·s
     rsq::matrix<double> scaled = a;
@@ -85,17 +88,23 @@ TEST_SUITE("cayley_sgd") {
     for (double momentum : {0.0, 0.5}) {
       CAPTURE(momentum);
       auto x = random_orthogonal(n, 9).dense();
-      cayley_sgd sgd({.momentum = momentum});
+      auto x_cpu = x;
+      cayley_sgd sgd({.momentum = momentum}), sgd_cpu({.momentum = momentum});
       double const start = objective(scaled, x);
       double previous = start;
       int increases = 0;
       for (int step = 0; step < 200; ++step) {
-        REQUIRE(sgd.step(0, x, negated(scaled), cosine_learning_rate(1.5, step, 200)) == cayley_status::ok);
+        double const lr = cosine_learning_rate(1.5, step, 200);
+        REQUIRE(sgd.step(B{}, 0, x, negated(scaled), lr) == cayley_status::ok);
+        REQUIRE(sgd_cpu.step(0, x_cpu, negated(scaled), lr) == cayley_status::ok);
         double const f = objective(scaled, x);
         increases += f > previous + 1e-12;
         previous = f;
       }
       CHECK(orthogonality_error(x) < 1e-12);
+      double diff = 0;  // the backend's products and LU solve against the CPU's, over 200 steps
+      for (std::size_t i = 0; i < x.size(); ++i) diff = std::max(diff, std::abs(x.data()[i] - x_cpu.data()[i]));
+      CHECK(diff < 1e-9);
       CHECK(previous < start);
       CHECK(previous - optimum < 1e-3 * std::abs(optimum));
       if (momentum == 0) CHECK(increases == 0);
@@ -297,6 +306,34 @@ TEST_SUITE("rotation_gradient") {
     auto const p = make_rotation_problem<double>(m);
     double const got = rotation_loss(be, p, start_of(c), rsq::view(ids), {.grid = qo.grid, .group_size = 8});
     CHECK(got == doctest::Approx(want).epsilon(1e-5));
+  }
+
+  TEST_CASE_TEMPLATE("on every backend, in float: the loss and gradient of the CPU's float64 objective", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    auto const c = small_config();
+    auto const m = rsq_test::random_model(c, 31);
+    auto const ids = tokens(3, 12, c.vocab_size, 37);
+    auto const r = start_of(c);
+    auto const reference = make_rotation_problem<double>(m);
+    auto const p = make_rotation_problem<float>(B{}, m);
+    rotation_workspace<float, B> ws;  // reused: the second call must not depend on the first's buffers
+    for (bool quantized : {false, true}) {
+      CAPTURE(quantized);
+      rotation_loss_options const opt{.grid = quantized ? std::optional(plain_grid(4)) : std::nullopt,
+                                      .group_size = 8, .chunk_sequences = 2};
+      auto const want = rotation_loss_and_gradient(rsq::backend::cpu_eigen{}, reference, r, rsq::view(ids), opt);
+      auto const got = rotation_loss_and_gradient(B{}, p, r, rsq::view(ids), opt,
+                                                  static_cast<quantization_offsets<float, B> const*>(nullptr), &ws);
+      CHECK(got.loss == doctest::Approx(want.loss).epsilon(1e-5));
+      CHECK(rotation_loss(B{}, p, r, rsq::view(ids), opt) == got.loss);
+      // ‖G − G_ref‖ / ‖G_ref‖ over R1 and every R2: float rounding (and, quantized, a rare code flipped by it).
+      auto diff = want.grad;
+      for (std::size_t i = 0; i < diff.r1.size(); ++i) diff.r1.data()[i] -= got.grad.r1.data()[i];
+      for (std::size_t l = 0; l < diff.r2.size(); ++l)
+        for (std::size_t i = 0; i < diff.r2[l].size(); ++i) diff.r2[l].data()[i] -= got.grad.r2[l].data()[i];
+      CHECK(std::sqrt(inner(diff, diff) / inner(want.grad, want.grad)) < (quantized ? 1e-2 : 1e-4));
+    }
   }
 
   TEST_CASE("bad input is refused with a message naming it") {

@@ -16,6 +16,7 @@ struct host_downloads {};      ///< copies to host memory that overlap the backe
 
 // Quantize.
 struct gemm {};                ///< C = α·op(A)·op(B) + β·C in fp32, bf16 inputs or fp64 <rsq/linalg/gemm.hpp>
+struct lu_solve {};            ///< A·Y = B in place, LU with partial pivoting, fp64    <rsq/linalg/lu_solve.hpp>
 struct rtn {};                 ///< round to nearest on a grid                          <rsq/quant/rtn.hpp>
 struct hessian_accumulation {};///< importance-weighted Σ w x xᵀ                       <rsq/hessian/accumulator.hpp>
 struct gptq {};                ///< factor a Hessian; the column solver                 <rsq/gptq/solve.hpp>
@@ -36,5 +37,9 @@ struct rope {};                ///< rotary position embedding, in place         
 struct causal_attention {};    ///< causal softmax attention (GQA), AttnCon on the way  <rsq/nn/attention.hpp>
 struct swiglu {};              ///< gate ← silu(gate) ⊙ up                              <rsq/nn/swiglu.hpp>
 struct next_token_loss {};     ///< final RMSNorm, classifier, Σ −log p(next token)     <rsq/nn/loss.hpp>
+
+// Its reverse, for learning rotations.
+struct reverse_pass {};        ///< the forward pieces that keep what their reverse needs, and their reverses
+                               ///< (RMSNorm, RoPE, attention, SwiGLU, cross-entropy)   <rsq/nn/reverse.hpp>
 
 }  // namespace rsq::algorithm

@@ -25,6 +25,7 @@
 
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
+#include "rsq/core/precision.hpp"
 #include "rsq/core/random.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
@@ -55,6 +56,8 @@ struct learn_rotation_options {
   /// `learned` and `center_embeddings` must be unset.
   rotate_options rotation = {};
   index_t chunk_sequences = 4;      ///< sequences per forward/backward pass (memory: about 50 MB each on lm7m)
+  /// Inputs of the objective's matrix products (rotation_loss_options::precision): bf16 is an opt-in for the GPU.
+  matmul_precision precision = matmul_precision::fp32;
 
   /// Throws rsq::invalid_argument naming the first bad option.
   void validate() const {
@@ -97,7 +100,7 @@ template <backend_tag B>
   opt.validate();
   RSQ_EXPECTS(calibration.rows() >= opt.sequences_per_step, "learn_rotation: ", calibration.rows(),
               " calibration windows for ", opt.sequences_per_step, " sequences per step");
-  auto const problem = make_rotation_problem<float>(m, opt.rotation);
+  auto const problem = make_rotation_problem<float>(be, m, opt.rotation);
   rotation_detail::expect_tokens(problem, calibration, "learn_rotation");
   auto const& c = m.config;
   auto const t0 = std::chrono::steady_clock::now();
@@ -105,9 +108,10 @@ template <backend_tag B>
   out.rotation = initial_rotation(plan_rotation(c, opt.rotation), c);
   rotation_loss_options const lopt{.grid = opt.fake_quantize ? std::optional(opt.grid) : std::nullopt,
                                    .group_size = opt.group_size,
-                                   .chunk_sequences = opt.chunk_sequences};
+                                   .chunk_sequences = opt.chunk_sequences,
+                                   .precision = opt.precision};
   rotation::cayley_sgd sgd({.momentum = opt.momentum});
-  rotation_workspace<float> workspace;
+  rotation_workspace<float, B> workspace;
   // Windows are drawn without replacement from a seeded shuffle, reshuffled (seed + epoch) when used up.
   index_t const S = calibration.rows(), L = calibration.cols(), batch = opt.sequences_per_step;
   std::vector<index_t> order(static_cast<std::size_t>(S), index_t(0));
@@ -127,16 +131,17 @@ template <backend_tag B>
       for (index_t t = 0; t < L; ++t) ids(std::size_t(b), std::size_t(t)) = calibration(row, t);
     }
     auto const g = rotation_loss_and_gradient(be, problem, out.rotation, matrix_view<const std::int32_t>(rsq::view(ids)),
-                                              lopt, static_cast<quantization_offsets<float> const*>(nullptr), &workspace);
+                                              lopt, static_cast<quantization_offsets<float, B> const*>(nullptr),
+                                              &workspace);
     out.loss.push_back(g.loss);
     double const lr = rotation::cosine_learning_rate(opt.learning_rate, step, opt.steps);
     // Every matrix steps on its own generator (SpinQuant's optimizer treats each parameter separately); a
     // non-finite gradient stops the learning with the last finite rotation.
     auto candidate = out.rotation;
-    auto status = sgd.step(0, candidate.r1, g.grad.r1, lr);
+    auto status = sgd.step(be, 0, candidate.r1, g.grad.r1, lr);
     out.step_size.push_back(sgd.last_step_size());
     for (std::size_t l = 0; opt.learn_r2 && status == rotation::cayley_status::ok && l < candidate.r2.size(); ++l)
-      status = sgd.step(1 + l, candidate.r2[l], g.grad.r2[l], lr);
+      status = sgd.step(be, 1 + l, candidate.r2[l], g.grad.r2[l], lr);
     if (status != rotation::cayley_status::ok || !std::isfinite(g.loss)) {
       out.status = rotation::cayley_status::not_finite;
       break;

@@ -8,6 +8,8 @@
 /// An implementation of algorithm::rtn provides
 ///   template <class T> static quant::quantized_weight<T, B> run(B const&, matrix_view<const T> w,
 ///                                                               quant::grid_spec const&, index_t group_size);
+///   template <class T> static void fake_quantize(B const&, matrix_view<T> w, quant::grid_spec const&,
+///                                                index_t group_size);   // w ← its dequantized RTN, in place
 /// (grid, group size and shape checked; W's values checked there, naming the first NaN/Inf).
 
 #include <cfenv>
@@ -63,6 +65,22 @@ template <backend_tag B, class T>
 [[nodiscard]] quantized_weight<T> quantize_rtn(B const& be, matrix_view<const T> w, grid_spec const& grid,
                                                index_t group_size = -1) {
   return to_host(be, quantize_rtn_resident<B, T>(be, w, grid, group_size));
+}
+
+/// @p w ← the dequantized round-to-nearest of @p w (what quantize_rtn's codes decode to), in place, in @p be's
+/// memory: the fake quantization of a straight-through estimator (model/rotation_gradient.hpp), without the codes.
+/// @throws rsq::invalid_argument as quantize_rtn_resident(), and for @p w outside the backend's memory
+template <backend_tag B, class T>
+void fake_quantize(B const& be, matrix_view<T> w, grid_spec const& grid, index_t group_size = -1) {
+  grid.validate();
+  RSQ_EXPECTS(w.rows() > 0 && w.cols() > 0, "fake_quantize: weight is empty ", rsq::detail::shape_string(w));
+  RSQ_EXPECTS(w.stride(1) == 1 || w.cols() == 1, "fake_quantize: the weight's rows must be contiguous");
+  RSQ_EXPECTS(backend::resident(be, w.data()), "fake_quantize: the weight must be in the backend's memory");
+  RSQ_EXPECTS(group_size == -1 || group_size > 0, "fake_quantize: group_size must be -1 (per row) or positive, got ",
+              group_size);
+  RSQ_EXPECTS(std::fegetround() == FE_TONEAREST, "fake_quantize: the floating-point rounding mode must be FE_TONEAREST");
+  check_group_layout(grid, w.cols(), group_size, /*act_order=*/false, /*static_groups=*/false, "fake_quantize");
+  backend::implementation_t<algorithm::rtn, B>::template fake_quantize<T>(be, w, grid, group_size);
 }
 
 /// Round to nearest on the CPU backend.

@@ -16,8 +16,9 @@
 ///
 /// The reference approximates the Cayley transform by five fixed-point iterations and re-orthonormalises X by QR
 /// before every step; here it is solved exactly (LU with partial pivoting, in float64), so that X stays orthogonal
-/// to rounding (‖XᵀX − I‖ ~ 1e-14 after hundreds of steps) without the QR. Every product is linalg::gemm on the CPU
-/// backend and the solve is a fixed sequence of loops: the same bits for any thread count.
+/// to rounding (‖XᵀX − I‖ ~ 1e-14 after hundreds of steps) without the QR. The products (linalg::gemm) and the solve
+/// (linalg::lu_solve) run on the backend the caller names, the CPU by default; the element-wise steps on the host.
+/// The same bits for any thread count, and from run to run on the GPU.
 
 #include <algorithm>
 #include <cmath>
@@ -25,11 +26,13 @@
 #include <numbers>
 #include <vector>
 
+#include "rsq/backend/memory.hpp"
 #include "rsq/backend/tags.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/tensor.hpp"
 #include "rsq/core/view.hpp"
 #include "rsq/linalg/gemm.hpp"
+#include "rsq/linalg/lu_solve.hpp"
 
 namespace rsq::rotation {
 
@@ -60,42 +63,17 @@ enum class cayley_status {
 
 namespace cayley_detail {
 
-[[nodiscard]] inline rsq::matrix<double> mul(rsq::matrix<double> const& a, linalg::op oa, rsq::matrix<double> const& b,
-                                             linalg::op ob) {
-  return linalg::product(backend::cpu_eigen{}, matrix_view<const double>(rsq::view(a)), oa,
-                         matrix_view<const double>(rsq::view(b)), ob);
+/// A host matrix in backend @p be's memory (moved there: the CPU backend's memory is the host's).
+template <backend_tag B>
+[[nodiscard]] backend::matrix<double, B> to(B const& be, rsq::matrix<double> const& m) {
+  return backend::to_backend(be, matrix_view<const double>(rsq::view(m)));
 }
 
-/// Solves A·Y = B in place (B becomes Y) for square A (overwritten by its LU factors), by Gaussian elimination with
-/// partial pivoting in a fixed order. A = I − (α/2)W with W skew is never singular: its eigenvalues are 1 − iαλ/2.
-inline void solve_in_place(rsq::matrix<double>& a, rsq::matrix<double>& b) {
-  std::size_t const n = a.shape()[0], m = b.shape()[1];
-  for (std::size_t k = 0; k < n; ++k) {
-    std::size_t piv = k;
-    for (std::size_t i = k + 1; i < n; ++i)
-      if (std::abs(a(i, k)) > std::abs(a(piv, k))) piv = i;
-    if (piv != k) {
-      for (std::size_t j = 0; j < n; ++j) std::swap(a(k, j), a(piv, j));
-      for (std::size_t j = 0; j < m; ++j) std::swap(b(k, j), b(piv, j));
-    }
-    double const inv = 1.0 / a(k, k);
-    for (std::size_t i = k + 1; i < n; ++i) {
-      double const f = a(i, k) * inv;
-      if (f == 0) continue;
-      a(i, k) = f;
-      for (std::size_t j = k + 1; j < n; ++j) a(i, j) -= f * a(k, j);
-      for (std::size_t j = 0; j < m; ++j) b(i, j) -= f * b(k, j);
-    }
-  }
-  for (std::size_t kk = n; kk-- > 0;) {
-    for (std::size_t i = kk + 1; i < n; ++i) {
-      double const f = a(kk, i);
-      if (f == 0) continue;
-      for (std::size_t j = 0; j < m; ++j) b(kk, j) -= f * b(i, j);
-    }
-    double const inv = 1.0 / a(kk, kk);
-    for (std::size_t j = 0; j < m; ++j) b(kk, j) *= inv;
-  }
+/// op(A)·op(B) of backend matrices, in host memory.
+template <backend_tag B, class M>
+[[nodiscard]] rsq::matrix<double> mul(B const& be, M const& a, linalg::op oa, M const& b, linalg::op ob) {
+  auto const c = linalg::product(be, matrix_view<const double>(rsq::view(a)), oa, matrix_view<const double>(rsq::view(b)), ob);
+  return backend::to_host(be, matrix_view<const double>(rsq::view(c)));
 }
 
 }  // namespace cayley_detail
@@ -111,7 +89,16 @@ class cayley_sgd {
   /// @returns not_finite (and changes nothing) when the gradient holds NaN or Inf
   /// @throws rsq::invalid_argument for shapes that differ or a non-positive learning rate
   cayley_status step(std::size_t index, rsq::matrix<double>& x, rsq::matrix<double> const& grad, double lr) {
+    return step(backend::cpu_eigen{}, index, x, grad, lr);
+  }
+
+  /// step() with the products and the solve on backend @p be (the parameters stay in host memory; for n in the
+  /// thousands the n³ work belongs on the GPU, the element-wise steps are O(n²) on the host).
+  template <backend_tag B>
+  cayley_status step(B const& be, std::size_t index, rsq::matrix<double>& x, rsq::matrix<double> const& grad,
+                     double lr) {
     using cayley_detail::mul;
+    using cayley_detail::to;
     using linalg::op;
     RSQ_EXPECTS(x.dimension() == 2 && x.shape()[0] == x.shape()[1] && x.shape()[0] > 0,
                 "cayley_sgd: the parameter must be square, got ", rsq::detail::shape_string(rsq::view(x)));
@@ -128,8 +115,9 @@ class cayley_sgd {
     auto v = rsq::make_matrix_for_overwrite<double>(index_t(n), index_t(n));
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t j = 0; j < n; ++j) v(i, j) = opt_.momentum * buf(i, j) - grad(j, i);
-    auto const mx = mul(v, op::none, x, op::none);                                    // V X
-    auto const xxmx = mul(x, op::transpose, mul(x, op::none, mx, op::none), op::none);  // Xᵀ X V X
+    auto const xd = to(be, x);
+    auto const mx = mul(be, to(be, v), op::none, xd, op::none);                                   // V X
+    auto const xxmx = mul(be, xd, op::transpose, to(be, mul(be, xd, op::none, to(be, mx), op::none)), op::none);
     auto w = rsq::make_matrix_for_overwrite<double>(index_t(n), index_t(n));
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t j = 0; j < n; ++j)
@@ -152,9 +140,12 @@ class cayley_sgd {
         a(i, j) = d - 0.5 * alpha * w(i, j);
         plus(i, j) = d + 0.5 * alpha * w(i, j);
       }
-    auto y = mul(plus, op::none, x, op::transpose);  // (I + α/2 W) Xᵀ
-    cayley_detail::solve_in_place(a, y);
-    buf = mul(w, op::none, x, op::transpose);  // the new momentum: W Xᵀ at the old X
+    auto yd = linalg::product(be, matrix_view<const double>(rsq::view(to(be, plus))), op::none,
+                              matrix_view<const double>(rsq::view(xd)), op::transpose);  // (I + α/2 W) Xᵀ
+    auto ad = to(be, a);
+    linalg::lu_solve(be, rsq::view(ad), rsq::view(yd));
+    auto const y = backend::to_host(be, matrix_view<const double>(rsq::view(yd)));
+    buf = mul(be, to(be, w), op::none, xd, op::transpose);  // the new momentum: W Xᵀ at the old X
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t j = 0; j < n; ++j) x(i, j) = y(j, i);
     return cayley_status::ok;

@@ -44,6 +44,20 @@ struct implementation<algorithm::rtn, cpu_eigen> {
       }
     return q;
   }
+
+  template <class T>
+  static void fake_quantize(cpu_eigen const&, matrix_view<T> w, quant::grid_spec const& grid, index_t group_size) {
+    rsq::detail::check_finite(matrix_view<const T>(w), "fake_quantize: weight");
+    index_t const rows = w.rows(), cols = w.cols();
+    index_t const g = group_size == -1 ? cols : group_size;
+#pragma omp parallel for schedule(static) if (rows * cols >= (index_t(1) << 16))
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t c0 = 0; c0 < cols; c0 += g) {
+        index_t const n = std::min(g, cols - c0);
+        auto const p = quant::fit(grid, &w(r, c0), n, w.stride(1));
+        for (index_t c = c0; c < c0 + n; ++c) w(r, c) = quant::decode(grid, quant::encode(grid, w(r, c), p), p);
+      }
+  }
 };
 
 }  // namespace rsq::backend
