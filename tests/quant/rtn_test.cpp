@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <type_traits>
 #include <utility>
@@ -134,6 +135,39 @@ TEST_SUITE("quant.rtn") {
     auto const wtd = rsq::backend::to_backend(be, rsq::matrix_view<const float>(rsq::view(wt)));
     rsq::matrix_view<const float> resident_strided(rsq::view(wtd).data(), {48, 130}, {1, 48});
     check_same(rsq::quant::quantize_rtn(be, resident_strided, g, 32), want);
+  }
+
+  TEST_CASE_TEMPLATE("fake_quantize writes in place what the reference's codes decode to", B, RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    auto check_type = [&]<class T>(T) {
+      CAPTURE(sizeof(T));
+      auto const w = random_weight<T>(29, 100, 7);
+      int combos = 0;
+      for (index_t group : {index_t(-1), index_t(32), index_t(48)})
+        for (auto conv : {convention::ist, convention::rsq})
+          for (bool sym : {false, true}) {
+            grid_spec const g{.bits = 4, .symmetric = sym, .conv = conv};
+            CAPTURE(group);
+            CAPTURE(int(conv));
+            CAPTURE(sym);
+            auto const want = rsq::quant::dequantize(reference_rtn(w, g, group));
+            auto wd = rsq::backend::to_backend(be, rsq::matrix_view<const T>(rsq::view(w)));
+            rsq::quant::fake_quantize(be, rsq::view(wd), g, group);
+            CHECK(rsq::backend::to_host(be, rsq::matrix_view<const T>(rsq::view(wd))) == want);
+            ++combos;
+          }
+      CHECK(combos == 12);
+    };
+    check_type(float{});
+    check_type(double{});
+    auto w = random_weight<float>(4, 40, 1);
+    w(3, 7) = std::numeric_limits<float>::infinity();
+    auto wd = rsq::backend::to_backend(be, rsq::matrix_view<const float>(rsq::view(w)));
+    CHECK_THROWS_WITH(rsq::quant::fake_quantize(be, rsq::view(wd), grid_spec{.bits = 4}, -1),
+                      doctest::Contains("row 3, column 7"));
+    CHECK_THROWS_WITH_AS(rsq::quant::fake_quantize(be, rsq::view(wd), grid_spec{.bits = 4}, 0),
+                         doctest::Contains("group_size"), rsq::invalid_argument);
   }
 
   TEST_CASE_TEMPLATE("codes decode to the grid fitted on each group alone, a last partial group included", B,
