@@ -16,6 +16,7 @@
 #include "rsq/backend/cuda/memory.hpp"
 #include "rsq/backend/cuda/nn.hpp"
 #include "rsq/backend/cuda/pack.hpp"
+#include "rsq/backend/cuda/reverse.hpp"
 #include "rsq/backend/cuda/rtn.hpp"
 #include "rsq/backend/cuda/transfer.hpp"
 #include "rsq/backend/tags.hpp"

@@ -44,6 +44,7 @@ enum class scratch { solver_work, host_work, info, factor, hessian_stage, hessia
                      gemm_a16, gemm_b16,  // linalg::gemm: bf16 copies of A and B
                      nn_logits, nn_probs16, nn_operands16, nn_partial, nn_pointers, nn_rows, nn_ids,  // forward pass
                      activation_mean, activation_rows,  // importance::activation_scores: μ per sequence, ‖x_t − μ‖²
+                     reverse_probs, reverse_grads, reverse_losses,  // reverse pass: P and dP of a sub-batch, row losses
                      count_ };
 
 /// What the backend keeps per (thread, device, stream).

@@ -19,6 +19,7 @@
 #include "rsq/backend/cuda/impl/hessian_accumulator.cuh"
 #include "rsq/backend/cuda/impl/nn.cuh"
 #include "rsq/backend/cuda/impl/pack.cuh"
+#include "rsq/backend/cuda/impl/reverse.cuh"
 #include "rsq/backend/cuda/impl/rtn.cuh"
 #include "rsq/backend/cuda/impl/runtime.cuh"
 
@@ -72,6 +73,7 @@ template void gemm_impl<double>(backend::cuda const&, matrix_view<const double>,
                                 matrix_view<const double>, linalg::op, matrix_view<double>,
                                 linalg::gemm_options const&);
 template struct nn_api<void>;
+template struct reverse_api<void>;
 }  // namespace rsq::cuda::detail
 
 namespace rsq::backend {
