@@ -26,13 +26,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
 #include <rsq/model/calibration.hpp>
 #include <rsq/model/export.hpp>
 #include <rsq/model/gguf.hpp>
-#include <rsq/model/learn_rotation.hpp>
 #include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
@@ -41,6 +41,7 @@
 #include "support/gguf_output.hpp"
 #include "support/importance_choice.hpp"
 #include "support/importance_stats.hpp"
+#include "support/learned_rotation.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
 
@@ -50,7 +51,7 @@ namespace fs = std::filesystem;
 using rsq_cli::usage_error;
 using namespace rsq::model;
 
-constexpr char usage[] =
+constexpr char usage_head[] =
     "usage: rsq-llama2c [options] (--method rtn|gptq|quarot|rsq|spinquant | --compare)\n"
     "Quantizes a llama2c model layer by layer (rotate, scale, quantize) and reports its perplexity.\n"
     "\n"
@@ -74,11 +75,11 @@ constexpr char usage[] =
     "  --act-order           quantize columns by decreasing diag(H)  --f64   Hessians and solves in float64\n"
     "Rotation and importance:\n"
     "  --rotation learned    learn R1 (residual) and R2 (per-head V/O) by Cayley SGD against the fake-quantized\n"
-    "                        loss (SpinQuant), starting from the Hadamard of --seed; with quarot or rsq\n"
-    "  --spin-steps N        learning steps (default 100)    --spin-lr X   learning rate, cosine decay (default 1.5)\n"
-    "  --spin-sequences N    calibration windows per step (default 8)   --spin-momentum B   (default 0)\n"
-    "  --save-rotation P     write the learned R1, R2 as P.r1.npy, P.r2.npy (float64)\n"
-    "  --load-rotation P     use P.r1.npy, P.r2.npy instead of learning\n"
+    "                        loss (SpinQuant), starting from the Hadamard of --seed; with quarot or rsq. With\n"
+    "                        --format gguf it is learned and applied without online Hadamards (R1 and R2 fold into\n"
+    "                        the weights)\n";
+
+constexpr char usage_tail[] =
     "  --rotation hadamard|random|fused   residual rotation (default hadamard, with online Hadamards before wo\n"
     "                        and w2; fused: only rotations that fold into the weights, a plain model)\n"
     "  --center-embeddings   (not function-preserving)\n"
@@ -96,9 +97,10 @@ constexpr char usage[] =
     "  --format llama2c|gguf what --out writes (default llama2c)\n"
     "  --gguf-type T         gguf: q4_0, q4_1 or q8_0 (default q4_0): the solver works on exactly these llama.cpp\n"
     "                        blocks (fp16 scales, groups of --groupsize, default 32, a multiple of 32); linears whose\n"
-    "                        input size is not a multiple of 32 stay F16 (listed); quarot/rsq need --rotation fused.\n"
-    "                        With --method rtn: llama.cpp's own round to nearest (what llama-quantize does), or f16 /\n"
-    "                        f32 for an unquantized conversion. The perplexity reported is the written file's\n"
+    "                        input size is not a multiple of 32 stay F16 (listed); quarot/rsq need --rotation fused\n"
+    "                        or learned. With --method rtn: llama.cpp's own round to nearest (what llama-quantize\n"
+    "                        does), or f16 / f32 for an unquantized conversion. The perplexity reported is the\n"
+    "                        written file's\n"
     "  --imatrix FILE        gptq/quarot/rsq: also write the importance matrix of the calibration (per linear the\n"
     "                        importance-weighted sum of squares of its inputs, what the Hessian diagonal holds) for\n"
     "                        `llama-quantize --imatrix`: GGUF, or llama.cpp's legacy format for a name ending .dat\n"
@@ -109,6 +111,9 @@ constexpr char usage[] =
     "exit status: 0 done, 1 runtime error (an unreadable or corrupt file, a failed write, a CUDA failure), 2 bad\n"
     "usage (or an output that cannot or may not be written), 3 a Hessian that stays not positive definite even\n"
     "after the damping escalation (nothing written)";
+
+/// The --help text: the learned-rotation options are described as in every tool (support/learned_rotation.hpp).
+std::string usage() { return std::string(usage_head) + rsq_cli::learned_rotation_help + usage_tail; }
 
 constexpr char where_to_get[] =
     "stories260K not found: pass --model, --tokenizer and --text, or set RSQ_SHARED_DIR to a folder with "
@@ -142,8 +147,7 @@ struct run_config {
   std::uint64_t seed = 0;
   bool quiet = false;
   bool policy_given = false;  ///< --policy: also applies to a single gptq/quarot run (importance-scaled ablation)
-  bool learned = false;       ///< --rotation learned (or --method spinquant): learn or load R1/R2 first
-  learn_rotation_options learn;  ///< --spin-*: how
+  rsq_cli::learned_rotation_config learned;  ///< --rotation learned (or --method spinquant): learn or load R1/R2 first
 };
 
 /// Parses everything but the files; library argument errors become usage errors (exit 2).
@@ -190,34 +194,11 @@ run_config parse_config(rsq_cli::args const& a) {
   rc.seed = std::uint64_t(seed);
   o.rotation.seed = rc.seed;
   auto const rotation = a.choice("rotation", {"hadamard", "random", "fused", "learned"});
-  rc.learned = rotation == "learned" || a.get("method") == "spinquant";
-  if (!rc.learned)
-    for (char const* opt : {"spin-steps", "spin-lr", "spin-sequences", "spin-momentum", "save-rotation", "load-rotation"})
-      if (a.has(opt)) throw usage_error(std::string("--") + opt + " needs --rotation learned or --method spinquant");
-  if (a.has("load-rotation") && a.has("save-rotation"))
-    throw usage_error("--load-rotation and --save-rotation exclude each other");
-  rc.learn.steps = a.integer("spin-steps", 100);
-  rc.learn.learning_rate = a.number("spin-lr", 1.5);
-  rc.learn.sequences_per_step = a.integer("spin-sequences", 8);
-  rc.learn.momentum = a.number("spin-momentum", 0.0);
+  bool const learned = rotation == "learned" || a.get("method") == "spinquant";
   o.rotation.kind = rotation == "random" ? residual_rotation::random_orthogonal : residual_rotation::randomized_hadamard;
   o.rotation.online_hadamards = rotation != "fused";
   o.rotation.center_embeddings = a.flag("center-embeddings");
   if (a.has("rotate")) o.rotate = a.choice("rotate", {"on", "off"}) == "on";
-  // The fake quantizer of the learning: the target grid without the clip search, the target group size.
-  rc.learn.grid = o.grid;
-  rc.learn.grid.clip.enabled = false;
-  rc.learn.group_size = o.solver.group_size;
-  rc.learn.seed = rc.seed;
-  rc.learn.rotation = o.rotation;
-  if (rc.learned) {
-    if (o.rotation.center_embeddings) throw usage_error("--center-embeddings does not go with a learned rotation");
-    try {
-      rc.learn.validate();
-    } catch (rsq::invalid_argument const& e) {
-      throw usage_error(e.what());
-    }
-  }
   rc.quiet = a.flag("quiet");
   if (a.choice("format", {"llama2c", "gguf"}) == "gguf") {
     if (!a.has("out")) throw usage_error("--format gguf writes --out: give the GGUF file's name");
@@ -242,6 +223,11 @@ run_config parse_config(rsq_cli::args const& a) {
   } else if (a.has("gguf-type")) {
     throw usage_error("--gguf-type needs --format gguf");
   }
+  // GGUF holds only rotations folded into the weights: a learned R1/R2 is learned and applied without the online
+  // Hadamards (as --rotation fused). The fake quantizer of the learning is the final grid and group size.
+  if (learned && rc.gguf) o.rotation.online_hadamards = false;
+  rc.learned =
+      rsq_cli::parse_learned_rotation(a, learned, o.grid, o.solver.group_size, o.rotation, a.flag("overwrite"));
   try {
     rc.calib = parse_story_range(a.get("calib-stories", "0:500"), "--calib-stories");
     rc.eval = parse_story_range(a.get("eval-stories", "500:1000"), "--eval-stories");
@@ -366,71 +352,21 @@ int write_llama_cpp_rtn(B const& be, rsq_cli::args const& a, run_config const& r
   return 0;
 }
 
-/// --rotation learned / --method spinquant: R1 and R2 learned on the calibration windows (or loaded), then the method
-/// on that rotation; prints the loss curve (stderr) and the perplexity line.
-template <class B>
-int run_learned(B const& be, rsq_cli::args const& a, run_config const& rc, quant_method method, std::string_view label,
-                llama_model const& fp, rsq::matrix<std::int32_t> const& calib, rsq::matrix<std::int32_t> const& eval) {
-  auto const t0 = std::chrono::steady_clock::now();
-  learned_rotation r;
-  if (a.has("load-rotation")) {
-    r = load_learned_rotation(a.get("load-rotation"), fp.config);
-  } else {
-    // The learning runs on the CPU (the reverse pass has no CUDA version yet).
-    auto const learned = learn_rotation(rsq::backend::cpu_eigen{}, fp, rsq::view(calib), rc.learn,
-                                        [&](rsq::index_t step, double loss) {
-                                          if (!rc.quiet)
-                                            std::fprintf(stderr, "rsq-llama2c: rotation step %td/%td loss %.5f\n",
-                                                         step + 1, rc.learn.steps, loss);
-                                        });
-    if (learned.status != rsq::rotation::cayley_status::ok)
-      std::fprintf(stderr, "rsq-llama2c: warning: a gradient was not finite after %zu steps; using the last finite "
-                   "rotation\n", learned.loss.size());
-    std::printf("rotation loss curve (%zu steps, %.1f s):", learned.loss.size(), learned.seconds);
-    for (double l : learned.loss) std::printf(" %.5f", l);
-    std::printf("\n");
-    r = learned.rotation;
-    if (a.has("save-rotation")) {
-      save_learned_rotation(a.get("save-rotation"), r);
-      if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s.r1.npy and .r2.npy\n", a.get("save-rotation").c_str());
-    }
-  }
-  double const learn_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  run_config with = rc;
-  with.opt.rotation.learned = std::make_shared<learned_rotation const>(std::move(r));
-  auto out = run_method(be, fp, method, with, false, calib, eval);
-  if (!out) return 3;
-  std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
-  std::printf("method %s (learned rotation) bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td "
-              "tokens, %.1f s + %.1f s learning)\n",
-              std::string(label).c_str(), rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
-              static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
-              out->q.timings.total, learn_seconds);
-  if (a.has("out")) {
-    save_quantized_checkpoint(a.get("out"), out->q);
-    if (!rc.quiet) std::fprintf(stderr, "rsq-llama2c: wrote %s\n", a.get("out").c_str());
-  }
-  return 0;
-}
-
 template <class B>
 int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   bool const compare = a.flag("compare");
   if (compare == a.has("method")) throw usage_error("give exactly one of --method and --compare");
   quant_method method = quant_method::rsq;
   bool const spinquant = !compare && a.get("method") == "spinquant";
-  if (compare && rc.learned) throw usage_error("--rotation learned needs --method (quarot, rsq or spinquant)");
+  if (compare && rc.learned.enabled) throw usage_error("--rotation learned needs --method (quarot, rsq or spinquant)");
   if (!compare) {
     try {
       method = spinquant ? quant_method::quarot : parse_quant_method(a.get("method"));
     } catch (rsq::invalid_argument const&) {
       throw usage_error("--method must be one of rtn|gptq|quarot|rsq|spinquant, got '" + a.get("method") + "'");
     }
-    if (rc.learned && !rc.opt.rotate.value_or(rotates(method)))
+    if (rc.learned.enabled && !rc.opt.rotate.value_or(rotates(method)))
       throw usage_error("--rotation learned needs a rotating method: quarot, rsq or spinquant");
-    if (rc.learned && rc.gguf) throw usage_error("--rotation learned needs online Hadamards, which GGUF does not hold");
-    if (rc.learned && (a.has("packed") || a.has("imatrix")))
-      throw usage_error("--packed and --imatrix do not take a learned rotation yet (use --out)");
     if (method == quant_method::rtn && (a.has("policy") || a.has("expand") || a.has("r-min") || a.has("r-max") ||
                                         a.has("importance-choice")))
       throw usage_error("--method rtn uses no calibration: --policy, --r-min, --r-max, --expand and "
@@ -458,12 +394,9 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
       throw usage_error("--method rtn with --format gguf is llama.cpp's own round to nearest, without rotation");
     if (rc.opt.rotate.value_or(rotates(method)) && rc.opt.rotation.online_hadamards)
       throw usage_error("--format gguf: " + std::string(to_string(method)) + " needs online Hadamards, which "
-                        "llama.cpp does not apply; use --rotation fused");
+                        "llama.cpp does not apply; use --rotation fused or learned");
   }
   if (a.has("imatrix")) rsq_cli::check_output_file(a.get("imatrix"), "--imatrix", a.flag("overwrite"));
-  if (a.has("save-rotation"))
-    for (char const* suffix : {".r1.npy", ".r2.npy"})
-      rsq_cli::check_output_file(a.get("save-rotation") + suffix, "--save-rotation", a.flag("overwrite"));
   // Outputs are checked before any work; --packed is written into a staging folder and moved into place.
   if (a.has("out")) rsq_cli::check_output_file(a.get("out"), "--out", a.flag("overwrite"));
   std::optional<rsq_cli::output_folder> packed;
@@ -503,24 +436,38 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
 
   std::string const group = rc.opt.solver.group_size == -1 ? "row" : std::to_string(rc.opt.solver.group_size);
   if (rc.gguf && method == quant_method::rtn) return write_llama_cpp_rtn(be, a, rc, fp, tok, eval);
-  if (rc.learned) return run_learned(be, a, rc, method, spinquant ? "spinquant" : to_string(method), fp, calib, eval);
   if (!compare) {
+    // --rotation learned / --method spinquant: R1 and R2 learned on the calibration windows (or loaded) first; the
+    // method then runs on that rotation and every output holds it fused into the weights.
+    run_config with = rc;
+    double learn_seconds = 0;
+    if (rc.learned.enabled) {
+      auto const learned =
+          rsq_cli::learn_or_load_rotation(be, "rsq-llama2c", rc.learned, fp, rsq::view(std::as_const(calib)), rc.quiet);
+      with.opt.rotation.learned = learned.rotation;
+      learn_seconds = learned.seconds;
+    }
     std::optional<imatrix_from_hessians> imatrix;
     if (a.has("imatrix"))
       imatrix.emplace(rsq::index_t(calib.shape()[0]) * rc.opt.expand_factor, rsq::index_t(calib.shape()[1]));
-    auto out = run_method(be, fp, method, rc, false, calib, eval, imatrix ? &*imatrix : nullptr);
+    auto out = run_method(be, fp, method, with, false, calib, eval, imatrix ? &*imatrix : nullptr);
     if (!out) return 3;
     std::optional<gguf_summary> written;
     if (rc.gguf) {  // the perplexity of the file as written (what llama.cpp runs)
       written = save_gguf(a.get("out"), out->q, to_gguf_vocab(tok), {.name = model_path.stem().string()});
       out->eval = evaluate(be, load_gguf_model(a.get("out")), rsq::view(eval), 16, rc.opt.forward);
     }
-    std::printf("method %s%s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, %.1f s)\n",
-                std::string(to_string(method)).c_str(),
-                out->q.rotation.has_value() == rotates(method) ? "" : (out->q.rotation ? " (rotated)" : " (unrotated)"),
+    char learning[48] = "";
+    if (rc.learned.enabled) std::snprintf(learning, sizeof learning, " + %.1f s learning", learn_seconds);
+    std::printf("method %s%s bits %d group %s policy %s seed %llu: perplexity %.4f (loss %.5f over %td tokens, "
+                "%.1f s%s)\n",
+                spinquant ? "spinquant" : std::string(to_string(method)).c_str(),
+                rc.learned.enabled ? " (learned rotation)"
+                : out->q.rotation.has_value() == rotates(method) ? ""
+                : (out->q.rotation ? " (rotated)" : " (unrotated)"),
                 rc.opt.grid.bits, group.c_str(), out->q.policy.c_str(),
                 static_cast<unsigned long long>(rc.seed), out->eval.perplexity, out->eval.mean, out->eval.count,
-                out->q.timings.total);
+                out->q.timings.total, learning);
     if (written) {
       rsq_cli::print_gguf_summary(stderr, "rsq-llama2c: ", *written);
     } else if (a.has("out")) {
@@ -598,19 +545,19 @@ int main(int argc, char** argv) {
   return rsq_cli::exit_status("rsq-llama2c", [&] {
     for (int i = 1; i < argc; ++i)
       if (std::string_view(argv[i]) == "-h") {
-        std::puts(usage);
+        std::puts(usage().c_str());
         return 0;
       }
     rsq_cli::args a(argc, argv,
                     {"compare", "center-embeddings", "asym", "no-clip", "act-order", "f64", "bf16", "quiet", "overwrite",
                      "help"},
-                    {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
-                     "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
-                     "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend", "format", "gguf-type",
-                     "spin-steps", "spin-lr", "spin-sequences", "spin-momentum", "save-rotation", "load-rotation",
-                     "imatrix", "importance-choice", "held-out"});
+                    rsq_cli::with_learned_rotation_options(
+                        {"model", "tokenizer", "text", "method", "bits", "groupsize", "policy", "r-min", "r-max",
+                         "importance-power", "calib-stories", "eval-stories", "seqlen", "nsamples", "expand", "seed",
+                         "rotation", "rotate", "quantizer", "damp", "out", "packed", "backend", "format", "gguf-type",
+                         "imatrix", "importance-choice", "held-out"}));
     if (a.flag("help") || argc == 1) {
-      std::puts(usage);
+      std::puts(usage().c_str());
       return argc == 1 ? 2 : 0;
     }
     return run(a);

@@ -11,6 +11,7 @@
 #include <rsq/io/imatrix.hpp>
 #include <rsq/model/calibration.hpp>
 #include <rsq/model/gguf.hpp>
+#include <rsq/model/llama2c.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/tokenizer.hpp>
 
@@ -147,8 +148,9 @@ TEST_SUITE("cli.rsq-llama2c") {
 }
 
 // Learned rotations (SpinQuant, issue 17): --method spinquant learns R1/R2 and prints the loss curve, --save-rotation
-// writes them and --load-rotation reproduces the same model, --rotation learned goes with rsq; bad combinations are
-// refused with exit 2 before any work.
+// writes them and --load-rotation reproduces the same model, --rotation learned goes with rsq; the llama2c checkpoint
+// and the GGUF (learned without online Hadamards) compute the printed perplexity, --packed and --imatrix take the
+// learned rotation; bad combinations are refused with exit 2 before any work.
 TEST_SUITE("cli.rsq-llama2c.spinquant") {
   TEST_CASE("--help describes the learned-rotation options") {
     auto const r = rsq_test::run_tool_named("rsq-llama2c", "--help");
@@ -173,16 +175,27 @@ TEST_SUITE("cli.rsq-llama2c.spinquant") {
     CHECK(learned.output.find("method spinquant (learned rotation)") != std::string::npos);
     CHECK(fs::exists(prefix + ".r1.npy"));
     CHECK(fs::exists(prefix + ".r2.npy"));
-    CHECK(fs::exists(dir / "m.bin"));
+    // The checkpoint holds the learned rotation fused into its weights: read back, it computes the printed perplexity.
+    auto const tok = rsq::model::load_tokenizer(shared / "data/models/tok512.bin", {.vocab_size = 512, .name = {}});
+    auto const stories = rsq::model::load_stories(shared / "data/text/tinystories_val.txt");
+    auto const eval = rsq::model::consecutive_windows(rsq::model::story_tokens(tok, stories, {500, 520}), 64);
+    CHECK(rsq::model::evaluate(rsq::model::load_llama2c_checkpoint(dir / "m.bin"), rsq::view(eval)).perplexity ==
+          doctest::Approx(perplexity_after(learned.output)).epsilon(1e-4));
     auto const loaded = run_tool("--method spinquant --load-rotation " + prefix + small);
     INFO(loaded.output);
     REQUIRE(loaded.status == 0);
     CHECK(loaded.output.find("rotation loss curve") == std::string::npos);
     CHECK(perplexity_text(loaded.output) == perplexity_text(learned.output));
-    auto const rsq = run_tool("--method rsq --rotation learned --load-rotation " + prefix + small);
+    // RSQ on the loaded rotation, with the GPTQ tensors and the importance matrix of its calibration.
+    auto const rsq = run_tool("--method rsq --rotation learned --load-rotation " + prefix + " --packed " +
+                              (dir / "packed").string() + " --imatrix " + (dir / "i.dat").string() + small);
     INFO(rsq.output);
     CHECK(rsq.status == 0);
     CHECK(rsq.output.find("method rsq (learned rotation)") != std::string::npos);
+    auto const manifest = rsq_test::read_text(dir / "packed/manifest.json");
+    CHECK(manifest.find("\"method\": \"rsq\"") != std::string::npos);
+    CHECK(manifest.find("\"hf_name\": \"down_proj\"") != std::string::npos);  // the online Hadamards to apply
+    CHECK(rsq::io::read_imatrix(dir / "i.dat").entries.size() == 35);
     // The same files for a model of another shape are refused (exit 1, naming what is wrong).
     auto const wrong = rsq_test::run_tool_named(
         "rsq-llama2c", "--model " + (shared / "data/models/lm7m/llama2c/model.bin").string() + " --tokenizer " +
@@ -203,6 +216,36 @@ TEST_SUITE("cli.rsq-llama2c.spinquant") {
     rsq_test::check_refused(run_tool("--method spinquant --spin-lr -1" + o), "learning rate", out);
     rsq_test::check_refused(run_tool("--compare --rotation learned"), "needs --method", out);
     rsq_test::check_refused(run_tool("--method spinquant --load-rotation a --save-rotation b" + o), "exclude", out);
-    rsq_test::check_refused(run_tool("--method spinquant --packed " + (dir / "p").string()), "learned rotation", out);
+    rsq_test::check_refused(run_tool("--method spinquant --format gguf --rotate off --out " + out.string()),
+                            "rotating method", out);
+    rsq_test::check_refused(run_tool("--method spinquant --load-rotation " + (dir / "none").string() + o),
+                            "none.r1.npy: no such file", out);
+    // After the model and the windows are read, before the learning: more windows per step than there are.
+    if (rsq_test::shared_dir())
+      rsq_test::check_refused(run_tool("--method spinquant --nsamples 4 --seqlen 64" + o),
+                              "--spin-sequences 8 exceeds the 4 calibration windows", out);
+  }
+
+  TEST_CASE("--format gguf: the rotation is learned and applied without online Hadamards; the GGUF computes the "
+            "printed perplexity") {
+    RSQ_NEED_SHARED(shared);
+    auto const dir = rsq_test::temp_dir("cli_spinquant_gguf");
+    auto const out = dir / "s.gguf";
+    auto const r = run_tool("--method spinquant --format gguf --spin-steps 2 --spin-sequences 4 --seqlen 64 "
+                            "--nsamples 8 --eval-stories 500:520 --quiet --out " + out.string());
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(r.output.find("rotation loss curve (2 steps") != std::string::npos);
+    CHECK(r.output.find("method spinquant (learned rotation) bits 4 group 32") != std::string::npos);
+    // stories260K's down_proj (172 inputs) stays F16 in the file; the learning's fake quantizer says what it used.
+    CHECK(r.output.find("the rotation is learned against 4-bit symmetric RTN on rsq's grid instead") !=
+          std::string::npos);
+    auto const tok = rsq::model::load_tokenizer(shared / "data/models/tok512.bin", {.vocab_size = 512, .name = {}});
+    auto const stories = rsq::model::load_stories(shared / "data/text/tinystories_val.txt");
+    auto const eval = rsq::model::consecutive_windows(rsq::model::story_tokens(tok, stories, {500, 520}), 64);
+    auto const m = rsq::model::load_gguf_model(out);  // the reader validates the whole file
+    CHECK(!m.online.any());
+    CHECK(rsq::model::evaluate(m, rsq::view(eval)).perplexity ==
+          doctest::Approx(perplexity_after(r.output)).epsilon(1e-4));
   }
 }
