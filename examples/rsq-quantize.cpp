@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // rsq-quantize: quantizes a Hugging Face model folder (Llama architecture: config.json, safetensors, tokenizer.json)
-// with RTN, GPTQ, QuaRot or RSQ and writes a Hugging Face folder that transformers loads. See --help and
-// docs/quantize-your-model.md.
+// with RTN, GPTQ, QuaRot, RSQ or SpinQuant (a learned rotation) and writes a Hugging Face folder that transformers
+// loads. See --help and docs/quantize-your-model.md.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include <rsq/model/gptq_checkpoint.hpp>
 #include <rsq/model/hf_model.hpp>
 #include <rsq/model/hf_tokenizer.hpp>
+#include <rsq/model/learned_rotation.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/rotate.hpp>
 
@@ -27,6 +29,7 @@
 #include "support/gguf_output.hpp"
 #include "support/importance_choice.hpp"
 #include "support/importance_stats.hpp"
+#include "support/learned_rotation.hpp"
 #include "support/main.hpp"
 #include "support/output.hpp"
 
@@ -37,7 +40,7 @@ using rsq_cli::usage_error;
 
 namespace {
 
-constexpr char usage[] =
+constexpr char usage_head[] =
     "usage: rsq-quantize --model DIR --calib FILE --out DIR [options]\n"
     "       rsq-quantize --check DIR\n"
     "\n"
@@ -58,7 +61,8 @@ constexpr char usage[] =
     "  --eval-seqlen L       tokens per evaluation window (default --seqlen; at most max_position_embeddings)\n"
     "  --eval-windows N      evaluate on the first N windows only (default: all)\n"
     "method\n"
-    "  --method M            rtn, gptq, quarot (rotation + GPTQ) or rsq (rotation + AttnCon-scaled GPTQ; default)\n"
+    "  --method M            rtn, gptq, quarot (rotation + GPTQ), rsq (rotation + AttnCon-scaled GPTQ; default) or\n"
+    "                        spinquant (learned rotation + GPTQ: quarot with --rotation learned)\n"
     "  --bits B              2 to 8 (default 4)\n"
     "  --group-size G        columns per scale (default 128; -1: one scale per row)\n"
     "  --act-order           quantize columns by decreasing Hessian diagonal\n"
@@ -77,14 +81,21 @@ constexpr char usage[] =
     "  --asym                asymmetric grid (a zero point per group; default symmetric)\n"
     "  --rotation R          quarot/rsq: hadamard (randomized Hadamard Q plus the online Hadamards before o_proj\n"
     "                        and down_proj, folded back into the written weights; default), random (Haar random Q),\n"
-    "                        or fused (only rotations that fold into the weights: a plain model)\n"
-    "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON)\n"
+    "                        fused (only rotations that fold into the weights: a plain model), or learned: R1\n"
+    "                        (residual) and R2 (per-head V/O) learned by Cayley SGD against the fake-quantized loss\n"
+    "                        (SpinQuant) on the calibration windows, starting from the Hadamard of --seed; for\n"
+    "                        --format gptq and gguf it is learned and applied without online Hadamards (R1 and R2\n"
+    "                        fold into the weights)\n";
+
+constexpr char usage_tail[] =
+    "  --backend cpu|cuda    where every step runs (default cpu; cuda needs a build with -DRSQ_WITH_CUDA=ON; a\n"
+    "                        rotation is learned on the CPU)\n"
     "output\n"
     "  --out DIR             the output folder (required; a file for gguf); must be empty or absent unless\n"
     "                        --overwrite\n"
     "  --format F            hf (default): a Hugging Face folder with the dequantized weights;\n"
     "                        gptq: a GPTQ checkpoint (qweight/qzeros/scales/g_idx, bits 2, 3, 4, 8; the solver uses\n"
-    "                        the fp16 scales it stores; quarot/rsq need --rotation fused);\n"
+    "                        the fp16 scales it stores; quarot/rsq need --rotation fused or learned);\n"
     "                        gguf: one GGUF file that llama.cpp runs (SentencePiece tokenizers: Llama-2, Mistral)\n"
     "  --gguf-type T         gguf: q4_0 (default), q4_1 or q8_0: the solver works on exactly these llama.cpp blocks\n"
     "                        (fp16 scales, --group-size a multiple of 32, default 32); linears whose input size is\n"
@@ -107,6 +118,9 @@ constexpr char usage[] =
     "exit status: 0 done, 1 runtime error (unreadable or corrupt input, a write that failed), 2 bad usage,\n"
     "3 a numerical failure (a Hessian that stays not positive definite); the output is written only on 0.\n";
 
+/// The --help text: the learned-rotation options are described as in every tool (support/learned_rotation.hpp).
+std::string usage() { return std::string(usage_head) + rsq_cli::learned_rotation_help + usage_tail; }
+
 struct run_config {
   fs::path model, calib, eval;
   quantize_options opt;
@@ -115,6 +129,8 @@ struct run_config {
   rsq::io::tensor_dtype dtype = rsq::io::tensor_dtype::f32;
   bool cuda = false, quiet = false, overwrite = false, gptq = false, calib_bos = false, diagnostics = false;
   std::optional<rsq::pack::ggml_type> gguf;  ///< --format gguf: the type of the linears
+  rsq_cli::learned_rotation_config learned;  ///< --rotation learned (or --method spinquant): learn or load R1/R2 first
+  std::string method_name;                   ///< as given: spinquant is quarot on a learned rotation
 };
 
 run_config parse_config(rsq_cli::args const& a) {
@@ -124,10 +140,12 @@ run_config parse_config(rsq_cli::args const& a) {
   auto const format = a.choice("format", {"hf", "gptq", "gguf"});
   rc.gptq = format == "gptq";
   rc.overwrite = a.flag("overwrite");
+  rc.method_name = a.get("method", "rsq");
+  bool const spinquant = rc.method_name == "spinquant";
   try {
-    rc.opt.method = parse_quant_method(a.get("method", "rsq"));
+    rc.opt.method = spinquant ? quant_method::quarot : parse_quant_method(rc.method_name);
   } catch (rsq::invalid_argument const&) {
-    throw usage_error("--method must be one of rtn|gptq|quarot|rsq, got '" + a.get("method") + "'");
+    throw usage_error("--method must be one of rtn|gptq|quarot|rsq|spinquant, got '" + a.get("method") + "'");
   }
   long const bits = a.integer("bits", 4);
   if (bits < 2 || bits > 8) throw usage_error("--bits must be between 2 and 8, got " + std::to_string(bits));
@@ -144,19 +162,23 @@ run_config parse_config(rsq_cli::args const& a) {
   long const seed = a.integer("seed", 0);
   if (seed < 0) throw usage_error("--seed must be >= 0");
   rc.seed = std::uint64_t(seed);
-  auto const rot = a.choice("rotation", {"hadamard", "random", "fused"});
+  auto const rot = a.choice("rotation", {"hadamard", "random", "fused", "learned"});
+  bool const learned = rot == "learned" || spinquant;
+  // GPTQ checkpoints and GGUF hold only rotations folded into the weights: a learned R1/R2 is learned and applied
+  // without the online Hadamards there (as --rotation fused); the Hugging Face folder folds them after quantizing.
   rc.opt.rotation = {.kind = rot == "random" ? residual_rotation::random_orthogonal
                                              : residual_rotation::randomized_hadamard,
                      .seed = rc.seed,
-                     .online_hadamards = rot != "fused"};
+                     .online_hadamards = rot != "fused" && !(learned && format != "hf")};
   if (a.has("rotation") && !rotates(rc.opt.method))
-    throw usage_error("--rotation applies to --method quarot and rsq");
+    throw usage_error("--rotation applies to --method quarot and rsq (and spinquant)");
   if (rc.gptq) {
     if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
       throw usage_error("--format gptq stores 2, 3, 4 or 8 bits, not " + std::to_string(bits));
     if (rotates(rc.opt.method) && rc.opt.rotation.online_hadamards)
       throw usage_error("--format gptq: " + a.get("method", "rsq") + " with --rotation " + rot +
-                        " needs online Hadamards that GPTQ loaders do not apply; use --rotation fused");
+                        " needs online Hadamards that GPTQ loaders do not apply; use --rotation fused or "
+                        "learned");
     if (a.has("dtype")) throw usage_error("--dtype applies to --format hf (a GPTQ checkpoint stores float16)");
     rc.opt.grid.fp16_scales = true;
   }
@@ -173,7 +195,7 @@ run_config parse_config(rsq_cli::args const& a) {
       if (a.has(opt)) throw usage_error(std::string("--") + opt + " does not apply to --format gguf (--gguf-type sets the grid)");
     if (rotates(rc.opt.method) && rc.opt.rotation.online_hadamards)
       throw usage_error("--format gguf: " + a.get("method", "rsq") + " with --rotation " + rot +
-                        " needs online Hadamards, which llama.cpp does not apply; use --rotation fused");
+                        " needs online Hadamards, which llama.cpp does not apply; use --rotation fused or learned");
     if (block) {
       rc.opt.grid = rsq::pack::block_grid(*t);
       rc.opt.grid.clip.enabled = true;
@@ -254,6 +276,9 @@ run_config parse_config(rsq_cli::args const& a) {
   rc.calib_bos = a.flag("calib-bos");
   rc.diagnostics = a.flag("diagnostics");
   if (rc.calib_bos && rc.calib.empty()) throw usage_error("--calib-bos needs calibration data (not --method rtn)");
+  // The fake quantizer of the learning is the final grid (GGUF's blocks, GPTQ's fp16 scales) and group size.
+  rc.learned = rsq_cli::parse_learned_rotation(a, learned, rc.opt.grid, rc.opt.solver.group_size, rc.opt.rotation,
+                                               rc.overwrite);
   // Inputs are checked here, before the output folder is prepared and the model is read.
   if (!fs::is_directory(rc.model)) throw usage_error("--model " + rc.model.string() + ": is not a folder");
   if (!rc.calib.empty()) rsq_cli::expect_readable_file(rc.calib, "--calib");
@@ -363,10 +388,26 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (!rc.quiet)
     std::fprintf(stderr, "rsq-quantize: %s, %d layers, hidden %d; %s %d-bit, group %s%s; calibration %td x %td\n",
                  std::string(to_string(hf.config.architecture)).c_str(), fp.config.n_layers, fp.config.dim,
-                 std::string(to_string(rc.opt.method)).c_str(), rc.opt.grid.bits,
+                 rc.method_name.c_str(), rc.opt.grid.bits,
                  rc.opt.solver.group_size < 0 ? "row" : std::to_string(rc.opt.solver.group_size).c_str(),
                  rc.opt.solver.act_order ? ", act-order" : "", index_t(calib.shape()[0]),
                  calib.size() ? index_t(calib.shape()[1]) : index_t(0));
+
+  // --rotation learned / --method spinquant: R1 and R2 learned on the calibration windows (or loaded) first; the
+  // method then runs on that rotation and the written model holds it fused into its weights.
+  auto opt = rc.opt;
+  char learning[48] = "";  // " + 12.3 s learning"
+  if (rc.learned.enabled) {
+    if (!rc.quiet && !opt.rotation.online_hadamards && a.get("rotation") != "fused")
+      std::fprintf(stderr, "rsq-quantize: --format %s holds only rotations folded into the weights: the rotation is "
+                   "%s without online Hadamards\n", rc.gguf ? "gguf" : "gptq",
+                   rc.learned.load.empty() ? "learned and applied" : "applied");
+    auto const learned =
+        rsq_cli::learn_or_load_rotation(be, "rsq-quantize", rc.learned, fp, rsq::view(std::as_const(calib)), rc.quiet);
+    opt.rotation.learned = learned.rotation;
+    std::snprintf(learning, sizeof learning, " + %.1f s learning", learned.seconds);
+  }
+  std::string const method = rc.method_name + (rc.learned.enabled ? " (learned rotation)" : "");
 
   std::optional<double> fp_ppl;
   if (eval.size()) fp_ppl = evaluate(be, fp, rsq::view(eval)).perplexity;
@@ -405,9 +446,13 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   std::optional<std::array<double, 4>> fp_quarters;
   if (rc.diagnostics) {
     crest_before = rsq_cli::weight_crest(fp);
-    if (rc.opt.rotates_model()) {
+    if (opt.rotates_model()) {
       auto rotated = fp;
-      (void)rotate_model(rotated, rc.opt.rotation);
+      auto fixed = opt.rotation;  // a learned R1/R2 first, then the pipeline's own rotation, as quantize_model()
+      fixed.learned = nullptr;
+      if (opt.rotation.learned)
+        apply_learned_rotation(rotated, *opt.rotation.learned, plan_rotation(rotated.config, fixed));
+      (void)rotate_model(rotated, fixed);
       crest_after = rsq_cli::weight_crest(rotated);
     }
     if (eval.size()) fp_quarters = rsq_cli::quarter_losses(be, fp, rsq::view(std::as_const(eval)));
@@ -423,7 +468,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
       stats.push_back(rsq_cli::importance_stats_of(r, rc.opt.importance_power, rsq::view(std::as_const(calib)), bos));
     };
   }
-  auto q = quantize_model(be, std::move(fp), rsq::view(calib), rc.opt, obs);
+  auto q = quantize_model(be, std::move(fp), rsq::view(calib), opt, obs);
   if (!q.ok()) {
     std::fprintf(stderr, "rsq-quantize: error: layer %d %s: %s (%s); nothing was written\n", q.failed_layer,
                  std::string(hf_name(q.failed_linear)).c_str(), std::string(rsq::gptq::to_string(q.info)).c_str(),
@@ -436,7 +481,7 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   if (auto const s = rsq_cli::choice_summary(q); !s.empty()) std::printf("%s\n", s.c_str());
   if (rc.diagnostics && stats.empty())
     std::printf("diagnostics: %s weights every calibration token alike (no token importances)\n",
-                std::string(to_string(q.method)).c_str());
+                rc.method_name.c_str());
   for (std::size_t l = 0; l < stats.size(); ++l)
     std::printf("diagnostics: layer %zu: %.1f effective tokens of %td, Hessian weight on position 0 %.2f%%, on BOS "
                 "%.2f%%\n", l, stats[l].effective_tokens, index_t(calib.shape()[1]), 100 * stats[l].position0_share,
@@ -467,10 +512,9 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
     auto const s = save_gguf(a.get("out"), q, *vocab, {.name = rc.model.filename().string()});
     if (eval.size()) q_ppl = evaluate(be, load_gguf_model(s.path), rsq::view(eval)).perplexity;  // as written
     report_quarters(q.model);
-    std::printf("quantized %s with %s on llama.cpp's %s blocks, group %td, in %.1f s (%s backend)\n",
-                rc.model.string().c_str(), std::string(to_string(q.method)).c_str(),
-                std::string(rsq::pack::traits(s.linear_type).name).c_str(), q.group_size, q.timings.total,
-                rc.cuda ? "cuda" : "cpu");
+    std::printf("quantized %s with %s on llama.cpp's %s blocks, group %td, in %.1f s%s (%s backend)\n",
+                rc.model.string().c_str(), method.c_str(), std::string(rsq::pack::traits(s.linear_type).name).c_str(),
+                q.group_size, q.timings.total, learning, rc.cuda ? "cuda" : "cpu");
     if (fp_ppl && q_ppl)
       std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(),
                   *fp_ppl, *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
@@ -492,10 +536,9 @@ int run(B const& be, rsq_cli::args const& a, run_config const& rc) {
   for (auto& f : copy_hf_side_files(rc.model, out->staging())) files.push_back(f);
   out->commit();
 
-  std::printf("quantized %s with %s, %d-bit, group %s in %.1f s (%s backend)\n", rc.model.string().c_str(),
-              std::string(to_string(q.method)).c_str(), q.grid.bits,
-              q.group_size < 0 ? "row" : std::to_string(q.group_size).c_str(), q.timings.total,
-              rc.cuda ? "cuda" : "cpu");
+  std::printf("quantized %s with %s, %d-bit, group %s in %.1f s%s (%s backend)\n", rc.model.string().c_str(),
+              method.c_str(), q.grid.bits, q.group_size < 0 ? "row" : std::to_string(q.group_size).c_str(),
+              q.timings.total, learning, rc.cuda ? "cuda" : "cpu");
   if (fp_ppl && q_ppl)
     std::printf("perplexity on %s: %.4f before, %.4f after (%td windows of %td)\n", rc.eval.string().c_str(), *fp_ppl,
                 *q_ppl, index_t(eval.shape()[0]), index_t(eval.shape()[1]));
@@ -538,16 +581,17 @@ int main(int argc, char** argv) {
   return rsq_cli::exit_status("rsq-quantize", [&] {
     for (int i = 1; i < argc; ++i)
       if (std::string_view(argv[i]) == "-h") {
-        std::fputs(usage, stdout);
+        std::fputs(usage().c_str(), stdout);
         return 0;
       }
     rsq_cli::args a(argc, argv, {"act-order", "asym", "overwrite", "quiet", "help", "calib-bos", "diagnostics"},
-                    {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows", "method",
-                     "bits", "group-size",
-                     "rotation", "backend", "out", "format", "dtype", "check", "gguf-type", "imatrix", "policy", "r-min",
-                     "r-max", "importance-power", "expand", "importance-choice", "held-out"});
+                    rsq_cli::with_learned_rotation_options(
+                        {"model", "calib", "nsamples", "seqlen", "seed", "eval", "eval-seqlen", "eval-windows",
+                         "method", "bits", "group-size", "rotation", "backend", "out", "format", "dtype", "check",
+                         "gguf-type", "imatrix", "policy", "r-min", "r-max", "importance-power", "expand",
+                         "importance-choice", "held-out"}));
     if (a.flag("help") || argc == 1) {
-      std::fputs(usage, stdout);
+      std::fputs(usage().c_str(), stdout);
       return argc == 1 ? 2 : 0;
     }
     return run(a);
