@@ -140,7 +140,8 @@ class cayley_sgd {
         a(i, j) = d - 0.5 * alpha * w(i, j);
         plus(i, j) = d + 0.5 * alpha * w(i, j);
       }
-    auto yd = linalg::product(be, matrix_view<const double>(rsq::view(to(be, plus))), op::none,
+    auto const plus_d = to(be, plus);
+    auto yd = linalg::product(be, matrix_view<const double>(rsq::view(plus_d)), op::none,
                               matrix_view<const double>(rsq::view(xd)), op::transpose);  // (I + α/2 W) Xᵀ
     auto ad = to(be, a);
     linalg::lu_solve(be, rsq::view(ad), rsq::view(yd));

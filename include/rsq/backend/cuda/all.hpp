@@ -13,6 +13,7 @@
 #include "rsq/backend/cuda/gptq_solver.hpp"
 #include "rsq/backend/cuda/hadamard.hpp"
 #include "rsq/backend/cuda/hessian_accumulator.hpp"
+#include "rsq/backend/cuda/lu_solve.hpp"
 #include "rsq/backend/cuda/memory.hpp"
 #include "rsq/backend/cuda/nn.hpp"
 #include "rsq/backend/cuda/pack.hpp"

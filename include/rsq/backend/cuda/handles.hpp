@@ -45,6 +45,7 @@ enum class scratch { solver_work, host_work, info, factor, hessian_stage, hessia
                      nn_logits, nn_probs16, nn_operands16, nn_partial, nn_pointers, nn_rows, nn_ids,  // forward pass
                      activation_mean, activation_rows,  // importance::activation_scores: μ per sequence, ‖x_t − μ‖²
                      reverse_probs, reverse_grads, reverse_losses,  // reverse pass: P and dP of a sub-batch, row losses
+                     lu_b,  // linalg::lu_solve: B in column-major
                      count_ };
 
 /// What the backend keeps per (thread, device, stream).

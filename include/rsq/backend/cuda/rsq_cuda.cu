@@ -17,6 +17,7 @@
 #include "rsq/backend/cuda/impl/gptq_solver.cuh"
 #include "rsq/backend/cuda/impl/hadamard_transform.cuh"
 #include "rsq/backend/cuda/impl/hessian_accumulator.cuh"
+#include "rsq/backend/cuda/impl/lu_solve.cuh"
 #include "rsq/backend/cuda/impl/nn.cuh"
 #include "rsq/backend/cuda/impl/pack.cuh"
 #include "rsq/backend/cuda/impl/reverse.cuh"
@@ -46,6 +47,7 @@ template struct runtime_api<void>;
                                              vector_view<T>, importance::attncon_options const&);                  \
   template quant::quantized_weight<T, backend::cuda> rtn_impl<T>(backend::cuda const&, matrix_view<const T>,       \
                                                                  quant::grid_spec const&, index_t);               \
+  template void fake_quantize_impl<T>(backend::cuda const&, matrix_view<T>, quant::grid_spec const&, index_t);      \
   template void activation_scores_impl<T>(backend::cuda const&, importance::activation_statistic,                  \
                                           matrix_view<const T>, matrix_view<const T>, index_t, matrix_view<float>, \
                                           importance::activation_names const&);
@@ -73,6 +75,7 @@ template void gemm_impl<double>(backend::cuda const&, matrix_view<const double>,
                                 matrix_view<const double>, linalg::op, matrix_view<double>,
                                 linalg::gemm_options const&);
 template struct nn_api<void>;
+template void lu_solve_impl<double>(backend::cuda const&, matrix_view<double>, matrix_view<double>);
 template struct reverse_api<void>;
 }  // namespace rsq::cuda::detail
 

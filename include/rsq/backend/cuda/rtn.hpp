@@ -4,7 +4,8 @@
 /// @file
 /// The CUDA backend of round-to-nearest quantization (algorithm::rtn, <rsq/quant/rtn.hpp>): the grids of every
 /// (row, group) fitted by the solver's fit kernel (the formulas of quant/grid.hpp, so the codes are the CPU's), then
-/// one encoding pass. W in host or device memory; the result in device memory.
+/// one encoding pass. W in host or device memory; the result in device memory. fake_quantize: the same fit, then
+/// one pass that writes each weight's decoded code in place (device memory).
 /// Declarations only; definitions in <rsq/backend/cuda/impl/rtn.cuh>.
 
 #include "rsq/backend/algorithms.hpp"
@@ -24,6 +25,12 @@ extern template quant::quantized_weight<float, backend::cuda> rtn_impl<float>(ba
 extern template quant::quantized_weight<double, backend::cuda> rtn_impl<double>(backend::cuda const&,
                                                                                 matrix_view<const double>,
                                                                                 quant::grid_spec const&, index_t);
+template <class T>
+void fake_quantize_impl(backend::cuda const& be, matrix_view<T> w, quant::grid_spec const& grid, index_t group_size);
+extern template void fake_quantize_impl<float>(backend::cuda const&, matrix_view<float>, quant::grid_spec const&,
+                                               index_t);
+extern template void fake_quantize_impl<double>(backend::cuda const&, matrix_view<double>, quant::grid_spec const&,
+                                                index_t);
 
 }  // namespace rsq::cuda::detail
 
@@ -37,6 +44,11 @@ struct implementation<algorithm::rtn, cuda> {
   static quant::quantized_weight<T, cuda> run(cuda const& be, matrix_view<const T> w, quant::grid_spec const& grid,
                                               index_t group_size) {
     return rsq::cuda::detail::rtn_impl<T>(be, w, grid, group_size);
+  }
+
+  template <class T>
+  static void fake_quantize(cuda const& be, matrix_view<T> w, quant::grid_spec const& grid, index_t group_size) {
+    rsq::cuda::detail::fake_quantize_impl<T>(be, w, grid, group_size);
   }
 };
 
