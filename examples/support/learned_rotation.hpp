@@ -111,7 +111,7 @@ struct learned_rotation_outcome {
 /// @throws usage_error for a model with biases or fewer windows than --spin-sequences; rsq::invalid_argument or
 ///         rsq::io_error for rotation files that do not fit the model or cannot be read or written
 template <class B>
-[[nodiscard]] learned_rotation_outcome learn_or_load_rotation([[maybe_unused]] B const& be, char const* tool,
+[[nodiscard]] learned_rotation_outcome learn_or_load_rotation(B const& be, char const* tool,
                                                               learned_rotation_config const& c,
                                                               rsq::model::llama_model const& fp,
                                                               rsq::matrix_view<const std::int32_t> calibration,
@@ -127,26 +127,10 @@ template <class B>
   if (calibration.rows() < c.learn.sequences_per_step)
     throw usage_error("--spin-sequences " + std::to_string(c.learn.sequences_per_step) + " exceeds the " +
                       std::to_string(calibration.rows()) + " calibration windows (--nsamples)");
-  auto learn = c.learn;
-  // The fake quantizer of the learning rounds every linear; a llama.cpp block grid cannot round one whose input size
-  // is not whole blocks of 32 (stories260K's down_proj, 172), which the GGUF keeps in F16. Such a model learns
-  // against the same bits and symmetry on rsq's grid instead (groups of the same size), and says so.
-  if (learn.grid.llama_cpp_block() && (mc.dim % 32 != 0 || (mc.n_heads * mc.head_size()) % 32 != 0 ||
-                                       mc.hidden_dim % 32 != 0)) {
-    learn.grid = {.bits = learn.grid.bits,
-                  .symmetric = !learn.grid.offset_form(),
-                  .conv = rsq::quant::convention::rsq,
-                  .clip = {},
-                  .fp16_scales = true};
-    std::fprintf(stderr, "%s: note: the llama.cpp blocks cannot round the linears whose input size is not a multiple "
-                 "of 32 (kept in F16); the rotation is learned against %d-bit %s RTN on rsq's grid instead\n", tool,
-                 learn.grid.bits, learn.grid.symmetric ? "symmetric" : "asymmetric");
-  }
   auto const on_step = [&](rsq::index_t step, double loss) {
     if (!quiet) std::fprintf(stderr, "%s: rotation step %td/%td loss %.5f\n", tool, step + 1, c.learn.steps, loss);
   };
-  // TODO(cuda reverse pass): pass be
-  auto learned = rsq::model::learn_rotation(rsq::backend::cpu_eigen{}, fp, calibration, learn, on_step);
+  auto learned = rsq::model::learn_rotation(be, fp, calibration, c.learn, on_step);
   if (learned.status != rsq::rotation::cayley_status::ok)
     std::fprintf(stderr, "%s: warning: a gradient was not finite after %zu steps; using the last finite rotation\n",
                  tool, learned.loss.size());

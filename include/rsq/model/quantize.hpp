@@ -455,9 +455,7 @@ template <backend_tag B>
 }
 
 /// Whether grid @p g can quantize a linear with @p cols input columns (see linear_report::kept).
-[[nodiscard]] inline bool grid_holds(quant::grid_spec const& g, index_t cols) noexcept {
-  return !g.llama_cpp_block() || cols % 32 == 0;
-}
+using quant::grid_holds;
 
 /// A linear the grid cannot hold: its weight @p wf (on the backend) rounded to fp16 there and in the host model's
 /// @p host.

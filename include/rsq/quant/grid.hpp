@@ -164,12 +164,18 @@ inline void check_block_grouping(grid_spec const& g, index_t group_size, bool ac
               ": act-order with a llama.cpp block grid needs static groups (blocks are consecutive columns)");
 }
 
+/// Whether grid @p g can quantize a weight with @p cols input columns: the llama.cpp block grids need whole blocks of
+/// 32 (a linear they cannot hold is kept in F16 by the model pipeline).
+[[nodiscard]] inline bool grid_holds(grid_spec const& g, index_t cols) noexcept {
+  return !g.llama_cpp_block() || cols % 32 == 0;
+}
+
 /// check_block_grouping() for a weight with @p cols input columns, which must also be whole blocks of 32.
 inline void check_group_layout(grid_spec const& g, index_t cols, index_t group_size, bool act_order,
                                bool static_groups, char const* where) {
   check_block_grouping(g, group_size, act_order, static_groups, where);
-  RSQ_EXPECTS(!g.llama_cpp_block() || cols % 32 == 0, where,
-              ": the llama.cpp block grids need input columns in whole blocks of 32, got ", cols, " columns");
+  RSQ_EXPECTS(grid_holds(g, cols), where, ": the llama.cpp block grids need input columns in whole blocks of 32, got ",
+              cols, " columns");
 }
 
 namespace detail {
