@@ -5,10 +5,10 @@
 # and writes full logs under $OUT (default ./cuda-device-out).
 #
 # usage: scripts/cuda-device.sh [--prebuilt DIR] [--shared DIR] [--keep-going] [--quick] STEP...
-#   STEP: build test sanitize bench bench-ours model hadamard nn cpu cpu-bench compare-lm16m hf-reference hf-check all  (all = build
+#   STEP: build test sanitize bench bench-ours model learn-rotation hadamard nn cpu cpu-bench compare-lm16m hf-reference hf-check all  (all = build
 #         test sanitize bench model hadamard cpu hf-reference hf-check; bench = bench_gptq_cuda and the PyTorch reference loop, bench-ours = ours only; model =
 #         the whole Llama-3-8B-shaped model on the GPU (bench_model_cuda) next to the PyTorch RSQ layer loop on two
-#         layers; nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
+#         layers; learn-rotation = seconds per SpinQuant step for the same shapes (bench_learn_rotation_cuda); nn = the forward-pass pieces; cpu-bench = the CPU backend's benchmarks/ built with -march=native and
 #         run on 2 pinned cores, a quiet stand-in for the 2-core CI machine; compare-lm16m = rsq-llama2c --compare
 #         on lm16m (3 bits, g128) with --backend cuda, cuda --bf16, and cpu on 2 pinned cores; hf-reference = transformers' logits of
 #         small Llama-3/Qwen2/Mistral folders and lm7m (scripts/hf-reference.py make, into $OUT/hf_reference) and the
@@ -132,6 +132,8 @@ if has sanitize; then
            "rsq_test_importance_attncon_test|-tc=*cuda*"
            "rsq_test_nn_attention_test|-tc=*cuda*"
            "rsq_test_nn_loss_test|-tc=*cuda*"
+           "rsq_test_nn_reverse_test|-tc=*cuda*"
+           "rsq_test_model_learn_rotation_test|-tc=*cuda*"
            "rsq_test_nn_linear_test|-tc=*cuda*"
            "rsq_test_quant_rtn_test|-tc=*cuda*")
   for tool in memcheck racecheck; do
@@ -168,6 +170,21 @@ if has model; then
   else
     tail -5 "$OUT/bench_rsq_reference.log"
     fail "bench_rsq_reference.py" "bench_rsq_reference.log"
+  fi
+fi
+
+if has learn-rotation; then
+  exe=$(find_exe bench_learn_rotation_cuda)
+  t0=$SECONDS
+  # The 32-layer model needs about 118 GB in float: on a smaller GPU, 8 and 4 layers and the linear extrapolation.
+  la=(--layers 32); [ "$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)" -lt 120000 ] && la=(--layers 8)
+  [ $quick = 1 ] && la=(--quick)
+  if [ -n "$exe" ] && timeout 590 "$exe" "${la[@]}" --reps 2 --out "$OUT/bench_learn_rotation_cuda.md" \
+       > "$OUT/bench_learn_rotation_cuda.log" 2>&1; then
+    add "bench_learn_rotation_cuda" ok "$((SECONDS - t0)) s (bench_learn_rotation_cuda.md)"
+  else
+    tail -5 "$OUT/bench_learn_rotation_cuda.log" 2>/dev/null
+    fail bench_learn_rotation_cuda "bench_learn_rotation_cuda.log"
   fi
 fi
 
