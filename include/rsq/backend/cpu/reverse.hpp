@@ -63,10 +63,14 @@ void causal_softmax(matrix_view<T> p) {
   }
 }
 
-/// One (sequence, KV head) item of the attention: q, k, v, o, dq, ... are its rows and head columns.
-struct attention_item {
-  index_t s, g;
-};
+/// body(s, g) for every (sequence, KV head) item of the attention, in parallel: each item owns its rows of every
+/// output and its own scratch, so the result does not depend on which thread runs it.
+template <class Body>
+void for_each_kv_item(nn::attention_options const& opt, index_t rows, Body&& body) {
+  index_t const S = rows / opt.seq_len, KV = opt.kv_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (index_t item = 0; item < S * KV; ++item) body(item / KV, item % KV);
+}
 
 }  // namespace rsq::cpu::reverse_detail
 
@@ -145,12 +149,9 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
                                 matrix_view<const T> v, matrix_view<T> out, nn::attention_options const& opt) {
     using namespace cpu::reverse_detail;
     using linalg::op;
-    index_t const L = opt.seq_len, hd = opt.head_dim, KV = opt.kv_heads, group = opt.heads / KV;
-    index_t const S = q.rows() / L;
+    index_t const L = opt.seq_len, hd = opt.head_dim, group = opt.heads / opt.kv_heads;
     double const scale = scale_of<T>(opt);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (index_t item = 0; item < S * KV; ++item) {
-      index_t const s = item / KV, g = item % KV;
+    for_each_kv_item(opt, q.rows(), [&](index_t s, index_t g) {
       std::vector<T> pb(std::size_t(L * L));
       matrix_view<T> const p(pb.data(), {L, L}, {L, 1});
       for (index_t h = g * group; h < (g + 1) * group; ++h) {
@@ -158,7 +159,7 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
         gemm<T>(matrix_view<const T>(p), op::none, block(v, s * L, L, g * hd, hd), op::none,
                 block(out, s * L, L, h * hd, hd));
       }
-    }
+    });
   }
 
   template <class T>
@@ -167,12 +168,9 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
                                  matrix_view<T> dk, matrix_view<T> dv, nn::attention_options const& opt) {
     using namespace cpu::reverse_detail;
     using linalg::op;
-    index_t const L = opt.seq_len, hd = opt.head_dim, KV = opt.kv_heads, group = opt.heads / KV;
-    index_t const S = q.rows() / L;
+    index_t const L = opt.seq_len, hd = opt.head_dim, group = opt.heads / opt.kv_heads;
     double const scale = scale_of<T>(opt);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (index_t item = 0; item < S * KV; ++item) {
-      index_t const s = item / KV, g = item % KV;
+    for_each_kv_item(opt, q.rows(), [&](index_t s, index_t g) {
       std::vector<T> pb(std::size_t(L * L)), db(std::size_t(L * L));
       matrix_view<T> const p(pb.data(), {L, L}, {L, 1}), dp(db.data(), {L, L}, {L, 1});
       auto const kb = block(k, s * L, L, g * hd, hd), vb = block(v, s * L, L, g * hd, hd);
@@ -194,7 +192,7 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
         gemm<T>(matrix_view<const T>(dp), op::none, kb, op::none, block(dq, s * L, L, h * hd, hd), 0, scale);
         gemm<T>(matrix_view<const T>(dp), op::transpose, block(q, s * L, L, h * hd, hd), op::none, dks, beta, scale);
       }
-    }
+    });
   }
 
   template <class T>
