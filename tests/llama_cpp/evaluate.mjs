@@ -3,6 +3,7 @@
 //   node evaluate.mjs request.json
 // request: {"model": path, "windows": [[ids]], "prompts": [[ids]], "generate": n, "texts": [strings]}
 // prints JSON: {"windows": [{"sum": Σ −log p(next), "count": predictions}], "greedy": [[n ids after each prompt]],
+//               "top2": [[[id, p, id2, p2] for each greedy step] for each prompt] (the two most probable tokens),
 //               "tokens": [[llama.cpp's ids of each text, no BOS]]}
 import {readFileSync} from "node:fs";
 import {getLlama} from "node-llama-cpp";
@@ -25,27 +26,31 @@ for (const w of request.windows) {
   windows.push({sum, count: w.length - 1});
 }
 
-// Greedy: the most probable next token (the first of equals), one token at a time.
-const argmax = (p) => {
-  let best = -1, bp = -1;
-  for (const [t, v] of p) if (v > bp) [best, bp] = [t, v];
-  return best;
+// Greedy: the most probable next token (the first of equals), one token at a time; also the runner-up.
+const top2 = (p) => {
+  let best = -1, bp = -1, second = -1, sp = -1;
+  for (const [t, v] of p)
+    if (v > bp) [second, sp, best, bp] = [best, bp, t, v];
+    else if (v > sp) [second, sp] = [t, v];
+  return [best, bp, second, sp];
 };
-const greedy = [];
+const greedy = [], top = [];
 for (const prompt of request.prompts) {
   await sequence.clearHistory();
   let out = await sequence.controlledEvaluate(prompt.map((t, i) => (i + 1 === prompt.length ? next(t) : t)));
-  const ids = [];
+  const ids = [], tops = [];
   for (let k = 0; k < (request.generate ?? 0); k++) {
-    const t = argmax(out[out.length - 1].next.probabilities);
-    ids.push(t);
-    out = await sequence.controlledEvaluate([next(t)]);
+    const t2 = top2(out[out.length - 1].next.probabilities);
+    ids.push(t2[0]);
+    tops.push(t2);
+    out = await sequence.controlledEvaluate([next(t2[0])]);
   }
   greedy.push(ids);
+  top.push(tops);
 }
 
 const tokens = (request.texts ?? []).map((s) => Array.from(model.tokenize(s)));
-console.log(JSON.stringify({windows, greedy, tokens}));
+console.log(JSON.stringify({windows, greedy, top2: top, tokens}));
 await context.dispose();
 await model.dispose();
 await llama.dispose();

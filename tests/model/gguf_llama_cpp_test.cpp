@@ -2,11 +2,14 @@
 // A real llama.cpp runs the GGUF files rsq writes (node-llama-cpp 3.21.1, tests/llama_cpp/evaluate.mjs, on the CPU):
 // for stories260K and lm7m, in F32, RSQ-Q4_0 (rotation fused), GPTQ-Q4_1, GPTQ-Q8_0 and llama.cpp's own Q4_0 round
 // to nearest,
-//  - llama.cpp's token log-probabilities over 8 evaluation windows match rsq's evaluation of the same dequantized
-//    model (load_gguf_model): mean loss within 0.5% (llama.cpp multiplies quantized weights by 8-bit quantized
-//    activations, so the two differ by more than rounding);
-//  - greedy continuations of 32 tokens from 4 prompts are identical (float weights), or part only at a near-tie of
-//    two logits (within 0.5%: llama.cpp's 8-bit activations against block weights);
+//  - llama.cpp's token log-probabilities and greedy continuations (32 tokens from 4 prompts) are those of a
+//    reference that computes the file with llama.cpp's own CPU kernels (support/llama_cpp_reference.hpp: ggml's
+//    graph of the llama architecture on the libggml-cpu variant llama.cpp loads here): the loss of every window the
+//    same to 1e-12, every continuation identical;
+//  - against rsq's float evaluation of the same dequantized model (load_gguf_model), which llama.cpp's arithmetic
+//    differs from (block weights multiply activations quantized to 8 bits; K and V are cached in fp16): mean loss
+//    within 0.5%, continuations identical for float weights and parting only at a near-tie of two logits (within
+//    0.5%) for block weights;
 //  - llama.cpp tokenizes text with the written vocabulary as rsq's tokenizer does (llama2.c and tokenizer.json).
 #include <doctest/doctest.h>
 
@@ -24,6 +27,7 @@
 #include <rsq/model/tokenizer.hpp>
 
 #include "support/llama_cpp.hpp"
+#include "support/llama_cpp_reference.hpp"
 #include "support/shared_data.hpp"
 
 using namespace rsq::model;
@@ -62,10 +66,37 @@ std::vector<std::int32_t> greedy(llama_model const& m, std::vector<std::int32_t>
   return out;
 }
 
+/// llama.cpp's CPU backend on this machine for the reference (the test fails when node-llama-cpp is installed but
+/// its libraries cannot serve as one).
+rsq_test::ggml_cpu const& llama_cpp_kernels() {
+  static std::string why;
+  static auto const cpu = [] {
+    auto const dir = rsq_test::llama_cpp_libs();
+    if (!dir) why = "no libggml-base.so in RSQ_LLAMA_CPP_DIR or RSQ_LLAMA_CPP_LIBS";
+    return dir ? rsq_test::ggml_cpu::open(*dir, &why) : std::nullopt;
+  }();
+  REQUIRE_MESSAGE(cpu.has_value(), "llama.cpp's CPU libraries cannot run the reference: ", why);
+  static bool const once = [] {
+    std::vector<float> rows(4 * 256);  // the repacked Q4_0 path quantizes its activations as from_float does
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = std::sin(0.37f * float(i)) * float(1 + i % 7);
+    auto const same = cpu->repacked_activations_match(rows, 256);
+    std::string const repacked = cpu->repacks_q4_0 ? "yes" : "no";
+    std::string const as_plain = same ? (*same ? "yes" : "NO") : "(no symbol to check)";
+    MESSAGE("llama.cpp's CPU backend: ", cpu->library.filename().string(), " (ggml_backend_score ", cpu->score,
+            "); Q4_0 matrices with 8k rows repacked to Q4_0_8x8: ", repacked,
+            "; their Q8_0 activations as the plain path's: ", as_plain);
+    CHECK(same.value_or(true));
+    return true;
+  }();
+  (void)once;
+  return *cpu;
+}
+
 template <class Tok>
 void check_model(std::string const& label, llama_model const& fp, Tok const& tok, gguf_vocab const& vocab,
                  std::vector<std::int32_t> const& calib_stream, std::vector<std::int32_t> const& eval_stream,
                  std::vector<std::string> const& texts, std::vector<std::vector<std::int32_t>> const& text_ids) {
+  auto const& kernels = llama_cpp_kernels();
   auto const dir = rsq_test::temp_dir("gguf_llama_cpp_" + label);
   auto const calib = sample_windows(calib_stream, 128, 32, 0);
   auto const eval = consecutive_windows(eval_stream, 128);
@@ -93,38 +124,65 @@ void check_model(std::string const& label, llama_model const& fp, Tok const& tok
     }
     auto const m = load_gguf_model(path);
     auto const ours = evaluate(m, rsq::view(std::as_const(windows)));
+    rsq_test::llama_cpp_reference ref(kernels, path);
 
     nlohmann::json req{{"model", path.string()}, {"generate", 32}, {"windows", nlohmann::json::array()},
                        {"prompts", prompts}, {"texts", texts}};
     for (index_t w = 0; w < 8; ++w)
       req["windows"].push_back(std::vector<std::int32_t>(&windows(w, 0), &windows(w, 0) + 128));
     auto const ans = rsq_test::run_llama_cpp(req, dir);
-    double sum = 0;
+    // llama.cpp's window sums against the reference's, computed as evaluate.mjs computes them: bit for bit but for
+    // the last bits of JavaScript's Math.log
+    double sum = 0, ref_sum = 0;
     index_t count = 0;
-    for (auto const& w : ans["windows"]) {
-      sum += w["sum"].get<double>();
-      count += w["count"].get<index_t>();
+    int windows_identical = 0;
+    for (index_t w = 0; w < 8; ++w) {
+      CAPTURE(w);
+      double const s = ans["windows"][std::size_t(w)]["sum"].get<double>();
+      double const r = ref.window_loss(std::span(&windows(w, 0), 128));
+      windows_identical += s == r;
+      CHECK(std::abs(s - r) <= 1e-12 * std::abs(r));
+      sum += s;
+      ref_sum += r;
+      count += ans["windows"][std::size_t(w)]["count"].get<index_t>();
     }
     REQUIRE(count == ours.count);
-    double const theirs = sum / double(count);
-    MESSAGE(label, " ", v.name, ": mean loss rsq ", ours.mean, ", llama.cpp ", theirs, " (",
-            100 * (theirs - ours.mean) / ours.mean, "%)");
+    double const theirs = sum / double(count), reference = ref_sum / double(count);
+    MESSAGE(label, " ", v.name, ": mean loss llama.cpp ", theirs, ", reference ", reference, " (", windows_identical,
+            " of 8 window sums identical), rsq's float evaluation ", ours.mean, " (llama.cpp ",
+            100 * (theirs - ours.mean) / ours.mean, "% from it)");
     CHECK(std::abs(theirs - ours.mean) <= 0.005 * ours.mean);
-    int identical = 0;
+    int same_as_reference = 0, same_as_float = 0;
     for (std::size_t p = 0; p < prompts.size(); ++p) {
       CAPTURE(p);
       auto const theirs_ids = ans["greedy"][p].get<std::vector<std::int32_t>>();
+      auto const ref_ids = ref.greedy(prompts[p], 32);
       auto const ours_ids = greedy(m, prompts[p], 32);
-      REQUIRE(theirs_ids.size() == ours_ids.size());
-      std::size_t k = 0;
-      while (k < ours_ids.size() && ours_ids[k] == theirs_ids[k]) ++k;
+      REQUIRE(theirs_ids.size() == 32);
+      auto parting = [&](std::vector<std::int32_t> const& ids) {
+        return std::size_t(std::mismatch(ids.begin(), ids.end(), theirs_ids.begin()).first - ids.begin());
+      };
+      // The reference: identical, always. Where it is not, what each side saw at the parting token.
+      if (std::size_t const k = parting(ref_ids); k == ref_ids.size()) {
+        ++same_as_reference;
+      } else {
+        auto const logits = ref.logits_after(prompts[p], std::span(ref_ids).first(k));
+        auto const& top = ans["top2"][p][k];
+        MESSAGE(label, " ", v.name, " prompt ", p, ": the reference parts from llama.cpp at token ", k,
+                " of 32: its logits ", logits[std::size_t(ref_ids[k])], " (its choice ", ref_ids[k], ") and ",
+                logits[std::size_t(theirs_ids[k])], " (llama.cpp's ", theirs_ids[k], "); llama.cpp's probabilities ",
+                top[1].get<double>(), " (", top[0].get<int>(), ") and ", top[3].get<double>(), " (",
+                top[2].get<int>(), ")");
+        CHECK(k == ref_ids.size());
+      }
+      // rsq's float evaluation: identical for float weights; for block weights llama.cpp multiplies them by
+      // activations quantized to 8 bits (Q8_0 / Q8_1 blocks), so two tokens whose logits nearly tie may swap; the
+      // continuations may part only there.
+      std::size_t const k = parting(ours_ids);
       if (k == ours_ids.size()) {
-        ++identical;
+        ++same_as_float;
         continue;
       }
-      // Float weights: llama.cpp computes in float, as rsq does, and every continuation must be identical. Block
-      // weights: llama.cpp multiplies them by activations quantized to 8 bits (Q8_0 / Q8_1 blocks), so two tokens
-      // whose logits nearly tie may swap; the continuations may part only there.
       CHECK(v.type != ggml_type::f32);
       auto ctx = prompts[p];
       ctx.insert(ctx.end(), ours_ids.begin(), ours_ids.begin() + long(k));
@@ -133,11 +191,12 @@ void check_model(std::string const& label, llama_model const& fp, Tok const& tok
       auto const logits = forward(rsq::backend::cpu_eigen{}, m, rsq::view(std::as_const(ids)));
       float const a = logits(0, index_t(ctx.size()) - 1, ours_ids[k]);
       float const b = logits(0, index_t(ctx.size()) - 1, theirs_ids[k]);
-      MESSAGE(label, " ", v.name, " prompt ", p, ": the continuations part at token ", k, " of 32, a near-tie: rsq's logits ",
-              a, " (its choice) and ", b, " (llama.cpp's)");
+      MESSAGE(label, " ", v.name, " prompt ", p, ": rsq's float evaluation parts at token ", k,
+              " of 32, a near-tie: its logits ", a, " (its choice) and ", b, " (llama.cpp's)");
       CHECK(a - b <= 0.005f * std::abs(a));
     }
-    MESSAGE(label, " ", v.name, ": ", identical, " of 4 greedy continuations identical for all 32 tokens");
+    MESSAGE(label, " ", v.name, ": greedy continuations identical to llama.cpp's for all 32 tokens: ",
+            same_as_reference, " of 4 from the reference, ", same_as_float, " of 4 from rsq's float evaluation");
     for (std::size_t t = 0; t < texts.size(); ++t) {
       CAPTURE(texts[t]);
       CHECK(ans["tokens"][t].get<std::vector<std::int32_t>>() == text_ids[t]);
