@@ -16,6 +16,7 @@
 #include "rsq/backend/cpu/lu_solve.hpp"
 #include "rsq/backend/dispatch.hpp"
 #include "rsq/backend/memory.hpp"
+#include "rsq/core/checks.hpp"
 #include "rsq/core/error.hpp"
 #include "rsq/core/view.hpp"
 
