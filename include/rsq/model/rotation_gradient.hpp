@@ -413,12 +413,12 @@ void expect_tokens(rotation_problem<T, B> const& p, matrix_view<const std::int32
                   t, ") is outside the vocabulary [0, ", p.config.vocab_size, ")");
 }
 
-/// A host float64 matrix converted to the element type of @p out, in backend memory.
-template <backend_tag B, class M>
-void upload(B const& be, M& out, rsq::matrix<double> const& m) {
+/// A host matrix converted to the element type of @p out, in backend memory.
+template <backend_tag B, class M, class S>
+void upload(B const& be, M& out, rsq::matrix<S> const& m) {
   using T = element_t<M>;
   auto t = rsq::make_matrix_for_overwrite<T>(index_t(m.shape()[0]), index_t(m.shape()[1]));
-  std::transform(m.begin(), m.end(), t.begin(), [](double v) { return T(v); });
+  std::transform(m.begin(), m.end(), t.begin(), [](S v) { return T(v); });
   ensure(be, out, index_t(m.shape()[0]), index_t(m.shape()[1]));
   backend::copy(be, rsq::view(out).data(), t.data(), index_t(t.size()));
 }
@@ -451,10 +451,7 @@ template <std::floating_point T, backend_tag B>
   fuse_norms(f);
   auto const put = [&](rsq::matrix<float> const& w) {
     backend::matrix<T, B> out;
-    rotation_detail::ensure(be, out, index_t(w.shape()[0]), index_t(w.shape()[1]));
-    auto t = rsq::make_matrix_for_overwrite<T>(index_t(w.shape()[0]), index_t(w.shape()[1]));
-    std::transform(w.begin(), w.end(), t.begin(), [](float v) { return T(v); });
-    backend::copy(be, rsq::view(out).data(), t.data(), index_t(t.size()));
+    rotation_detail::upload(be, out, w);
     return out;
   };
   rotation_problem<T, B> p;

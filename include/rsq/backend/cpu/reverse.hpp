@@ -63,6 +63,15 @@ void causal_softmax(matrix_view<T> p) {
   }
 }
 
+/// @p n elements of the calling thread's scratch number @p Slot, kept from call to call (they only grow): an (L, L)
+/// block allocated per item would be fresh pages, whose first touch costs more than the products on them.
+template <class T, int Slot>
+[[nodiscard]] T* thread_scratch(index_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < std::size_t(n)) buffer.resize(std::size_t(n));
+  return buffer.data();
+}
+
 /// body(s, g) for every (sequence, KV head) item of the attention, in parallel: each item owns its rows of every
 /// output and its own scratch, so the result does not depend on which thread runs it.
 template <class Body>
@@ -152,8 +161,7 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
     index_t const L = opt.seq_len, hd = opt.head_dim, group = opt.heads / opt.kv_heads;
     double const scale = scale_of<T>(opt);
     for_each_kv_item(opt, q.rows(), [&](index_t s, index_t g) {
-      std::vector<T> pb(std::size_t(L * L));
-      matrix_view<T> const p(pb.data(), {L, L}, {L, 1});
+      matrix_view<T> const p(thread_scratch<T, 0>(L * L), {L, L}, {L, 1});
       for (index_t h = g * group; h < (g + 1) * group; ++h) {
         probabilities(q, k, s, g, h, opt, p, scale);
         gemm<T>(matrix_view<const T>(p), op::none, block(v, s * L, L, g * hd, hd), op::none,
@@ -171,8 +179,8 @@ struct implementation<algorithm::reverse_pass, cpu_eigen> {
     index_t const L = opt.seq_len, hd = opt.head_dim, group = opt.heads / opt.kv_heads;
     double const scale = scale_of<T>(opt);
     for_each_kv_item(opt, q.rows(), [&](index_t s, index_t g) {
-      std::vector<T> pb(std::size_t(L * L)), db(std::size_t(L * L));
-      matrix_view<T> const p(pb.data(), {L, L}, {L, 1}), dp(db.data(), {L, L}, {L, 1});
+      matrix_view<T> const p(thread_scratch<T, 0>(L * L), {L, L}, {L, 1});
+      matrix_view<T> const dp(thread_scratch<T, 1>(L * L), {L, L}, {L, 1});
       auto const kb = block(k, s * L, L, g * hd, hd), vb = block(v, s * L, L, g * hd, hd);
       auto const dks = block(dk, s * L, L, g * hd, hd), dvs = block(dv, s * L, L, g * hd, hd);
       for (index_t h = g * group; h < (g + 1) * group; ++h) {
