@@ -23,6 +23,9 @@
 #include <rsq/model/learn_rotation.hpp>
 #include <rsq/model/quantize.hpp>
 #include <rsq/model/rotation_gradient.hpp>
+#include <xtensor/xview.hpp>
+
+#include <rsq/linalg/lu_solve.hpp>
 #include <rsq/rotation/cayley_sgd.hpp>
 #include <rsq/rotation/random_orthogonal.hpp>
 
@@ -122,6 +125,36 @@ TEST_SUITE("cayley_sgd") {
     REQUIRE(sgd.step(0, x, g, 0.25) == cayley_status::ok);
     CHECK(sgd.last_step_size() == 0.25);
     CHECK(orthogonality_error(x) < 1e-13);
+  }
+
+  TEST_CASE_TEMPLATE("lu_solve: A·Y = B to rounding (the residual in float64), with pivoting; bad shapes are named", B,
+                     RSQ_TEST_BACKENDS) {
+    RSQ_NEED_DEVICE(B);
+    B const be{};
+    index_t const n = 37, m = 5;
+    auto a = random_orthogonal(n, 3).dense();  // well conditioned; row swaps below force the pivoting
+    for (index_t j = 0; j < n; ++j) std::swap(a(0, std::size_t(j)), a(n - 1, std::size_t(j)));
+    a(0, 0) = 0;
+    auto const b = random_orthogonal(n, 4).dense();
+    rsq::matrix<double> const rhs = xt::view(b, xt::all(), xt::range(0, m));
+    auto ad = rsq::backend::to_backend(be, rsq::matrix_view<const double>(rsq::view(a)));
+    auto yd = rsq::backend::to_backend(be, rsq::matrix_view<const double>(rsq::view(rhs)));
+    rsq::linalg::lu_solve(be, rsq::view(ad), rsq::view(yd));
+    auto const y = rsq::backend::to_host(be, rsq::matrix_view<const double>(rsq::view(yd)));
+    double worst = 0;
+    for (index_t i = 0; i < n; ++i)
+      for (index_t k = 0; k < m; ++k) {
+        double s = 0;
+        for (index_t j = 0; j < n; ++j) s += a(std::size_t(i), std::size_t(j)) * y(std::size_t(j), std::size_t(k));
+        worst = std::max(worst, std::abs(s - rhs(std::size_t(i), std::size_t(k))));
+      }
+    CHECK(worst < 1e-12);
+    auto wide = rsq::backend::make_matrix<double>(be, n, n + 1);
+    CHECK_THROWS_WITH_AS(rsq::linalg::lu_solve(be, rsq::view(wide), rsq::view(yd)), doctest::Contains("square"),
+                         rsq::invalid_argument);
+    auto short_b = rsq::backend::make_matrix<double>(be, n - 1, m);
+    CHECK_THROWS_WITH_AS(rsq::linalg::lu_solve(be, rsq::view(ad), rsq::view(short_b)), doctest::Contains("rows"),
+                         rsq::invalid_argument);
   }
 
   TEST_CASE("cosine schedule") {
